@@ -1,0 +1,67 @@
+# pgbouncer-k8s: every target sets up what it needs (venv, PostgreSQL 15, PgBouncer 1.24).
+SHELL := /bin/bash
+PY_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYS_STAMP := .build/.system-ready
+SRC := src tests bench demo
+
+.PHONY: help test demo lint fmt typecheck unit functional e2e bench setup system lock clean
+
+help:
+	@echo "make demo   - the charm's life story on real PostgreSQL and PgBouncer (Juju simulated)"
+	@echo "make test   - lint, type check, unit, functional and end-to-end tests"
+	@echo "make bench  - benchmarks; results in bench/results/latest.md"
+	@echo "make lint | fmt | typecheck | unit | functional | e2e"
+
+$(STAMP): requirements-dev.lock
+	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.lock
+	@touch $(STAMP)
+
+$(SYS_STAMP): scripts/setup-system.sh
+	@bash scripts/setup-system.sh
+	@mkdir -p .build && touch $(SYS_STAMP)
+
+setup: $(STAMP) $(SYS_STAMP)
+system: $(SYS_STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(SRC)
+	$(VENV)/bin/ruff format --check $(SRC)
+	$(VENV)/bin/codespell $(SRC) docs README.md
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(SRC)
+	$(VENV)/bin/ruff format $(SRC)
+
+typecheck: $(STAMP)
+	$(VENV)/bin/pyright
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+functional: setup
+	$(PY) -m pytest -q tests/functional
+
+e2e: setup
+	$(PY) -m pytest -q tests/e2e
+
+test: setup lint typecheck
+	$(PY) -m pytest -q tests/unit tests/functional tests/e2e
+
+demo: setup
+	$(PY) -m demo
+
+bench: setup
+	$(PY) -m bench
+
+lock:
+	rm -rf .lockvenv && $(PY_SYS) -m venv .lockvenv
+	.lockvenv/bin/pip install -q -e '.[dev]'
+	{ head -n2 requirements-dev.lock; .lockvenv/bin/pip freeze --exclude-editable; } > requirements-dev.lock.new
+	mv requirements-dev.lock.new requirements-dev.lock && rm -rf .lockvenv
+
+clean:
+	rm -rf $(VENV) .build .pytest_cache .ruff_cache

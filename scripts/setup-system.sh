@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Installs the system parts the tests and the demo need, idempotently:
+#   - PostgreSQL 15 server binaries (Debian's packages) when missing;
+#   - PgBouncer >= 1.21: the one on PATH if it is recent enough, otherwise Debian trixie's
+#     source package (with Debian's security patches) fetched through apt's own client and
+#     built into .build/pgbouncer (git-ignored).
+# No package-archive host name is written anywhere: the URI is read from the machine's own
+# apt configuration at run time and only lives in a temporary file.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PREFIX="$ROOT/.build/pgbouncer"
+PIN_VERSION="1.24.1-1+deb13u2"   # the revision FACTS were checked against; falls back if gone
+MIN_VERSION="1.21"
+PG_BIN="/usr/lib/postgresql/15/bin"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+need_root() { [ "$(id -u)" = 0 ] || { log "must run as root to install $1"; exit 1; }; }
+
+APT_UPDATED=0
+apt_install() {
+  need_root "$*"
+  if [ "$APT_UPDATED" = 0 ]; then apt-get update -qq >/dev/null; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+version_ok() {  # version_ok "1.24.1" -> true when >= MIN_VERSION
+  [ "$(printf '%s\n%s\n' "$MIN_VERSION" "$1" | sort -V | head -n1)" = "$MIN_VERSION" ]
+}
+
+pgb_version_of() { "$1" --version 2>/dev/null | awk '/PgBouncer/ {print $2; exit}'; }
+
+# ---- PostgreSQL 15 -------------------------------------------------------------------
+if [ ! -x "$PG_BIN/postgres" ] || [ ! -x "$PG_BIN/initdb" ] || ! command -v psql >/dev/null; then
+  log "installing PostgreSQL 15"
+  apt_install postgresql-15 postgresql-client-15
+fi
+command -v pgbench >/dev/null || [ -x "$PG_BIN/pgbench" ] || apt_install postgresql-contrib
+id postgres >/dev/null 2>&1 || { log "user postgres missing after install"; exit 1; }
+
+# ---- PgBouncer -----------------------------------------------------------------------
+if [ -x "$PREFIX/bin/pgbouncer" ] && version_ok "$(pgb_version_of "$PREFIX/bin/pgbouncer")"; then
+  log "PgBouncer $(pgb_version_of "$PREFIX/bin/pgbouncer") already built in .build/pgbouncer"
+  exit 0
+fi
+if command -v pgbouncer >/dev/null && version_ok "$(pgb_version_of "$(command -v pgbouncer)")"; then
+  log "using PgBouncer $(pgb_version_of "$(command -v pgbouncer)") from PATH"
+  mkdir -p "$PREFIX/bin"
+  ln -sf "$(command -v pgbouncer)" "$PREFIX/bin/pgbouncer"
+  exit 0
+fi
+
+log "building PgBouncer from Debian trixie's source package"
+dpkg -s libevent-dev libc-ares-dev pkg-config libssl-dev patch make gcc >/dev/null 2>&1 \
+  || apt_install libevent-dev libc-ares-dev pkg-config libssl-dev patch make gcc
+need_root "the PgBouncer source"
+
+SOURCES=/etc/apt/sources.list.d/debian.sources
+# The first "deb" stanza's URI and keyring: the machine's own archive, never written by us.
+read -r URI KEYRING < <(awk '
+  /^Types:/ {t=$0} /^URIs:/ {u=$2} /^Signed-By:/ {k=$2}
+  /^$/ { if (t ~ /deb( |$)/ && u != "" && !done) {print u, k; done=1} t=""; u=""; k="" }
+  END { if (!done && u != "") print u, k }' "$SOURCES")
+[ -n "${URI:-}" ] || { log "no deb URI found in $SOURCES"; exit 1; }
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+chmod 755 "$WORK"
+mkdir -p "$WORK/lists/partial" "$WORK/cache/archives/partial" "$WORK/dl"
+chown -R _apt "$WORK/lists" "$WORK/cache" "$WORK/dl" 2>/dev/null || true
+cat > "$WORK/trixie-src.sources" <<SRC
+Types: deb-src
+URIs: $URI
+Suites: trixie
+Components: main
+Signed-By: $KEYRING
+SRC
+APT_OPTS=(-o "Dir::Etc::sourcelist=$WORK/trixie-src.sources" -o "Dir::Etc::sourceparts=-"
+          -o "Dir::State::lists=$WORK/lists" -o "Dir::Cache=$WORK/cache"
+          -o "APT::Get::List-Cleanup=0")
+apt-get "${APT_OPTS[@]}" update -qq >/dev/null
+cd "$WORK/dl"
+if ! apt-get "${APT_OPTS[@]}" source --download-only "pgbouncer=$PIN_VERSION" >/dev/null 2>&1; then
+  log "pinned revision $PIN_VERSION not in the archive: taking trixie's current pgbouncer"
+  apt-get "${APT_OPTS[@]}" source --download-only pgbouncer >/dev/null
+fi
+ORIG="$(ls "$WORK"/dl/pgbouncer_*.orig.tar.* | head -n1)"
+DEB="$(ls "$WORK"/dl/pgbouncer_*.debian.tar.* | head -n1)"
+UPSTREAM="$(basename "$ORIG" | sed -E 's/^pgbouncer_([^.]+\.[^.]+\.[^.]+)\.orig.*/\1/')"
+version_ok "$UPSTREAM" || { log "trixie's PgBouncer $UPSTREAM is older than $MIN_VERSION"; exit 1; }
+
+mkdir "$WORK/src"
+tar -xf "$ORIG" -C "$WORK/src" --strip-components=1
+tar -xf "$DEB" -C "$WORK/src"
+cd "$WORK/src"
+while read -r p _; do
+  case "$p" in ''|'#'*|debian-config) continue ;; esac
+  patch -p1 -s < "debian/patches/$p"
+done < debian/patches/series
+./configure --prefix="$PREFIX" --with-cares --without-systemd >/dev/null
+make -j"$(nproc)" >/dev/null 2>&1
+rm -rf "$PREFIX"
+make install >/dev/null
+log "built $("$PREFIX/bin/pgbouncer" --version | head -n1) into .build/pgbouncer"

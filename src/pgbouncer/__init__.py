@@ -1,0 +1,1 @@
+"""PgBouncer: pure configuration rendering, and the Pebble workload (layer, files, reload)."""

@@ -1,0 +1,101 @@
+"""Validation of every name that reaches SQL or ``pgbouncer.ini``.
+
+Databag values come from other applications. Before one is used as a database name, a role name
+or a host, it must pass one of these checks; a failure raises :class:`InvalidNameError` naming
+the field, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+MAX_IDENTIFIER_BYTES = 63
+"""PostgreSQL's NAMEDATALEN - 1: longer names are silently truncated by the server."""
+
+RESERVED_DATABASE_KEYS = frozenset({"pgbouncer", "pgb_authdb"})
+"""``pgbouncer`` is PgBouncer's admin console; ``pgb_authdb`` is our auth database key."""
+
+# Letters, digits, underscore and dash; first character a letter or underscore. Wide enough for
+# every name the PostgreSQL charms generate (relation_18, myapp-db) and narrow enough that it
+# needs no quoting in pgbouncer.ini and cannot carry whitespace, '=', ';', quotes or newlines.
+_DB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
+# Role names we create or read: the same, as the charms name relation users.
+_ROLE_NAME = _DB_NAME
+# A plain lower-case identifier (no quoting needed anywhere): what we generate ourselves.
+_PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+class InvalidNameError(ValueError):
+    """A value that may not be used as a name; ``field`` says which input it came from."""
+
+    def __init__(self, field: str, value: object, reason: str):
+        self.field = field
+        self.reason = reason
+        # Never echo the value itself: it may be long, hostile or a secret.
+        super().__init__(f"invalid {field}: {reason}")
+
+
+def _check(field: str, value: object, pattern: re.Pattern[str], what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidNameError(field, value, "empty or not a string")
+    if len(value.encode()) > MAX_IDENTIFIER_BYTES:
+        raise InvalidNameError(field, value, f"longer than {MAX_IDENTIFIER_BYTES} bytes")
+    if not pattern.fullmatch(value):
+        raise InvalidNameError(field, value, what)
+    return value
+
+
+def validate_database_name(value: object, field: str = "database") -> str:
+    """A database name usable as a ``[databases]`` key and a PostgreSQL identifier."""
+    name = _check(
+        field,
+        value,
+        _DB_NAME,
+        "only letters, digits, '_' and '-' allowed, starting with a letter or '_'",
+    )
+    if name.lower() in RESERVED_DATABASE_KEYS or name.lower().endswith("_readonly"):
+        raise InvalidNameError(field, value, "reserved name")
+    return name
+
+
+def validate_role_name(value: object, field: str = "username") -> str:
+    """A role name as the PostgreSQL charms generate them."""
+    return _check(
+        field,
+        value,
+        _ROLE_NAME,
+        "only letters, digits, '_' and '-' allowed, starting with a letter or '_'",
+    )
+
+
+def validate_plain_identifier(value: object, field: str) -> str:
+    """A lower-case identifier that needs no quoting anywhere (names we generate)."""
+    return _check(field, value, _PLAIN_IDENTIFIER, "not a plain lower-case identifier")
+
+
+def validate_host(value: object, field: str = "endpoints") -> str:
+    """A DNS name or an IP address (IPv6 without brackets)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidNameError(field, value, "empty host")
+    if len(value) > 253:
+        raise InvalidNameError(field, value, "host longer than 253 characters")
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    if not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+        raise InvalidNameError(field, value, "not a host name or IP address")
+    return value
+
+
+def validate_port(value: object, field: str = "endpoints") -> int:
+    """A TCP port number, 1 to 65535, from an int or a decimal string."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 5:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise InvalidNameError(field, value, "port must be an integer from 1 to 65535")
+    return value

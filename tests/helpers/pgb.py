@@ -1,0 +1,110 @@
+"""Throwaway PgBouncer processes: configuration text in, a running process on loopback out.
+
+Each process runs as the ``postgres`` user (PgBouncer refuses root), logs to a file in its own
+work directory and is stopped by its own PID.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.helpers.system import (
+    as_service_user,
+    pgbouncer_binary,
+    service_tempdir,
+    stop_process,
+    write_service_file,
+)
+
+
+class PgBouncerStartError(RuntimeError):
+    """PgBouncer exited or never said it was up."""
+
+
+@dataclass
+class PgBouncerProcess:
+    """A running PgBouncer and the files it was started from."""
+
+    proc: subprocess.Popen
+    ini_path: Path
+    log_path: Path
+    port: int
+
+    @property
+    def pid(self) -> int:
+        """PID of PgBouncer itself (setpriv execs in place)."""
+        return self.proc.pid
+
+    def log(self) -> str:
+        """Everything PgBouncer logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration, keeping clients connected."""
+        self.proc.send_signal(signal.SIGHUP)
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """Immediate shutdown (SIGQUIT on 1.23+), SIGKILL if it lingers."""
+        stop_process(self.proc, signal.SIGQUIT)
+
+
+@dataclass
+class PgBouncerFactory:
+    """Starts PgBouncer processes and stops every one of them at ``close()``."""
+
+    processes: list[PgBouncerProcess] = field(default_factory=list)
+    dirs: list[Path] = field(default_factory=list)
+
+    def workdir(self) -> Path:
+        """A fresh directory the ``postgres`` user owns, for an ini, auth file and sockets."""
+        path = service_tempdir("pgbk8s-pgb-")
+        self.dirs.append(path)
+        return path
+
+    def write(self, directory: Path, name: str, content: str) -> Path:
+        """Write a 0600 file owned by ``postgres`` into ``directory``."""
+        path = directory / name
+        write_service_file(path, content)
+        return path
+
+    def start(self, ini_text: str, port: int, workdir: Path | None = None, name: str = "pgbouncer.ini", timeout: float = 10.0) -> PgBouncerProcess:
+        """Write ``ini_text`` and start PgBouncer on it; returns once it logged "process up"."""
+        directory = workdir or self.workdir()
+        ini = self.write(directory, name, ini_text)
+        log_path = directory / f"{ini.stem}.stderr"
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(
+                as_service_user([pgbouncer_binary(), str(ini)]),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        pgb = PgBouncerProcess(proc=proc, ini_path=ini, log_path=log_path, port=port)
+        self.processes.append(pgb)
+        deadline = time.monotonic() + timeout
+        while "process up" not in pgb.log():
+            if not pgb.alive():
+                raise PgBouncerStartError(f"PgBouncer exited with {proc.returncode}:\n{pgb.log()}")
+            if time.monotonic() > deadline:
+                pgb.stop()
+                raise PgBouncerStartError(f"PgBouncer not up after {timeout}s:\n{pgb.log()}")
+            time.sleep(0.02)
+        return pgb
+
+    def close(self) -> None:
+        """Stop every process this factory started and remove their directories."""
+        for pgb in self.processes:
+            pgb.stop()
+        self.processes.clear()
+        for path in self.dirs:
+            shutil.rmtree(path, ignore_errors=True)
+        self.dirs.clear()

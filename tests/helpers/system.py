@@ -1,0 +1,115 @@
+"""Where the real binaries are, free ports, and running things as the ``postgres`` OS user."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+SERVICE_USER = "postgres"
+
+
+def pgbouncer_binary() -> str:
+    """The PgBouncer built by scripts/setup-system.sh, else one on PATH."""
+    built = PROJECT_ROOT / ".build" / "pgbouncer" / "bin" / "pgbouncer"
+    if built.exists():
+        return str(built.resolve())
+    found = shutil.which("pgbouncer")
+    if not found:
+        raise RuntimeError("no pgbouncer: run `make setup` (scripts/setup-system.sh)")
+    return found
+
+
+def pgbouncer_version() -> str:
+    """The ``PgBouncer x.y.z`` line of the binary the tests use."""
+    out = subprocess.run(
+        [pgbouncer_binary(), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    return out.splitlines()[0].strip()
+
+
+def is_root() -> bool:
+    """Whether we can start servers as the ``postgres`` user and use mount namespaces."""
+    return os.geteuid() == 0
+
+
+def service_ids() -> tuple[int, int]:
+    """UID and GID of the ``postgres`` OS user."""
+    entry = pwd.getpwnam(SERVICE_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on at 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def service_tempdir(prefix: str) -> Path:
+    """A fresh directory under /tmp owned by the ``postgres`` user (mode 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    uid, gid = service_ids()
+    os.chown(path, uid, gid)
+    path.chmod(0o700)
+    return path
+
+
+def write_service_file(path: Path, content: str, mode: int = 0o600) -> None:
+    """Write a file the ``postgres`` user owns and can read."""
+    path.write_text(content)
+    uid, gid = service_ids()
+    os.chown(path, uid, gid)
+    path.chmod(mode)
+
+
+def as_service_user(cmd: list[str]) -> list[str]:
+    """Prefix a command so that it runs as the ``postgres`` user.
+
+    setpriv execs the command in place (same PID), unlike runuser, which would SIGKILL its
+    child shortly after a SIGTERM.
+    """
+    return ["setpriv", f"--reuid={SERVICE_USER}", f"--regid={SERVICE_USER}", "--init-groups", *cmd]
+
+
+def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Block until something accepts TCP connections on ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
+            time.sleep(0.05)
+
+
+def wait_for_path(path: Path, timeout: float = 10.0) -> None:
+    """Block until ``path`` exists."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear after {timeout}s")
+        time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen, first_signal: int, grace: float = 5.0) -> None:
+    """Signal a child by its own PID, wait for it (no zombie left), SIGKILL after ``grace``."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(first_signal)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+    except ProcessLookupError:
+        proc.wait(timeout=5)
