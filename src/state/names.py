@@ -60,6 +60,16 @@ def validate_database_name(value: object, field: str = "database") -> str:
     return name
 
 
+def validate_target_dbname(value: object, field: str = "database") -> str:
+    """A database name as a connection target (``dbname=``): same rules, no reserved keys."""
+    return _check(
+        field,
+        value,
+        _DB_NAME,
+        "only letters, digits, '_' and '-' allowed, starting with a letter or '_'",
+    )
+
+
 def validate_role_name(value: object, field: str = "username") -> str:
     """A role name as the PostgreSQL charms generate them."""
     return _check(

@@ -1,0 +1,86 @@
+r"""What the leader shares with every unit through the ``pgb-peers`` application databag.
+
+Example databag (no secret in it: the auth role's credentials live in a Juju secret)::
+
+    {"auth_secret_id": "secret://…/d2fjn1fmp25004or68b0",
+     "auth_dbname": "pgbouncer",
+     "databases": "{\"myapp\": {\"relation_id\": 7}}"}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from state.names import InvalidNameError, validate_database_name, validate_target_dbname
+
+
+@dataclass(frozen=True)
+class AuthData:
+    """The auth role PgBouncer's ``auth_query`` logs in as."""
+
+    username: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def from_secret(cls, content: Mapping[str, str]) -> AuthData | None:
+        """From the auth secret's content; ``None`` when incomplete."""
+        username, password = content.get("username"), content.get("password")
+        if not username or not password:
+            return None
+        return cls(username=username, password=password)
+
+    def to_secret(self) -> dict[str, str]:
+        """The secret content that :meth:`from_secret` reads back."""
+        return {"username": self.username, "password": self.password}
+
+
+@dataclass(frozen=True)
+class PeerAppData:
+    """The leader's decisions every unit renders from."""
+
+    auth_secret_id: str | None = None
+    auth_dbname: str | None = None
+    databases: Mapping[str, int] = field(default_factory=dict)
+    """Client database name → the client relation id that asked for it."""
+
+    @classmethod
+    def from_databag(cls, data: Mapping[str, str]) -> PeerAppData:
+        """Parse the peer application databag; an empty or damaged databag parses to defaults.
+
+        Only the leader writes it, so a damaged value is a bug, not an attack: entries that
+        fail validation are dropped rather than trusted.
+        """
+        databases: dict[str, int] = {}
+        try:
+            raw = json.loads(data.get("databases") or "{}")
+        except ValueError:
+            raw = {}
+        if isinstance(raw, dict):
+            for name, entry in raw.items():
+                try:
+                    validate_database_name(name)
+                except InvalidNameError:
+                    continue
+                rel_id = entry.get("relation_id") if isinstance(entry, dict) else None
+                if isinstance(rel_id, int) and not isinstance(rel_id, bool):
+                    databases[name] = rel_id
+        auth_dbname = data.get("auth_dbname") or None
+        if auth_dbname is not None:
+            try:
+                validate_target_dbname(auth_dbname, "auth_dbname")
+            except InvalidNameError:
+                auth_dbname = None
+        return cls(
+            auth_secret_id=data.get("auth_secret_id") or None,
+            auth_dbname=auth_dbname,
+            databases=databases,
+        )
+
+    def databases_json(self) -> str:
+        """The ``databases`` value as stored in the databag."""
+        return json.dumps(
+            {name: {"relation_id": rel} for name, rel in sorted(self.databases.items())},
+            sort_keys=True,
+        )
