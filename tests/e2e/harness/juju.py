@@ -1,0 +1,451 @@
+"""A multi-unit application played with Scenario: one Context and one State per unit, kept in step.
+
+Scenario runs one hook on one unit with no memory. Juju keeps, between hooks and across units,
+what this module keeps for the tests:
+
+- each unit's output state becomes its next input (stored state, deferred events, the container's
+  layers and service statuses, its databags);
+- the peer relation is one relation seen from every unit: what unit ``k`` writes to its unit
+  databag appears in every other unit's ``peers_data[k]``; the application databag (written by
+  the leader) is shared;
+- for other relations, the leader's writes to the application databag are copied into the other
+  units' states (ops itself stops a follower from reading them, as Juju does); the remote side's
+  databags are set through :meth:`Application.set_remote`, for every unit at once;
+- secrets the leader creates with ``owner="app"`` appear in every unit's state with the same id;
+  a follower keeps tracking the revision it last saw until it refreshes, as in Juju; secrets of
+  other applications (``owner=None``) are added with :meth:`Application.add_secret`;
+- each unit's ``/var/lib/pgbouncer`` is a real directory of its own (a ``testing.Mount``), owned
+  by ``postgres``, and, when processes are enabled, each unit has a
+  :class:`~tests.e2e.harness.processes.PebbleProcessRunner` that replays what the charm asked
+  Pebble for after every hook (see ``processes.py`` for how calls are recorded).
+
+Every unit shares the host's network: PgBouncer processes of two units asked to listen on the
+same port would share it (``so_reuseport``) or collide. Enable processes on one unit, or give
+the test a reason to expect that.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ops import testing
+
+from tests.e2e.harness.processes import (
+    CONTAINER_PATH,
+    PebbleCall,
+    PebbleProcessRunner,
+    PebbleRecorder,
+    SyncReport,
+)
+from tests.helpers.system import pgbouncer_binary, service_tempdir
+
+EventFactory = Callable[[Any, testing.State], Any]
+"""Builds the event to run from ``ctx.on`` and the unit's current state."""
+
+DEFAULT_JUJU_VERSION = "3.6.2"
+
+
+def pgbouncer_version_exec() -> testing.Exec:
+    """``pgbouncer --version`` answering with what our real binary prints."""
+    out = subprocess.run(
+        [pgbouncer_binary(), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    return testing.Exec(["pgbouncer", "--version"], stdout=out)
+
+
+class Unit:
+    """One unit: its Scenario context, its current state, its mount and its processes."""
+
+    def __init__(
+        self,
+        app: Application,
+        unit_id: int,
+        ctx: testing.Context,
+        state: testing.State,
+        mount_dir: Path,
+        runner: PebbleProcessRunner | None,
+    ):
+        self.app = app
+        self.unit_id = unit_id
+        self.ctx = ctx
+        self.state = state
+        self.mount_dir = mount_dir
+        self.runner = runner
+        self.last_calls: list[PebbleCall] = []
+        self.last_report: SyncReport | None = None
+
+    @property
+    def name(self) -> str:
+        """``<app>/<id>``."""
+        return f"{self.app.name}/{self.unit_id}"
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this unit is the leader in its current state."""
+        return self.state.leader
+
+    @property
+    def container(self) -> testing.Container:
+        """The workload container in the current state."""
+        return self.state.get_container(self.app.container_name)
+
+    @property
+    def can_connect(self) -> bool:
+        """Whether Pebble answers in the workload container."""
+        return self.container.can_connect
+
+    @can_connect.setter
+    def can_connect(self, value: bool) -> None:
+        self._replace_container(can_connect=value)
+
+    def _replace_container(self, **changes: Any) -> None:
+        containers = {
+            dataclasses.replace(c, **changes) if c.name == self.app.container_name else c
+            for c in self.state.containers
+        }
+        self.state = dataclasses.replace(self.state, containers=containers)
+
+    def relation(self, relation_id: int) -> testing.RelationBase:
+        """The relation with this id, as this unit sees it now."""
+        return self.state.get_relation(relation_id)
+
+    def secret(self, secret_id: str) -> testing.Secret:
+        """A secret as this unit sees it now."""
+        return self.state.get_secret(id=secret_id)
+
+    def run(self, event_factory: EventFactory) -> testing.State:
+        """Run one event on this unit, keep its output state, replay its Pebble calls.
+
+        Args:
+            event_factory: ``lambda on, state: on.<event>(...)``; it gets this unit's
+                ``ctx.on`` and current state (take relations, containers and secrets from it).
+
+        Returns:
+            the output state (also kept as ``self.state``).
+        """
+        before = self.state
+        event = event_factory(self.ctx.on, before)
+        with PebbleRecorder() as recorder:
+            out = self.ctx.run(event, before)
+        self.state = out
+        self.last_calls = recorder.for_container(self.app.container_name)
+        self.app._propagate(self, before)
+        if self.runner is not None:
+            container = out.get_container(self.app.container_name)
+            self.last_report = self.runner.apply(
+                self.last_calls, container.plan.services, ready=self.app.process_ready
+            )
+        return out
+
+    # Shortcuts for the events an end-to-end story needs.
+
+    def install(self) -> testing.State:
+        """Run ``install``."""
+        return self.run(lambda on, _: on.install())
+
+    def leader_elected(self) -> testing.State:
+        """Run ``leader-elected``."""
+        return self.run(lambda on, _: on.leader_elected())
+
+    def config_changed(self) -> testing.State:
+        """Run ``config-changed``."""
+        return self.run(lambda on, _: on.config_changed())
+
+    def start(self) -> testing.State:
+        """Run ``start``."""
+        return self.run(lambda on, _: on.start())
+
+    def update_status(self) -> testing.State:
+        """Run ``update-status``."""
+        return self.run(lambda on, _: on.update_status())
+
+    def pebble_ready(self) -> testing.State:
+        """Run ``<container>-pebble-ready`` (the container must be able to connect)."""
+        name = self.app.container_name
+        return self.run(lambda on, st: on.pebble_ready(st.get_container(name)))
+
+    def relation_created(self, relation_id: int) -> testing.State:
+        """Run ``<endpoint>-relation-created``."""
+        return self.run(lambda on, st: on.relation_created(st.get_relation(relation_id)))
+
+    def relation_joined(self, relation_id: int, remote_unit: int) -> testing.State:
+        """Run ``<endpoint>-relation-joined`` for a remote (or peer) unit."""
+        return self.run(
+            lambda on, st: on.relation_joined(
+                st.get_relation(relation_id), remote_unit=remote_unit
+            )
+        )
+
+    def relation_changed(self, relation_id: int, remote_unit: int | None = None) -> testing.State:
+        """Run ``<endpoint>-relation-changed`` (``remote_unit`` None: the remote app changed)."""
+        return self.run(
+            lambda on, st: on.relation_changed(
+                st.get_relation(relation_id), remote_unit=remote_unit
+            )
+        )
+
+    def relation_departed(
+        self, relation_id: int, remote_unit: int, departing_unit: int | None = None
+    ) -> testing.State:
+        """Run ``<endpoint>-relation-departed``; ``departing_unit`` defaults to the remote unit."""
+        departing = remote_unit if departing_unit is None else departing_unit
+        return self.run(
+            lambda on, st: on.relation_departed(
+                st.get_relation(relation_id), remote_unit=remote_unit, departing_unit=departing
+            )
+        )
+
+    def relation_broken(self, relation_id: int) -> testing.State:
+        """Run ``<endpoint>-relation-broken``."""
+        return self.run(lambda on, st: on.relation_broken(st.get_relation(relation_id)))
+
+    def secret_changed(self, secret_id: str) -> testing.State:
+        """Run ``secret-changed`` for a secret this unit observes."""
+        return self.run(lambda on, st: on.secret_changed(st.get_secret(id=secret_id)))
+
+
+class Application:
+    """An application of ``num_units`` units of one charm class, unit 0 the leader.
+
+    Args:
+        charm_type: the ``ops.CharmBase`` subclass.
+        name: the application name.
+        num_units: how many units.
+        meta: charm metadata (a ``charmcraft.yaml``-style dict); None lets Scenario read the
+            ``charmcraft.yaml`` at the charm's root (the parent of the module's ``src/``).
+        config: the application's config values (shared by every unit).
+        container_name: the workload container.
+        mount_location: the container path backed by a real directory per unit.
+        peer_endpoint: the peer endpoint; None for none.
+        execs: ``testing.Exec`` answers for the container; default: ``pgbouncer --version``
+            answered with our real binary's output.
+        processes: ids of the units whose Pebble services run as real processes.
+        process_ready: text a started service logs once it serves (PgBouncer: ``process up``).
+        juju_version: the Juju version Scenario pretends to be.
+        model: the model (shared by every unit).
+    """
+
+    def __init__(
+        self,
+        charm_type: type,
+        *,
+        name: str = "pgbouncer-k8s",
+        num_units: int = 2,
+        meta: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        container_name: str = "pgbouncer",
+        mount_location: str = CONTAINER_PATH,
+        peer_endpoint: str | None = "pgb-peers",
+        execs: Iterable[testing.Exec] | None = None,
+        processes: Iterable[int] = (0,),
+        process_ready: str | None = "process up",
+        juju_version: str = DEFAULT_JUJU_VERSION,
+        model: testing.Model | None = None,
+    ):
+        self.charm_type = charm_type
+        self.name = name
+        self.container_name = container_name
+        self.mount_location = mount_location
+        self.peer_endpoint = peer_endpoint
+        self.process_ready = process_ready
+        self.model = model or testing.Model(name="pgbk8s-e2e")
+        self.config = dict(config or {})
+        self.units: list[Unit] = []
+        self._app_secrets: dict[str, testing.Secret] = {}
+        self._meta = dict(meta) if meta is not None else None
+        execs = set(execs) if execs is not None else {pgbouncer_version_exec()}
+        peer = testing.PeerRelation(peer_endpoint) if peer_endpoint else None
+        process_units = set(processes)
+        try:
+            for unit_id in range(num_units):
+                mount_dir = service_tempdir(f"pgbk8s-unit{unit_id}-")
+                mount_dir.chmod(0o755)
+                container = testing.Container(
+                    container_name,
+                    can_connect=True,
+                    mounts={"data": testing.Mount(location=mount_location, source=mount_dir)},
+                    execs=execs,
+                )
+                relations = set()
+                if peer is not None:
+                    others = {i: {} for i in range(num_units) if i != unit_id}
+                    relations.add(dataclasses.replace(peer, peers_data=others))
+                state = testing.State(
+                    leader=unit_id == 0,
+                    planned_units=num_units,
+                    config=self.config,
+                    containers={container},
+                    relations=relations,
+                    model=self.model,
+                )
+                ctx = testing.Context(
+                    charm_type,
+                    meta=self._meta,
+                    app_name=name,
+                    unit_id=unit_id,
+                    juju_version=juju_version,
+                )
+                runner = (
+                    PebbleProcessRunner({mount_location: mount_dir})
+                    if unit_id in process_units
+                    else None
+                )
+                self.units.append(Unit(self, unit_id, ctx, state, mount_dir, runner))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def leader(self) -> Unit:
+        """The unit whose state says it leads."""
+        return next(u for u in self.units if u.is_leader)
+
+    @property
+    def peer_relation_id(self) -> int:
+        """Id of the peer relation (the same in every unit's state)."""
+        if not self.peer_endpoint:
+            raise LookupError("no peer endpoint")
+        return self.units[0].state.get_relations(self.peer_endpoint)[0].id
+
+    def __enter__(self) -> Application:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every unit's processes and remove every unit's directory."""
+        for unit in self.units:
+            if unit.runner is not None:
+                unit.runner.close()
+            shutil.rmtree(unit.mount_dir, ignore_errors=True)
+
+    # -- changing the world between hooks ---------------------------------------------------
+
+    def _each(self, change: Callable[[testing.State], testing.State]) -> None:
+        for unit in self.units:
+            unit.state = change(unit.state)
+
+    def set_config(self, **values: Any) -> None:
+        """Change config values on every unit (then run ``config_changed`` where wanted)."""
+        self.config.update(values)
+        self._each(lambda st: dataclasses.replace(st, config=dict(self.config)))
+
+    def set_leader(self, unit_id: int) -> None:
+        """Make ``unit_id`` the leader and every other unit a follower."""
+        for unit in self.units:
+            unit.state = dataclasses.replace(unit.state, leader=unit.unit_id == unit_id)
+
+    def add_relation(self, relation: testing.Relation) -> int:
+        """Add a non-peer relation (same id, same remote data) to every unit; its id."""
+        self._each(lambda st: dataclasses.replace(st, relations={*st.relations, relation}))
+        return relation.id
+
+    def remove_relation(self, relation_id: int) -> None:
+        """Take a relation away from every unit (after its ``relation-broken``)."""
+        self._each(
+            lambda st: dataclasses.replace(
+                st, relations={r for r in st.relations if r.id != relation_id}
+            )
+        )
+
+    def set_remote(
+        self,
+        relation_id: int,
+        *,
+        remote_app_data: Mapping[str, str] | None = None,
+        remote_units_data: Mapping[int, Mapping[str, str]] | None = None,
+    ) -> None:
+        """Replace what the remote application (and its units) published, for every unit."""
+        changes: dict[str, Any] = {}
+        if remote_app_data is not None:
+            changes["remote_app_data"] = dict(remote_app_data)
+        if remote_units_data is not None:
+            changes["remote_units_data"] = {k: dict(v) for k, v in remote_units_data.items()}
+
+        def change(st: testing.State) -> testing.State:
+            rels = {
+                dataclasses.replace(r, **changes) if r.id == relation_id else r
+                for r in st.relations
+            }
+            return dataclasses.replace(st, relations=rels)
+
+        self._each(change)
+
+    def add_secret(self, secret: testing.Secret) -> None:
+        """Make another application's secret (``owner=None``) visible to every unit."""
+
+        def change(st: testing.State) -> testing.State:
+            kept = {s for s in st.secrets if s.id != secret.id}
+            return dataclasses.replace(st, secrets={*kept, copy.copy(secret)})
+
+        self._each(change)
+
+    def relation_data(self, relation_id: int) -> dict[str, str]:
+        """The leader's current application databag for a relation (what the remote side sees)."""
+        return dict(self.leader.relation(relation_id).local_app_data)
+
+    # -- keeping the units in step ----------------------------------------------------------
+
+    def _propagate(self, source: Unit, before: testing.State) -> None:
+        """Copy what ``source`` just wrote that other units see into their states."""
+        out = source.state
+        peer = None
+        if self.peer_endpoint:
+            peers = out.get_relations(self.peer_endpoint)
+            peer = peers[0] if peers else None
+        shared = {
+            r.id: r.local_app_data
+            for r in out.relations
+            if not isinstance(r, testing.PeerRelation)
+        }
+        if source.is_leader:
+            before_ids = {s.id for s in before.secrets if s.owner == "app"}
+            now = {s.id: s for s in out.secrets if s.owner == "app"}
+            for gone in before_ids - set(now):
+                self._app_secrets.pop(gone, None)
+            self._app_secrets.update(now)
+        for unit in self.units:
+            if unit is source:
+                continue
+            st = unit.state
+            relations = set()
+            for rel in st.relations:
+                if (
+                    peer is not None
+                    and isinstance(rel, testing.PeerRelation)
+                    and rel.id == peer.id
+                ):
+                    peers_data = dict(rel.peers_data)
+                    peers_data[source.unit_id] = dict(peer.local_unit_data)
+                    rel = dataclasses.replace(
+                        rel, local_app_data=dict(peer.local_app_data), peers_data=peers_data
+                    )
+                elif source.is_leader and rel.id in shared:
+                    rel = dataclasses.replace(rel, local_app_data=dict(shared[rel.id]))
+                relations.add(rel)
+            secrets = {s for s in st.secrets if s.owner != "app"}
+            for secret_id, leader_copy in self._app_secrets.items():
+                secrets.add(_follower_view(leader_copy, st, secret_id))
+            unit.state = dataclasses.replace(st, relations=relations, secrets=secrets)
+
+
+def _follower_view(
+    leader_copy: testing.Secret, st: testing.State, secret_id: str
+) -> testing.Secret:
+    """The leader's app secret as another unit sees it: latest revision, its own tracked one."""
+    view = copy.copy(leader_copy)
+    mine = next((s for s in st.secrets if s.id == secret_id), None)
+    if mine is None:
+        object.__setattr__(view, "tracked_content", dict(leader_copy.latest_content))
+        object.__setattr__(view, "_tracked_revision", leader_copy._latest_revision)
+    else:
+        object.__setattr__(view, "tracked_content", dict(mine.tracked_content))
+        object.__setattr__(view, "_tracked_revision", mine._tracked_revision)
+    return view

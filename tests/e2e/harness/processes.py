@@ -1,0 +1,678 @@
+"""Real processes for the services of a Pebble plan that a Scenario run produced.
+
+Scenario (``ops.testing`` 8.9) plays Pebble's API but runs nothing. What its mock client does
+with each call, read from ``scenario/mocking.py`` and ``ops/_private/harness.py``:
+
+- ``send_signal``: checks that the services exist and are active and that the signal name is
+  valid, then does nothing; nothing is recorded in the output state.
+- ``restart_services`` / ``start_services`` / ``stop_services``: set the service's status
+  (``ACTIVE`` / ``INACTIVE``) and make a change object inside the throwaway client. A restart of
+  an active service leaves the output state exactly as it was.
+- ``replan_services`` / ``autostart_services``: mark every ``startup: enabled`` service ``ACTIVE``;
+  a service whose definition changed is *not* restarted (real Pebble restarts it).
+- ``push`` / ``make_dir``: write into the container's filesystem (through a ``Mount``, into a
+  real directory) with the requested mode, but ignore ``user``/``group``: files stay owned by
+  the test process.
+
+So the output state cannot tell a reload from nothing, nor a restart from nothing. The harness
+therefore *records* the calls: :class:`PebbleRecorder` wraps those methods of Scenario's mock
+Pebble client for the duration of a run and keeps each call in order (container, action,
+services, signal). :class:`PebbleProcessRunner` then replays them on real processes with real
+Pebble semantics: ``replan`` starts enabled services and restarts the running ones whose
+definition changed, ``restart`` stops (SIGTERM, kill-delay, SIGKILL) then starts, one service
+at a time in the order given, ``send_signal`` signals the process. The recorder also applies the
+ownership Pebble would give pushed files and made directories (``user``/``group``, else root),
+so a charm that forgets ``user="postgres"`` fails here as it would in a pod.
+
+Nothing is inferred from changed files: a charm that rewrites ``pgbouncer.ini`` without telling
+Pebble leaves the real process on the old configuration, exactly as in production, and an
+end-to-end test sees it. :meth:`PebbleProcessRunner.sync` is the state-only fallback (make the
+running processes match the plan and the services' statuses) for callers without a recording.
+
+Each service runs as ``unshare --mount --propagation private -- sh -c <script>``: the script
+mounts a private tmpfs on a scratch directory, lays an overlay (upper layer on that tmpfs) over
+the nearest existing ancestor of each container path missing on the host (``/var/lib`` for
+``/var/lib/pgbouncer``), creates the mountpoint inside it, bind-mounts the host directory there,
+then ``exec setpriv --reuid=<user> --regid=<group> --init-groups -- <command>``. Every step execs,
+so the PID held is the service's own process (PgBouncer), and the host sees no mount and no new
+directory. ``PATH`` starts with the directory of our built PgBouncer, so the plan's bare
+``pgbouncer`` resolves to it. Pebble's ``on-failure`` restarts are deliberately not imitated:
+a crash is reported (:meth:`PebbleProcessRunner.exited`) instead of hidden.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ops import pebble
+
+from tests.helpers.system import pgbouncer_binary
+
+logger = logging.getLogger(__name__)
+
+CONTAINER_PATH = "/var/lib/pgbouncer"
+DEFAULT_KILL_DELAY = 5.0
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class ProcessError(RuntimeError):
+    """A service process could not be started, exited, or did not become ready."""
+
+
+# --------------------------------------------------------------------------------------------
+# What the charm asked Pebble for
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PebbleCall:
+    """One call the charm made on Scenario's Pebble client, in the order made.
+
+    Attributes:
+        container: the container's name.
+        action: ``replan``, ``autostart``, ``start``, ``stop``, ``restart`` or ``signal``.
+        services: the services named in the call (empty for ``replan``/``autostart``).
+        signal: the signal name for ``signal`` (``SIGHUP``), else None.
+    """
+
+    container: str
+    action: str
+    services: tuple[str, ...] = ()
+    signal: str | None = None
+
+
+def _scenario_client_class() -> type:
+    from scenario import mocking  # private module, imported only here
+
+    return mocking._MockPebbleClient
+
+
+def _owner_ids(kwargs: Mapping[str, Any]) -> tuple[int, int]:
+    """UID and GID Pebble gives a pushed file or made directory: as asked, else root."""
+    uid: int | None = kwargs.get("user_id")
+    gid: int | None = kwargs.get("group_id")
+    if kwargs.get("user"):
+        entry = pwd.getpwnam(kwargs["user"])
+        uid = entry.pw_uid
+        if gid is None and not kwargs.get("group"):
+            gid = entry.pw_gid
+    if kwargs.get("group"):
+        gid = grp.getgrnam(kwargs["group"]).gr_gid
+    if uid is not None and gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    return (uid or 0, gid or 0)
+
+
+class PebbleRecorder:
+    """Records service calls made on Scenario's mock Pebble client while it is entered.
+
+    Use around one ``ctx.run``; ``calls`` then lists what the charm asked for. While entered it
+    also chowns what ``push``/``make_dir`` write (set ``apply_ownership=False`` to keep
+    Scenario's behaviour).
+    """
+
+    _SERVICE_METHODS = {
+        "replan_services": "replan",
+        "autostart_services": "autostart",
+        "start_services": "start",
+        "stop_services": "stop",
+        "restart_services": "restart",
+    }
+
+    def __init__(self, apply_ownership: bool = True):
+        self.calls: list[PebbleCall] = []
+        self.apply_ownership = apply_ownership
+        self._saved: dict[str, Any] = {}
+
+    def for_container(self, name: str) -> list[PebbleCall]:
+        """The calls made on one container, in order."""
+        return [call for call in self.calls if call.container == name]
+
+    def __enter__(self) -> PebbleRecorder:
+        cls = _scenario_client_class()
+        for method, action in self._SERVICE_METHODS.items():
+            self._wrap(cls, method, self._service_wrapper(action))
+        self._wrap(cls, "send_signal", self._signal_wrapper)
+        if self.apply_ownership:
+            self._wrap(cls, "push", self._owner_wrapper("push"))
+            self._wrap(cls, "make_dir", self._owner_wrapper("make_dir"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cls = _scenario_client_class()
+        for method, original in self._saved.items():
+            if original is None:
+                delattr(cls, method)
+            else:
+                setattr(cls, method, original)
+        self._saved.clear()
+
+    def _wrap(self, cls: type, method: str, make: Callable[[Callable], Callable]) -> None:
+        original = getattr(cls, method)
+        self._saved[method] = cls.__dict__.get(method)
+        setattr(cls, method, make(original))
+
+    def _service_wrapper(self, action: str) -> Callable[[Callable], Callable]:
+        recorder = self
+
+        def make(original: Callable) -> Callable:
+            def wrapper(client: Any, *args: Any, **kwargs: Any) -> Any:
+                result = original(client, *args, **kwargs)
+                names = tuple(args[0]) if args and action not in ("replan", "autostart") else ()
+                if "services" in kwargs:
+                    names = tuple(kwargs["services"])
+                # replan calls autostart internally: record what the charm called, once.
+                if not (action == "autostart" and getattr(client, "_pgbk8s_in_replan", False)):
+                    recorder.calls.append(PebbleCall(client._container_name, action, names))
+                return result
+
+            if action == "replan":
+
+                def replan(client: Any, *args: Any, **kwargs: Any) -> Any:
+                    client._pgbk8s_in_replan = True
+                    try:
+                        return wrapper(client, *args, **kwargs)
+                    finally:
+                        client._pgbk8s_in_replan = False
+
+                return replan
+            return wrapper
+
+        return make
+
+    def _signal_wrapper(self, original: Callable) -> Callable:
+        recorder = self
+
+        def wrapper(client: Any, sig: int | str, service_names: Iterable[str]) -> Any:
+            names = tuple(service_names)
+            result = original(client, sig, names)
+            name = signal.Signals(sig).name if isinstance(sig, int) else str(sig)
+            recorder.calls.append(PebbleCall(client._container_name, "signal", names, name))
+            return result
+
+        return wrapper
+
+    def _owner_wrapper(self, kind: str) -> Callable[[Callable], Callable]:
+        def make(original: Callable) -> Callable:
+            def wrapper(client: Any, path: Any, *args: Any, **kwargs: Any) -> Any:
+                host = Path(client._root) / str(path).lstrip("/")
+                existed = host.exists()
+                result = original(client, path, *args, **kwargs)
+                # Pebble writes a new file on every push; make_dir leaves existing dirs alone.
+                if kind == "push" or not existed:
+                    uid, gid = _owner_ids(kwargs)
+                    os.chown(host, uid, gid)
+                return result
+
+            return wrapper
+
+        return make
+
+
+# --------------------------------------------------------------------------------------------
+# Services and their processes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What the runner needs of a Pebble service definition."""
+
+    command: str
+    user: str | None = None
+    group: str | None = None
+    environment: tuple[tuple[str, str], ...] = ()
+    working_dir: str | None = None
+    startup: str = "enabled"
+    kill_delay: float = DEFAULT_KILL_DELAY
+
+    @classmethod
+    def from_service(cls, service: pebble.Service | Mapping[str, Any]) -> ServiceSpec:
+        """Build from an ``ops.pebble.Service`` (a plan's) or a layer-style dict."""
+        data = service.to_dict() if isinstance(service, pebble.Service) else dict(service)
+        user = data.get("user")
+        if user is None and data.get("user-id") is not None:
+            user = pwd.getpwuid(int(data["user-id"])).pw_name
+        group = data.get("group")
+        if group is None and data.get("group-id") is not None:
+            group = grp.getgrgid(int(data["group-id"])).gr_name
+        return cls(
+            command=data["command"],
+            user=user,
+            group=group,
+            environment=tuple(sorted((data.get("environment") or {}).items())),
+            working_dir=data.get("working-dir"),
+            startup=str(data.get("startup") or "disabled"),
+            kill_delay=_duration(data.get("kill-delay")),
+        )
+
+    def argv(self) -> list[str]:
+        """The command as Pebble runs it (shell words; ``[ default args ]`` kept, brackets not)."""
+        return [word for word in shlex.split(self.command) if word not in ("[", "]")]
+
+
+def _duration(value: str | None) -> float:
+    if not value:
+        return DEFAULT_KILL_DELAY
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
+    for suffix in ("ms", "s", "m"):
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * units[suffix]
+    return float(value)
+
+
+@dataclass
+class ServiceProcess:
+    """A running service: its process, the definition it was started from, its log."""
+
+    name: str
+    spec: ServiceSpec
+    proc: subprocess.Popen
+    log_path: Path
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        """PID of the service's own process (every wrapper execs in place)."""
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """Whether the process still runs (``poll`` reaps it: no zombie counts as alive)."""
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        """Everything the process wrote to stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class SyncReport:
+    """What a replay or sync did, by service name."""
+
+    started: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    signalled: list[tuple[str, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.started or self.stopped or self.restarted or self.signalled)
+
+
+_NAMESPACE_SCRIPT = """set -eu
+mount -t tmpfs -o mode=0700 pgbk8s-scratch {scratch}
+{overlays}
+{binds}
+cd {workdir}
+exec {drop} "$@"
+"""
+
+
+class PebbleProcessRunner:
+    """Runs a container's Pebble services as real processes, its paths bind-mounted from the host.
+
+    Args:
+        mounts: container path -> host directory, e.g. ``{"/var/lib/pgbouncer": tmp_dir}``
+            (the same directory given to Scenario as ``testing.Mount(source=...)``).
+        path_dirs: directories put first on the services' ``PATH``; by default the directory of
+            the PgBouncer the tests use.
+        workdir: where logs and the namespace scratch directory go; a fresh temp dir by default.
+    """
+
+    def __init__(
+        self,
+        mounts: Mapping[str, Path] | Path,
+        *,
+        path_dirs: Iterable[str] | None = None,
+        workdir: Path | None = None,
+    ):
+        if isinstance(mounts, Path | str):
+            mounts = {CONTAINER_PATH: Path(mounts)}
+        self.mounts = {str(PurePosixPath(k)): Path(v).resolve() for k, v in mounts.items()}
+        for location in self.mounts:
+            if not location.startswith("/") or location == "/":
+                raise ValueError(f"cannot mount over {location!r}")
+        if path_dirs is None:
+            path_dirs = [str(Path(pgbouncer_binary()).parent)]
+        self.path_dirs = list(path_dirs)
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pgbk8s-runner-"))
+        self.processes: dict[str, ServiceProcess] = {}
+        self.history: list[tuple[str, str]] = []
+
+    # -- context management ----------------------------------------------------------------
+
+    def __enter__(self) -> PebbleProcessRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every process, then remove the runner's own work directory."""
+        self.stop_all()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- one service -----------------------------------------------------------------------
+
+    def _script(self, scratch: Path, spec: ServiceSpec) -> str:
+        overlays: list[str] = []
+        binds: list[str] = []
+        overlaid: dict[str, int] = {}
+        for location, source in sorted(self.mounts.items()):
+            if not Path(location).exists():
+                ancestor = Path(location).parent
+                while not ancestor.exists():
+                    ancestor = ancestor.parent
+                anc = str(ancestor)
+                if anc == "/":
+                    raise ValueError(f"no existing ancestor below / for {location}")
+                if anc not in overlaid:
+                    n = overlaid[anc] = len(overlaid)
+                    upper, work = scratch / f"{n}u", scratch / f"{n}w"
+                    for path in (upper, work, ancestor):
+                        if any(c in str(path) for c in ",:"):
+                            raise ValueError(f"path unusable in overlay options: {path}")
+                    overlays.append(f"mkdir {shlex.quote(str(upper))} {shlex.quote(str(work))}")
+                    opts = f"lowerdir={anc},upperdir={upper},workdir={work}"
+                    overlays.append(
+                        f"mount -t overlay pgbk8s-overlay -o {shlex.quote(opts)} {shlex.quote(anc)}"
+                    )
+                binds.append(f"mkdir -p {shlex.quote(location)}")
+            binds.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(location)}")
+        if spec.user:
+            entry = pwd.getpwnam(spec.user)
+            group = spec.group or grp.getgrgid(entry.pw_gid).gr_name
+            drop = f"setpriv --reuid={shlex.quote(spec.user)} --regid={shlex.quote(group)} --init-groups --"
+        elif spec.group:
+            drop = f"setpriv --regid={shlex.quote(spec.group)} --clear-groups --"
+        else:
+            drop = ""
+        return _NAMESPACE_SCRIPT.format(
+            scratch=shlex.quote(str(scratch)),
+            overlays="\n".join(overlays),
+            binds="\n".join(binds),
+            workdir=shlex.quote(spec.working_dir or "/"),
+            drop=drop,
+        )
+
+    def _env(self, spec: ServiceSpec) -> dict[str, str]:
+        env = {"PATH": ":".join([*self.path_dirs, BASE_PATH]), "LANG": "C.UTF-8"}
+        if spec.user:
+            entry = pwd.getpwnam(spec.user)
+            env.update(HOME=entry.pw_dir, USER=spec.user, LOGNAME=spec.user)
+        else:
+            env["HOME"] = "/root"
+        env.update(dict(spec.environment))
+        return env
+
+    def start(
+        self, name: str, spec: ServiceSpec | pebble.Service | Mapping[str, Any]
+    ) -> ServiceProcess:
+        """Start one service (it must not be running)."""
+        if not isinstance(spec, ServiceSpec):
+            spec = ServiceSpec.from_service(spec)
+        current = self.processes.get(name)
+        if current is not None and current.alive():
+            raise ProcessError(f"service {name} is already running (pid {current.pid})")
+        scratch = self.workdir / f"ns-{name}"
+        scratch.mkdir(mode=0o700, exist_ok=True)
+        log_path = self.workdir / f"{name}.log"
+        argv = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            self._script(scratch, spec),
+            f"pgbk8s-{name}",
+            *spec.argv(),
+        ]
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self._env(spec),
+                cwd="/",
+                start_new_session=True,  # Pebble gives each service its own process group
+            )
+        service = ServiceProcess(name=name, spec=spec, proc=proc, log_path=log_path)
+        self.processes[name] = service
+        self.history.append(("start", name))
+        logger.info("started %s (pid %s): %s", name, proc.pid, spec.command)
+        return service
+
+    def stop(self, name: str, grace: float | None = None) -> None:
+        """Stop like Pebble: SIGTERM, wait ``kill-delay``, then SIGKILL; always reaped."""
+        service = self.processes.pop(name, None)
+        if service is None:
+            return
+        self.history.append(("stop", name))
+        proc = service.proc
+        if proc.poll() is not None:
+            return
+        delay = service.spec.kill_delay if grace is None else grace
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout=10)
+
+    def signal(self, names: Iterable[str], sig: int | str = signal.SIGHUP) -> None:
+        """Send a signal to running services; an unknown or dead service is an error (as Pebble)."""
+        signum = signal.Signals[sig] if isinstance(sig, str) else signal.Signals(sig)
+        for name in names:
+            service = self.processes.get(name)
+            if service is None or not service.alive():
+                raise ProcessError(f'cannot send signal to "{name}": service is not running')
+            service.proc.send_signal(signum)
+            self.history.append((signum.name, name))
+
+    def reload(self, names: Iterable[str]) -> None:
+        """SIGHUP: PgBouncer re-reads its configuration and keeps its clients."""
+        self.signal(names, signal.SIGHUP)
+
+    def restart(
+        self, names: Iterable[str], ready: str | None = None, timeout: float = 15.0
+    ) -> None:
+        """Restart services one at a time; wait for ``ready`` in each log before the next."""
+        for name in names:
+            service = self.processes.get(name)
+            if service is None:
+                raise ProcessError(f"cannot restart {name}: not started by this runner")
+            spec = service.spec
+            self.stop(name)
+            mark = self.log_offset(name)
+            self.start(name, spec)
+            if ready:
+                self.wait_for_log(name, ready, timeout=timeout, after=mark)
+
+    def stop_all(self, grace: float | None = None) -> None:
+        """Stop every service (each by its own PID, reaped)."""
+        for name in list(self.processes):
+            try:
+                self.stop(name, grace)
+            except Exception:  # keep stopping the others; the failure is logged
+                logger.exception("could not stop %s", name)
+
+    # -- observing ---------------------------------------------------------------------------
+
+    def running(self) -> set[str]:
+        """Names of the services whose process is alive."""
+        return {name for name, svc in self.processes.items() if svc.alive()}
+
+    def exited(self) -> dict[str, int]:
+        """Services that died without being stopped, with their exit codes."""
+        return {
+            name: svc.proc.returncode
+            for name, svc in self.processes.items()
+            if svc.proc.poll() is not None
+        }
+
+    def logs(self, name: str) -> str:
+        """The log of a service (all its runs, appended)."""
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def log_offset(self, name: str) -> int:
+        """Current length of a service's log, to wait for text written after this point."""
+        return len(self.logs(name))
+
+    def wait_for_log(self, name: str, text: str, timeout: float = 15.0, after: int = 0) -> None:
+        """Block until ``text`` appears in the service's log after offset ``after``."""
+        deadline = time.monotonic() + timeout
+        while text not in self.logs(name)[after:]:
+            service = self.processes.get(name)
+            if service is None or not service.alive():
+                code = service.proc.returncode if service else None
+                raise ProcessError(
+                    f"{name} exited ({code}) before logging {text!r}:\n{self.logs(name)[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise ProcessError(
+                    f"{name} did not log {text!r} in {timeout}s:\n{self.logs(name)[-3000:]}"
+                )
+            time.sleep(0.02)
+
+    # -- replaying what the charm asked for --------------------------------------------------
+
+    def apply(
+        self,
+        calls: Iterable[PebbleCall],
+        services: Mapping[str, pebble.Service | ServiceSpec | Mapping[str, Any]],
+        *,
+        ready: str | None = None,
+        timeout: float = 15.0,
+    ) -> SyncReport:
+        """Replay recorded Pebble calls on real processes, with real Pebble semantics.
+
+        Args:
+            calls: the calls for this container, in order (``PebbleRecorder.for_container``).
+            services: the plan's services after the run (``out.get_container(n).plan.services``).
+            ready: a log line each started service must print before the next step (PgBouncer:
+                ``"process up"``); None to not wait.
+            timeout: how long to wait for ``ready``.
+
+        Returns:
+            what was started, stopped, restarted and signalled.
+        """
+        specs = {
+            name: svc if isinstance(svc, ServiceSpec) else ServiceSpec.from_service(svc)
+            for name, svc in services.items()
+        }
+        report = SyncReport()
+
+        def start(name: str) -> None:
+            mark = self.log_offset(name)
+            self.start(name, specs[name])
+            if ready:
+                self.wait_for_log(name, ready, timeout=timeout, after=mark)
+
+        for call in calls:
+            if call.action in ("replan", "autostart"):
+                for name, spec in specs.items():
+                    if spec.startup != "enabled":
+                        continue
+                    current = self.processes.get(name)
+                    if current is None or not current.alive():
+                        self.processes.pop(name, None)
+                        start(name)
+                        report.started.append(name)
+                    elif call.action == "replan" and current.spec != spec:
+                        self.stop(name)
+                        start(name)
+                        report.restarted.append(name)
+            elif call.action == "start":
+                for name in call.services:
+                    if name not in self.running():
+                        self.processes.pop(name, None)
+                        start(name)
+                        report.started.append(name)
+            elif call.action == "stop":
+                for name in call.services:
+                    if name in self.processes:
+                        self.stop(name)
+                        report.stopped.append(name)
+            elif call.action == "restart":
+                for name in call.services:
+                    self.stop(name)
+                    start(name)
+                    report.restarted.append(name)
+            elif call.action == "signal":
+                self.signal(call.services, call.signal or "SIGHUP")
+                report.signalled.extend((name, call.signal or "SIGHUP") for name in call.services)
+        return report
+
+    def sync(
+        self,
+        services: Mapping[str, pebble.Service | ServiceSpec | Mapping[str, Any]],
+        active: Iterable[str] | None = None,
+        *,
+        ready: str | None = None,
+        timeout: float = 15.0,
+    ) -> SyncReport:
+        """State-only fallback: make the processes match a plan and the services' statuses.
+
+        Starts services in ``active`` (default: every ``startup: enabled`` service) that are not
+        running, stops running ones that are not in it or left the plan, and restarts those whose
+        definition changed. It cannot see reloads: prefer :meth:`apply` with a recording.
+        """
+        specs = {
+            name: svc if isinstance(svc, ServiceSpec) else ServiceSpec.from_service(svc)
+            for name, svc in services.items()
+        }
+        wanted = (
+            set(active) & set(specs)
+            if active is not None
+            else {n for n, s in specs.items() if s.startup == "enabled"}
+        )
+        report = SyncReport()
+        for name in sorted(set(self.processes) - wanted):
+            self.stop(name)
+            report.stopped.append(name)
+        for name in sorted(wanted):
+            current = self.processes.get(name)
+            changed = current is not None and current.alive() and current.spec != specs[name]
+            if current is not None and current.alive() and not changed:
+                continue
+            if changed:
+                self.stop(name)
+            else:
+                self.processes.pop(name, None)
+            mark = self.log_offset(name)
+            self.start(name, specs[name])
+            if ready:
+                self.wait_for_log(name, ready, timeout=timeout, after=mark)
+            (report.restarted if changed else report.started).append(name)
+        return report
+
+
+@contextlib.contextmanager
+def running(mounts: Mapping[str, Path] | Path, **kwargs: Any) -> Iterator[PebbleProcessRunner]:
+    """A runner whose processes are all stopped when the block ends, however it ends."""
+    runner = PebbleProcessRunner(mounts, **kwargs)
+    try:
+        yield runner
+    finally:
+        runner.close()
