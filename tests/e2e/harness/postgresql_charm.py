@@ -78,6 +78,7 @@ class FakePostgresqlCharm:
         self.read_only = read_only
         self.app_name = app_name
         self.users: dict[int, Credentials] = {}
+        self.created_databases: set[str] = set()
 
     @property
     def servers(self) -> list[PostgresServer]:
@@ -130,6 +131,7 @@ class FakePostgresqlCharm:
                 ).fetchone()
                 if not has_db:
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(db))
+                    self.created_databases.add(database)
                 conn.execute(sql.SQL("GRANT ALL PRIVILEGES ON DATABASE {} TO {}").format(db, user))
             with server.connect(database) as conn:
                 conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(user))
@@ -164,6 +166,19 @@ class FakePostgresqlCharm:
                     conn.execute(sql.SQL("DROP OWNED BY {}").format(user))
             with server.connect() as conn:
                 conn.execute(sql.SQL("DROP ROLE {}").format(user))
+
+    def cleanup(self) -> None:
+        """Drop every relation user and every database this fake created (test teardown)."""
+        for relation_id in list(self.users):
+            self.revoke(relation_id)
+        for database in sorted(self.created_databases):
+            for server in self.servers:
+                server.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                    .format(sql.Identifier(database))
+                    .as_string()
+                )
+        self.created_databases.clear()
 
     # -- answering by hand -------------------------------------------------------------------
 
