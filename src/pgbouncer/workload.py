@@ -1,0 +1,508 @@
+"""The PgBouncer workload under Pebble: the layer, the files, reload and restart.
+
+This module owns what happens inside the ``pgbouncer`` container: N services
+``pgbouncer_0`` … ``pgbouncer_<N-1>`` sharing one port, the files they read (written only when
+their content changed), and how a change reaches the running processes: a reload (SIGHUP) when
+PgBouncer can apply it in place, clients staying connected, and a restart one process at a time
+only for keys a reload ignores. It knows nothing of relations or config options: the charm
+renders the files with :mod:`pgbouncer.config` and hands them over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import ops
+from ops import pebble
+
+from pgbouncer.config import (
+    DEFAULT_BASE_DIR,
+    MAX_PROCESSES,
+    MIN_PROCESSES,
+    RenderError,
+    ini_path,
+    needs_restart,
+    parse_ini,
+    run_dir,
+)
+
+logger = logging.getLogger(__name__)
+
+LAYER_LABEL = "pgbouncer"
+SERVICE_PREFIX = "pgbouncer_"
+CHECK_NAME = "pgbouncer-listening"
+WORKLOAD_USER = "postgres"
+"""The user PgBouncer runs as (it refuses root) and that owns its files."""
+
+KILL_DELAY = "10s"
+"""How long a stopping process may drain. PgBouncer 1.24 closes its listening socket at once
+on SIGTERM (new clients go to the other processes) and then waits for its clients with no time
+limit; Pebble sends SIGKILL after this delay. In-flight transactions get this long to finish."""
+
+DEFAULT_CPUS = 1
+"""CPUs assumed when the container's cgroup tells nothing (no quota, no cpuset readable)."""
+
+FILE_MODE = 0o600
+RUN_DIR_MODE = 0o700
+
+_CGROUP_FILES = {
+    "cpu.max": "/sys/fs/cgroup/cpu.max",
+    "cpuset.cpus.effective": "/sys/fs/cgroup/cpuset.cpus.effective",
+    "cpu.cfs_quota_us": "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+    "cpu.cfs_period_us": "/sys/fs/cgroup/cpu/cpu.cfs_period_us",
+    "cpuset.effective_cpus": "/sys/fs/cgroup/cpuset/cpuset.effective_cpus",
+}
+_VERSION = re.compile(r"^PgBouncer (\d+\.\d+(?:\.\d+)?)\b", re.MULTILINE)
+
+
+class WorkloadError(Exception):
+    """Pebble refused or failed an operation on the workload container."""
+
+
+class WorkloadUnreachable(WorkloadError):  # noqa: N818 (reads as a state, like BackendUnreachable)
+    """Pebble in the workload container cannot be reached (not started yet, or gone)."""
+
+
+def service_name(index: int) -> str:
+    """The Pebble service of process ``index``."""
+    return f"{SERVICE_PREFIX}{index}"
+
+
+def _service(index: int, base_dir: str) -> pebble.ServiceDict:
+    return {
+        "override": "replace",
+        "summary": f"PgBouncer process {index}",
+        "command": f"pgbouncer {ini_path(index, base_dir)}",
+        "user": WORKLOAD_USER,
+        "group": WORKLOAD_USER,
+        "startup": "enabled",
+        "on-failure": "restart",
+        "kill-delay": KILL_DELAY,
+    }
+
+
+def build_layer(
+    processes: int, listen_port: int | None = None, base_dir: str = DEFAULT_BASE_DIR
+) -> pebble.LayerDict:
+    """The Pebble layer running ``processes`` PgBouncer processes.
+
+    The services differ only by their ini file; everything that tells them apart (socket dir,
+    pidfile, ``peer_id``) is in that file, so a configuration change never changes the layer and
+    never makes Pebble restart a service on replan.
+
+    The check: with ``listen_port``, one TCP check (level ``ready``) on the shared port. It needs
+    nothing in the image, unlike an exec check (a minimal image has no ``psql`` or shell). It
+    cannot single out one process: with ``so_reuseport`` the kernel picks the process, and each
+    process's own unix socket is out of reach of Pebble's checks. A process that dies is already
+    seen and restarted by Pebble itself (``on-failure: restart``); what the check adds is
+    readiness: Kubernetes stops routing to the pod when no process accepts connections.
+
+    Args:
+        processes: how many services, 1 to 4.
+        listen_port: the port the check connects to; None for no check.
+        base_dir: where the ini files are.
+
+    Returns:
+        The layer, every entry with ``override: replace``.
+
+    Raises:
+        ValueError: ``processes`` outside 1 to 4.
+    """
+    if not MIN_PROCESSES <= processes <= MAX_PROCESSES:
+        raise ValueError(f"processes must be {MIN_PROCESSES} to {MAX_PROCESSES}")
+    layer: pebble.LayerDict = {
+        "summary": "PgBouncer",
+        "description": f"{processes} PgBouncer processes sharing one port (so_reuseport)",
+        "services": {service_name(i): _service(i, base_dir) for i in range(processes)},
+    }
+    if listen_port is not None:
+        layer["checks"] = {
+            CHECK_NAME: {
+                "override": "replace",
+                "level": "ready",
+                "period": "10s",
+                "timeout": "3s",
+                "threshold": 3,
+                "tcp": {"host": "127.0.0.1", "port": listen_port},
+            }
+        }
+    return layer
+
+
+def parse_version(output: str) -> str | None:
+    """The version in ``pgbouncer --version`` output (``PgBouncer 1.24.1``), else None."""
+    match = _VERSION.search(output)
+    return match.group(1) if match else None
+
+
+def cpu_count_from_cgroup(files: Mapping[str, str | None]) -> int | None:
+    """CPUs the container may use, from the text of its cgroup files.
+
+    Args:
+        files: content by file name, None when unreadable: ``cpu.max`` (v2: ``"<quota>
+            <period>"`` or ``"max <period>"``), ``cpu.cfs_quota_us`` and ``cpu.cfs_period_us``
+            (v1, quota -1 = none), ``cpuset.cpus.effective`` (v2) or ``cpuset.effective_cpus``
+            (v1), a list like ``0-3,8``.
+
+    Returns:
+        ``ceil(quota / period)`` when a quota is set; else the number of CPUs in the cpuset;
+        None when nothing usable was given.
+    """
+    quota = _parse_quota(files)
+    if quota is not None:
+        return quota
+    for name in ("cpuset.cpus.effective", "cpuset.effective_cpus"):
+        count = _count_cpuset(files.get(name))
+        if count:
+            return count
+    return None
+
+
+def _parse_quota(files: Mapping[str, str | None]) -> int | None:
+    v2 = files.get("cpu.max")
+    if v2 and v2.strip():
+        parts = v2.split()
+        return _ceil_ratio(parts[0], parts[1]) if len(parts) == 2 else None
+    quota, period = files.get("cpu.cfs_quota_us"), files.get("cpu.cfs_period_us")
+    if quota and period:
+        return _ceil_ratio(quota.strip(), period.strip())
+    return None
+
+
+def _ceil_ratio(quota: str, period: str) -> int | None:
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:  # "max" (v2) means no quota
+        return None
+    if q <= 0 or p <= 0:  # -1 (v1) means no quota
+        return None
+    return -(-q // p)
+
+
+def _count_cpuset(text: str | None) -> int | None:
+    if not text or not text.strip():
+        return None
+    count = 0
+    try:
+        for part in text.strip().split(","):
+            low, _, high = part.partition("-")
+            count += (int(high) - int(low) + 1) if high else 1
+    except ValueError:
+        return None
+    return count if count > 0 else None
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What :meth:`Workload.apply` did, for the charm's log.
+
+    Attributes:
+        written: files whose content changed (or that were created).
+        removed: files deleted (mapped to None, or inis of processes no longer wanted).
+        started: services Pebble started (new, or not running before).
+        reloaded: services sent SIGHUP: they re-read their files, clients stay connected.
+        restarted: services restarted, one at a time, for a change a reload ignores.
+        stopped: services of processes no longer wanted.
+    """
+
+    written: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    started: tuple[str, ...] = ()
+    reloaded: tuple[str, ...] = ()
+    restarted: tuple[str, ...] = ()
+    stopped: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything at all was done."""
+        return any(
+            (self.written, self.removed, self.started, self.reloaded, self.restarted, self.stopped)
+        )
+
+    def __str__(self) -> str:
+        parts = [
+            f"{name} {', '.join(values)}"
+            for name, values in (
+                ("wrote", self.written),
+                ("removed", self.removed),
+                ("started", self.started),
+                ("reloaded", self.reloaded),
+                ("restarted", self.restarted),
+                ("stopped", self.stopped),
+            )
+            if values
+        ]
+        return "; ".join(parts) or "nothing changed"
+
+
+@dataclass
+class _Plan:
+    """What apply is about to do; filled in step by step."""
+
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    restart: set[int] = field(default_factory=set)
+    reload_all: bool = False
+
+
+@contextlib.contextmanager
+def _pebble_errors(what: str) -> Iterator[None]:
+    """Turn Pebble's exceptions into this module's, saying what was being done."""
+    try:
+        yield
+    except pebble.ConnectionError as exc:
+        raise WorkloadUnreachable(f"{what}: cannot reach Pebble ({exc})") from exc
+    except (pebble.APIError, pebble.ChangeError, pebble.PathError, pebble.ExecError) as exc:
+        raise WorkloadError(f"{what}: {exc}") from exc
+
+
+class Workload:
+    """PgBouncer in its container, seen through Pebble.
+
+    Args:
+        container: the ``pgbouncer`` container.
+        base_dir: where PgBouncer's files live in it.
+    """
+
+    def __init__(self, container: ops.Container, base_dir: str = DEFAULT_BASE_DIR):
+        self._container = container
+        self._base_dir = base_dir
+
+    def can_connect(self) -> bool:
+        """Whether Pebble in the container answers."""
+        return self._container.can_connect()
+
+    def version(self) -> str | None:
+        """PgBouncer's version (``"1.24.1"``) from ``pgbouncer --version`` in the container.
+
+        Returns:
+            The version, or None when the output does not say it.
+
+        Raises:
+            WorkloadUnreachable: Pebble cannot be reached.
+            WorkloadError: the command could not run or failed.
+        """
+        with _pebble_errors("pgbouncer --version"):
+            process = self._container.exec(["pgbouncer", "--version"], timeout=30)
+            stdout, _ = process.wait_output()
+        version = parse_version(stdout)
+        if version is None:
+            logger.warning("no version in the output of pgbouncer --version")
+        return version
+
+    def cpu_limit(self) -> int:
+        """CPUs the workload container may use, from its cgroup (read through Pebble).
+
+        The CPU quota when there is one (cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us`` /
+        ``cpu.cfs_period_us``), rounded up; without a quota, the CPUs of the container's cpuset;
+        :data:`DEFAULT_CPUS` when neither can be read.
+
+        Raises:
+            WorkloadUnreachable: Pebble cannot be reached (guessing would change the process
+                count, and so restart PgBouncer, on a passing fault).
+        """
+        files = {name: self._read(path, "read the cgroup") for name, path in _CGROUP_FILES.items()}
+        return cpu_count_from_cgroup(files) or DEFAULT_CPUS
+
+    def is_running(self) -> bool:
+        """Whether every enabled PgBouncer service in the plan is active (False if none)."""
+        try:
+            plan = self._container.get_plan()
+            wanted = [
+                name
+                for name, service in plan.services.items()
+                if name.startswith(SERVICE_PREFIX) and service.startup == "enabled"
+            ]
+            if not wanted:
+                return False
+            services = self._container.get_services(*wanted)
+        except (pebble.ConnectionError, pebble.APIError):
+            return False
+        return len(services) == len(wanted) and all(s.is_running() for s in services.values())
+
+    def apply(self, files: Mapping[str, str | None], processes: int) -> ApplyResult:
+        """Bring the container to ``files`` and ``processes`` with the least disruption.
+
+        1. Write each file whose content differs (0600, owned by ``postgres``); delete files
+           mapped to None and the inis of processes ``>= processes``.
+        2. Create each process's run directory (0700, ``postgres``).
+        3. Stop the services of processes no longer wanted, then add the layer and replan:
+           Pebble starts the services that are not running.
+        4. For services that were already running: restart, one at a time, those whose ini
+           changed a key a reload ignores (:func:`pgbouncer.config.needs_restart`); send SIGHUP
+           to the others when any of their files changed. Nothing changed: nothing is done.
+
+        Args:
+            files: container path → content, or None to delete it. Paths must be under the base
+                directory; the ini of process ``i`` is ``pgbouncer_<i>.ini`` there.
+            processes: how many PgBouncer processes to run (1 to 4).
+
+        Returns:
+            What was done.
+
+        Raises:
+            ValueError: bad ``processes``, a path outside the base directory, or an ini missing.
+            WorkloadUnreachable: Pebble cannot be reached.
+            WorkloadError: Pebble refused an operation (the files written so far stay).
+        """
+        if not MIN_PROCESSES <= processes <= MAX_PROCESSES:
+            raise ValueError(f"processes must be {MIN_PROCESSES} to {MAX_PROCESSES}")
+        inis = {ini_path(i, self._base_dir): i for i in range(MAX_PROCESSES)}
+        base = PurePosixPath(self._base_dir)
+        for path in files:
+            if PurePosixPath(path).parent != base:
+                raise ValueError(f"{path} is not a file directly under {self._base_dir}")
+        for i in range(processes):
+            if files.get(ini_path(i, self._base_dir)) is None:
+                raise ValueError(f"no configuration given for process {i}")
+        listen_port = self._listen_port(files[ini_path(0, self._base_dir)] or "")
+
+        with _pebble_errors("list the services"):
+            before = self._container.get_services()
+        running = {name for name, info in before.items() if info.is_running()}
+
+        plan = _Plan()
+        wanted: dict[str, str | None] = dict(files)
+        for path, index in inis.items():
+            if index >= processes:
+                wanted[path] = None
+        for path, content in sorted(wanted.items()):
+            old = self._read(path, "read the current files")
+            if content is None:
+                if old is not None:
+                    self._remove(path)
+                    plan.removed.append(path)
+                continue
+            if old == content:
+                continue
+            self._write(path, content)
+            plan.written.append(path)
+            index = inis.get(path)
+            if index is None:
+                plan.reload_all = True  # the auth file: every process re-reads it on reload
+            elif needs_restart(old, content):
+                plan.restart.add(index)
+        self._make_run_dirs(processes)
+
+        stopped = self._stop_unwanted(processes, running)
+        started, restarted = self._replan(processes, listen_port, running)
+
+        reloaded: list[str] = []
+        written = set(plan.written)
+        for i in range(processes):
+            name = service_name(i)
+            if name not in running or name in started or name in restarted:
+                continue
+            if i in plan.restart:
+                # One at a time: the other processes keep serving the port meanwhile.
+                with _pebble_errors(f"restart {name}"):
+                    self._container.restart(name)
+                restarted.append(name)
+            elif plan.reload_all or ini_path(i, self._base_dir) in written:
+                reloaded.append(name)
+        if reloaded:
+            with _pebble_errors("reload"):
+                self._container.send_signal("SIGHUP", *reloaded)
+        return ApplyResult(
+            written=tuple(plan.written),
+            removed=tuple(plan.removed),
+            started=tuple(started),
+            reloaded=tuple(reloaded),
+            restarted=tuple(restarted),
+            stopped=tuple(stopped),
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def _listen_port(ini: str) -> int | None:
+        try:
+            port = parse_ini(ini).get("pgbouncer", {}).get("listen_port")
+        except RenderError:
+            return None
+        return int(port) if port and port.isdigit() else None
+
+    def _read(self, path: str, what: str) -> str | None:
+        try:
+            with _pebble_errors(what), self._container.pull(path) as stream:
+                return stream.read()
+        except WorkloadError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, pebble.PathError) and cause.kind == "not-found":
+                return None
+            raise
+
+    def _write(self, path: str, content: str) -> None:
+        with _pebble_errors(f"write {path}"):
+            self._container.push(
+                path,
+                content,
+                make_dirs=True,
+                permissions=FILE_MODE,
+                user=WORKLOAD_USER,
+                group=WORKLOAD_USER,
+            )
+
+    def _remove(self, path: str) -> None:
+        with _pebble_errors(f"remove {path}"):
+            self._container.remove_path(path)
+
+    def _make_run_dirs(self, processes: int) -> None:
+        for i in range(processes):
+            path = run_dir(i, self._base_dir)
+            with _pebble_errors(f"create {path}"):
+                if not self._container.exists(path):
+                    self._container.make_dir(
+                        path,
+                        make_parents=True,
+                        permissions=RUN_DIR_MODE,
+                        user=WORKLOAD_USER,
+                        group=WORKLOAD_USER,
+                    )
+
+    def _stop_unwanted(self, processes: int, running: set[str]) -> list[str]:
+        unwanted = [service_name(i) for i in range(processes, MAX_PROCESSES)]
+        stop = [name for name in unwanted if name in running]
+        if stop:
+            with _pebble_errors("stop the processes no longer wanted"):
+                self._container.stop(*stop)
+        return stop
+
+    def _replan(
+        self, processes: int, listen_port: int | None, running: set[str]
+    ) -> tuple[list[str], list[str]]:
+        """Add the layer (disabling services no longer wanted) and start what is not running.
+
+        Returns:
+            The services Pebble started, and the running ones it restarted because their
+            definition in the plan changed (a charm upgrade changing the layer).
+        """
+        layer = build_layer(processes, listen_port, self._base_dir)
+        with _pebble_errors("read the plan"):
+            current = self._container.get_plan()
+        services = layer.setdefault("services", {})
+        for name in current.services:
+            suffix = name.removeprefix(SERVICE_PREFIX)
+            if name != suffix and suffix.isdigit() and name not in services:
+                # A layer cannot delete a service: keep it in the plan, never started.
+                services[name] = {**_service(int(suffix), self._base_dir), "startup": "disabled"}
+        with _pebble_errors("add the layer"):
+            self._container.add_layer(LAYER_LABEL, layer, combine=True)
+            after = self._container.get_plan()
+        wanted = [service_name(i) for i in range(processes)]
+        if after.to_dict() == current.to_dict() and all(name in running for name in wanted):
+            return [], []
+        changed = [
+            name
+            for name in wanted
+            if name in running
+            and name in current.services
+            and current.services[name].to_dict() != after.services[name].to_dict()
+        ]
+        with _pebble_errors("replan"):
+            self._container.replan()
+        return [name for name in wanted if name not in running], changed

@@ -1,0 +1,106 @@
+"""The pure parts of the workload: the Pebble layer, version and cgroup parsing."""
+
+from __future__ import annotations
+
+import pytest
+from ops import pebble
+
+from pgbouncer.workload import (
+    CHECK_NAME,
+    ApplyResult,
+    build_layer,
+    cpu_count_from_cgroup,
+    parse_version,
+)
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3, 4])
+def test_layer_has_one_service_per_process(processes):
+    layer = build_layer(processes)
+    services = layer["services"]
+    assert list(services) == [f"pgbouncer_{i}" for i in range(processes)]
+    for i, (name, service) in enumerate(services.items()):
+        assert service["command"] == f"pgbouncer /var/lib/pgbouncer/pgbouncer_{i}.ini", name
+        assert service["user"] == "postgres"
+        assert service["group"] == "postgres"
+        assert service["on-failure"] == "restart"
+        assert service["startup"] == "enabled"
+        assert service["override"] == "replace"
+    # Pebble accepts it as a layer.
+    parsed = pebble.Layer(layer)  # pyright: ignore[reportArgumentType]
+    assert set(parsed.services) == set(services)
+
+
+def test_layer_check_is_a_tcp_readiness_check_on_the_port():
+    layer = build_layer(2, listen_port=7001)
+    check = layer["checks"][CHECK_NAME]
+    assert check["level"] == "ready"
+    assert check["tcp"] == {"host": "127.0.0.1", "port": 7001}
+    assert pebble.Layer(layer).checks[CHECK_NAME].tcp == {"host": "127.0.0.1", "port": 7001}  # pyright: ignore[reportArgumentType]
+
+
+def test_layer_has_no_check_without_a_port():
+    assert "checks" not in build_layer(1)
+
+
+def test_layer_holds_no_secret_and_no_config_values():
+    text = pebble.Layer(build_layer(4, listen_port=6432)).to_yaml()  # pyright: ignore[reportArgumentType]
+    assert "password" not in text.lower()
+    assert "userlist" not in text
+
+
+@pytest.mark.parametrize("processes", [0, 5, -1])
+def test_layer_refuses_a_bad_process_count(processes):
+    with pytest.raises(ValueError):
+        build_layer(processes)
+
+
+def test_layer_uses_the_base_dir():
+    layer = build_layer(1, base_dir="/srv/pgb")
+    assert layer["services"]["pgbouncer_0"]["command"] == "pgbouncer /srv/pgb/pgbouncer_0.ini"
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ("PgBouncer 1.24.1\nlibevent 2.1.12-stable\nadns: c-ares 1.18.1\n", "1.24.1"),
+        ("PgBouncer 1.21.0", "1.21.0"),
+        ("PgBouncer 1.18\n", "1.18"),
+        ("pgbouncer 1.24.1", None),
+        ("", None),
+        ("something else\nPgBouncer 1.22.1\n", "1.22.1"),
+        ("PgBouncer x.y", None),
+    ],
+)
+def test_parse_version(output, expected):
+    assert parse_version(output) == expected
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),
+        ({"cpu.max": "150000 100000\n"}, 2),
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu.max": "800000 100000\n"}, 8),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "max 100000\n", "cpuset.cpus.effective": "0-5\n"}, 6),
+        ({"cpu.max": "200000 100000\n", "cpuset.cpus.effective": "0-5\n"}, 2),
+        ({"cpu.cfs_quota_us": "300000\n", "cpu.cfs_period_us": "100000\n"}, 3),
+        ({"cpu.cfs_quota_us": "-1\n", "cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu.cfs_quota_us": "-1\n", "cpuset.effective_cpus": "0,2,4-5\n"}, 4),
+        ({"cpu.max": "garbage"}, None),
+        ({"cpu.max": None, "cpuset.cpus.effective": "x-y"}, None),
+        ({}, None),
+    ],
+)
+def test_cpu_count_from_cgroup(files, expected):
+    assert cpu_count_from_cgroup(files) == expected
+
+
+def test_apply_result_says_what_changed():
+    assert not ApplyResult().changed
+    assert str(ApplyResult()) == "nothing changed"
+    result = ApplyResult(written=("/a",), reloaded=("pgbouncer_0", "pgbouncer_1"))
+    assert result.changed
+    assert str(result) == "wrote /a; reloaded pgbouncer_0, pgbouncer_1"
