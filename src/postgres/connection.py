@@ -1,0 +1,192 @@
+"""Connections to the backend PostgreSQL and the errors they raise.
+
+Every connection is made from :class:`BackendCredentials` (the relation user the PostgreSQL
+charm gave us) with a short connect timeout and server-side statement and lock timeouts, so that
+a hook never hangs on a sick server. Every psycopg error is mapped to one of the typed errors
+below; none of their messages ever holds a password.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from state.names import validate_host, validate_port, validate_role_name
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 5
+STATEMENT_TIMEOUT_MS = 30_000
+LOCK_TIMEOUT_MS = 10_000
+APPLICATION_NAME = "pgbouncer-k8s"
+
+# libpq reports connection failures as text only (no SQLSTATE reaches psycopg): classify them
+# by the server's and libpq's fixed English messages.
+_AUTH_FAILURES = (
+    "password authentication failed",
+    "sasl authentication failed",
+    "no pg_hba.conf entry",
+    "pg_hba.conf rejects",
+    "is not permitted to log in",
+    "permission denied for database",
+    "fe_sendauth: no password supplied",
+)
+_AUTH_ROLE_MISSING = ("role", "does not exist")
+_DATABASE_MISSING = ("database", "does not exist")
+
+
+class BackendError(Exception):
+    """Something went wrong talking to the backend PostgreSQL."""
+
+
+class BackendUnreachable(BackendError):  # noqa: N818 (the names the charm codes against)
+    """No connection: refused, timed out, name not resolved, server down or restarting."""
+
+
+class BackendAuthFailed(BackendError):  # noqa: N818 (the names the charm codes against)
+    """The server refused our credentials (wrong password, no such role, pg_hba, CONNECT)."""
+
+
+class BackendDatabaseMissing(BackendError):  # noqa: N818 (the names the charm codes against)
+    """The server is up and accepted the role, but the database asked for does not exist."""
+
+
+class BackendSQLError(BackendError):
+    """A statement failed or timed out; ``sqlstate`` is the server's error code when known."""
+
+    def __init__(self, message: str, sqlstate: str | None = None):
+        self.sqlstate = sqlstate
+        super().__init__(message)
+
+
+class ForeignObjectError(BackendError):
+    """An object we would create or drop exists but does not carry our mark: left alone."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendCredentials:
+    """How to reach the backend as the relation user.
+
+    Attributes:
+        host: host name or IP address of the primary.
+        port: TCP port.
+        user: the relation user's role name.
+        password: its password (never shown by ``repr``).
+        dbname: the database to connect to by default.
+    """
+
+    host: str
+    port: int
+    user: str
+    password: str = dataclasses.field(repr=False)
+    dbname: str
+
+    def __post_init__(self) -> None:
+        validate_host(self.host, "endpoints")
+        validate_port(self.port, "endpoints")
+        validate_role_name(self.user, "username")
+        # Role and database names follow the same pattern; the reserved-key check of
+        # validate_database_name does not apply to a name we only connect to.
+        validate_role_name(self.dbname, "database")
+        if not isinstance(self.password, str) or not self.password:
+            raise ValueError("invalid password: empty or not a string")
+
+    def with_dbname(self, dbname: str) -> BackendCredentials:
+        """The same credentials for another database."""
+        return dataclasses.replace(self, dbname=dbname)
+
+
+def _redact(text: str, *secrets: str) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _connect_error(
+    exc: psycopg.OperationalError, creds: BackendCredentials, dbname: str
+) -> BackendError:
+    text = str(exc).lower()
+    where = f"PostgreSQL at {creds.host}:{creds.port}"
+    detail = _redact(_first_line(exc), creds.password)
+    if any(marker in text for marker in _AUTH_FAILURES):
+        return BackendAuthFailed(f"{where} refused role {creds.user!r}: {detail}")
+    if all(marker in text for marker in _DATABASE_MISSING) and '"' in text:
+        return BackendDatabaseMissing(f"{where} has no database {dbname!r}")
+    if all(marker in text for marker in _AUTH_ROLE_MISSING):
+        return BackendAuthFailed(f"{where} refused role {creds.user!r}: {detail}")
+    return BackendUnreachable(f"cannot reach {where}: {detail}")
+
+
+def sql_error(exc: psycopg.Error, what: str, *secrets: str) -> BackendError:
+    """Map a psycopg error raised by a statement to a typed error.
+
+    Only the server's primary message is kept (never the statement text), and any of
+    ``secrets`` found in it is redacted.
+
+    Args:
+        exc: the psycopg error.
+        what: what we were doing, for the message.
+        secrets: strings that must not appear in the message.
+    """
+    lost = exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P"))
+    if isinstance(exc, psycopg.OperationalError) and lost:
+        return BackendUnreachable(
+            f"{what}: connection lost: {_redact(_first_line(exc), *secrets)}"
+        )
+    primary = exc.diag.message_primary if exc.sqlstate else None
+    message = _redact(primary or _first_line(exc), *secrets)
+    return BackendSQLError(f"{what}: {message}", sqlstate=exc.sqlstate)
+
+
+@contextmanager
+def connect(creds: BackendCredentials, dbname: str | None = None) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the backend, closed on exit.
+
+    Use ``with conn.transaction():`` for work that must be atomic. Any psycopg error raised
+    inside the block is re-raised as a :class:`BackendError`.
+
+    Args:
+        creds: the relation user's credentials.
+        dbname: database to connect to, ``creds.dbname`` when None.
+
+    Raises:
+        BackendUnreachable: no connection, or it was lost.
+        BackendAuthFailed: the server refused the credentials.
+        BackendDatabaseMissing: no such database.
+        BackendSQLError: a statement in the block failed or timed out.
+    """
+    target = dbname or creds.dbname
+    validate_role_name(target, "database")
+    try:
+        conn = psycopg.connect(
+            host=creds.host,
+            port=creds.port,
+            user=creds.user,
+            password=creds.password,
+            dbname=target,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            application_name=APPLICATION_NAME,
+            options=(
+                f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+            ),
+            autocommit=True,
+            prepare_threshold=None,
+        )
+    except psycopg.OperationalError as exc:
+        raise _connect_error(exc, creds, target) from None
+    try:
+        yield conn
+    except psycopg.Error as exc:
+        raise sql_error(exc, f"in database {target!r}", creds.password) from None
+    finally:
+        conn.close()
