@@ -11,7 +11,10 @@ import dataclasses
 import os
 import pwd
 import signal
+import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -302,3 +305,33 @@ def test_runner_signal_to_a_stopped_service_fails_like_pebble(tmp_path: Path):
         pytest.raises(ProcessError, match="not running"),
     ):
         runner.signal(["pgbouncer_0"], signal.SIGHUP)
+
+
+def test_a_service_dies_with_the_process_that_started_it(tmp_path: Path):
+    child = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from tests.e2e.harness.processes import PebbleProcessRunner, ServiceSpec
+        runner = PebbleProcessRunner({{"{LOCATION}": Path("{tmp_path}")}})
+        svc = runner.start("sleeper", ServiceSpec(command="sleep 300", user="postgres"))
+        print(svc.pid, flush=True)
+        time.sleep(300)
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, cwd=Path.cwd()
+    )
+    try:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        deadline = time.monotonic() + 5
+        while proc_status(pid)["Name"] != "sleep":  # still in unshare/sh/setpriv
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert proc_status(pid)["Uid"].split()[0] == str(pwd.getpwnam("postgres").pw_uid)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}").exists() and proc_status(pid).get("State", "")[:1] != "Z":
+        assert time.monotonic() < deadline, "the orphaned service is still running"
+        time.sleep(0.05)

@@ -29,15 +29,18 @@ Pebble leaves the real process on the old configuration, exactly as in productio
 end-to-end test sees it. :meth:`PebbleProcessRunner.sync` is the state-only fallback (make the
 running processes match the plan and the services' statuses) for callers without a recording.
 
-Each service runs as ``unshare --mount --propagation private -- sh -c <script>``: the script
-mounts a private tmpfs on a scratch directory, lays an overlay (upper layer on that tmpfs) over
-the nearest existing ancestor of each container path missing on the host (``/var/lib`` for
-``/var/lib/pgbouncer``), creates the mountpoint inside it, bind-mounts the host directory there,
-then ``exec setpriv --reuid=<user> --regid=<group> --init-groups -- <command>``. Every step execs,
-so the PID held is the service's own process (PgBouncer), and the host sees no mount and no new
-directory. ``PATH`` starts with the directory of our built PgBouncer, so the plan's bare
-``pgbouncer`` resolves to it. Pebble's ``on-failure`` restarts are deliberately not imitated:
-a crash is reported (:meth:`PebbleProcessRunner.exited`) instead of hidden.
+Each service runs as ``setpriv --pdeathsig SIGKILL -- unshare --mount --propagation private --
+sh -c <script>``: the script mounts a private tmpfs on a scratch directory, lays an overlay
+(upper layer on that tmpfs) over the nearest existing ancestor of each container path missing on
+the host (``/var/lib`` for ``/var/lib/pgbouncer``), creates the mountpoint inside it, bind-mounts
+the host directory there, then ``exec setpriv --reuid=<user> --regid=<group> --init-groups --
+<command>``. Every step execs, so the PID held is the service's own process (PgBouncer), and the
+host sees no mount and no new directory. ``PATH`` starts with the directory of our built
+PgBouncer, so the plan's bare ``pgbouncer`` resolves to it. Pebble's ``on-failure`` restarts are
+deliberately not imitated: a crash is reported (:meth:`PebbleProcessRunner.exited`) instead of hidden. Services get
+``SIGKILL`` as parent-death signal, so a test process killed without its ``finally`` blocks
+leaves no PgBouncer behind (start the runner from the thread that lives longest: the signal
+follows the thread that forked).
 """
 
 from __future__ import annotations
@@ -394,14 +397,16 @@ class PebbleProcessRunner:
                     )
                 binds.append(f"mkdir -p {shlex.quote(location)}")
             binds.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(location)}")
+        # Set again after the credential change, which clears it: if the test process dies
+        # without cleaning up, the kernel kills the service.
+        drop = "setpriv --pdeathsig SIGKILL"
         if spec.user:
             entry = pwd.getpwnam(spec.user)
             group = spec.group or grp.getgrgid(entry.pw_gid).gr_name
-            drop = f"setpriv --reuid={shlex.quote(spec.user)} --regid={shlex.quote(group)} --init-groups --"
+            drop += f" --reuid={shlex.quote(spec.user)} --regid={shlex.quote(group)} --init-groups"
         elif spec.group:
-            drop = f"setpriv --regid={shlex.quote(spec.group)} --clear-groups --"
-        else:
-            drop = ""
+            drop += f" --regid={shlex.quote(spec.group)} --clear-groups"
+        drop += " --"
         return _NAMESPACE_SCRIPT.format(
             scratch=shlex.quote(str(scratch)),
             overlays="\n".join(overlays),
@@ -433,6 +438,10 @@ class PebbleProcessRunner:
         scratch.mkdir(mode=0o700, exist_ok=True)
         log_path = self.workdir / f"{name}.log"
         argv = [
+            "setpriv",
+            "--pdeathsig",
+            "SIGKILL",
+            "--",
             "unshare",
             "--mount",
             "--propagation",
