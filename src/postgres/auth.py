@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "AUTH_ROLE_PREFIX",
     "AuthQuery",
+    "auth_query_for",
     "auth_username_for",
     "definer_role_for",
     "find_leftovers",
@@ -81,6 +82,19 @@ def auth_username_for(backend_user: str) -> str:
     return validate_plain_identifier(
         AUTH_ROLE_PREFIX + backend_user.replace("-", "_"), "auth username"
     )
+
+
+def auth_query_for(auth_user: str) -> str:
+    """PgBouncer's ``auth_query`` for an auth role: ``SELECT usename, passwd FROM "<role>".get_auth($1)``.
+
+    Pure (no connection), so that every unit can render it from peer data; the same string
+    :func:`install_auth` returns.
+
+    Raises:
+        InvalidNameError: ``auth_user`` is not a plain identifier.
+    """
+    validate_plain_identifier(auth_user, "auth username")
+    return query("auth.sql", "auth_query").format(schema=sql.Identifier(auth_user)).as_string()
 
 
 def definer_role_for(auth_user: str) -> str:
@@ -203,9 +217,10 @@ def install_auth(
         _run(conn, "lock_database", database=database_id)
         _run(conn, "grant_database_connect", database=database_id, role=role_id)
 
-        auth_query = query("auth.sql", "auth_query").format(schema=schema_id).as_string(conn)
     logger.info("auth plumbing for %s installed in database %s", auth_user, creds.dbname)
-    return AuthQuery(auth_user=auth_user, auth_query=auth_query, dbname=creds.dbname)
+    return AuthQuery(
+        auth_user=auth_user, auth_query=auth_query_for(auth_user), dbname=creds.dbname
+    )
 
 
 def _run_common(conn: psycopg.Connection, name: str, **parts: sql.Composable) -> None:
