@@ -37,10 +37,10 @@ the host directory there, then ``exec setpriv --reuid=<user> --regid=<group> --i
 <command>``. Every step execs, so the PID held is the service's own process (PgBouncer), and the
 host sees no mount and no new directory. ``PATH`` starts with the directory of our built
 PgBouncer, so the plan's bare ``pgbouncer`` resolves to it. Pebble's ``on-failure`` restarts are
-deliberately not imitated: a crash is reported (:meth:`PebbleProcessRunner.exited`) instead of hidden. Services get
-``SIGKILL`` as parent-death signal, so a test process killed without its ``finally`` blocks
-leaves no PgBouncer behind (start the runner from the thread that lives longest: the signal
-follows the thread that forked).
+deliberately not imitated: a crash is reported (:meth:`PebbleProcessRunner.exited`) instead of
+hidden. Services get ``SIGKILL`` as parent-death signal, so a test process killed without its
+``finally`` blocks leaves no PgBouncer behind (start the runner from the thread that lives
+longest: the signal follows the thread that forked).
 """
 
 from __future__ import annotations
