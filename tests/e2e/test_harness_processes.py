@@ -312,7 +312,9 @@ def test_a_service_dies_with_the_process_that_started_it(tmp_path: Path):
         import sys, time
         from pathlib import Path
         from tests.e2e.harness.processes import PebbleProcessRunner, ServiceSpec
-        runner = PebbleProcessRunner({{"{LOCATION}": Path("{tmp_path}")}})
+        runner = PebbleProcessRunner(
+            {{"{LOCATION}": Path("{tmp_path}")}}, workdir=Path("{tmp_path}")
+        )
         svc = runner.start("sleeper", ServiceSpec(command="sleep 300", user="postgres"))
         print(svc.pid, flush=True)
         time.sleep(300)
