@@ -1,0 +1,100 @@
+"""``python -m bench``: run every benchmark part, print the figures, write the report.
+
+A part that fails is reported as such (with its error) and the others still run; every server a
+part starts is stopped in that part's ``finally``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import report, scale, throughput
+from bench.settings import Settings, load
+from bench.stack import Stack, pooler_config, set_max_connections
+from tests.helpers.system import free_port
+
+THROUGHPUT_MAX_CONNECTIONS = 200
+"""Room for every pooler's idle server connections plus the direct runs, so that part 1
+measures throughput only."""
+SCALE_MAX_CONNECTIONS = 50
+
+
+def _pools_and_scale(settings: Settings, results: report.Results, work: Path) -> None:
+    stack = Stack()
+    try:
+        print(
+            f"setting up PostgreSQL (scale {settings.scale}) and PgBouncer units ...", flush=True
+        )
+        backend = stack.backend(settings.scale, max_connections=THROUGHPUT_MAX_CONNECTIONS)
+        if "throughput" in settings.parts:
+            n1 = stack.pooler("N=1", pooler_config(backend, free_port(), 1), backend)
+            n2 = stack.pooler("N=2", pooler_config(backend, free_port(), 2), backend)
+            print("part 1: throughput (pgbench -S)", flush=True)
+            results.throughput = _guard(
+                results, "1. Throughput", lambda: throughput.run(settings, backend, [n1, n2], work)
+            )
+            stack.stop_pooler(n1)
+            stack.stop_pooler(n2)
+        if "scale" in settings.parts:
+            print(
+                f"part 2: connection scale (max_connections={SCALE_MAX_CONNECTIONS})", flush=True
+            )
+            set_max_connections(backend, SCALE_MAX_CONNECTIONS)
+            results.scale = _guard(
+                results, "2. Connection scale", lambda: scale.run(settings, backend, stack, work)
+            )
+    finally:
+        stack.close()
+
+
+def _guard(results: report.Results, part: str, body: Callable[[], object]) -> object:
+    try:
+        return body()
+    except Exception:
+        text = traceback.format_exc(limit=6)
+        print(f"{part} failed:\n{text}", file=sys.stderr, flush=True)
+        results.failures[part] = text
+        return None
+
+
+def main() -> int:
+    """Run the parts chosen by the settings; returns the process exit code."""
+    settings = load()
+    results = report.Results(settings=settings, started=dt.datetime.now(dt.UTC))
+    t0 = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="pgbk8s-bench-"))
+    mode = "QUICK (figures not meaningful) " if settings.quick else ""
+    print(f"bench: {mode}parts {', '.join(settings.parts)}", flush=True)
+    try:
+        if {"throughput", "scale"} & set(settings.parts):
+            _guard(results, "setup", lambda: _pools_and_scale(settings, results, work))
+        if "reconfig" in settings.parts:
+            from bench import reconfig
+
+            print("part 3: reconfiguration under load", flush=True)
+            results.reconfig = _guard(
+                results, "3. Reconfiguration", lambda: reconfig.run(settings, work)
+            )
+        if "hooks" in settings.parts:
+            from bench import hooks
+
+            print("part 4: hook cost", flush=True)
+            results.hooks = _guard(results, "4. Hook cost", lambda: hooks.run(settings, work))
+    finally:
+        results.seconds = time.monotonic() - t0
+        shutil.rmtree(work, ignore_errors=True)
+    path = report.write(results)
+    print(report.summary(results))
+    print(f"bench: done in {results.seconds:.0f} s; report in {path}")
+    return 1 if results.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
