@@ -1,0 +1,103 @@
+"""The ``pgb-peers`` relation: the leader's shared decisions and each unit's departing flags.
+
+The auth role's credentials live in an application-owned Juju secret (every unit of the
+application may read it); the peer application databag holds only the secret's id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import ops
+
+from state.peers import AuthData, PeerAppData
+
+logger = logging.getLogger(__name__)
+
+PEER_RELATION = "pgb-peers"
+AUTH_SECRET_LABEL = "pgbouncer-auth"  # noqa: S105 (a label, not a password)
+
+
+def departing_key(relation_id: int) -> str:
+    """The unit databag key that marks this unit as leaving a backend relation."""
+    return f"backend-database_{relation_id}_departing"
+
+
+class Peers:
+    """Reads and writes the peer relation; writes to app data are for the leader only."""
+
+    def __init__(self, charm: ops.CharmBase):
+        self._charm = charm
+
+    @property
+    def relation(self) -> ops.Relation | None:
+        """The peer relation, once Juju created it."""
+        return self._charm.model.get_relation(PEER_RELATION)
+
+    def app_data(self) -> PeerAppData:
+        """The leader's shared decisions (defaults before the relation exists)."""
+        rel = self.relation
+        return PeerAppData.from_databag(rel.data[rel.app] if rel else {})
+
+    def _set_app(self, **fields: str | None) -> bool:
+        rel = self.relation
+        if rel is None or not self._charm.unit.is_leader():
+            return False
+        databag = rel.data[rel.app]
+        for key, value in fields.items():
+            if value is None:
+                databag.pop(key, None)
+            elif databag.get(key) != value:
+                databag[key] = value
+        return True
+
+    def set_databases(self, databases: dict[str, int]) -> bool:
+        """Publish the client databases every unit must pool (leader only)."""
+        data = PeerAppData(databases=databases)
+        return self._set_app(databases=data.databases_json() if databases else None)
+
+    def auth(self) -> AuthData | None:
+        """The auth role's credentials from the secret the leader shared, if any."""
+        secret_id = self.app_data().auth_secret_id
+        if not secret_id:
+            return None
+        try:
+            secret = self._charm.model.get_secret(id=secret_id)
+            content = secret.get_content(refresh=True)
+        except (ops.SecretNotFoundError, ops.ModelError):
+            logger.warning("auth secret referenced by the peer data is not readable")
+            return None
+        return AuthData.from_secret(content)
+
+    def save_auth(self, auth: AuthData, auth_dbname: str) -> bool:
+        """Store the auth credentials in an app secret and point the peer data at it."""
+        if self.relation is None or not self._charm.unit.is_leader():
+            return False
+        content = auth.to_secret()
+        try:
+            secret = self._charm.model.get_secret(label=AUTH_SECRET_LABEL)
+            if secret.get_content(refresh=True) != content:
+                secret.set_content(content)
+        except ops.SecretNotFoundError:
+            secret = self._charm.app.add_secret(content, label=AUTH_SECRET_LABEL)
+        return self._set_app(auth_secret_id=secret.get_info().id, auth_dbname=auth_dbname)
+
+    def drop_auth(self) -> None:
+        """Forget the auth credentials: remove the secret and its id (leader only)."""
+        if not self._charm.unit.is_leader():
+            return
+        with contextlib.suppress(ops.SecretNotFoundError):
+            self._charm.model.get_secret(label=AUTH_SECRET_LABEL).remove_all_revisions()
+        self._set_app(auth_secret_id=None, auth_dbname=None)
+
+    def mark_departing(self, relation_id: int) -> None:
+        """Tell the peers (and our own later broken hook) that this unit is leaving."""
+        rel = self.relation
+        if rel is not None:
+            rel.data[self._charm.unit][departing_key(relation_id)] = "true"
+
+    def is_departing(self, relation_id: int) -> bool:
+        """Whether this unit marked itself as leaving the backend relation."""
+        rel = self.relation
+        return bool(rel and rel.data[self._charm.unit].get(departing_key(relation_id)) == "true")
