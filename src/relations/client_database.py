@@ -311,13 +311,35 @@ class ClientDatabaseRelation(ops.Object):
                     relation.id,
                 )
             held[request.database] = relation.id
-            self.provider.set_response(
-                relation.id,
-                self._response(request, backend, endpoint, username, password),
-            )
+            response = self._response(request, backend, endpoint, username, password)
+            # The library finds its secret again by label, and ops gives a secret fetched by
+            # label no id: without the id it already published, it would drop `secret-user`.
+            response.secret_user = self._published_secret_id(relation, request.request_id)
+            self.provider.set_response(relation.id, response)
+            if request.request_id is None:
+                # v0 clients read `database`; the library writes it only while handling the
+                # client's relation-changed, and this answer may come from another hook.
+                databag = relation.data[self.charm.app]
+                if databag.get("database") != request.database:
+                    databag["database"] = request.database
         if len(held) == len(requests):
             self._record_failure(relation.id, None)
         return held
+
+    def _published_secret_id(self, relation: ops.Relation, request_id: str | None) -> str | None:
+        """The ``secret-user`` we already published for a request (v0: flat; v1: in a list)."""
+        local = relation.data[self.charm.app]
+        if request_id is None:
+            return local.get("secret-user") or None
+        try:
+            responses = json.loads(local.get("requests") or "[]")
+        except ValueError:
+            return None
+        for response in responses if isinstance(responses, list) else []:
+            if isinstance(response, dict) and response.get("request-id") == request_id:
+                secret_id = response.get("secret-user")
+                return secret_id if isinstance(secret_id, str) and secret_id else None
+        return None
 
     def _record_failure(
         self, relation_id: int, message: str | None, refused: bool = False

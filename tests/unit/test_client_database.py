@@ -1,0 +1,634 @@
+"""The client ``database`` relation, one event per test (Scenario).
+
+The PostgreSQL connection is the boundary faked here: :class:`FakeClientSQL` replaces the three
+``postgres.clients`` functions as ``relations.client_database`` sees them and records what the
+charm asked for. ``tests/functional/test_client_pooling.py`` runs the same functions against a
+real PostgreSQL and PgBouncer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+from dpcharmlibs.interfaces import RequirerCommonModel, RequirerDataContractV1, gen_hash
+from ops import testing
+
+import relations.client_database as client_module
+from postgres.connection import BackendUnreachable, ForeignObjectError
+from relations.client_database import CLIENT_SECRET_LABEL_PREFIX, client_username
+from tests.unit.conftest import (
+    OUR_REQUEST,
+    SEED_PROVIDER,
+    auth_secret,
+    backend_relation,
+    make_container,
+    peer_relation,
+)
+
+MODEL = testing.Model(name="dev", uuid="9a8b7c6d-0000-4000-8000-00000000c0de")
+OWNER_TAG = f"{MODEL.uuid}/pgbouncer-k8s"
+POOLER = "pgbouncer-k8s.dev.svc.cluster.local:6432"
+V0_REQUEST = {"database": "myapp", "requested-secrets": '["username", "password"]'}
+# The provider.json schema of postgresql_client v0 (charm-relation-interfaces), as the client sees
+# our databag once the `secret-user` content is merged in: these keys are required, all strings.
+CLIENTS_STORE = "PgBouncerK8sCharm/ClientDatabaseRelation[client-database]"
+PROVIDER_REQUIRED = ("database", "username", "password", "endpoints")
+PROVIDER_OPTIONAL = ("uris", "read-only-endpoints", "read-only-uris", "version", "tls", "tls-ca")
+
+
+@dataclass
+class FakeClientSQL:
+    """Stands in for ``postgres.clients``: records calls, fails on demand."""
+
+    fail: Exception | None = None
+    created: list[dict] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    version_asked: int = 0
+
+    def create_client(
+        self, creds, *, username, password, database, extra_roles, owner_tag, relation_id
+    ):
+        if self.fail is not None:
+            raise self.fail
+        self.created.append(
+            {
+                "username": username,
+                "password": password,
+                "database": database,
+                "extra_roles": tuple(extra_roles),
+                "owner_tag": owner_tag,
+                "relation_id": relation_id,
+                "as": creds.user,
+            }
+        )
+
+    def drop_client(self, creds, *, username, owner_tag):
+        if self.fail is not None:
+            raise self.fail
+        self.dropped.append(username)
+        return True
+
+    def backend_version(self, creds):
+        self.version_asked += 1
+        return "15.99"
+
+
+@pytest.fixture
+def fake_clients(monkeypatch: pytest.MonkeyPatch) -> FakeClientSQL:
+    fake = FakeClientSQL()
+    for name in ("create_client", "drop_client", "backend_version"):
+        monkeypatch.setattr(client_module, name, getattr(fake, name))
+    return fake
+
+
+def client_relation(remote: dict[str, str], app: str = "myapp", **kwargs) -> testing.Relation:
+    return testing.Relation(
+        "database",
+        remote_app_name=app,
+        remote_app_data=remote,
+        remote_units_data={0: {}},
+        **kwargs,
+    )
+
+
+def state_with(
+    *relations,
+    backend_ready: bool = True,
+    leader: bool = True,
+    dirs,
+    databases=None,
+    secrets=(),
+    config=None,
+) -> testing.State:
+    secret = auth_secret()
+    rels = set(relations)
+    if backend_ready:
+        rels.add(backend_relation())
+        rels.add(peer_relation(secret, databases=databases))
+    else:
+        rels.add(peer_relation(databases=databases))
+    return testing.State(
+        leader=leader,
+        model=MODEL,
+        relations=rels,
+        containers={make_container(dirs)},
+        secrets={secret, *secrets},
+        config=config or {},
+    )
+
+
+def changed(ctx, state, relation):
+    return ctx.run(ctx.on.relation_changed(relation, remote_unit=0), state)
+
+
+def secret_by_id(out: testing.State, secret_id: str) -> testing.Secret:
+    return next(s for s in out.secrets if s.id == secret_id)
+
+
+def secret_by_label(out: testing.State, label: str) -> testing.Secret | None:
+    return next((s for s in out.secrets if s.label == label), None)
+
+
+def peer_databases(out: testing.State) -> dict[str, int]:
+    peers = next(r for r in out.relations if r.endpoint == "pgb-peers")
+    raw = json.loads(peers.local_app_data.get("databases", "{}"))
+    return {name: entry["relation_id"] for name, entry in raw.items()}
+
+
+def ini(dirs) -> str:
+    return (dirs.pgb / "pgbouncer_0.ini").read_text()
+
+
+def assert_no_password_in_databags(out: testing.State, password: str) -> None:
+    for relation in out.relations:
+        for databag in (relation.local_app_data, relation.local_unit_data):
+            assert password not in json.dumps(dict(databag))
+
+
+def assert_valid_v0_answer(databag: dict[str, str], secret_content: dict[str, str]) -> None:
+    """Our databag, with the ``secret-user`` content merged in, as provider.json requires."""
+    merged = {**databag, **secret_content}
+    for key in PROVIDER_REQUIRED:
+        assert isinstance(merged.get(key), str) and merged[key], key
+    for key in PROVIDER_OPTIONAL:
+        assert key not in merged or isinstance(merged[key], str), key
+    # never plain credentials in the databag itself
+    assert "username" not in databag and "password" not in databag
+
+
+# -- a request before the backend is ready ----------------------------------------------------
+
+
+def test_request_before_backend_ready_waits_and_creates_nothing(ctx, dirs, fake_clients):
+    rel = client_relation(V0_REQUEST)
+    with ctx(
+        ctx.on.relation_changed(rel, remote_unit=0),
+        state_with(rel, backend_ready=False, dirs=dirs),
+    ) as mgr:
+        out = mgr.run()
+        client_statuses = mgr.charm.clients.statuses()
+
+    assert fake_clients.created == []
+    assert out.deferred == []  # not deferred: refresh() answers it later
+    local = out.get_relation(rel.id).local_app_data
+    assert "secret-user" not in local and "endpoints" not in local
+    assert not any(s.label and s.label.startswith(CLIENT_SECRET_LABEL_PREFIX) for s in out.secrets)
+    assert peer_databases(out) == {}
+    assert client_statuses == [
+        testing.WaitingStatus(f"client relation(s) {rel.id} waiting for the backend database")
+    ]
+    # the missing backend relation outranks the waiting client
+    assert out.unit_status == testing.BlockedStatus("waiting for a backend-database relation")
+
+
+def test_requests_waiting_for_the_auth_user_are_all_named(ctx, dirs, fake_clients):
+    one = client_relation(V0_REQUEST, app="one")
+    two = client_relation({**V0_REQUEST, "database": "other"}, app="two")
+    state = testing.State(
+        leader=True,
+        model=MODEL,
+        relations={one, two, backend_relation(), peer_relation()},  # no auth user yet
+        containers={make_container(dirs)},
+    )
+    with ctx(ctx.on.relation_changed(two, remote_unit=0), state) as mgr:
+        out = mgr.run()
+        client_statuses = mgr.charm.clients.statuses()
+
+    assert fake_clients.created == []
+    assert peer_databases(out) == {}
+    ids = ", ".join(str(i) for i in sorted((one.id, two.id)))
+    assert client_statuses == [
+        testing.WaitingStatus(f"client relation(s) {ids} waiting for the backend database")
+    ]
+    assert out.unit_status == testing.WaitingStatus("waiting for the auth user on the backend")
+
+
+# -- a request after the backend is ready -----------------------------------------------------
+
+
+def test_v0_request_creates_user_and_database_and_answers(ctx, dirs, fake_clients):
+    rel = client_relation(V0_REQUEST)
+    out = changed(ctx, state_with(rel, dirs=dirs), rel)
+
+    username = client_username(rel.id, OWNER_TAG)
+    assert username.startswith(f"pgbouncer_client_{rel.id}_")
+    [call] = fake_clients.created
+    assert call["username"] == username
+    assert call["database"] == "myapp"
+    assert call["extra_roles"] == ()
+    assert call["owner_tag"] == OWNER_TAG
+    assert call["relation_id"] == rel.id
+    assert call["as"] == SEED_PROVIDER["username"]
+    password = call["password"]
+    assert len(password) >= 32
+
+    local = dict(out.get_relation(rel.id).local_app_data)
+    assert local["database"] == "myapp"
+    assert local["endpoints"] == POOLER
+    # the backend has replicas: the same address, reached through the `_readonly` database
+    assert local["read-only-endpoints"] == POOLER
+    assert local["version"] == "15.18"
+    user_secret = secret_by_id(out, local["secret-user"])
+    content = user_secret.latest_content
+    assert content["username"] == username
+    assert content["password"] == password
+    assert content["uris"] == f"postgresql://{username}:{password}@{POOLER}/myapp"
+    assert (
+        content["read-only-uris"] == f"postgresql://{username}:{password}@{POOLER}/myapp_readonly"
+    )
+    assert user_secret.owner == "app"
+    assert user_secret.remote_grants == {rel.id: {"myapp"}}
+    assert_valid_v0_answer(local, content)
+    assert_no_password_in_databags(out, password)
+
+    # the password is also kept in our own secret, so that answering again reuses it
+    ours = secret_by_label(out, f"{CLIENT_SECRET_LABEL_PREFIX}{rel.id}")
+    assert ours is not None and ours.latest_content == {"username": username, "password": password}
+    assert ours.remote_grants == {}
+
+    assert peer_databases(out) == {"myapp": rel.id}
+    text = ini(dirs)
+    assert "myapp = host=postgresql-k8s-primary.dev.svc.cluster.local" in text
+    assert "myapp_readonly = host=postgresql-k8s-replicas.dev.svc.cluster.local" in text
+    assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
+
+
+def test_v0_request_with_allowed_extra_role_passes_it_on(ctx, dirs, fake_clients):
+    rel = client_relation({**V0_REQUEST, "extra-user-roles": "createdb"})
+    changed(ctx, state_with(rel, dirs=dirs), rel)
+    assert [c["extra_roles"] for c in fake_clients.created] == [("CREATEDB",)]
+
+
+def test_v1_request_is_answered_in_the_requests_list(ctx, dirs, fake_clients):
+    # The wire format exactly as the library's v1 requirer writes it (write_model: non-string
+    # values JSON-encoded, None fields left out).
+    request = RequirerCommonModel(resource="orders", salt="0123456789abcdef")
+    request.request_id = gen_hash(request.resource, request.salt)
+    dumped = RequirerDataContractV1[RequirerCommonModel](requests=[request]).model_dump(
+        mode="json"
+    )
+    remote = {
+        k: v if isinstance(v, str) else json.dumps(v) for k, v in dumped.items() if v is not None
+    }
+    assert remote["version"] == "v1"
+    rel = client_relation(remote, app="orders-app")
+    out = changed(ctx, state_with(rel, dirs=dirs), rel)
+
+    [call] = fake_clients.created
+    assert call["database"] == "orders"
+    local = dict(out.get_relation(rel.id).local_app_data)
+    assert "endpoints" not in local  # v1 answers live in `requests`, not flat
+    [response] = json.loads(local["requests"])
+    assert response["request-id"] == request.request_id
+    assert response["resource"] == "orders"
+    assert response["endpoints"] == POOLER
+    assert response["read-only-endpoints"] == POOLER
+    assert response["version"] == "15.18"
+    assert response.get("password") is None and response.get("username") is None
+    content = secret_by_id(out, response["secret-user"]).latest_content
+    assert content["username"] == call["username"]
+    assert content["password"] == call["password"]
+    # the library's v1 requirer matches answers through our `data` field, keyed by request id
+    assert request.request_id in json.loads(local["data"])
+    assert peer_databases(out) == {"orders": rel.id}
+
+
+def test_answer_without_replicas_has_no_read_only_fields(ctx, dirs, fake_clients):
+    rel = client_relation(V0_REQUEST)
+    state = state_with(rel, dirs=dirs)
+    backend = next(r for r in state.relations if r.endpoint == "backend-database")
+    no_replicas = {k: v for k, v in SEED_PROVIDER.items() if k != "read-only-endpoints"}
+    state = testing.State(
+        leader=True,
+        model=MODEL,
+        relations=(state.relations - {backend}) | {backend_relation(no_replicas)},
+        containers=state.containers,
+        secrets=state.secrets,
+    )
+    out = changed(ctx, state, rel)
+
+    local = dict(out.get_relation(rel.id).local_app_data)
+    assert local["endpoints"] == POOLER
+    assert "read-only-endpoints" not in local
+    assert "read-only-uris" not in secret_by_id(out, local["secret-user"]).latest_content
+    assert "myapp_readonly" not in ini(dirs)
+
+
+def test_listen_port_is_the_published_port(ctx, dirs, fake_clients):
+    rel = client_relation(V0_REQUEST)
+    out = changed(ctx, state_with(rel, dirs=dirs, config={"listen_port": 7432}), rel)
+    local = out.get_relation(rel.id).local_app_data
+    assert local["endpoints"] == "pgbouncer-k8s.dev.svc.cluster.local:7432"
+
+
+# -- refused requests -------------------------------------------------------------------------
+
+
+def test_forbidden_extra_role_is_blocked_by_name_and_nothing_created(ctx, dirs, fake_clients):
+    rel = client_relation({**V0_REQUEST, "extra-user-roles": "SUPERUSER,createdb"})
+    out = changed(ctx, state_with(rel, dirs=dirs), rel)
+
+    assert fake_clients.created == []
+    assert "secret-user" not in out.get_relation(rel.id).local_app_data
+    assert peer_databases(out) == {}
+    assert out.unit_status.name == "blocked"
+    assert f"client relation {rel.id}" in out.unit_status.message
+    assert "SUPERUSER" in out.unit_status.message
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("my;db", "only letters"),
+        ("pgbouncer", "reserved"),
+        ("app_readonly", "reserved"),
+        ("x" * 64, "longer than 63"),
+        ("app*", "prefixes are not supported"),
+    ],
+)
+def test_invalid_database_name_is_blocked_and_nothing_created(
+    ctx, dirs, fake_clients, name, reason
+):
+    rel = client_relation({**V0_REQUEST, "database": name})
+    out = changed(ctx, state_with(rel, dirs=dirs), rel)
+
+    assert fake_clients.created == []
+    assert peer_databases(out) == {}
+    assert "secret-user" not in out.get_relation(rel.id).local_app_data
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith(f"client relation {rel.id}: ")
+    assert reason in out.unit_status.message
+    assert name not in out.unit_status.message or name == "pgbouncer"
+
+
+def test_database_served_to_another_relation_is_refused(ctx, dirs, fake_clients):
+    first = client_relation(V0_REQUEST, app="first")
+    second = client_relation(V0_REQUEST, app="second")
+    out = changed(ctx, state_with(first, second, dirs=dirs, databases={"myapp": first.id}), second)
+
+    assert fake_clients.created == []
+    assert peer_databases(out) == {"myapp": first.id}
+    assert out.unit_status == testing.BlockedStatus(
+        f"client relation {second.id}: database myapp is already served to relation {first.id}"
+    )
+
+
+def test_backend_unreachable_waits_with_the_reason_and_retries_later(ctx, dirs, fake_clients):
+    fake_clients.fail = BackendUnreachable("cannot reach PostgreSQL at 10.1.1.1:5432: timeout")
+    rel = client_relation(V0_REQUEST)
+    out = changed(ctx, state_with(rel, dirs=dirs), rel)
+
+    assert peer_databases(out) == {}
+    assert "secret-user" not in out.get_relation(rel.id).local_app_data
+    assert out.deferred == []
+    assert out.unit_status == testing.WaitingStatus(
+        f"client relation {rel.id}: cannot reach PostgreSQL at 10.1.1.1:5432: timeout"
+    )
+
+
+def test_foreign_database_is_blocked(ctx, dirs, fake_clients):
+    fake_clients.fail = ForeignObjectError(
+        "database 'myapp' exists and was not created by this application"
+    )
+    rel = client_relation(V0_REQUEST)
+    out = changed(ctx, state_with(rel, dirs=dirs), rel)
+
+    assert peer_databases(out) == {}
+    assert out.unit_status == testing.BlockedStatus(
+        f"client relation {rel.id}: database 'myapp' exists and was not created by this application"
+    )
+
+
+def test_follower_creates_nothing_and_reports_waiting(ctx, dirs, fake_clients):
+    rel = client_relation(V0_REQUEST)
+    out = changed(ctx, state_with(rel, dirs=dirs, leader=False), rel)
+
+    assert fake_clients.created == []
+    assert out.get_relation(rel.id).local_app_data == {}
+    assert out.unit_status == testing.WaitingStatus(
+        f"client relation(s) {rel.id} waiting for the backend database"
+    )
+
+
+# -- a pending request answered once the backend is ready --------------------------------------
+
+
+def test_pending_request_is_answered_when_the_backend_is_set_up(ctx, dirs, fake_clients, fake_sql):
+    rel = client_relation(V0_REQUEST)
+    backend = backend_relation()
+    state = testing.State(
+        leader=True,
+        model=MODEL,
+        relations={rel, backend, peer_relation()},  # no auth yet
+        containers={make_container(dirs)},
+    )
+    out = ctx.run(ctx.on.relation_changed(backend, remote_unit=0), state)
+
+    assert fake_sql.installed  # the backend's created chart ran...
+    assert [c["database"] for c in fake_clients.created] == ["myapp"]  # ...then answered us
+    local = out.get_relation(rel.id).local_app_data
+    assert local["endpoints"] == POOLER
+    assert local["database"] == "myapp"
+    assert secret_by_id(out, local["secret-user"]).latest_content["username"] == client_username(
+        rel.id, OWNER_TAG
+    )
+    assert peer_databases(out) == {"myapp": rel.id}
+    assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
+
+
+# -- answered relations follow the backend ------------------------------------------------------
+
+
+def answered(
+    rel_id: int, database: str, app: str
+) -> tuple[testing.Relation, list[testing.Secret]]:
+    """A client relation as we left it after answering (hand-built, library wire format)."""
+    username = client_username(rel_id, OWNER_TAG)
+    password = f"{database}-Passw0rd".ljust(40, "x")
+    uri = f"postgresql://{username}:{password}@{POOLER}/{database}"
+    user_secret = testing.Secret(
+        {
+            "username": username,
+            "password": password,
+            "uris": uri,
+            "read-only-uris": uri + "_readonly",
+        },
+        owner="app",
+        label=f"database.{rel_id}.user.secret",
+        remote_grants={rel_id: {app}},
+    )
+    ours = testing.Secret(
+        {"username": username, "password": password},
+        owner="app",
+        label=f"{CLIENT_SECRET_LABEL_PREFIX}{rel_id}",
+    )
+    relation = testing.Relation(
+        "database",
+        id=rel_id,
+        remote_app_name=app,
+        remote_app_data={**V0_REQUEST, "database": database},
+        remote_units_data={0: {}},
+        local_app_data={
+            "database": database,
+            "resource": database,
+            "endpoints": POOLER,
+            "read-only-endpoints": POOLER,
+            "version": "15.18",
+            "secret-user": user_secret.id,
+            "data": json.dumps(
+                {"resource": database, "requested-secrets": ["username", "password"]}
+            ),
+        },
+    )
+    return relation, [user_secret, ours]
+
+
+def test_backend_endpoint_change_reaches_every_client(ctx, dirs, fake_clients, fake_sql):
+    one, one_secrets = answered(11, "alpha", "app-one")
+    two, two_secrets = answered(12, "beta", "app-two")
+    # the backend lost its replicas and moved to 16.4
+    new_remote = {**SEED_PROVIDER, "version": "16.4"}
+    del new_remote["read-only-endpoints"]
+    old_tracked = json.dumps(
+        {k: SEED_PROVIDER[k] for k in ("endpoints", "read-only-endpoints", "version")},
+        sort_keys=True,
+    )
+    backend = backend_relation(new_remote, local={**OUR_REQUEST, "data": old_tracked})
+    secret = auth_secret()
+    state = testing.State(
+        leader=True,
+        model=MODEL,
+        relations={one, two, backend, peer_relation(secret, {"alpha": 11, "beta": 12})},
+        containers={make_container(dirs)},
+        secrets={secret, *one_secrets, *two_secrets},
+    )
+    out = ctx.run(ctx.on.relation_changed(backend, remote_unit=0), state)
+
+    assert fake_clients.created == []  # nothing to create: only the answers change
+    for rel, database in ((one, "alpha"), (two, "beta")):
+        local = dict(out.get_relation(rel.id).local_app_data)
+        assert local["endpoints"] == POOLER
+        assert local["version"] == "16.4"
+        assert "read-only-endpoints" not in local
+        content = secret_by_id(out, local["secret-user"]).latest_content
+        assert "read-only-uris" not in content
+        assert content["uris"].endswith(f"@{POOLER}/{database}")
+    text = ini(dirs)
+    assert "alpha = host=" in text and "beta = host=" in text
+    assert "_readonly" not in text
+
+
+def test_config_change_of_listen_port_reaches_every_client(ctx, dirs, fake_clients):
+    one, one_secrets = answered(11, "alpha", "app-one")
+    two, two_secrets = answered(12, "beta", "app-two")
+    secret = auth_secret()
+    state = testing.State(
+        leader=True,
+        model=MODEL,
+        config={"listen_port": 7000},
+        relations={one, two, backend_relation(), peer_relation(secret, {"alpha": 11, "beta": 12})},
+        containers={make_container(dirs)},
+        secrets={secret, *one_secrets, *two_secrets},
+    )
+    out = ctx.run(ctx.on.config_changed(), state)
+
+    new = "pgbouncer-k8s.dev.svc.cluster.local:7000"
+    for rel in (one, two):
+        local = out.get_relation(rel.id).local_app_data
+        assert local["endpoints"] == new
+        assert f"@{new}/" in secret_by_id(out, local["secret-user"]).latest_content["uris"]
+    # the same passwords: answering again never rotates them
+    for rel, secrets in ((one, one_secrets), (two, two_secrets)):
+        before = secrets[0].tracked_content["password"]
+        after = secret_by_id(out, out.get_relation(rel.id).local_app_data["secret-user"])
+        assert after.latest_content["password"] == before
+    assert fake_clients.created == []
+
+
+# -- relation broken --------------------------------------------------------------------------
+
+
+def test_broken_drops_its_own_user_and_database_entry_only(ctx, dirs, fake_clients):
+    one, one_secrets = answered(11, "alpha", "app-one")
+    two, two_secrets = answered(12, "beta", "app-two")
+    secret = auth_secret()
+    state = testing.State(
+        leader=True,
+        model=MODEL,
+        relations={one, two, backend_relation(), peer_relation(secret, {"alpha": 11, "beta": 12})},
+        containers={make_container(dirs)},
+        secrets={secret, *one_secrets, *two_secrets},
+    )
+    out = ctx.run(ctx.on.relation_broken(one), state)
+
+    assert fake_clients.dropped == [client_username(11, OWNER_TAG)]
+    assert peer_databases(out) == {"beta": 12}
+    text = ini(dirs)
+    assert "alpha" not in text
+    assert "beta = host=" in text and "beta_readonly = host=" in text
+    labels = {s.label for s in out.secrets}
+    assert f"{CLIENT_SECRET_LABEL_PREFIX}11" not in labels
+    assert "database.11.user.secret" not in labels
+    assert {f"{CLIENT_SECRET_LABEL_PREFIX}12", "database.12.user.secret"} <= labels
+    assert dict(out.get_relation(two.id).local_app_data) == dict(two.local_app_data)
+    assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
+
+
+def test_broken_with_backend_unreachable_keeps_the_drop_for_later(ctx, dirs, fake_clients):
+    fake_clients.fail = BackendUnreachable("cannot reach PostgreSQL")
+    one, one_secrets = answered(11, "alpha", "app-one")
+    secret = auth_secret()
+    state = testing.State(
+        leader=True,
+        model=MODEL,
+        relations={one, backend_relation(), peer_relation(secret, {"alpha": 11})},
+        containers={make_container(dirs)},
+        secrets={secret, *one_secrets},
+    )
+    out = ctx.run(ctx.on.relation_broken(one), state)
+
+    assert fake_clients.dropped == []
+    assert peer_databases(out) == {}
+    assert "alpha" not in ini(dirs)
+    stored = next(s for s in out.stored_states if s.owner_path == CLIENTS_STORE)
+    assert stored.content["pending_drops"] == [client_username(11, OWNER_TAG)]
+
+
+def test_pending_drop_is_retried_by_the_next_refresh(ctx, dirs, fake_clients):
+    username = client_username(11, OWNER_TAG)
+    secret = auth_secret()
+    state = testing.State(
+        leader=True,
+        model=MODEL,
+        relations={backend_relation(), peer_relation(secret)},
+        containers={make_container(dirs)},
+        secrets={secret},
+        stored_states={
+            testing.StoredState(
+                owner_path=CLIENTS_STORE,
+                content={"failures": {}, "refusals": {}, "pending_drops": [username]},
+            )
+        },
+    )
+    out = ctx.run(ctx.on.update_status(), state)
+
+    assert fake_clients.dropped == [username]
+    stored = next(s for s in out.stored_states if s.owner_path == CLIENTS_STORE)
+    assert stored.content["pending_drops"] == []
+
+
+def test_broken_on_a_follower_does_nothing(ctx, dirs, fake_clients):
+    one, one_secrets = answered(11, "alpha", "app-one")
+    secret = auth_secret()
+    state = testing.State(
+        leader=False,
+        model=MODEL,
+        relations={one, backend_relation(), peer_relation(secret, {"alpha": 11})},
+        containers={make_container(dirs)},
+        secrets={secret, *one_secrets},
+    )
+    out = ctx.run(ctx.on.relation_broken(one), state)
+    assert fake_clients.dropped == []
+    assert peer_databases(out) == {"alpha": 11}
