@@ -327,7 +327,11 @@ class BackendDatabaseRelation(ops.Object):
             logger.info("no auth user to remove")
             return
         try:
-            remove_auth(self.credentials(backend), auth_user=auth.username)
+            remove_auth(
+                self.credentials(backend),
+                auth_user=auth.username,
+                owner_tag=self.charm.owner_tag,
+            )
         except BackendError as exc:
             logger.error("failed to remove the auth user: %s", exc)
             self.charm.record_auth_removal_failed(True)

@@ -143,7 +143,7 @@ class FakeBackendSQL:
         self.installed[auth_user] = auth_password
         return f"SELECT usename, passwd FROM {auth_user}.get_auth($1)"  # noqa: S608
 
-    def remove_auth(self, creds, *, auth_user):
+    def remove_auth(self, creds, *, auth_user, owner_tag=None):
         self._maybe_fail()
         self.removed.append(auth_user)
 
