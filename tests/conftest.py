@@ -34,7 +34,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     """Count how many real-process tests ran, per tier."""
     counts: dict[str, list[int]] = {}
-    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get(
+        "failed", []
+    ):
         if report.when != "call" or "needs_root" not in report.keywords:
             continue
         tier = report.nodeid.split("/")[1] if report.nodeid.startswith("tests/") else "?"
@@ -42,7 +44,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if counts:
         terminalreporter.write_sep("-", "real PostgreSQL/PgBouncer tests")
         for tier, (ok, bad) in sorted(counts.items()):
-            terminalreporter.write_line(f"{tier}: {ok} passed, {bad} failed (against {pgbouncer_version()})")
+            terminalreporter.write_line(
+                f"{tier}: {ok} passed, {bad} failed (against {pgbouncer_version()})"
+            )
 
 
 @pytest.fixture(scope="session")

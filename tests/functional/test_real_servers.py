@@ -42,5 +42,7 @@ auth_file = {workdir}/userlist.txt
     with conn:
         assert conn.execute("SELECT current_setting('port')::int").fetchone() == (postgres.port,)
     with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(f"host=127.0.0.1 port={port} dbname=smoke user=postgres password=nope connect_timeout=3")
+        psycopg.connect(
+            f"host=127.0.0.1 port={port} dbname=smoke user=postgres password=nope connect_timeout=3"
+        )
     assert pgb.alive()

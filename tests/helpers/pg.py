@@ -50,7 +50,9 @@ class PostgresServer:
         """``host:port`` as a PostgreSQL charm publishes it."""
         return f"{self.host}:{self.port}"
 
-    def conninfo(self, dbname: str = "postgres", user: str | None = None, password: str | None = None) -> str:
+    def conninfo(
+        self, dbname: str = "postgres", user: str | None = None, password: str | None = None
+    ) -> str:
         """A libpq conninfo string for TCP with SCRAM."""
         user = user or self.user
         password = self.password if password is None and user == self.user else password
@@ -89,9 +91,15 @@ class PostgresServer:
             "-c synchronous_commit=off",
             "-c full_page_writes=off",
         ] + [f"-c {k}={v}" for k, v in self.settings.items()]
-        res = self.pg_ctl("-w", "-t", "30", "-l", str(self.base / "server.log"), "-o", " ".join(opts), "start")
+        res = self.pg_ctl(
+            "-w", "-t", "30", "-l", str(self.base / "server.log"), "-o", " ".join(opts), "start"
+        )
         if res.returncode != 0:
-            log = (self.base / "server.log").read_text() if (self.base / "server.log").exists() else ""
+            log = (
+                (self.base / "server.log").read_text()
+                if (self.base / "server.log").exists()
+                else ""
+            )
             raise RuntimeError(f"PostgreSQL did not start: {res.stderr}\n{log[-2000:]}")
 
     def stop(self, mode: str = "fast") -> None:
@@ -105,7 +113,9 @@ class PostgresServer:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def start_postgres(settings: dict[str, str] | None = None, prefix: str = "pgbk8s-pg-") -> PostgresServer:
+def start_postgres(
+    settings: dict[str, str] | None = None, prefix: str = "pgbk8s-pg-"
+) -> PostgresServer:
     """Create and start a fresh cluster on a free loopback port."""
     base = service_tempdir(prefix)
     password = secrets.token_urlsafe(24)
@@ -138,7 +148,9 @@ def start_postgres(settings: dict[str, str] | None = None, prefix: str = "pgbk8s
     if res.returncode != 0:
         shutil.rmtree(base, ignore_errors=True)
         raise RuntimeError(f"initdb failed: {res.stderr}")
-    server = PostgresServer(base=base, port=free_port(), password=password, settings=dict(settings or {}))
+    server = PostgresServer(
+        base=base, port=free_port(), password=password, settings=dict(settings or {})
+    )
     try:
         server.start()
     except Exception:

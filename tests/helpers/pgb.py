@@ -76,7 +76,14 @@ class PgBouncerFactory:
         write_service_file(path, content)
         return path
 
-    def start(self, ini_text: str, port: int, workdir: Path | None = None, name: str = "pgbouncer.ini", timeout: float = 10.0) -> PgBouncerProcess:
+    def start(
+        self,
+        ini_text: str,
+        port: int,
+        workdir: Path | None = None,
+        name: str = "pgbouncer.ini",
+        timeout: float = 10.0,
+    ) -> PgBouncerProcess:
         """Write ``ini_text`` and start PgBouncer on it; returns once it logged "process up"."""
         directory = workdir or self.workdir()
         ini = self.write(directory, name, ini_text)
