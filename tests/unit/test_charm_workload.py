@@ -1,0 +1,108 @@
+"""The workload as the charm drives it: pebble-ready, config-changed, version gate, bad config.
+
+Scenario does not record Pebble's service calls or signals, so these tests wrap its mock
+client with the e2e harness's :class:`PebbleRecorder` to see reloads and restarts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+
+import pytest
+from ops import testing
+
+from tests.e2e.harness.processes import PebbleRecorder
+from tests.unit.conftest import make_container, peer_relation
+
+
+def _ready(ctx, dirs, *, cpus="200000 100000", config=None, version="1.24.1"):
+    (dirs.cgroup / "cpu.max").write_text(cpus + "\n")
+    container = make_container(dirs, running=False, version=version)
+    state = testing.State(
+        leader=True, relations={peer_relation()}, containers={container}, config=config or {}
+    )
+    return ctx.run(ctx.on.pebble_ready(container), state)
+
+
+def _calls(ctx, state, event):
+    with PebbleRecorder(apply_ownership=False) as rec:
+        out = ctx.run(event, state)
+    return out, [(c.action, c.services, c.signal) for c in rec.for_container("pgbouncer")]
+
+
+def test_pebble_ready_writes_layer_files_and_ports(ctx, dirs):
+    out = _ready(ctx, dirs)
+    container = out.get_container("pgbouncer")
+    assert sorted(container.plan.services) == ["pgbouncer_0", "pgbouncer_1"]  # 2 CPUs
+    for name, service in container.plan.services.items():
+        index = name.rsplit("_", 1)[1]
+        assert service.command == f"pgbouncer /var/lib/pgbouncer/pgbouncer_{index}.ini"
+        assert service.user == "postgres"
+    for path in ("pgbouncer_0.ini", "pgbouncer_1.ini", "userlist.txt"):
+        assert stat.S_IMODE((dirs.pgb / path).stat().st_mode) == 0o600
+    assert "peer_id = 2" in (dirs.pgb / "pgbouncer_1.ini").read_text()
+    assert testing.TCPPort(6432) in out.opened_ports
+    assert out.workload_version == "1.24.1"
+    # No backend yet: the unit says what it waits for.
+    assert out.unit_status == testing.BlockedStatus("waiting for a backend-database relation")
+
+
+def test_config_change_that_reload_can_apply_reloads_without_restart(ctx, dirs):
+    first = _ready(ctx, dirs)
+    state = dataclasses.replace(first, config={"pool_mode": "transaction"})
+    _, calls = _calls(ctx, state, ctx.on.config_changed())
+    assert "pool_mode = transaction" in (dirs.pgb / "pgbouncer_0.ini").read_text()
+    assert ("signal", ("pgbouncer_0", "pgbouncer_1"), "SIGHUP") in calls
+    assert not [c for c in calls if c[0] == "restart"]
+
+
+def test_listen_port_change_restarts_one_process_at_a_time(ctx, dirs):
+    first = _ready(ctx, dirs)
+    state = dataclasses.replace(first, config={"listen_port": 7432})
+    out, calls = _calls(ctx, state, ctx.on.config_changed())
+    restarts = [c for c in calls if c[0] == "restart"]
+    assert restarts == [("restart", ("pgbouncer_0",), None), ("restart", ("pgbouncer_1",), None)]
+    assert not [c for c in calls if c[0] == "signal"]
+    assert testing.TCPPort(7432) in out.opened_ports
+    assert testing.TCPPort(6432) not in out.opened_ports
+
+
+def test_unchanged_config_changes_nothing(ctx, dirs):
+    first = _ready(ctx, dirs)
+    before = {p.name: p.stat().st_mtime_ns for p in dirs.pgb.iterdir() if p.is_file()}
+    _, calls = _calls(ctx, first, ctx.on.config_changed())
+    assert [c for c in calls if c[0] in ("signal", "restart")] == []
+    after = {p.name: p.stat().st_mtime_ns for p in dirs.pgb.iterdir() if p.is_file()}
+    assert after == before
+
+
+def test_too_old_pgbouncer_blocks_naming_both_versions(ctx, dirs):
+    out = _ready(ctx, dirs, version="1.18.0")
+    assert out.unit_status == testing.BlockedStatus("PgBouncer 1.18.0 found; 1.21 or newer needed")
+    assert out.get_container("pgbouncer").plan.services == {}
+    assert not (dirs.pgb / "pgbouncer_0.ini").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"pool_mode": "sessions"}, "invalid config pool_mode"),
+        ({"listen_port": 80}, "invalid config listen_port: must be from 1024 to 65535"),
+        ({"max_prepared_statements": 5000}, "invalid config max_prepared_statements"),
+    ],
+)
+def test_invalid_config_blocks_naming_the_option_and_writes_nothing(ctx, dirs, config, message):
+    out = _ready(ctx, dirs, config=config)
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith(message)
+    assert not (dirs.pgb / "pgbouncer_0.ini").exists()
+
+
+def test_max_db_connections_is_divided_across_processes(ctx, dirs):
+    _ready(ctx, dirs, config={"max_db_connections": 5})
+    shares = [
+        (dirs.pgb / f"pgbouncer_{i}.ini").read_text().split("max_db_connections = ")[1].split()[0]
+        for i in (0, 1)
+    ]
+    assert sorted(int(s) for s in shares) == [2, 3]
