@@ -12,7 +12,6 @@ Everything started here is stopped by its own PID in :meth:`Stack.close`, which 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 import shutil
@@ -38,7 +37,13 @@ from postgres.connection import BackendCredentials
 from postgres.passwords import generate_password
 from tests.helpers.pg import PostgresServer, start_postgres
 from tests.helpers.pgb import PgBouncerFactory, PgBouncerProcess
-from tests.helpers.system import PG_BIN, free_port, service_ids, write_service_file
+from tests.helpers.system import (
+    PG_BIN,
+    as_service_user,
+    free_port,
+    service_ids,
+    write_service_file,
+)
 
 APP_USER = "bench_app"
 APP_DB = "bench"
@@ -177,39 +182,37 @@ def start_backend(scale: int, max_connections: int = 50) -> Backend:
         raise
 
 
-def clone_backend(source: Backend) -> Backend:
+def clone_server(source: PostgresServer) -> PostgresServer:
     """A second, independent server holding a byte-identical copy of ``source``.
 
     ``pg_basebackup`` (as after a failover to a replica): same data, same SCRAM verifiers (which
     SCRAM pass-through through PgBouncer needs), same auth lookup. Started without
-    ``standby.signal``, so it is a primary of its own.
+    ``standby.signal``, so it is a primary of its own, on a new port.
     """
-    base = Path(source.server.base.parent) / (source.server.base.name + "-clone")
+    base = Path(source.base.parent) / (source.base.name + "-clone")
     base.mkdir(mode=0o700)
     uid, gid = service_ids()
     os.chown(base, uid, gid)
     (base / "sock").mkdir()
     os.chown(base / "sock", uid, gid)
     res = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=postgres",
-            "--regid=postgres",
-            "--init-groups",
-            str(PG_BIN / "pg_basebackup"),
-            "-h",
-            str(source.server.socket_dir),
-            "-p",
-            str(source.server.port),
-            "-U",
-            "postgres",
-            "-D",
-            str(base / "data"),
-            "-c",
-            "fast",
-            "-X",
-            "stream",
-        ],
+        as_service_user(
+            [
+                str(PG_BIN / "pg_basebackup"),
+                "-h",
+                str(source.socket_dir),
+                "-p",
+                str(source.port),
+                "-U",
+                "postgres",
+                "-D",
+                str(base / "data"),
+                "-c",
+                "fast",
+                "-X",
+                "stream",
+            ]
+        ),
         capture_output=True,
         text=True,
         timeout=300,
@@ -219,17 +222,14 @@ def clone_backend(source: Backend) -> Backend:
         shutil.rmtree(base, ignore_errors=True)
         raise RuntimeError(f"pg_basebackup failed: {res.stderr[-1000:]}")
     server = PostgresServer(
-        base=base,
-        port=free_port(),
-        password=source.server.password,
-        settings=source.server.settings,
+        base=base, port=free_port(), password=source.password, settings=dict(source.settings)
     )
     try:
         server.start()
     except BaseException:
         shutil.rmtree(base, ignore_errors=True)
         raise
-    return dataclasses.replace(source, server=server)
+    return server
 
 
 def pooler_config(
@@ -322,12 +322,6 @@ class Stack:
     def backend(self, scale: int, max_connections: int = 50) -> Backend:
         """Start and register a backend (see :func:`start_backend`)."""
         backend = start_backend(scale, max_connections)
-        self.backends.append(backend)
-        return backend
-
-    def clone(self, source: Backend) -> Backend:
-        """Start and register a copy of ``source`` (see :func:`clone_backend`)."""
-        backend = clone_backend(source)
         self.backends.append(backend)
         return backend
 
