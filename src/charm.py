@@ -195,12 +195,12 @@ class PgBouncerK8sCharm(ops.CharmBase):
             return False
         try:
             cfg, auth_file = self.build_config(without_backend)
+            # An empty auth file rather than none: PgBouncer logs an error for a missing one.
             files: dict[str, str | None] = {**render_files(cfg), AUTH_FILE: auth_file or ""}
+            result = self.workload.apply(files, cfg.processes)
         except (InvalidConfigError, RenderError) as exc:
             logger.warning("not applying the configuration: %s", exc)
             return False
-        try:
-            result = self.workload.apply(files, cfg.processes)
         except WorkloadError as exc:
             logger.warning("could not apply the configuration: %s", exc)
             return False
@@ -228,6 +228,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
             return [ops.BlockedStatus(str(exc))]
         except RenderError as exc:
             return [ops.BlockedStatus(f"cannot render pgbouncer.ini: {exc}")]
+        except WorkloadError as exc:
+            return [ops.WaitingStatus(f"pgbouncer container: {exc}")]
         if self._version_too_old():
             need = ".".join(map(str, MIN_PGBOUNCER_VERSION))
             return [
