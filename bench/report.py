@@ -124,6 +124,62 @@ def scale_section(rows) -> list[str]:
     return lines
 
 
+def targets_section(results: Results) -> list[str]:
+    """The issue's targets beside this run's figures (reported, never asserted)."""
+    rows: list[tuple[str, str, bool | None]] = []
+    tput = results.throughput
+    if tput is not None:
+        for label in ("N=1", "N=2"):
+            r = tput.ratio(label, "direct", "persistent")
+            rows.append((f"pooled ({label}) >= 0.85x direct, persistent", f"{r:.2f}x", r >= 0.85))
+            r = tput.ratio(label, "direct", "connect (-C)")
+            rows.append((f"pooled ({label}) >= 1.9x direct, -C", f"{r:.2f}x", r >= 1.9))
+        for mode in ("persistent", "connect (-C)"):
+            r = tput.ratio("N=2", "N=1", mode)
+            rows.append((f"N=2 >= N=1 ({mode})", f"{r:.2f}x", r >= 1.0))
+            rows.append(
+                (
+                    f"N=2 >= 1.3x N=1 where client load is not the bottleneck ({mode})",
+                    f"{r:.2f}x (see CPU: the machine is saturated)",
+                    r >= 1.3,
+                )
+            )
+    if results.scale is not None:
+        for row in results.scale:
+            if row.target == "direct":
+                continue
+            errors = row.pgbench.failed + row.pgbench.aborted_clients + row.load.refused
+            errors += row.load.failed + (0 if row.pgbench.returncode == 0 else 1)
+            rows.append((f"{row.clients} clients pooled: 0 errors", str(errors), errors == 0))
+    if results.reconfig is not None:
+        rc = results.reconfig
+        failed = rc.failed + rc.aborted_clients
+        rows.append(("0 failed transactions during reconfiguration", str(failed), failed == 0))
+    if results.hooks is not None:
+        worst = max(results.hooks.costs, key=lambda c: c.ratio("wall_ms"))
+        rows.append(
+            (
+                "hook cost <= 1.5x the minimal charm (wall, worst hook)",
+                f"{worst.ratio('wall_ms'):.2f}x ({worst.hook})",
+                worst.ratio("wall_ms") <= 1.5,
+            )
+        )
+    if not rows:
+        return []
+    lines = [
+        "## Targets of the issue (reported, not asserted)",
+        "",
+        "| target | this run | met |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in rows]
+    lines += [
+        "",
+        "Why a target is missed, with evidence, and what would fix it: `bench/README.md`.",
+    ]
+    return lines
+
+
 def chart(tput, path: Path) -> Path | None:
     """Bar chart of part 1 (tps per target, persistent and -C side by side)."""
     try:
@@ -184,6 +240,7 @@ def write(results: Results) -> Path:
         from bench.hooks import section as hook_section
 
         lines += [*hook_section(results.hooks), ""]
+    lines += [*targets_section(results), ""]
     for part, error in results.failures.items():
         lines += [f"## {part}: did not complete", "", f"```\n{error}\n```", ""]
     path = out / "latest.md"
