@@ -40,6 +40,7 @@ from state.backend import (
     diff_tracked,
     tracked_data,
 )
+from state.names import InvalidNameError
 from state.peers import AuthData
 
 if TYPE_CHECKING:
@@ -153,7 +154,19 @@ class BackendDatabaseRequirer(ops.Object):
         if relation is None:
             return None
         data = self._provider_data(relation)
-        return BackendDatabase.from_databag(data, self._credentials(data), REQUESTED_DATABASE)
+        credentials = self._credentials(data)
+        backend = BackendDatabase.from_databag(data, credentials, REQUESTED_DATABASE)
+        if backend is not None:
+            # The auth role is named after the relation user: a name that passes as a role but
+            # gives no plain identifier (upper case, too long) is refused here, not mid-hook.
+            try:
+                auth_username_for(backend.username)
+            except InvalidNameError as exc:
+                field = "secret-user username" if credentials is not None else "username"
+                raise InvalidBackendDataError(
+                    field, f"no auth user name can be made from it ({exc.reason})"
+                ) from None
+        return backend
 
     # -- event plumbing ---------------------------------------------------------------------
     def _on_relation_created(self, event: ops.RelationCreatedEvent) -> None:

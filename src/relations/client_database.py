@@ -139,6 +139,25 @@ def validate_request(relation_id: int, request: RequirerCommonModel) -> ClientRe
     )
 
 
+class _ProviderEventHandler(ResourceProviderEventHandler):
+    """The library's provider, except that an unreadable client databag does not crash the hook.
+
+    The library parses the client's databag in its own relation-changed handler and lets
+    pydantic's error escape; the same parse in :meth:`ClientDatabaseRelation._requests` turns
+    it into a Blocked status naming the relation.
+    """
+
+    def _on_relation_changed_event(self, event: ops.RelationChangedEvent) -> None:
+        try:
+            self.requests(event.relation)
+        except (pydantic.ValidationError, ValueError, TypeError):
+            logger.warning(
+                "client relation %d: unreadable request, not answered", event.relation.id
+            )
+            return
+        super()._on_relation_changed_event(event)
+
+
 class ClientDatabaseRelation(ops.Object):
     """Creates users and databases for client relations and answers them.
 
@@ -152,7 +171,7 @@ class ClientDatabaseRelation(ops.Object):
         super().__init__(charm, "client-database")
         self.charm = charm
         self._stored.set_default(failures={}, refusals={}, pending_drops=[])
-        self.provider = ResourceProviderEventHandler(charm, CLIENT_RELATION, RequirerCommonModel)
+        self.provider = _ProviderEventHandler(charm, CLIENT_RELATION, RequirerCommonModel)
         observe = charm.framework.observe
         observe(self.provider.on.resource_requested, self._on_resource_requested)
         observe(charm.on[CLIENT_RELATION].relation_broken, self._on_relation_broken)
