@@ -19,23 +19,29 @@ what this module keeps for the tests:
   :class:`~tests.e2e.harness.processes.PebbleProcessRunner` that replays what the charm asked
   Pebble for after every hook (see ``processes.py`` for how calls are recorded).
 
-Every unit shares the host's network: PgBouncer processes of two units asked to listen on the
-same port would share it (``so_reuseport``) or collide. Enable processes on one unit, or give
-the test a reason to expect that.
+Without ``pod_network``, every unit shares the host's network: PgBouncer processes of two units
+asked to listen on the same port would share it (``so_reuseport``) or collide, and the charm's
+``listen_addr = *`` would open them on every interface. With ``pod_network=True`` each unit whose
+processes run gets its own network namespace, as a pod has (:mod:`.network`): the backend ports
+given to ``reach`` answer inside it at their usual ``127.0.0.1`` address, and
+:meth:`Unit.address` is where the host reaches the unit's ``listen_port`` (the stand-in for the
+Kubernetes service address the charm publishes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ops import testing
 
+from tests.e2e.harness.network import PodNetwork
 from tests.e2e.harness.processes import (
     CONTAINER_PATH,
     PebbleCall,
@@ -49,6 +55,35 @@ EventFactory = Callable[[Any, testing.State], Any]
 """Builds the event to run from ``ctx.on`` and the unit's current state."""
 
 DEFAULT_JUJU_VERSION = "3.6.2"
+
+
+@contextlib.contextmanager
+def juju_env(overrides: Mapping[str, str] | None) -> Iterator[None]:
+    """Set hook environment variables Scenario cannot express, for the runs inside the block.
+
+    Scenario builds ``JUJU_DEPARTING_UNIT`` from the relation's remote application name, so a
+    departed hook on a unit that is itself leaving (``JUJU_REMOTE_UNIT=postgresql-k8s/0``,
+    ``JUJU_DEPARTING_UNIT=pgbouncer-k8s/1``, what Juju sets on our own scale-down) cannot be
+    asked for. This wraps Scenario's (private) environment builder and overrides the given
+    variables; ops then reads them as it reads Juju's.
+    """
+    if not overrides:
+        yield
+        return
+    from scenario import _runtime  # private module, imported only here
+
+    original = _runtime.Runtime._get_event_env
+
+    def patched(self: Any, *args: Any, **kwargs: Any) -> dict[str, str]:
+        env = original(self, *args, **kwargs)
+        env.update(overrides)
+        return env
+
+    _runtime.Runtime._get_event_env = patched  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        _runtime.Runtime._get_event_env = original  # type: ignore[method-assign]
 
 
 def pgbouncer_version_exec() -> testing.Exec:
@@ -70,8 +105,10 @@ class Unit:
         state: testing.State,
         mount_dir: Path,
         runner: PebbleProcessRunner | None,
+        network: PodNetwork | None = None,
     ):
         self.app = app
+        self.network = network
         self.unit_id = unit_id
         self.ctx = ctx
         self.state = state
@@ -84,6 +121,22 @@ class Unit:
     def name(self) -> str:
         """``<app>/<id>``."""
         return f"{self.app.name}/{self.unit_id}"
+
+    def address(self, pod_port: int | None = None) -> tuple[str, int]:
+        """``(host, port)`` where a client on the host reaches this unit's ``pod_port``.
+
+        ``pod_port`` defaults to the ``listen_port`` config value. With a pod network it is a
+        relay on the host's loopback; without one, the port itself on ``127.0.0.1``.
+        """
+        port = int(pod_port if pod_port is not None else self.app.config["listen_port"])
+        if self.network is None:
+            return ("127.0.0.1", port)
+        return ("127.0.0.1", self.network.publish(port))
+
+    def stop_processes(self) -> None:
+        """Stop this unit's real processes (the pod goes away; Scenario's state is untouched)."""
+        if self.runner is not None:
+            self.runner.stop_all()
 
     @property
     def is_leader(self) -> bool:
@@ -119,19 +172,22 @@ class Unit:
         """A secret as this unit sees it now."""
         return self.state.get_secret(id=secret_id)
 
-    def run(self, event_factory: EventFactory) -> testing.State:
+    def run(
+        self, event_factory: EventFactory, env: Mapping[str, str] | None = None
+    ) -> testing.State:
         """Run one event on this unit, keep its output state, replay its Pebble calls.
 
         Args:
             event_factory: ``lambda on, state: on.<event>(...)``; it gets this unit's
                 ``ctx.on`` and current state (take relations, containers and secrets from it).
+            env: hook environment variables to force (see :func:`juju_env`).
 
         Returns:
             the output state (also kept as ``self.state``).
         """
         before = self.state
         event = event_factory(self.ctx.on, before)
-        with PebbleRecorder() as recorder:
+        with PebbleRecorder() as recorder, juju_env(env):
             out = self.ctx.run(event, before)
         self.state = out
         self.last_calls = recorder.for_container(self.app.container_name)
@@ -191,14 +247,30 @@ class Unit:
         )
 
     def relation_departed(
-        self, relation_id: int, remote_unit: int, departing_unit: int | None = None
+        self,
+        relation_id: int,
+        remote_unit: int,
+        departing_unit: int | None = None,
+        *,
+        departing: str | None = None,
     ) -> testing.State:
-        """Run ``<endpoint>-relation-departed``; ``departing_unit`` defaults to the remote unit."""
-        departing = remote_unit if departing_unit is None else departing_unit
+        """Run ``<endpoint>-relation-departed``.
+
+        Args:
+            relation_id: the relation.
+            remote_unit: the remote unit whose departure is reported (``JUJU_REMOTE_UNIT``).
+            departing_unit: id of the departing unit of the remote application; defaults to
+                ``remote_unit``.
+            departing: the departing unit's full name, for any application (``pgbouncer-k8s/1``
+                when this unit itself leaves); overrides ``departing_unit``.
+        """
+        unit_id = remote_unit if departing_unit is None else departing_unit
+        env = {"JUJU_DEPARTING_UNIT": departing} if departing else None
         return self.run(
             lambda on, st: on.relation_departed(
-                st.get_relation(relation_id), remote_unit=remote_unit, departing_unit=departing
-            )
+                st.get_relation(relation_id), remote_unit=remote_unit, departing_unit=unit_id
+            ),
+            env=env,
         )
 
     def relation_broken(self, relation_id: int) -> testing.State:
@@ -227,6 +299,8 @@ class Application:
             answered with our real binary's output.
         processes: ids of the units whose Pebble services run as real processes.
         process_ready: text a started service logs once it serves (PgBouncer: ``process up``).
+        pod_network: give each unit with processes its own network namespace (see above).
+        reach: host ports (PostgreSQL servers) every pod network can reach at ``127.0.0.1``.
         juju_version: the Juju version Scenario pretends to be.
         model: the model (shared by every unit).
     """
@@ -245,6 +319,8 @@ class Application:
         execs: Iterable[testing.Exec] | None = None,
         processes: Iterable[int] = (0,),
         process_ready: str | None = "process up",
+        pod_network: bool = False,
+        reach: Iterable[int] = (),
         juju_version: str = DEFAULT_JUJU_VERSION,
         model: testing.Model | None = None,
     ):
@@ -262,6 +338,7 @@ class Application:
         execs = set(execs) if execs is not None else {pgbouncer_version_exec()}
         peer = testing.PeerRelation(peer_endpoint) if peer_endpoint else None
         process_units = set(processes)
+        self._reach = list(reach)
         try:
             for unit_id in range(num_units):
                 mount_dir = service_tempdir(f"pgbk8s-unit{unit_id}-")
@@ -291,12 +368,19 @@ class Application:
                     unit_id=unit_id,
                     juju_version=juju_version,
                 )
-                runner = (
-                    PebbleProcessRunner({mount_location: mount_dir})
-                    if unit_id in process_units
-                    else None
-                )
-                self.units.append(Unit(self, unit_id, ctx, state, mount_dir, runner))
+                network = None
+                runner = None
+                if unit_id in process_units:
+                    if pod_network:
+                        network = PodNetwork()
+                        for port in self._reach:
+                            network.reach(port)
+                    runner = PebbleProcessRunner(
+                        {mount_location: mount_dir},
+                        enter_argv=network.enter_argv() if network else (),
+                    )
+                unit = Unit(self, unit_id, ctx, state, mount_dir, runner, network)
+                self.units.append(unit)
         except BaseException:
             self.close()
             raise
@@ -324,7 +408,47 @@ class Application:
         for unit in self.units:
             if unit.runner is not None:
                 unit.runner.close()
+            if unit.network is not None:
+                unit.network.close()
             shutil.rmtree(unit.mount_dir, ignore_errors=True)
+
+    def set_planned_units(self, count: int) -> None:
+        """What ``app.planned_units()`` answers on every unit (Juju's scale target)."""
+        self._each(lambda st: dataclasses.replace(st, planned_units=count))
+
+    def remove_unit(self, unit_id: int) -> None:
+        """The unit's pod is gone: stop its processes, forget it, drop it from the peer data."""
+        unit = next(u for u in self.units if u.unit_id == unit_id)
+        if unit.runner is not None:
+            unit.runner.close()
+            unit.runner = None
+        if unit.network is not None:
+            unit.network.close()
+            unit.network = None
+        self.units.remove(unit)
+        shutil.rmtree(unit.mount_dir, ignore_errors=True)
+        if not self.peer_endpoint:
+            return
+
+        def change(st: testing.State) -> testing.State:
+            rels = {
+                dataclasses.replace(
+                    r, peers_data={k: v for k, v in r.peers_data.items() if k != unit_id}
+                )
+                if isinstance(r, testing.PeerRelation)
+                else r
+                for r in st.relations
+            }
+            return dataclasses.replace(st, relations=rels)
+
+        self._each(change)
+
+    def reach(self, host_port: int) -> None:
+        """Make one more host port (a new PostgreSQL server) reachable from every pod."""
+        self._reach.append(host_port)
+        for unit in self.units:
+            if unit.network is not None:
+                unit.network.reach(host_port)
 
     # -- changing the world between hooks ---------------------------------------------------
 

@@ -333,6 +333,9 @@ class PebbleProcessRunner:
         path_dirs: directories put first on the services' ``PATH``; by default the directory of
             the PgBouncer the tests use.
         workdir: where logs and the namespace scratch directory go; a fresh temp dir by default.
+        enter_argv: a command prefix that execs its command somewhere else, e.g.
+            ``nsenter --net=<pod namespace> --`` (:class:`~tests.e2e.harness.network.PodNetwork`);
+            empty for the host's network.
     """
 
     def __init__(
@@ -341,7 +344,9 @@ class PebbleProcessRunner:
         *,
         path_dirs: Iterable[str] | None = None,
         workdir: Path | None = None,
+        enter_argv: Iterable[str] = (),
     ):
+        self.enter_argv = list(enter_argv)
         if isinstance(mounts, Path | str):
             mounts = {CONTAINER_PATH: Path(mounts)}
         self.mounts = {str(PurePosixPath(k)): Path(v).resolve() for k, v in mounts.items()}
@@ -442,6 +447,7 @@ class PebbleProcessRunner:
             "--pdeathsig",
             "SIGKILL",
             "--",
+            *self.enter_argv,
             "unshare",
             "--mount",
             "--propagation",
