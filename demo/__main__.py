@@ -1,0 +1,241 @@
+"""The demo: deploy, relate PostgreSQL, relate a client, query through the pooler, clean up.
+
+Every step checks its real effect and the demo exits non-zero at the first that fails; every
+process and server it started is stopped (by its own PID) however it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+from types import FrameType
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+WHO = "SELECT current_user, current_database(), inet_server_port()"
+ACTIVE = "active: 1 PgBouncer process"
+NO_BACKEND = "blocked: waiting for a backend-database relation"
+
+
+class StepFailedError(RuntimeError):
+    """A step did not have the effect it should have had."""
+
+
+def say(text: str = "") -> None:
+    """Print one paragraph of narration (flushed, so it interleaves with nothing)."""
+    print(text, flush=True)
+
+
+def step(number: int, title: str) -> None:
+    """Print a step heading."""
+    say()
+    say(f"== {number}. {title}")
+
+
+def indent(text: str) -> str:
+    """Indent a block under its step."""
+    return textwrap.indent(text, "   ")
+
+
+def expect(condition: bool, message: str) -> None:
+    """Fail the demo with ``message`` unless ``condition``."""
+    if not condition:
+        raise StepFailedError(message)
+
+
+def quiet() -> None:
+    """Keep the narration readable: no framework chatter, no pydantic warnings."""
+    logging.basicConfig(level=logging.ERROR)
+    # ops sets the root logger to DEBUG at every hook (for juju-log): filter at the handler.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.ERROR)
+    for name in ("ops", "scenario", "ops-scenario", "dpcharmlibs", "charm", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="pydantic")
+
+
+def status_text(status) -> str:
+    """``name: message`` of a unit status."""
+    return f"{status.name}: {status.message}" if status.message else status.name
+
+
+def show_statuses(d) -> dict[str, str]:
+    """Print every unit's status; return them as text."""
+    shown = {name: status_text(st) for name, st in d.statuses().items()}
+    for name, text in shown.items():
+        say(f"   {name:<18} {text}")
+    return shown
+
+
+def show_roles(server, title: str) -> list[str]:
+    """Print PostgreSQL's login and group roles (not its built-in pg_* roles)."""
+    from tests.e2e.harness.story import role_names
+
+    names = role_names(server)
+    say(f"   {title}: {', '.join(names)}")
+    return names
+
+
+def run() -> None:
+    """The life story; raises :class:`StepFailedError` at the first step without its effect."""
+    from ops import testing
+
+    from charm import PgBouncerK8sCharm
+    from tests.e2e.harness.juju import Application
+    from tests.e2e.harness.postgresql_charm import FakePostgresqlCharm, server_version
+    from tests.e2e.harness.story import (
+        Deployment,
+        auth_functions,
+        auth_roles,
+        auth_schemas,
+        databag_table,
+    )
+    from tests.helpers.pg import start_postgres
+    from tests.helpers.system import free_port, pgbouncer_version
+
+    say("pgbouncer-k8s: the charm's life story")
+    say()
+    say("SIMULATED: Juju (hooks, relation databags, secrets, leadership) and Pebble's process")
+    say("  management, by ops.testing (Scenario) and the harness in tests/e2e/harness: it records")
+    say("  what the charm asks Pebble for and replays it on real processes.")
+    say("REAL: PostgreSQL 15 and PgBouncer 1.24 processes, the SQL the charm runs, the files it")
+    say("  writes, and the client's connection through the pooler. Each unit's PgBouncer runs in")
+    say("  a network namespace of its own, as a pod would; the client reaches it on 127.0.0.1")
+    say("  where the charm publishes <app>.<model>.svc.cluster.local:<port> (no Kubernetes here).")
+
+    pg = start_postgres(prefix="pgbk8s-demo-pg-")
+    app = None
+    try:
+        say()
+        say(f"PostgreSQL {server_version(pg)} on 127.0.0.1:{pg.port}; {pgbouncer_version()}.")
+        show_roles(pg, "PostgreSQL roles at the start")
+        listen_port = free_port()
+        app = Application(
+            PgBouncerK8sCharm,
+            num_units=2,
+            config={"listen_port": listen_port},
+            processes=(0, 1),
+            pod_network=True,
+            reach=(pg.port,),
+            model=testing.Model(name="demo"),
+        )
+        d = Deployment(app, FakePostgresqlCharm(pg))
+
+        step(1, f"juju deploy pgbouncer-k8s -n 2 --config listen_port={listen_port}")
+        d.deploy()
+        shown = show_statuses(d)
+        expect(set(shown.values()) == {NO_BACKEND}, f"statuses after deploy: {shown}")
+        for unit in app.units:
+            expect(unit.runner is not None, f"{unit.name} runs no processes")
+            pid = unit.runner.processes["pgbouncer_0"].pid  # type: ignore[union-attr]
+            say(f"   {unit.name}: PgBouncer running, pid {pid}")
+
+        step(2, "juju integrate pgbouncer-k8s:backend-database postgresql-k8s")
+        say("   The PostgreSQL charm answers with the seed's plain fields (username, password).")
+        rid = d.relate_backend("plain")
+        say()
+        say(indent(databag_table(app.relation_data(rid), d.provider_data())))
+        say()
+        auth = auth_roles(pg)
+        auth_user = f"pgbouncer_auth_relation_{rid}"
+        expect(
+            [r[0] for r in auth] == [auth_user, f"{auth_user}_definer"],
+            f"auth roles after relating: {auth}",
+        )
+        say(f"   auth role created: {auth_user} (login, not superuser)")
+        say(f"   lookup function: {', '.join(auth_functions(pg))} (in database pgbouncer)")
+        ini = (app.units[0].mount_dir / "pgbouncer_0.ini").read_text()
+        lines = [ln for ln in ini.splitlines() if ln.startswith(("auth_", "pgb_authdb"))]
+        say("   pgbouncer-k8s/0's pgbouncer_0.ini now holds:")
+        say(indent(indent("\n".join(lines))))
+        shown = show_statuses(d)
+        expect(set(shown.values()) == {ACTIVE}, f"statuses after relating: {shown}")
+
+        step(3, "juju integrate app-one:database pgbouncer-k8s  (app-one asks for 'appdb')")
+        client = d.relate_client("app-one", "appdb")
+        creds = d.credentials(client)
+        answer = app.relation_data(client.relation_id)
+        say(f"   app-one got: endpoints={creds.endpoints} database={creds.database}")
+        say(f"                secret-user={answer['secret-user']} (username {creds.username})")
+        say(f"   {WHO}")
+        for unit in app.units:
+            _, port = unit.address()
+            row = d.query(unit, creds, WHO)
+            say(f"     through {unit.name} (127.0.0.1:{port}) -> {row}")
+            expect(row == (creds.username, "appdb", pg.port), f"query through {unit.name}: {row}")
+        shown = show_statuses(d)
+        expect(set(shown.values()) == {ACTIVE}, f"statuses with a client: {shown}")
+        show_roles(pg, "PostgreSQL roles now")
+
+        step(4, "juju remove-relation app-one pgbouncer-k8s")
+        d.remove_client(client)
+        expect(creds.username not in show_roles(pg, "PostgreSQL roles"), "client user left")
+        say(f"   {creds.username} is gone; database appdb and its data stay.")
+
+        step(5, "juju remove-relation pgbouncer-k8s postgresql-k8s")
+        show_roles(pg, "PostgreSQL roles before clean-up")
+        d.remove_backend()
+        after = show_roles(pg, "PostgreSQL roles after clean-up")
+        expect(after == ["postgres"], f"roles left: {after}")
+        leftovers = [r[0] for r in auth_roles(pg)]
+        say(f"   schemas {auth_schemas(pg)}, functions {auth_functions(pg)} in database pgbouncer")
+        for unit in app.units:
+            text = (unit.mount_dir / "pgbouncer_0.ini").read_text()
+            expect("auth_user" not in text, f"{unit.name} still configured with auth_user")
+        say("   auth_user, auth_query, auth_dbname and the backend databases left both units'")
+        say("   pgbouncer.ini; both auth files are empty; PgBouncer reloaded.")
+        shown = show_statuses(d)
+        expect(set(shown.values()) == {NO_BACKEND}, f"statuses after removal: {shown}")
+        say()
+        say(f"Leftover auth roles: {leftovers}")
+        expect(leftovers == [], f"auth roles left behind: {leftovers}")
+        for unit in app.units:
+            exited = unit.runner.exited() if unit.runner is not None else {}
+            expect(exited == {}, f"{unit.name}'s PgBouncer died: {exited}")
+    finally:
+        if app is not None:
+            app.close()
+        pg.destroy()
+        say("(stopped every PgBouncer and PostgreSQL process the demo started)")
+
+
+def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main() -> int:
+    """Run the story; 0 when every step had its effect."""
+    quiet()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+    from tests.helpers.system import is_root
+
+    if not is_root():
+        say("The demo needs root: PostgreSQL and PgBouncer run as the postgres OS user, and")
+        say("each unit's PgBouncer runs in a network namespace of its own.")
+        return 2
+
+    started = time.monotonic()
+    try:
+        run()
+    except StepFailedError as exc:
+        say()
+        say(f"DEMO FAILED: {exc}")
+        return 1
+    except Exception as exc:
+        say()
+        say(f"DEMO FAILED: {type(exc).__name__}: {exc}")
+        return 1
+    say()
+    say(f"Every step had its effect. Demo took {time.monotonic() - started:.1f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

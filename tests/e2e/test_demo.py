@@ -1,0 +1,54 @@
+"""``make demo`` tells the story, never prints a password, fails loudly and cleans up."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from demo import __main__ as demo
+from tests.e2e.harness.story import Deployment
+from tests.helpers.system import PROJECT_ROOT
+
+pytestmark = pytest.mark.needs_root
+
+
+def test_demo_runs_the_story_and_ends_with_no_leftover_auth_roles():
+    result = subprocess.run(
+        [sys.executable, "-m", "demo"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "SIMULATED: Juju" in out and "REAL: PostgreSQL 15 and PgBouncer 1.24" in out
+    assert "| category " in out and "| metadata " in out
+    assert re.search(r"\| password +\| +\| <redacted> +\|", out)
+    assert out.count("-> ('pgbouncer_client_") == 2, "a query through each unit"
+    assert "PostgreSQL roles after clean-up: postgres\n" in out
+    assert out.rstrip().splitlines()[-1].startswith("Every step had its effect.")
+    assert "Leftover auth roles: []" in out
+
+
+def test_a_failed_step_exits_non_zero_and_stops_every_process(monkeypatch, capsys):
+    # The client relation is "removed" without running any hook: its user stays, step 4 fails.
+    monkeypatch.setattr(Deployment, "remove_client", lambda self, client: None)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = demo.main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "DEMO FAILED: client user left" in out
+    pids = [int(p) for p in re.findall(r"PgBouncer running, pid (\d+)", out)]
+    assert len(pids) == 2
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+    assert "(stopped every PgBouncer and PostgreSQL process the demo started)" in out
