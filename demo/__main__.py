@@ -176,10 +176,13 @@ def run() -> None:
         step(4, "juju remove-relation app-one pgbouncer-k8s")
         d.remove_client(client)
         expect(creds.username not in show_roles(pg, "PostgreSQL roles"), "client user left")
+        kept = pg.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'appdb'")
+        expect(kept == [(1,)], "database appdb was dropped with its client")
         say(f"   {creds.username} is gone; database appdb and its data stay.")
 
         step(5, "juju remove-relation pgbouncer-k8s postgresql-k8s")
         show_roles(pg, "PostgreSQL roles before clean-up")
+        marks = {u.name: len(u.runner.history) if u.runner else 0 for u in app.units}
         d.remove_backend()
         after = show_roles(pg, "PostgreSQL roles after clean-up")
         expect(after == ["postgres"], f"roles left: {after}")
@@ -187,7 +190,12 @@ def run() -> None:
         say(f"   schemas {auth_schemas(pg)}, functions {auth_functions(pg)} in database pgbouncer")
         for unit in app.units:
             text = (unit.mount_dir / "pgbouncer_0.ini").read_text()
-            expect("auth_user" not in text, f"{unit.name} still configured with auth_user")
+            for key in ("auth_user", "auth_query", "auth_dbname", "pgb_authdb"):
+                expect(key not in text, f"{unit.name}'s pgbouncer_0.ini still has {key}")
+            auth_file = (unit.mount_dir / "userlist.txt").read_text()
+            expect(auth_file == "", f"{unit.name}'s auth file is not empty")
+            history = unit.runner.history[marks[unit.name] :] if unit.runner else []
+            expect(("SIGHUP", "pgbouncer_0") in history, f"{unit.name}'s PgBouncer not reloaded")
         say("   auth_user, auth_query, auth_dbname and the backend databases left both units'")
         say("   pgbouncer.ini; both auth files are empty; PgBouncer reloaded.")
         shown = show_statuses(d)
