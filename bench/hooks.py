@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 import statistics
 import subprocess
 import sys
@@ -289,8 +288,3 @@ def section(result: HookResult) -> list[str]:
         *[f"| {k} | {v:.0f} |" for k, v in imp.packages.items()],
     ]
     return lines
-
-
-def cleanup(path: Path) -> None:
-    """Remove a prepared-state directory."""
-    shutil.rmtree(path, ignore_errors=True)

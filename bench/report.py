@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,8 +252,3 @@ def write(results: Results) -> Path:
 def summary(results: Results) -> str:
     """The report's tables, for the terminal."""
     return (results.settings.results_dir / "latest.md").read_text()
-
-
-def median(values: list[float]) -> float:
-    """Median of a non-empty list."""
-    return statistics.median(values)
