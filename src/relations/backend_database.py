@@ -294,6 +294,9 @@ class BackendDatabaseRelation(ops.Object):
             self.charm.record_backend_problem(str(exc))
             return False
         self.charm.record_backend_problem(None)
+        # A failed removal of an earlier relation's auth user is resolved once its leftovers
+        # are gone, which remove_leftovers just made sure of.
+        self.charm.record_auth_removal_failed(False)
         self.charm.peers.save_auth(AuthData(auth_user, password), backend.database)
         self.charm.update_workload()
         self.charm.update_client_relations()

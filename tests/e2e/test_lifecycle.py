@@ -303,12 +303,6 @@ def test_relating_again_after_removal_works(make_deployment: MakeDeployment, pg:
     assert_processes_healthy(d)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="charm bug: the Blocked 'failed to remove auth user' flag is only cleared by a later "
-    "successful _remove_auth, not when set_up_auth removed the leftovers "
-    "(src/relations/backend_database.py, set_up_auth)",
-)
 def test_relating_again_after_a_failed_removal_cleans_up_and_recovers(
     make_deployment: MakeDeployment, pg: PostgresServer
 ):
