@@ -254,7 +254,13 @@ class BackendDatabaseRelation(ops.Object):
             # Not lost: pebble-ready runs the same set-up (PgBouncerK8sCharm._on_pebble_ready).
             logger.info("backend ready but PgBouncer is not running yet; set-up waits for it")
             return
-        backend = self.backend()
+        try:
+            backend = self.requirer.fetch()
+        except InvalidBackendDataError as exc:
+            # Not deferred: retrying cannot help until the provider rewrites its databag, and
+            # that arrives as a new relation-changed. The status names the field.
+            logger.warning("refusing the backend's data: %s", exc)
+            return
         if backend is None or not self.requirer.request_written():
             logger.info("backend database not ready; deferring")
             event.defer()

@@ -145,6 +145,7 @@ def test_created_with_invalid_provider_data_blocks_naming_the_field(ctx, dirs, f
     )
     out = _created(ctx, state, rel)
     assert fake_sql.installed == {}
+    assert out.deferred == []
     assert out.unit_status == testing.BlockedStatus(
         "invalid backend-database endpoints: not a host name or IP address"
     )
