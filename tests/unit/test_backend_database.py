@@ -214,16 +214,17 @@ def _departed_state(dirs, *, leader=True, remote_units=(0,), planned_units=2):
     return rel, state
 
 
-def test_departed_this_unit_departing_sets_flag_and_keeps_auth(ctx, dirs, fake_sql):
-    # Scenario names the departing unit after the relation's remote app; naming that app
-    # like ours makes the departing unit this very unit (pgbouncer-k8s/0), as Juju does on
-    # our own scale-down.
+def _run_self_departing(ctx, dirs, *, planned_units: int):
+    """Run departed with this very unit (pgbouncer-k8s/0) as the departing unit.
+
+    Scenario names the departing unit after the relation's remote app; naming that app like
+    ours makes the departing unit this unit, as Juju does on our own scale-down. ops then reads
+    the provider's fields from this same databag, so it carries both sides.
+    """
     secret = auth_secret()
     rel = testing.Relation(
         "backend-database",
         remote_app_name="pgbouncer-k8s",
-        # With the remote app named like ours, ops reads the provider's fields from this same
-        # databag, so it carries both sides.
         local_app_data={**OUR_REQUEST, **SEED_PROVIDER, "data": "{}"},
         remote_units_data={0: {}},
     )
@@ -232,34 +233,20 @@ def test_departed_this_unit_departing_sets_flag_and_keeps_auth(ctx, dirs, fake_s
         relations={rel, peer_relation(secret)},
         containers={make_container(dirs)},
         secrets={secret},
-        planned_units=1,
+        planned_units=planned_units,
     )
     out = ctx.run(ctx.on.relation_departed(rel, remote_unit=0, departing_unit=0), state)
     peers = next(r for r in out.relations if r.endpoint == "pgb-peers")
-    assert peers.local_unit_data[f"backend-database_{rel.id}_departing"] == "true"
+    return peers.local_unit_data.get(f"backend-database_{rel.id}_departing")
+
+
+def test_departed_this_unit_departing_sets_flag_and_keeps_auth(ctx, dirs, fake_sql):
+    assert _run_self_departing(ctx, dirs, planned_units=1) == "true"
     assert fake_sql.removed == []
 
 
 def test_departed_leader_departing_while_app_scales_to_zero_removes_auth(ctx, dirs, fake_sql):
-    secret = auth_secret()
-    rel = testing.Relation(
-        "backend-database",
-        remote_app_name="pgbouncer-k8s",  # departing unit = this unit (see the test above)
-        # With the remote app named like ours, ops reads the provider's fields from this same
-        # databag, so it carries both sides.
-        local_app_data={**OUR_REQUEST, **SEED_PROVIDER, "data": "{}"},
-        remote_units_data={0: {}},
-    )
-    state = testing.State(
-        leader=True,
-        relations={rel, peer_relation(secret)},
-        containers={make_container(dirs)},
-        secrets={secret},
-        planned_units=0,
-    )
-    out = ctx.run(ctx.on.relation_departed(rel, remote_unit=0, departing_unit=0), state)
-    peers = next(r for r in out.relations if r.endpoint == "pgb-peers")
-    assert peers.local_unit_data[f"backend-database_{rel.id}_departing"] == "true"
+    assert _run_self_departing(ctx, dirs, planned_units=0) == "true"
     assert fake_sql.removed == [AUTH_USER]
 
 
