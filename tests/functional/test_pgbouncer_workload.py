@@ -494,18 +494,27 @@ def test_listen_port_change_rolls_one_process_at_a_time(postgres, pgbouncer_fact
             loop.phase = f"moving {index}"
             group.stop_like_pebble(index)
             group.start(index, text, new_cfg.listen_port)
-            loop.phase = f"moved {index}"
+            # A listener leaving a so_reuseport group resets the handshakes the kernel had
+            # queued on it (unless net.ipv4.tcp_migrate_req=1); one such reset has been seen
+            # just after a move on this 2-core machine under load. Those are "settling" errors:
+            # recorded and printed, not asserted. Once the old port has served 5 connections
+            # again, it must serve every one.
+            loop.phase = f"settling {index}"
             if index < processes - 1:
+                wait_until(lambda i=index: loop.successes(f"settling {i}") >= 5, "the old port")
+                loop.phase = f"moved {index}"
                 # The processes not moved yet still serve the old port, every time.
                 wait_until(lambda i=index: loop.successes(f"moved {i}") >= 5, "the old port")
                 assert all_connect(cfg.listen_port, postgres.password)
+            else:
+                loop.phase = f"moved {index}"
             assert all_connect(new_cfg.listen_port, postgres.password)
     finally:
         stop.set()
         thread.join(timeout=30)
     last = f"moved {processes - 1}"
     steady = {p: f for p, f in loop.failed.items() if p.startswith("moved") and p != last}
-    transitions = {p: f for p, f in loop.failed.items() if p.startswith("moving")}
+    transitions = {p: f for p, f in loop.failed.items() if p.startswith(("moving", "settling"))}
     counts = {p: len(f) for p, f in transitions.items()}
     print(f"\nlisten_port roll: successes {loop.ok}; errors while a process stopped {counts}")
     assert steady == {}, steady
