@@ -93,6 +93,31 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def pgbench_command(target: Target, args: Sequence[str]) -> list[str]:
+    """Pgbench's argv for ``target``: connection options, ``args``, the database (no password)."""
+    return [
+        str(PGBENCH),
+        "-h",
+        target.host,
+        "-p",
+        str(target.port),
+        "-U",
+        target.user,
+        *args,
+        target.dbname,
+    ]
+
+
+def pgbench_env(target: Target) -> dict[str, str]:
+    """Pgbench's environment: the password travels here, never on the command line."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PGPASSWORD": target.password,
+        "PGCONNECT_TIMEOUT": "10",
+        "LC_ALL": "C",
+    }
+
+
 def run_pgbench(
     target: Target,
     args: Sequence[str],
@@ -113,23 +138,8 @@ def run_pgbench(
         The parsed result; an unparsable report gives tps 0 and the error lines.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        str(PGBENCH),
-        "-h",
-        target.host,
-        "-p",
-        str(target.port),
-        "-U",
-        target.user,
-        *args,
-        target.dbname,
-    ]
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PGPASSWORD": target.password,
-        "PGCONNECT_TIMEOUT": "10",
-        "LC_ALL": "C",
-    }
+    cmd = pgbench_command(target, args)
+    env = pgbench_env(target)
     out_path, err_path = workdir / f"{name}.out", workdir / f"{name}.err"
     start = time.monotonic()
     with out_path.open("wb") as out, err_path.open("wb") as err:

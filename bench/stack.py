@@ -22,7 +22,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from bench.pgbench import PGBENCH, Target
+from bench.pgbench import Target, pgbench_command, pgbench_env
 from pgbouncer.config import (
     AUTH_DATABASE_KEY,
     AuthSettings,
@@ -104,29 +104,19 @@ def _roles_and_databases(server: PostgresServer, app_password: str, relation_pas
                 sql.Identifier(role), extra, sql.Literal(password)
             )
         )
-    server.execute(f'CREATE DATABASE "{AUTH_DB}" OWNER "{RELATION_USER}"')
-    server.execute(f'CREATE DATABASE "{APP_DB}" OWNER "{APP_USER}"')
+    for dbname, owner in ((AUTH_DB, RELATION_USER), (APP_DB, APP_USER)):
+        server.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(dbname), sql.Identifier(owner)
+            )
+        )
 
 
 def pgbench_init(target: Target, scale: int, timeout: float = 300) -> None:
     """``pgbench -i`` the target's database (tables owned by the target's user)."""
-    env = {"PATH": os.environ.get("PATH", ""), "PGPASSWORD": target.password, "LC_ALL": "C"}
     res = subprocess.run(
-        [
-            str(PGBENCH),
-            "-i",
-            "-q",
-            "-s",
-            str(scale),
-            "-h",
-            target.host,
-            "-p",
-            str(target.port),
-            "-U",
-            target.user,
-            target.dbname,
-        ],
-        env=env,
+        pgbench_command(target, ["-i", "-q", "-s", str(scale)]),
+        env=pgbench_env(target),
         capture_output=True,
         text=True,
         timeout=timeout,
