@@ -30,6 +30,7 @@ from postgres.connection import (
     ForeignObjectError,
     connect,
 )
+from tests.helpers.backend import create_relation_user
 from tests.helpers.pg import PostgresServer, start_postgres
 from tests.helpers.system import free_port
 
@@ -58,15 +59,7 @@ class Backend:
 
 def make_backend(server: PostgresServer, suffix: str) -> Backend:
     """What the PostgreSQL charm does for a relation: a SUPERUSER relation user and a database."""
-    user, dbname, password = f"relation_{suffix}", f"pgbouncer_{suffix}", generate_password()
-    with server.connect() as conn:
-        conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
-                sql.Identifier(user), sql.Literal(password)
-            )
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    creds = BackendCredentials(server.host, server.port, user, password, dbname)
+    creds = create_relation_user(server, suffix)
     return Backend(server, suffix, creds, f"{uuid.uuid4()}/pgbouncer-k8s")
 
 

@@ -34,6 +34,7 @@ from postgres.clients import create_client, drop_client
 from postgres.connection import BackendCredentials
 from postgres.passwords import generate_password
 from relations.client_database import client_username
+from tests.helpers.backend import create_relation_user
 from tests.helpers.pg import PostgresServer, start_postgres
 from tests.helpers.pgb import PgBouncerFactory
 from tests.helpers.system import free_port, service_ids
@@ -58,19 +59,6 @@ class Setup:
     client_password: str
     database: str
     suffix: str
-
-
-def _superuser_relation(server: PostgresServer, suffix: str) -> BackendCredentials:
-    """What the PostgreSQL charm does for our backend relation: a superuser and a database."""
-    user, dbname, password = f"relation_{suffix}", f"pgbouncer_{suffix}", generate_password()
-    with server.connect() as conn:
-        conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
-                sql.Identifier(user), sql.Literal(password)
-            )
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    return BackendCredentials(server.host, server.port, user, password, dbname)
 
 
 def _verifier(server: PostgresServer, role: str) -> str:
@@ -123,7 +111,7 @@ def setup(postgres: PostgresServer, replica_server: PostgresServer) -> Iterator[
     suffix = uuid.uuid4().hex[:10]
     # A model uuid whose hash gives this test its own client role name.
     owner_tag = f"{uuid.uuid4()}/pgbouncer-k8s"
-    creds = _superuser_relation(postgres, suffix)
+    creds = create_relation_user(postgres, suffix)
     auth_password = generate_password()
     auth = install_auth(
         creds,
