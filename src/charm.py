@@ -32,7 +32,7 @@ from relations.backend_database import (
 )
 from relations.client_database import ClientDatabaseRelation
 from relations.peers import PEER_RELATION, Peers
-from state.backend import BackendDatabase, InvalidBackendDataError
+from state.backend import InvalidBackendDataError
 from state.config import CharmConfig, InvalidConfigError
 
 logger = logging.getLogger(__name__)
@@ -130,9 +130,6 @@ class PgBouncerK8sCharm(ops.CharmBase):
         return bool(version) and parse_version(version) < MIN_PGBOUNCER_VERSION
 
     # -- the workload -----------------------------------------------------------------------
-    def _backend_or_none(self) -> BackendDatabase | None:
-        return self.backend.backend()
-
     def build_config(self, without_backend: bool = False) -> tuple[PgBouncerConfig, str | None]:
         """The PgBouncer configuration every unit renders, and its auth file (if any).
 
@@ -140,7 +137,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
             InvalidConfigError: a charm option is invalid.
         """
         config = CharmConfig.from_dict(self.config)
-        backend = None if without_backend else self._backend_or_none()
+        backend = None if without_backend else self.backend.backend()
         auth = self.peers.auth() if backend is not None else None
         databases: list[DatabaseTarget] = []
         auth_settings = None
