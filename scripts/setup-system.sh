@@ -20,8 +20,8 @@ need_root() { [ "$(id -u)" = 0 ] || { log "must run as root to install $1"; exit
 APT_UPDATED=0
 apt_install() {
   need_root "$*"
-  if [ "$APT_UPDATED" = 0 ]; then apt-get update -qq >/dev/null; APT_UPDATED=1; fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  if [ "$APT_UPDATED" = 0 ]; then apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 version_ok() {  # version_ok "1.24.1" -> true when >= MIN_VERSION
