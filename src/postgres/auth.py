@@ -31,6 +31,7 @@ from postgres.connection import BackendCredentials, ForeignObjectError, connect
 from postgres.passwords import generate_password, set_password
 from postgres.queries import query
 from state.names import MAX_IDENTIFIER_BYTES, InvalidNameError, validate_plain_identifier
+from state.tenants import group_role_for
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ __all__ = [
     "auth_query_for",
     "auth_username_for",
     "definer_role_for",
+    "ensure_tenant_role",
     "find_leftovers",
     "generate_password",
     "install_auth",
@@ -130,6 +132,44 @@ def _run(conn: psycopg.Connection, name: str, **parts: sql.Composable) -> None:
     conn.execute(query("auth.sql", name).format(**parts))
 
 
+def tenant_mark(owner_tag: str) -> str:
+    """The comment on owner roles, the client group and the orphan role (informational only)."""
+    return mark_for(owner_tag).removesuffix(" kind=auth") + " kind=tenant"
+
+
+def ensure_tenant_role(conn: psycopg.Connection, role: str, owner_tag: str) -> int:
+    """Create (or reset to no attributes) a NOLOGIN tenant role; returns its OID.
+
+    A role of that name without our mark is someone else's: :class:`ForeignObjectError`.
+    Must run inside a transaction.
+    """
+    validate_plain_identifier(role, "tenant role")
+    mark = tenant_mark(owner_tag)
+    role_id = sql.Identifier(role)
+    row = conn.execute(query("common.sql", "role_info"), {"name": role}).fetchone()
+    if row is None:
+        conn.execute(query("clients.sql", "create_tenant_role").format(role=role_id))
+    elif row[3] != mark:
+        raise ForeignObjectError(f"role {role!r} exists without this application's mark")
+    else:
+        conn.execute(query("clients.sql", "alter_tenant_role").format(role=role_id))
+        # A tenant role is a member of nothing: a membership planted on it is revoked.
+        for (group,) in conn.execute(
+            query("clients.sql", "memberships_of"), {"oid": row[0]}
+        ).fetchall():
+            conn.execute(
+                query("clients.sql", "revoke_membership").format(
+                    group=sql.Identifier(group), role=role_id
+                )
+            )
+    conn.execute(
+        query("common.sql", "comment_role").format(role=role_id, comment=sql.Literal(mark))
+    )
+    row = conn.execute(query("common.sql", "role_info"), {"name": role}).fetchone()
+    assert row is not None  # noqa: S101 (created above)
+    return int(row[0])
+
+
 def _role_row(conn: psycopg.Connection, role: str) -> tuple | None:
     return conn.execute(query("common.sql", "role_info"), {"name": role}).fetchone()
 
@@ -182,6 +222,8 @@ def install_auth(
             _run(conn, "alter_auth_role", role=role_id)
             current_password = row[2]
         _run_common(conn, "comment_role", role=role_id, comment=comment)
+        for limit in ("limit_auth_role", "limit_auth_role_timeout", "limit_auth_role_temp"):
+            _run(conn, limit, role=role_id)
         if set_password(conn, auth_user, auth_password, current_password):
             logger.info("set the password of auth role %s", auth_user)
 
@@ -207,7 +249,15 @@ def install_auth(
         row = conn.execute(query("auth.sql", "function_info"), {"schema": auth_user}).fetchone()
         if row is not None:
             _check_ours("function", f"{auth_user}.get_auth", row[1], mark)
-        _run(conn, "create_function", schema=schema_id, auth_role_name=sql.Literal(auth_user))
+        group = group_role_for(owner_tag)
+        ensure_tenant_role(conn, group, owner_tag)
+        _run(
+            conn,
+            "create_function",
+            schema=schema_id,
+            auth_role_name=sql.Literal(auth_user),
+            group_name=sql.Literal(group),
+        )
         _run(conn, "alter_function_owner", schema=schema_id, owner=definer_id)
         _run(conn, "lock_function", schema=schema_id, owner=definer_id)
         _run(conn, "grant_function", schema=schema_id, role=role_id)

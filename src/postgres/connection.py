@@ -1,15 +1,29 @@
 """Connections to the backend PostgreSQL and the errors they raise.
 
 Every connection is made from :class:`BackendCredentials` (the relation user the PostgreSQL
-charm gave us) with a short connect timeout and server-side statement and lock timeouts, so that
-a hook never hangs on a sick server. Every psycopg error is mapped to one of the typed errors
-below; none of their messages ever holds a password.
+charm gave us) and is time-bounded three ways, so that a hook never hangs on a sick server:
+
+- libpq's connect timeout, TCP keepalives and a TCP user timeout (a dead peer or network);
+- server-side ``statement_timeout``, ``lock_timeout`` and ``idle_in_transaction_session_timeout``;
+- a client-side deadline: a timer shuts the socket down when a connection outlives
+  :data:`CONNECTION_DEADLINE_SECONDS`, or the hook's budget (:func:`set_hook_budget`), whichever
+  comes first. This is what ends a wait on a server that is alive to TCP but does not run (a
+  stopped process: the kernel still acknowledges, so neither keepalives nor the user timeout
+  fire, and the server's own timeouts cannot either).
+
+The session settings we pass at connection start override any a tenant planted with
+``ALTER DATABASE … SET`` (``default_transaction_read_only``, timeouts, ``search_path``): client
+options outrank database and role settings. Every psycopg error is mapped to one of the typed
+errors below; none of their messages ever holds a password.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,9 +34,38 @@ from state.names import validate_host, validate_port, validate_role_name
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 5
-STATEMENT_TIMEOUT_MS = 30_000
-LOCK_TIMEOUT_MS = 10_000
+STATEMENT_TIMEOUT_MS = 15_000
+LOCK_TIMEOUT_MS = 5_000
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 15_000
+TCP_USER_TIMEOUT_MS = 10_000
+CONNECTION_DEADLINE_SECONDS = 20.0
+"""No connection of ours lives longer than this, whatever the server does."""
+HOOK_BUDGET_SECONDS = 60.0
+"""All PostgreSQL work of one hook gives up after this (docs/architecture.md)."""
 APPLICATION_NAME = "pgbouncer-k8s"
+SESSION_SETTINGS = {
+    "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+    "lock_timeout": str(LOCK_TIMEOUT_MS),
+    "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_MS),
+    "default_transaction_read_only": "off",
+    "search_path": "pg_catalog,pg_temp",
+}
+
+_hook_deadline: float | None = None
+
+
+def set_hook_budget(seconds: float | None = HOOK_BUDGET_SECONDS) -> None:
+    """Start (or, with None, lift) the budget every later connection of this process shares."""
+    global _hook_deadline
+    _hook_deadline = None if seconds is None else time.monotonic() + seconds
+
+
+def _remaining() -> float:
+    """Seconds a new connection may live: the per-connection cap within the hook's budget."""
+    cap = CONNECTION_DEADLINE_SECONDS
+    if _hook_deadline is not None:
+        cap = min(cap, _hook_deadline - time.monotonic())
+    return cap
 
 # libpq reports connection failures as text only (no SQLSTATE reaches psycopg): classify them
 # by the server's and libpq's fixed English messages.
@@ -167,6 +210,9 @@ def connect(creds: BackendCredentials, dbname: str | None = None) -> Iterator[ps
     """
     target = dbname or creds.dbname
     validate_role_name(target, "database")
+    budget = _remaining()
+    if budget <= 0:
+        raise BackendUnreachable("this hook's time budget for PostgreSQL is spent")
     try:
         conn = psycopg.connect(
             host=creds.host,
@@ -174,19 +220,70 @@ def connect(creds: BackendCredentials, dbname: str | None = None) -> Iterator[ps
             user=creds.user,
             password=creds.password,
             dbname=target,
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            connect_timeout=max(1, min(CONNECT_TIMEOUT_SECONDS, int(budget))),
             application_name=APPLICATION_NAME,
-            options=(
-                f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
-            ),
+            options=" ".join(f"-c {k}={v}" for k, v in SESSION_SETTINGS.items()),
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+            tcp_user_timeout=TCP_USER_TIMEOUT_MS,
             autocommit=True,
             prepare_threshold=None,
         )
     except psycopg.OperationalError as exc:
         raise _connect_error(exc, creds, target) from None
+    watchdog = _Watchdog(conn, _remaining())
     try:
         yield conn
     except psycopg.Error as exc:
+        if watchdog.fired:
+            raise BackendUnreachable(
+                f"PostgreSQL at {creds.host}:{creds.port} did not answer in time "
+                f"(gave up after {watchdog.seconds:.0f} s)"
+            ) from None
         raise sql_error(exc, f"in database {target!r}", creds.password) from None
     finally:
+        watchdog.cancel()
         conn.close()
+
+
+class _Watchdog:
+    """Shuts a connection's socket down when it outlives its deadline.
+
+    A blocked read then returns at once with an error, which :func:`connect` reports as
+    :class:`BackendUnreachable`.
+    """
+
+    def __init__(self, conn: psycopg.Connection, seconds: float):
+        self.seconds = max(seconds, 0.1)
+        self.fired = False
+        self._lock = threading.Lock()
+        self._done = False
+        self._fd = conn.fileno()
+        self._timer = threading.Timer(self.seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        # Under the lock: once cancel() ran, the descriptor may belong to something else.
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            try:
+                sock = socket.socket(fileno=self._fd)
+            except OSError:
+                return
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                sock.detach()
+
+    def cancel(self) -> None:
+        """Disarm; called before the connection is closed."""
+        with self._lock:
+            self._done = True
+        self._timer.cancel()

@@ -21,6 +21,7 @@ from postgres.auth import (
     remove_leftovers,
 )
 from postgres.clients import create_client
+from state.tenants import app_hash, group_role_for, owner_role_for
 from postgres.connection import (
     BackendAuthFailed,
     BackendCredentials,
@@ -63,16 +64,21 @@ def make_backend(server: PostgresServer, suffix: str) -> Backend:
     return Backend(server, suffix, creds, f"{uuid.uuid4()}/pgbouncer-k8s")
 
 
-def cleanup(server: PostgresServer, suffix: str) -> None:
-    """Drop every database and role whose name holds ``suffix`` (databases first)."""
+def cleanup(server: PostgresServer, suffix: str, owner_tag: str | None = None) -> None:
+    """Drop every database and role whose name holds ``suffix`` (databases first), and the
+    tenant roles (owner, group, orphan) named after ``owner_tag``."""
     with server.connect() as conn:
         dbs = conn.execute(
             "SELECT datname FROM pg_database WHERE strpos(datname, %s) > 0", (suffix,)
         ).fetchall()
         for (db,) in dbs:
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db)))
+        tag_hash = app_hash(owner_tag) if owner_tag else suffix
         roles = conn.execute(
-            "SELECT rolname FROM pg_roles WHERE strpos(rolname, %s) > 0", (suffix,)
+            """SELECT rolname FROM pg_roles WHERE strpos(rolname, %s) > 0
+                OR (rolname LIKE 'pgbouncer\\_%%' AND strpos(rolname, %s) > 0)
+                ORDER BY rolname LIKE 'pgbouncer\\_client\\_%%' DESC""",
+            (suffix, tag_hash),
         ).fetchall()
         for (role,) in roles:
             rid = sql.Identifier(role)
@@ -84,8 +90,9 @@ def cleanup(server: PostgresServer, suffix: str) -> None:
 @pytest.fixture
 def backend(postgres: PostgresServer) -> Iterator[Backend]:
     suffix = uuid.uuid4().hex[:10]
-    yield make_backend(postgres, suffix)
-    cleanup(postgres, suffix)
+    b = make_backend(postgres, suffix)
+    yield b
+    cleanup(postgres, suffix, b.owner_tag)
 
 
 def role_connect(
@@ -127,6 +134,15 @@ def catalog_snapshot(b: Backend, roles: list[str]) -> dict[str, list[tuple]]:
                                     AND attacl IS NOT NULL ORDER BY 1""",
         }
         return {k: conn.execute(v, {"roles": roles}).fetchall() for k, v in q.items()}
+
+
+def enroll(b: Backend, role: str) -> None:
+    """Make ``role`` a member of the application's client group (the lookup's allow-list)."""
+    b.server.execute(
+        sql.SQL("GRANT {} TO {}")
+        .format(sql.Identifier(group_role_for(b.owner_tag)), sql.Identifier(role))
+        .as_string()
+    )
 
 
 def install(b: Backend, password: str | None = None) -> tuple[AuthQuery, str]:
@@ -190,9 +206,10 @@ def test_auth_role_is_plain_and_cannot_read_pg_authid(backend):
         assert conn.execute("SELECT current_user").fetchone() == (aq.auth_user,)
 
 
-def test_lookup_gives_a_password_only_to_ordinary_login_roles(backend):
+def test_lookup_gives_a_password_only_to_enrolled_ordinary_login_roles(backend):
     aq, password = install(backend)
     names = {k: backend.name(k) for k in ("app", "future", "su", "repl", "nologin", "expired")}
+    names.update({k: backend.name(k) for k in ("stranger", "createrole", "bypassrls")})
     names["long"] = backend.name("long").ljust(63, "x")  # the longest name a role can have
     pw = "Aa1" + generate_password()
     with backend.server.connect() as conn:
@@ -204,18 +221,33 @@ def test_lookup_gives_a_password_only_to_ordinary_login_roles(backend):
             "repl": "LOGIN REPLICATION",
             "nologin": "NOLOGIN",
             "expired": "LOGIN VALID UNTIL '2000-01-01'",
+            "stranger": "LOGIN",
+            "createrole": "LOGIN CREATEROLE",
+            "bypassrls": "LOGIN BYPASSRLS",
         }.items():
             conn.execute(
                 sql.SQL("CREATE ROLE {} " + attrs + " PASSWORD {}").format(  # type: ignore[operator]
                     sql.Identifier(names[key]), sql.Literal(pw)
                 )
             )
+            if key != "stranger":
+                # Enrolled: a member of the application's client group (how an operator lets
+                # one of their own roles log in through the pooler, docs/tenancy.md).
+                conn.execute(
+                    sql.SQL("GRANT {} TO {}").format(
+                        sql.Identifier(group_role_for(backend.owner_tag)),
+                        sql.Identifier(names[key]),
+                    )
+                )
     with role_connect(backend, aq.auth_user, password) as conn:
         for key in ("app", "long", "future"):
             ((user, secret),) = lookup(conn, aq, names[key])
             assert user == names[key]
             assert secret is not None and secret.startswith("SCRAM-SHA-256$"), key
-        refused = [names[k] for k in ("su", "repl", "nologin", "expired")]
+        refused = [
+            names[k]
+            for k in ("su", "repl", "nologin", "expired", "stranger", "createrole", "bypassrls")
+        ]
         refused += [backend.name("unknown"), aq.auth_user, "postgres", backend.creds.user]
         refused += [definer_role_for(aq.auth_user)]
         for name in refused:
@@ -293,6 +325,7 @@ def test_a_shadowing_operator_in_the_callers_schema_changes_nothing(backend):
         .format(sql.Identifier(app))
         .as_string()
     )
+    enroll(backend, app)
     with backend.server.connect(backend.creds.dbname) as conn:
         conn.execute(
             "CREATE FUNCTION public.always_true(name, text) RETURNS bool LANGUAGE sql AS 'SELECT true'"
@@ -320,6 +353,7 @@ def test_the_function_outlives_the_relation_user(backend):
         .format(sql.Identifier(app))
         .as_string()
     )
+    enroll(backend, app)
     with backend.server.connect(backend.creds.dbname) as conn:
         for stmt in ("REASSIGN OWNED BY {} TO postgres", "DROP OWNED BY {}"):
             conn.execute(sql.SQL(stmt).format(sql.Identifier(relation_user)))  # type: ignore[arg-type]
@@ -494,8 +528,9 @@ def test_connection_errors_are_typed_and_hold_no_password(backend):
         conn.execute("SELECT pg_sleep(2)")
     assert info.value.sqlstate == "57014"
     with connect(c) as conn:
-        assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
-        assert conn.execute("SHOW lock_timeout").fetchone() == ("10s",)
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("15s",)
+        assert conn.execute("SHOW lock_timeout").fetchone() == ("5s",)
+        assert conn.execute("SHOW search_path").fetchone() == ("pg_catalog,pg_temp",)
 
 
 def test_pgbouncer_logs_users_in_through_the_auth_query(backend, pgbouncer_factory):
@@ -552,9 +587,13 @@ auth_dbname = pgb_authdb
 
     with via_pgbouncer(client, client_pw, client_db) as conn:
         row = conn.execute(
-            "SELECT current_user, current_database(), current_setting('port')::int"
+            "SELECT session_user, current_database(), current_setting('port')::int"
         ).fetchone()
         assert row == (client, client_db, port)
+        # Its session acts as the database's owner role (docs/tenancy.md).
+        assert conn.execute("SELECT current_user").fetchone() == (
+            owner_role_for(client_db, backend.owner_tag),
+        )
     with pytest.raises(psycopg.OperationalError, match=REFUSED):
         via_pgbouncer(client, "wrong-" + client_pw, client_db)
     with pytest.raises(psycopg.OperationalError, match=REFUSED):

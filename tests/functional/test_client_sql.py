@@ -15,9 +15,12 @@ from postgres.clients import (
     backend_version,
     create_client,
     drop_client,
+    grant_database,
+    revoke_client,
 )
 from postgres.connection import BackendCredentials, ForeignObjectError
 from state.names import InvalidNameError
+from state.tenants import TenantRecord, owner_role_for
 from tests.functional.test_auth_sql import Backend, cleanup, make_backend, role_connect
 from tests.helpers.pg import PostgresServer
 from tests.helpers.system import free_port
@@ -28,19 +31,34 @@ pytestmark = pytest.mark.needs_root
 @pytest.fixture
 def backend(postgres: PostgresServer) -> Iterator[Backend]:
     suffix = uuid.uuid4().hex[:10]
-    yield make_backend(postgres, suffix)
-    cleanup(postgres, suffix)
+    b = make_backend(postgres, suffix)
+    yield b
+    cleanup(postgres, suffix, b.owner_tag)
+
+
+RECORDS: dict[str, TenantRecord] = {}
 
 
 def create(b: Backend, user: str, db: str, password: str, extra=(), relation_id: int = 5) -> None:
-    create_client(
+    """Grant as the charm does: decided from (and recorded in) this backend's tenant record."""
+    record = RECORDS.get(b.suffix, TenantRecord())
+    RECORDS[b.suffix] = grant_database(
         b.creds,
+        record,
         username=user,
         password=password,
         database=db,
         extra_roles=list(extra),
         owner_tag=b.owner_tag,
         relation_id=relation_id,
+        app="app",
+        live={r.relation for r in record.roles.values()},
+    )
+
+
+def drop(b: Backend, user: str) -> None:
+    RECORDS[b.suffix] = revoke_client(
+        b.creds, RECORDS.get(b.suffix, TenantRecord()), username=user, owner_tag=b.owner_tag
     )
 
 
@@ -75,7 +93,7 @@ def test_create_gives_a_scram_login_role_owning_a_closed_database(backend):
     assert inherit and login and comment == mark
     assert verifier.startswith("SCRAM-SHA-256$")
     ((_, owner, acl, db_comment),) = snap["database"]
-    assert owner == user and db_comment == mark
+    assert owner == owner_role_for(db, backend.owner_tag) and db_comment == mark
     assert not any(entry.startswith("=") and "c" in entry.split("/")[0] for entry in acl), acl
     with role_connect(backend, user, password, db) as conn:
         conn.execute("CREATE TABLE t (x int)")
@@ -102,7 +120,7 @@ def test_create_twice_is_idempotent_and_resets_the_password(backend):
         role_connect(backend, user, password, db)
     with role_connect(backend, user, new_password, db) as conn:
         assert conn.execute(
-            "SELECT rolcreatedb FROM pg_roles WHERE rolname = current_user"
+            "SELECT rolcreatedb FROM pg_roles WHERE rolname = session_user"
         ).fetchone() == (True,)
     create(backend, user, db, new_password)
     assert client_snapshot(backend, user, db)["role"][0][4] is False  # NOCREATEDB again
@@ -168,7 +186,11 @@ def test_drop_keeps_the_database_and_its_data_and_ends_the_login(backend):
         conn.execute("CREATE SCHEMA app")
         conn.execute("CREATE TABLE app.more (x int)")
     live = role_connect(backend, user, password, db)
-    assert drop_client(backend.creds, username=user, owner_tag=backend.owner_tag) is True
+    owners = {db: owner_role_for(db, backend.owner_tag)}
+    assert (
+        drop_client(backend.creds, username=user, owner_tag=backend.owner_tag, owners=owners)
+        is True
+    )
     with pytest.raises(psycopg.OperationalError):
         live.execute("SELECT 1")
     live.close()
@@ -184,19 +206,19 @@ def test_drop_keeps_the_database_and_its_data_and_ends_the_login(backend):
             """SELECT DISTINCT r.rolname FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
                 WHERE c.relname IN ('orders', 'more')"""
         ).fetchall()
-        assert owners == [(backend.creds.user,)]
+        # Never the relation user (a superuser): the database's unprivileged owner role.
+        assert owners == [(owner_role_for(db, backend.owner_tag),)]
         assert conn.execute(
             "SELECT datdba::regrole::text FROM pg_database WHERE datname = current_database()"
-        ).fetchone() == (backend.creds.user,)
+        ).fetchone() == (owner_role_for(db, backend.owner_tag),)
     assert drop_client(backend.creds, username=user, owner_tag=backend.owner_tag) is False
-    # A later client relation asking for the same database gets the database (its objects stay
-    # with the relation user: handing them over is left to an operator, see docs/auth-plumbing.md).
+    # The same application re-relating (a new relation id) takes its database back, with the
+    # tables it made.
+    RECORDS[backend.suffix] = RECORDS[backend.suffix].without_role(user)
     user2, password2 = backend.name("app2"), generate_password()
     create(backend, user2, db, password2, relation_id=9)
     with role_connect(backend, user2, password2, db) as conn:
-        assert conn.execute(
-            "SELECT datdba::regrole::text FROM pg_database WHERE datname = current_database()"
-        ).fetchone() == (user2,)
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (2,)
         conn.execute("CREATE TABLE fresh (x int)")
 
 

@@ -10,6 +10,19 @@ CREATE ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION 
 ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
     NOINHERIT
 
+-- name: limit_auth_role
+-- The auth role can connect wherever PUBLIC may (the PostgreSQL charm leaves CONNECT on
+-- postgres and template1 to PUBLIC). What it does there is bounded: read-only transactions by
+-- default, no temporary files, short statements. A session may turn read-only off again;
+-- docs/security.md says so and tests/functional/test_tenancy.py pins what it can do.
+ALTER ROLE {role} SET default_transaction_read_only = on
+
+-- name: limit_auth_role_timeout
+ALTER ROLE {role} SET statement_timeout = '5s'
+
+-- name: limit_auth_role_temp
+ALTER ROLE {role} SET temp_file_limit = 0
+
 -- name: create_definer_role
 CREATE ROLE {role} WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
     NOINHERIT
@@ -67,7 +80,11 @@ SELECT p.oid, pg_catalog.obj_description(p.oid, 'pg_proc') AS comment
 -- name: create_function
 -- SECURITY DEFINER with a pinned search_path (pg_temp last, so nothing a caller creates can
 -- shadow an operator or function) and every object schema-qualified. One row always: the name
--- asked for, and a password only for an ordinary login role, so that every refusal looks alike.
+-- asked for, and a password only for an allowed role, so that every refusal looks alike.
+-- An allow-list (docs/tenancy.md): a login role that is a member of this application's client
+-- group, and none of: superuser, replication, CREATEROLE, BYPASSRLS, expired, the auth role
+-- itself, or a member of any role that has one of those attributes or is a predefined role
+-- reaching the server's files or programs or every database's data.
 -- Names are compared as text: a cast to name would truncate a long name onto another role's.
 CREATE OR REPLACE FUNCTION {schema}.get_auth(p_usename pg_catalog.text)
 RETURNS TABLE (usename pg_catalog.name, passwd pg_catalog.text)
@@ -77,13 +94,27 @@ AS $get_auth$
 SELECT p_usename::pg_catalog.name,
        (SELECT a.rolpassword
           FROM pg_catalog.pg_authid AS a
+          JOIN pg_catalog.pg_roles AS r ON r.rolname OPERATOR(pg_catalog.=) a.rolname
          WHERE a.rolname::pg_catalog.text OPERATOR(pg_catalog.=) p_usename
-           AND a.rolcanlogin
-           AND NOT a.rolsuper
-           AND NOT a.rolreplication
-           AND (a.rolvaliduntil IS NULL
-                OR a.rolvaliduntil OPERATOR(pg_catalog.>) pg_catalog.now())
-           AND a.rolname OPERATOR(pg_catalog.<>) {auth_role_name}::pg_catalog.name)
+           AND r.rolcanlogin
+           AND NOT r.rolsuper
+           AND NOT r.rolreplication
+           AND NOT r.rolcreaterole
+           AND NOT r.rolbypassrls
+           AND (r.rolvaliduntil IS NULL
+                OR r.rolvaliduntil OPERATOR(pg_catalog.>) pg_catalog.now())
+           AND r.rolname OPERATOR(pg_catalog.<>) {auth_role_name}::pg_catalog.name
+           AND pg_catalog.pg_has_role(r.oid, {group_name}::pg_catalog.name, 'MEMBER')
+           AND NOT EXISTS (
+                 SELECT 1
+                   FROM pg_catalog.pg_roles AS s
+                  WHERE s.oid OPERATOR(pg_catalog.<>) r.oid
+                    AND (s.rolsuper OR s.rolreplication OR s.rolcreaterole OR s.rolbypassrls
+                         OR s.rolname OPERATOR(pg_catalog.=) ANY (ARRAY[
+                              'pg_execute_server_program', 'pg_read_server_files',
+                              'pg_write_server_files', 'pg_read_all_data',
+                              'pg_write_all_data']::pg_catalog.name[]))
+                    AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER')))
 $get_auth$
 
 -- name: alter_function_owner

@@ -1,4 +1,4 @@
--- Users and databases for the client `database` relation.
+-- Users and databases for the client `database` relation (docs/tenancy.md).
 -- Each statement follows a "-- name: <key>" line. Placeholders in braces are filled by
 -- psycopg.sql (Identifier, Literal or one of our own fixed keywords) only; %(x)s placeholders
 -- are bound parameters.
@@ -10,6 +10,35 @@ CREATE ROLE {role} WITH LOGIN NOSUPERUSER {createdb} NOCREATEROLE NOREPLICATION 
 -- name: alter_client_role
 ALTER ROLE {role} WITH LOGIN NOSUPERUSER {createdb} NOCREATEROLE NOREPLICATION NOBYPASSRLS
     INHERIT
+
+-- name: create_tenant_role
+-- Owner roles, the client group and the orphan role: no login, no attribute, no membership.
+-- INHERIT: an owner role reaches the public schema through its implicit membership of
+-- pg_database_owner, which NOINHERIT would cut.
+CREATE ROLE {role} WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
+    INHERIT
+
+-- name: alter_tenant_role
+ALTER ROLE {role} WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
+    INHERIT
+
+-- name: memberships_of
+-- Roles the given role is a member of, directly.
+SELECT pg_catalog.pg_get_userbyid(m.roleid)
+  FROM pg_catalog.pg_auth_members AS m
+ WHERE m.member = %(oid)s
+ ORDER BY 1
+
+-- name: revoke_membership
+REVOKE {group} FROM {role}
+
+-- name: grant_membership
+GRANT {group} TO {role}
+
+-- name: set_role_in_database
+-- Sessions of the client in its database act as the database's owner role: what they create
+-- belongs to the owner role, outlives the relation and is shared with the other relations.
+ALTER ROLE {role} IN DATABASE {database} SET role = {owner}
 
 -- name: disable_login
 ALTER ROLE {role} WITH NOLOGIN
@@ -34,13 +63,97 @@ CREATE DATABASE {database} OWNER {role}
 ALTER DATABASE {database} OWNER TO {role}
 
 -- name: lock_database
-REVOKE CONNECT ON DATABASE {database} FROM PUBLIC
-
--- name: grant_database_connect
-GRANT CONNECT ON DATABASE {database} TO {role}
+REVOKE ALL ON DATABASE {database} FROM PUBLIC
 
 -- name: comment_database
 COMMENT ON DATABASE {database} IS {comment}
+
+-- name: database_settings
+-- Settings that apply in the database (setrole 0: every role; else one role there).
+SELECT s.setrole, pg_catalog.pg_get_userbyid(s.setrole) AS role_name, s.setconfig
+  FROM pg_catalog.pg_db_role_setting AS s
+ WHERE s.setdatabase = %(oid)s
+ ORDER BY s.setrole
+
+-- name: reset_database_settings
+ALTER DATABASE {database} RESET ALL
+
+-- name: reset_role_settings_in_database
+ALTER ROLE {role} IN DATABASE {database} RESET ALL
+
+-- name: foreign_objects
+-- Objects in the current database owned by any role but the database's owner role, except
+-- built-in objects (OID below 16384) and members of an extension (the server's own scripts).
+-- Such an object would run or be read with its owner's rights by whoever takes the database.
+WITH owned (catalog, oid, owner) AS (
+    SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, c.oid, c.relowner
+      FROM pg_catalog.pg_class AS c
+    UNION ALL
+    SELECT 'pg_catalog.pg_proc'::pg_catalog.regclass, p.oid, p.proowner
+      FROM pg_catalog.pg_proc AS p
+    UNION ALL
+    SELECT 'pg_catalog.pg_namespace'::pg_catalog.regclass, n.oid, n.nspowner
+      FROM pg_catalog.pg_namespace AS n
+    UNION ALL
+    SELECT 'pg_catalog.pg_type'::pg_catalog.regclass, t.oid, t.typowner
+      FROM pg_catalog.pg_type AS t
+    UNION ALL
+    SELECT 'pg_catalog.pg_operator'::pg_catalog.regclass, o.oid, o.oprowner
+      FROM pg_catalog.pg_operator AS o
+    UNION ALL
+    SELECT 'pg_catalog.pg_extension'::pg_catalog.regclass, e.oid, e.extowner
+      FROM pg_catalog.pg_extension AS e
+    UNION ALL
+    SELECT 'pg_catalog.pg_event_trigger'::pg_catalog.regclass, v.oid, v.evtowner
+      FROM pg_catalog.pg_event_trigger AS v
+    UNION ALL
+    SELECT 'pg_catalog.pg_language'::pg_catalog.regclass, l.oid, l.lanowner
+      FROM pg_catalog.pg_language AS l
+    UNION ALL
+    SELECT 'pg_catalog.pg_collation'::pg_catalog.regclass, k.oid, k.collowner
+      FROM pg_catalog.pg_collation AS k
+    UNION ALL
+    SELECT 'pg_catalog.pg_conversion'::pg_catalog.regclass, x.oid, x.conowner
+      FROM pg_catalog.pg_conversion AS x
+    UNION ALL
+    SELECT 'pg_catalog.pg_opclass'::pg_catalog.regclass, oc.oid, oc.opcowner
+      FROM pg_catalog.pg_opclass AS oc
+    UNION ALL
+    SELECT 'pg_catalog.pg_opfamily'::pg_catalog.regclass, f.oid, f.opfowner
+      FROM pg_catalog.pg_opfamily AS f
+    UNION ALL
+    SELECT 'pg_catalog.pg_ts_config'::pg_catalog.regclass, tc.oid, tc.cfgowner
+      FROM pg_catalog.pg_ts_config AS tc
+    UNION ALL
+    SELECT 'pg_catalog.pg_ts_dict'::pg_catalog.regclass, td.oid, td.dictowner
+      FROM pg_catalog.pg_ts_dict AS td
+    UNION ALL
+    SELECT 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass, se.oid, se.stxowner
+      FROM pg_catalog.pg_statistic_ext AS se
+    UNION ALL
+    SELECT 'pg_catalog.pg_foreign_data_wrapper'::pg_catalog.regclass, w.oid, w.fdwowner
+      FROM pg_catalog.pg_foreign_data_wrapper AS w
+    UNION ALL
+    SELECT 'pg_catalog.pg_foreign_server'::pg_catalog.regclass, fs.oid, fs.srvowner
+      FROM pg_catalog.pg_foreign_server AS fs
+    UNION ALL
+    SELECT 'pg_catalog.pg_publication'::pg_catalog.regclass, pb.oid, pb.pubowner
+      FROM pg_catalog.pg_publication AS pb
+    UNION ALL
+    SELECT 'pg_catalog.pg_largeobject'::pg_catalog.regclass, lo.oid, lo.lomowner
+      FROM pg_catalog.pg_largeobject_metadata AS lo
+)
+SELECT pg_catalog.pg_describe_object(o.catalog, o.oid, 0) AS object,
+       pg_catalog.pg_get_userbyid(o.owner) AS owner
+  FROM owned AS o
+ WHERE o.oid OPERATOR(pg_catalog.>=) 16384
+   AND o.owner OPERATOR(pg_catalog.<>) %(owner)s::pg_catalog.oid
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend AS d
+                    WHERE d.classid OPERATOR(pg_catalog.=) o.catalog
+                      AND d.objid OPERATOR(pg_catalog.=) o.oid
+                      AND d.deptype OPERATOR(pg_catalog.=) 'e')
+ ORDER BY 1
+ LIMIT 5
 
 -- name: databases_with_objects_of
 -- Databases where the role owns objects or holds privileges (pg_shdepend), plus the ones it

@@ -1,0 +1,261 @@
+r"""The record of what this application created for its clients on the backend (docs/tenancy.md).
+
+It lives in the ``pgb-peers`` application databag (key ``tenants``), which only the leader
+writes: a tenant can forge a comment on its own database, not this record. It is the only proof
+that a database or a role is ours, so it is checked against the server's OIDs before anything is
+handed out. Example::
+
+    {"databases": {"orders": {"oid": 16421, "owner": "pgbouncer_owner_1a2b3c4d_5e6f70819a",
+                              "apps": ["shop"]}},
+     "roles": {"pgbouncer_client_7_1a2b3c4d": {"oid": 16420, "relation": 7, "app": "shop",
+                                              "databases": ["orders"]}}}
+
+Pure: no ops, no psycopg. The decisions taken from it (:func:`grant_decision`,
+:func:`roles_to_drop`) are plain functions with one test per branch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+
+from state.names import InvalidNameError, validate_database_name, validate_role_name
+
+CLIENT_USER_PREFIX = "pgbouncer_client_"
+OWNER_ROLE_PREFIX = "pgbouncer_owner_"
+GROUP_ROLE_PREFIX = "pgbouncer_clients_"
+ORPHAN_ROLE_PREFIX = "pgbouncer_orphans_"
+
+
+def app_hash(owner_tag: str) -> str:
+    """Eight hex digits naming this application (model uuid and app name) in role names."""
+    return hashlib.sha256(owner_tag.encode()).hexdigest()[:8]
+
+
+def client_username(relation_id: int, owner_tag: str) -> str:
+    """The login role of one client relation, e.g. ``pgbouncer_client_7_1a2b3c4d``."""
+    return f"{CLIENT_USER_PREFIX}{relation_id}_{app_hash(owner_tag)}"
+
+
+def owner_role_for(database: str, owner_tag: str) -> str:
+    """The NOLOGIN role owning a client database and everything its tenants create in it."""
+    digest = hashlib.sha256(database.encode()).hexdigest()[:10]
+    return f"{OWNER_ROLE_PREFIX}{app_hash(owner_tag)}_{digest}"
+
+
+def group_role_for(owner_tag: str) -> str:
+    """The NOLOGIN group whose members (and only they) the auth lookup answers for."""
+    return f"{GROUP_ROLE_PREFIX}{app_hash(owner_tag)}"
+
+
+def orphan_role_for(owner_tag: str) -> str:
+    """The NOLOGIN role, with no members, taking what a dropped client owned outside its databases."""
+    return f"{ORPHAN_ROLE_PREFIX}{app_hash(owner_tag)}"
+
+
+@dataclass(frozen=True)
+class DatabaseRecord:
+    """A client database we created: its OID, its owner role, the applications that held it."""
+
+    oid: int
+    owner: str
+    apps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoleRecord:
+    """A client login role we created, for one relation."""
+
+    oid: int
+    relation: int
+    app: str
+    databases: tuple[str, ...] = ()
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(sorted({v for v in value if isinstance(v, str) and v}))
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    """Databases and login roles this application created, by name."""
+
+    databases: Mapping[str, DatabaseRecord] = field(default_factory=dict)
+    roles: Mapping[str, RoleRecord] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> TenantRecord:
+        """Parse the databag value; an empty or damaged value gives an empty record.
+
+        Only the leader writes it; entries that fail validation are dropped, never trusted.
+        """
+        try:
+            raw = json.loads(text) if text else {}
+        except ValueError:
+            raw = {}
+        if not isinstance(raw, dict):
+            raw = {}
+        databases: dict[str, DatabaseRecord] = {}
+        raw_dbs = raw.get("databases")
+        for name, entry in (raw_dbs.items() if isinstance(raw_dbs, dict) else []):
+            if not isinstance(entry, dict):
+                continue
+            oid, owner = _int(entry.get("oid")), entry.get("owner")
+            try:
+                validate_database_name(name)
+                validate_role_name(owner, "owner")
+            except InvalidNameError:
+                continue
+            if oid is not None and isinstance(owner, str):
+                databases[name] = DatabaseRecord(oid, owner, _names(entry.get("apps")))
+        roles: dict[str, RoleRecord] = {}
+        raw_roles = raw.get("roles")
+        for name, entry in (raw_roles.items() if isinstance(raw_roles, dict) else []):
+            if not isinstance(entry, dict):
+                continue
+            oid, relation, app = _int(entry.get("oid")), entry.get("relation"), entry.get("app")
+            try:
+                validate_role_name(name)
+            except InvalidNameError:
+                continue
+            if oid is None or not isinstance(app, str):
+                continue
+            if not isinstance(relation, int) or isinstance(relation, bool) or relation < 0:
+                continue
+            roles[name] = RoleRecord(oid, relation, app, _names(entry.get("databases")))
+        return cls(databases=databases, roles=roles)
+
+    def to_json(self) -> str:
+        """The databag value, deterministic."""
+        return json.dumps(
+            {
+                "databases": {
+                    n: {"oid": d.oid, "owner": d.owner, "apps": list(d.apps)}
+                    for n, d in sorted(self.databases.items())
+                },
+                "roles": {
+                    n: {
+                        "oid": r.oid,
+                        "relation": r.relation,
+                        "app": r.app,
+                        "databases": list(r.databases),
+                    }
+                    for n, r in sorted(self.roles.items())
+                },
+            },
+            sort_keys=True,
+        )
+
+    # -- updates (each returns a new record) ----------------------------------------------
+    def with_grant(
+        self,
+        *,
+        role: str,
+        role_oid: int,
+        relation: int,
+        app: str,
+        database: str,
+        database_oid: int,
+        owner: str,
+    ) -> TenantRecord:
+        """The record after ``role`` (of ``relation``/``app``) was granted ``database``."""
+        databases = dict(self.databases)
+        old_db = databases.get(database)
+        apps = set(old_db.apps) if old_db and old_db.oid == database_oid else set()
+        databases[database] = DatabaseRecord(database_oid, owner, tuple(sorted(apps | {app})))
+        roles = dict(self.roles)
+        old_role = roles.get(role)
+        held = set(old_role.databases) if old_role and old_role.oid == role_oid else set()
+        roles[role] = RoleRecord(role_oid, relation, app, tuple(sorted(held | {database})))
+        return replace(self, databases=databases, roles=roles)
+
+    def without_role(self, role: str) -> TenantRecord:
+        """The record after ``role`` was dropped (its databases stay recorded)."""
+        roles = {n: r for n, r in self.roles.items() if n != role}
+        return replace(self, roles=roles)
+
+    def without_database(self, database: str) -> TenantRecord:
+        """The record after ``database`` was found gone from the server."""
+        databases = {n: d for n, d in self.databases.items() if n != database}
+        return replace(self, databases=databases)
+
+    def served(self, live_relations: Collection[int]) -> dict[str, int]:
+        """Database → the lowest live relation holding it: what every unit must pool."""
+        served: dict[str, int] = {}
+        for role in self.roles.values():
+            if role.relation not in live_relations:
+                continue
+            for database in role.databases:
+                if database in self.databases:
+                    served[database] = min(served.get(database, role.relation), role.relation)
+        return served
+
+    def holders(self, database: str, live_relations: Collection[int]) -> set[int]:
+        """Live relations whose role holds ``database``."""
+        return {
+            r.relation
+            for r in self.roles.values()
+            if database in r.databases and r.relation in live_relations
+        }
+
+
+# -- decisions -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GrantDecision:
+    """What to do with one client's request for one database.
+
+    ``action`` is ``create`` (no such database of ours: create it, refusing one that exists),
+    ``join`` (ours, already held by a live relation: share it, after the trap check),
+    ``reclaim`` (ours, held by nobody live, earlier held by this application: hand it back,
+    after the trap check), ``keep`` (this relation already holds it) or ``refuse``.
+    """
+
+    action: str
+    reason: str = ""
+    database: DatabaseRecord | None = None
+
+
+def grant_decision(
+    record: TenantRecord, *, database: str, relation: int, app: str, live: Collection[int]
+) -> GrantDecision:
+    """Decide how ``relation`` (of application ``app``) may get ``database``.
+
+    Args:
+        record: what this application created.
+        database: the name asked for (already validated).
+        relation: the asking relation's id.
+        app: the remote application's name.
+        live: ids of the live client relations.
+    """
+    db = record.databases.get(database)
+    if db is None:
+        return GrantDecision("create")
+    holders = record.holders(database, live)
+    if relation in holders:
+        return GrantDecision("keep", database=db)
+    if holders:
+        return GrantDecision("join", database=db)
+    if app in db.apps:
+        return GrantDecision("reclaim", database=db)
+    previous = ", ".join(db.apps) or "an earlier client"
+    return GrantDecision(
+        "refuse",
+        reason=(
+            f"database {database} holds data left by application {previous}; "
+            "only that application may take it back"
+        ),
+        database=db,
+    )
+
+
+def roles_to_drop(record: TenantRecord, live: Collection[int]) -> list[str]:
+    """Recorded login roles whose relation is gone: what the leader must drop next."""
+    return sorted(name for name, r in record.roles.items() if r.relation not in live)
