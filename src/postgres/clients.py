@@ -279,9 +279,7 @@ def create_client(
                 owner=sql.Literal(owner),
             )  # fmt: skip
             _run(conn, "comment_database", database=database_id, comment=sql.Literal(mark))
-        db_row = conn.execute(
-            query("clients.sql", "database_info"), {"name": database}
-        ).fetchone()
+        db_row = conn.execute(query("clients.sql", "database_info"), {"name": database}).fetchone()
         assert db_row is not None  # noqa: S101 (created above)
     if neutralised:
         logger.warning("database %s: reset %s", database, "; ".join(neutralised))

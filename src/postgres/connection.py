@@ -67,6 +67,7 @@ def _remaining() -> float:
         cap = min(cap, _hook_deadline - time.monotonic())
     return cap
 
+
 # libpq reports connection failures as text only (no SQLSTATE reaches psycopg): classify them
 # by the server's and libpq's fixed English messages.
 _AUTH_FAILURES = (

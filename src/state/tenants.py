@@ -105,7 +105,7 @@ class TenantRecord:
             raw = {}
         databases: dict[str, DatabaseRecord] = {}
         raw_dbs = raw.get("databases")
-        for name, entry in (raw_dbs.items() if isinstance(raw_dbs, dict) else []):
+        for name, entry in raw_dbs.items() if isinstance(raw_dbs, dict) else []:
             if not isinstance(entry, dict):
                 continue
             oid, owner = _int(entry.get("oid")), entry.get("owner")
@@ -118,7 +118,7 @@ class TenantRecord:
                 databases[name] = DatabaseRecord(oid, owner, _names(entry.get("apps")))
         roles: dict[str, RoleRecord] = {}
         raw_roles = raw.get("roles")
-        for name, entry in (raw_roles.items() if isinstance(raw_roles, dict) else []):
+        for name, entry in raw_roles.items() if isinstance(raw_roles, dict) else []:
             if not isinstance(entry, dict):
                 continue
             oid, relation, app = _int(entry.get("oid")), entry.get("relation"), entry.get("app")

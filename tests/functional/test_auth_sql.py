@@ -21,7 +21,6 @@ from postgres.auth import (
     remove_leftovers,
 )
 from postgres.clients import create_client
-from state.tenants import app_hash, group_role_for, owner_role_for
 from postgres.connection import (
     BackendAuthFailed,
     BackendCredentials,
@@ -31,6 +30,7 @@ from postgres.connection import (
     ForeignObjectError,
     connect,
 )
+from state.tenants import app_hash, group_role_for, owner_role_for
 from tests.helpers.backend import create_relation_user
 from tests.helpers.pg import PostgresServer, start_postgres
 from tests.helpers.system import free_port
@@ -65,8 +65,10 @@ def make_backend(server: PostgresServer, suffix: str) -> Backend:
 
 
 def cleanup(server: PostgresServer, suffix: str, owner_tag: str | None = None) -> None:
-    """Drop every database and role whose name holds ``suffix`` (databases first), and the
-    tenant roles (owner, group, orphan) named after ``owner_tag``."""
+    """Drop every database and role named with ``suffix`` or ``owner_tag``'s hash.
+
+    Databases first; the tenant roles (owner, group, orphan) carry the owner tag's hash.
+    """
     with server.connect() as conn:
         dbs = conn.execute(
             "SELECT datname FROM pg_database WHERE strpos(datname, %s) > 0", (suffix,)
