@@ -348,6 +348,10 @@ class BackendDatabaseRelation(ops.Object):
         if backend is None or auth is None:
             logger.info("no auth user to remove")
             return
+        # Client login roles go first, while the relation user still works: they cannot log in
+        # without the lookup anyway, and nothing else would ever drop them (docs/tenancy.md).
+        if not self.charm.clients.drop_all(backend):
+            logger.error("some client users could not be dropped; they stay in the record")
         try:
             remove_auth(
                 self.credentials(backend),

@@ -30,7 +30,6 @@ answerable request and runs whenever the backend becomes ready or changes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -51,13 +50,15 @@ from postgres.clients import (
     ForbiddenRoleError,
     backend_version,
     check_extra_roles,
-    create_client,
-    drop_client,
+    grant_database,
+    revoke_client,
 )
 from postgres.connection import BackendError, ForeignObjectError
 from postgres.passwords import generate_password
 from state.config import CharmConfig, InvalidConfigError
 from state.names import InvalidNameError, validate_database_name
+from state.tenants import TenantRecord, grant_decision, roles_to_drop
+from state.tenants import client_username as _client_username
 
 if TYPE_CHECKING:
     from charm import PgBouncerK8sCharm
@@ -75,13 +76,8 @@ def client_username(relation_id: int, owner_tag: str) -> str:
 
     The suffix (a hash of the model uuid and application name) keeps two pgbouncer
     applications (in two models) on one PostgreSQL from ever sharing a role.
-
-    Args:
-        relation_id: the client relation's id.
-        owner_tag: the charm's owner tag (``<model uuid>/<app>``).
     """
-    digest = hashlib.sha256(owner_tag.encode()).hexdigest()[:8]
-    return f"{CLIENT_USER_PREFIX}{relation_id}_{digest}"
+    return _client_username(relation_id, owner_tag)
 
 
 def parse_extra_roles(value: str | None) -> tuple[str, ...]:
@@ -170,7 +166,7 @@ class ClientDatabaseRelation(ops.Object):
     def __init__(self, charm: PgBouncerK8sCharm):
         super().__init__(charm, "client-database")
         self.charm = charm
-        self._stored.set_default(failures={}, refusals={}, pending_drops=[])
+        self._stored.set_default(failures={}, refusals={})
         self.provider = _ProviderEventHandler(charm, CLIENT_RELATION, RequirerCommonModel)
         observe = charm.framework.observe
         observe(self.provider.on.resource_requested, self._on_resource_requested)
@@ -201,23 +197,13 @@ class ClientDatabaseRelation(ops.Object):
             raise RequestRefusedError(f"relation {relation.id}: the same database asked twice")
         return requests
 
-    def _conflict(self, request: ClientRequest, served: dict[str, int]) -> str | None:
-        """A refusal message when another live relation already holds the database."""
-        owner = served.get(request.database)
-        live = {r.id for r in self.relations}
-        if owner is not None and owner != request.relation_id and owner in live:
-            return (
-                f"relation {request.relation_id}: database {request.database} is already "
-                f"served to relation {owner}"
-            )
-        return None
-
     # -- status -----------------------------------------------------------------------------
     def statuses(self) -> list[ops.StatusBase]:
         """Blocked for refused requests, Waiting for unanswered ones; nothing when all good."""
         blocked: list[str] = []
         waiting: list[int] = []
-        served = dict(self.charm.peers.app_data().databases)
+        record = self.charm.peers.tenants()
+        live = {r.id for r in self.relations}
         failures: dict[str, str] = dict(self._stored.failures)
         refusals: dict[str, str] = dict(self._stored.refusals)
         for relation in self.relations:
@@ -227,10 +213,7 @@ class ClientDatabaseRelation(ops.Object):
                 blocked.append(str(exc))
                 continue
             for request in requests:
-                conflict = self._conflict(request, served)
-                if conflict:
-                    blocked.append(conflict)
-                elif served.get(request.database) != relation.id:
+                if relation.id not in record.holders(request.database, live):
                     waiting.append(relation.id)
             if str(relation.id) in refusals:
                 blocked.append(f"relation {relation.id}: {refusals[str(relation.id)]}")
@@ -252,25 +235,60 @@ class ClientDatabaseRelation(ops.Object):
         return statuses
 
     # -- answering --------------------------------------------------------------------------
-    def refresh(self) -> None:
+    def refresh(self, gone: int | None = None) -> None:
         """Answer every client request that can be answered now (leader only).
 
-        Creates what is missing on the backend, publishes the current endpoints, version and
-        credentials to every client relation, drops users left over from relations that broke
-        while the backend was unreachable, then re-renders PgBouncer if the databases changed.
+        Drops the login roles of relations that are gone (the record says which, so a new
+        leader finishes what the last one started), creates or hands over what is missing on
+        the backend, publishes the current endpoints, version and credentials to every client
+        relation, then re-renders PgBouncer if the databases changed.
+
+        Args:
+            gone: a relation being broken in this hook (still listed by the model).
         """
         if not self.charm.unit.is_leader():
             return
         backend = self._ready_backend()
+        record = self.charm.peers.tenants()
+        relations = [r for r in self.relations if r.id != gone]
+        live = {r.id for r in relations}
         if backend is not None:
-            self._drop_pending(backend)
+            record = self._drop_gone(backend, record, live)
+            for relation in relations:
+                record = self._answer(relation, backend, record, live)
+        self.charm.peers.set_tenants(record)
         served = dict(self.charm.peers.app_data().databases)
-        live = {r.id for r in self.relations}
-        wanted = {name: rel for name, rel in served.items() if rel in live}
-        for relation in self.relations:
-            wanted.update(self._answer(relation, backend, wanted))
+        wanted = record.served(live)
         if wanted != served and self.charm.peers.set_databases(wanted):
             self.charm.update_workload()
+
+    def drop_all(self, backend: BackendDatabase) -> bool:
+        """Drop every client login role we created (the backend relation is going).
+
+        Their databases and data stay, owned by the owner roles; when a backend comes back, each
+        live relation gets a new login role and its databases back. Returns False when a drop
+        failed (it stays in the record and is retried).
+        """
+        record = self._drop_gone(backend, self.charm.peers.tenants(), live=())
+        self.charm.peers.set_tenants(record)
+        if self.charm.peers.app_data().databases:
+            self.charm.peers.set_databases({})
+        return not record.roles
+
+    def _drop_gone(
+        self, backend: BackendDatabase, record: TenantRecord, live: set[int] | tuple[()]
+    ) -> TenantRecord:
+        creds = self.charm.backend.credentials(backend)
+        for username in roles_to_drop(record, live):
+            try:
+                record = revoke_client(
+                    creds, record, username=username, owner_tag=self.charm.owner_tag
+                )
+            except BackendError as exc:
+                logger.warning("could not drop client user %s (will retry): %s", username, exc)
+                continue
+            logger.info("dropped client user %s", username)
+        return record
 
     def _ready_backend(self) -> BackendDatabase | None:
         backend = self.charm.backend.backend()
@@ -279,42 +297,49 @@ class ClientDatabaseRelation(ops.Object):
         return backend
 
     def _answer(
-        self, relation: ops.Relation, backend: BackendDatabase | None, served: dict[str, int]
-    ) -> dict[str, int]:
-        """Create (if needed) and publish one relation's databases; the entries it now holds."""
+        self,
+        relation: ops.Relation,
+        backend: BackendDatabase,
+        record: TenantRecord,
+        live: set[int],
+    ) -> TenantRecord:
+        """Create or hand over one relation's databases, publish them; the record after."""
         try:
             requests = self._requests(relation)
         except RequestRefusedError as exc:
             logger.warning("not answering client %s", exc)
-            return {}
-        requests = [r for r in requests if self._conflict(r, served) is None]
-        if not requests:
-            return {}
-        if backend is None:
-            logger.info("client relation %d waits for the backend database", relation.id)
-            return {}
+            return record
+        if not requests or relation.app is None:
+            return record
         endpoint = self._endpoint()
         if endpoint is None:
-            return {}
+            return record
+        app = relation.app.name
         username = client_username(relation.id, self.charm.owner_tag)
         password = self._password(relation.id, username)
         creds = self.charm.backend.credentials(backend)
-        held: dict[str, int] = {}
+        answered = 0
         for request in requests:
-            if served.get(request.database) != relation.id:
+            decision = grant_decision(
+                record, database=request.database, relation=relation.id, app=app, live=live
+            )
+            if decision.action != "keep" or username not in record.roles:
                 try:
-                    create_client(
+                    record = grant_database(
                         creds,
+                        record,
                         username=username,
                         password=password,
                         database=request.database,
                         extra_roles=request.extra_roles,
                         owner_tag=self.charm.owner_tag,
                         relation_id=relation.id,
+                        app=app,
+                        live=live,
                     )
                 except BackendError as exc:
                     logger.warning(
-                        "could not create database %s for client relation %d: %s",
+                        "could not give database %s to client relation %d: %s",
                         request.database,
                         relation.id,
                         exc,
@@ -324,12 +349,12 @@ class ClientDatabaseRelation(ops.Object):
                     )
                     continue
                 logger.info(
-                    "created user %s and database %s for client relation %d",
+                    "user %s holds database %s for client relation %d",
                     username,
                     request.database,
                     relation.id,
                 )
-            held[request.database] = relation.id
+            answered += 1
             response = self._response(request, backend, endpoint, username, password)
             # The library finds its secret again by label, and ops gives a secret fetched by
             # label no id: without the id it already published, it would drop `secret-user`.
@@ -341,9 +366,9 @@ class ClientDatabaseRelation(ops.Object):
                 databag = relation.data[self.charm.app]
                 if databag.get("database") != request.database:
                     databag["database"] = request.database
-        if len(held) == len(requests):
+        if answered == len(requests):
             self._record_failure(relation.id, None)
-        return held
+        return record
 
     def _published_secret_id(self, relation: ops.Relation, request_id: str | None) -> str | None:
         """The ``secret-user`` we already published for a request (v0: flat; v1: in a list)."""
@@ -468,37 +493,10 @@ class ClientDatabaseRelation(ops.Object):
         relation_id = event.relation.id
         self._record_failure(relation_id, None)
         self._remove_response_secrets(event.relation)
-        if self._forget_password(relation_id):
-            # A user may exist only if we stored a password for it.
-            username = client_username(relation_id, self.charm.owner_tag)
-            pending: list[str] = list(self._stored.pending_drops)
-            if username not in pending:
-                pending.append(username)
-            self._stored.pending_drops = pending
-        backend = self._ready_backend()
-        if backend is not None:
-            self._drop_pending(backend)
-        served = dict(self.charm.peers.app_data().databases)
-        remaining = {name: rel for name, rel in served.items() if rel != relation_id}
-        if remaining != served and self.charm.peers.set_databases(remaining):
-            self.charm.update_workload()
-
-    def _drop_pending(self, backend: BackendDatabase) -> None:
-        """Drop users of broken relations (kept in a list until the backend took the drop)."""
-        pending: list[str] = list(self._stored.pending_drops)
-        if not pending:
-            return
-        creds = self.charm.backend.credentials(backend)
-        remaining: list[str] = []
-        for username in pending:
-            try:
-                drop_client(creds, username=username, owner_tag=self.charm.owner_tag)
-            except BackendError as exc:
-                logger.warning("could not drop client user %s (will retry): %s", username, exc)
-                remaining.append(username)
-                continue
-            logger.info("dropped client user %s", username)
-        self._stored.pending_drops = remaining
+        self._forget_password(relation_id)
+        # The role is dropped from the record (now, or by whichever leader next reaches the
+        # backend): nothing is kept in unit-local state.
+        self.refresh(gone=relation_id)
 
     def _remove_response_secrets(self, relation: ops.Relation) -> None:
         """Remove the ``secret-user`` secrets we granted to the relation's application."""

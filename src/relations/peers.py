@@ -12,6 +12,7 @@ import logging
 import ops
 
 from state.peers import AuthData, PeerAppData
+from state.tenants import TenantRecord
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,15 @@ class Peers:
         """Publish the client databases every unit must pool (leader only)."""
         data = PeerAppData(databases=databases)
         return self._set_app(databases=data.databases_json() if databases else None)
+
+    def tenants(self) -> TenantRecord:
+        """What this application created for its clients (leader-written, docs/tenancy.md)."""
+        rel = self.relation
+        return TenantRecord.from_json(rel.data[rel.app].get("tenants") if rel else None)
+
+    def set_tenants(self, record: TenantRecord) -> bool:
+        """Save the tenant record (leader only); False when it could not be written."""
+        return self._set_app(tenants=record.to_json())
 
     def auth(self) -> AuthData | None:
         """The auth role's credentials from the secret the leader shared, if any."""

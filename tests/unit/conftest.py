@@ -109,8 +109,11 @@ def peer_relation(
     secret: testing.Secret | None = None,
     databases: dict[str, int] | None = None,
     local_unit: dict[str, str] | None = None,
+    tenants: str | None = None,
 ) -> testing.PeerRelation:
     app: dict[str, str] = {}
+    if tenants is not None:
+        app["tenants"] = tenants
     if secret is not None:
         app["auth_secret_id"] = secret.id
         app["auth_dbname"] = "pgbouncer"

@@ -1,7 +1,7 @@
 """The client ``database`` relation, one event per test (Scenario).
 
 The PostgreSQL connection is the boundary faked here: :class:`FakeClientSQL` replaces the three
-``postgres.clients`` functions as ``relations.client_database`` sees them and records what the
+``postgres.clients`` functions (their record decisions stay real: ``state.tenants``) as ``relations.client_database`` sees them and records what the
 charm asked for. ``tests/functional/test_client_pooling.py`` runs the same functions against a
 real PostgreSQL and PgBouncer.
 """
@@ -16,8 +16,10 @@ from dpcharmlibs.interfaces import RequirerCommonModel, RequirerDataContractV1, 
 from ops import testing
 
 import relations.client_database as client_module
+from postgres.clients import RefusedDatabaseError
 from postgres.connection import BackendUnreachable, ForeignObjectError
 from relations.client_database import CLIENT_SECRET_LABEL_PREFIX, client_username
+from state.tenants import TenantRecord, grant_decision, owner_role_for
 from tests.unit.conftest import (
     OUR_REQUEST,
     SEED_PROVIDER,
@@ -47,11 +49,27 @@ class FakeClientSQL:
     dropped: list[str] = field(default_factory=list)
     version_asked: int = 0
 
-    def create_client(
-        self, creds, *, username, password, database, extra_roles, owner_tag, relation_id
+    def grant_database(
+        self,
+        creds,
+        record,
+        *,
+        username,
+        password,
+        database,
+        extra_roles,
+        owner_tag,
+        relation_id,
+        app,
+        live,
     ):
         if self.fail is not None:
             raise self.fail
+        decision = grant_decision(
+            record, database=database, relation=relation_id, app=app, live=set(live)
+        )
+        if decision.action == "refuse":
+            raise RefusedDatabaseError(decision.reason)
         self.created.append(
             {
                 "username": username,
@@ -61,14 +79,25 @@ class FakeClientSQL:
                 "owner_tag": owner_tag,
                 "relation_id": relation_id,
                 "as": creds.user,
+                "action": decision.action,
             }
         )
+        db_oid = decision.database.oid if decision.database else 20000 + len(self.created)
+        return record.with_grant(
+            role=username,
+            role_oid=10000 + relation_id,
+            relation=relation_id,
+            app=app,
+            database=database,
+            database_oid=db_oid,
+            owner=owner_role_for(database, owner_tag),
+        )
 
-    def drop_client(self, creds, *, username, owner_tag):
+    def revoke_client(self, creds, record, *, username, owner_tag):
         if self.fail is not None:
             raise self.fail
         self.dropped.append(username)
-        return True
+        return record.without_role(username)
 
     def backend_version(self, creds):
         self.version_asked += 1
@@ -78,9 +107,30 @@ class FakeClientSQL:
 @pytest.fixture
 def fake_clients(monkeypatch: pytest.MonkeyPatch) -> FakeClientSQL:
     fake = FakeClientSQL()
-    for name in ("create_client", "drop_client", "backend_version"):
+    for name in ("grant_database", "revoke_client", "backend_version"):
         monkeypatch.setattr(client_module, name, getattr(fake, name))
     return fake
+
+
+def tenants(held: dict[str, tuple[int, str]]) -> str:
+    """A leader-written tenant record: database → (the relation holding it, its application)."""
+    record = TenantRecord()
+    for oid, (database, (rel_id, app)) in enumerate(sorted(held.items()), start=1):
+        record = record.with_grant(
+            role=client_username(rel_id, OWNER_TAG),
+            role_oid=10000 + rel_id,
+            relation=rel_id,
+            app=app,
+            database=database,
+            database_oid=20000 + oid,
+            owner=owner_role_for(database, OWNER_TAG),
+        )
+    return record.to_json()
+
+
+def peer_tenants(out: testing.State) -> TenantRecord:
+    peers = next(r for r in out.relations if r.endpoint == "pgb-peers")
+    return TenantRecord.from_json(peers.local_app_data.get("tenants"))
 
 
 def client_relation(remote: dict[str, str], app: str = "myapp", **kwargs) -> testing.Relation:
@@ -101,14 +151,15 @@ def state_with(
     databases=None,
     secrets=(),
     config=None,
+    tenants=None,
 ) -> testing.State:
     secret = auth_secret()
     rels = set(relations)
     if backend_ready:
         rels.add(backend_relation())
-        rels.add(peer_relation(secret, databases=databases))
+        rels.add(peer_relation(secret, databases=databases, tenants=tenants))
     else:
-        rels.add(peer_relation(databases=databases))
+        rels.add(peer_relation(databases=databases, tenants=tenants))
     return testing.State(
         leader=leader,
         model=MODEL,
@@ -363,16 +414,50 @@ def test_invalid_database_name_is_blocked_and_nothing_created(
     assert name not in out.unit_status.message or name == "pgbouncer"
 
 
-def test_database_served_to_another_relation_is_refused(ctx, dirs, fake_clients):
+def test_database_held_by_a_live_relation_is_shared(ctx, dirs, fake_clients):
     first = client_relation(V0_REQUEST, app="first")
     second = client_relation(V0_REQUEST, app="second")
-    out = changed(ctx, state_with(first, second, dirs=dirs, databases={"myapp": first.id}), second)
+    state = state_with(
+        first,
+        second,
+        dirs=dirs,
+        databases={"myapp": first.id},
+        tenants=tenants({"myapp": (first.id, "first")}),
+    )
+    out = changed(ctx, state, second)
+
+    assert [(c["database"], c["relation_id"], c["action"]) for c in fake_clients.created] == [
+        ("myapp", second.id, "join")
+    ]
+    assert peer_tenants(out).holders("myapp", {first.id, second.id}) == {first.id, second.id}
+    assert peer_databases(out) == {"myapp": min(first.id, second.id)}
+    assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
+
+
+def test_database_left_by_another_application_is_refused(ctx, dirs, fake_clients):
+    """A database nobody live holds goes back only to the application that held it."""
+    newcomer = client_relation(V0_REQUEST, app="newcomer")
+    state = state_with(newcomer, dirs=dirs, tenants=tenants({"myapp": (3, "shop")}))
+    out = changed(ctx, state, newcomer)
 
     assert fake_clients.created == []
-    assert peer_databases(out) == {"myapp": first.id}
+    assert peer_databases(out) == {}
     assert out.unit_status == testing.BlockedStatus(
-        f"client relation {second.id}: database myapp is already served to relation {first.id}"
+        f"client relation {newcomer.id}: database myapp holds data left by application shop; "
+        "only that application may take it back"
     )
+
+
+def test_leader_change_keeps_the_drops_of_the_old_leader(ctx, dirs, fake_clients):
+    """The record is in peer app data: a new leader drops roles whose relation is gone."""
+    live = client_relation(V0_REQUEST, app="shop")
+    record = tenants({"myapp": (live.id, "shop"), "gone": (99, "old")})
+    state = state_with(live, dirs=dirs, databases={"myapp": live.id}, tenants=record)
+    out = ctx.run(ctx.on.leader_elected(), state)
+
+    assert fake_clients.dropped == [client_username(99, OWNER_TAG)]
+    assert set(peer_tenants(out).roles) == {client_username(live.id, OWNER_TAG)}
+    assert set(peer_tenants(out).databases) == {"myapp", "gone"}  # the data stays recorded
 
 
 def test_backend_unreachable_waits_with_the_reason_and_retries_later(ctx, dirs, fake_clients):
@@ -500,7 +585,16 @@ def test_backend_endpoint_change_reaches_every_client(ctx, dirs, fake_clients, f
     state = testing.State(
         leader=True,
         model=MODEL,
-        relations={one, two, backend, peer_relation(secret, {"alpha": 11, "beta": 12})},
+        relations={
+            one,
+            two,
+            backend,
+            peer_relation(
+                secret,
+                {"alpha": 11, "beta": 12},
+                tenants=tenants({"alpha": (11, "app-one"), "beta": (12, "app-two")}),
+            ),
+        },
         containers={make_container(dirs)},
         secrets={secret, *one_secrets, *two_secrets},
     )
@@ -528,7 +622,16 @@ def test_config_change_of_listen_port_reaches_every_client(ctx, dirs, fake_clien
         leader=True,
         model=MODEL,
         config={"listen_port": 7000},
-        relations={one, two, backend_relation(), peer_relation(secret, {"alpha": 11, "beta": 12})},
+        relations={
+            one,
+            two,
+            backend_relation(),
+            peer_relation(
+                secret,
+                {"alpha": 11, "beta": 12},
+                tenants=tenants({"alpha": (11, "app-one"), "beta": (12, "app-two")}),
+            ),
+        },
         containers={make_container(dirs)},
         secrets={secret, *one_secrets, *two_secrets},
     )
@@ -557,7 +660,16 @@ def test_broken_drops_its_own_user_and_database_entry_only(ctx, dirs, fake_clien
     state = testing.State(
         leader=True,
         model=MODEL,
-        relations={one, two, backend_relation(), peer_relation(secret, {"alpha": 11, "beta": 12})},
+        relations={
+            one,
+            two,
+            backend_relation(),
+            peer_relation(
+                secret,
+                {"alpha": 11, "beta": 12},
+                tenants=tenants({"alpha": (11, "app-one"), "beta": (12, "app-two")}),
+            ),
+        },
         containers={make_container(dirs)},
         secrets={secret, *one_secrets, *two_secrets},
     )
@@ -572,7 +684,10 @@ def test_broken_drops_its_own_user_and_database_entry_only(ctx, dirs, fake_clien
     assert f"{CLIENT_SECRET_LABEL_PREFIX}11" not in labels
     assert "database.11.user.secret" not in labels
     assert {f"{CLIENT_SECRET_LABEL_PREFIX}12", "database.12.user.secret"} <= labels
-    assert dict(out.get_relation(two.id).local_app_data) == dict(two.local_app_data)
+    # The other relation's answer is untouched (the library may add its salt when re-answering).
+    after = dict(out.get_relation(two.id).local_app_data)
+    after.pop("salt", None)
+    assert after == dict(two.local_app_data)
     assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
 
 
@@ -583,7 +698,11 @@ def test_broken_with_backend_unreachable_keeps_the_drop_for_later(ctx, dirs, fak
     state = testing.State(
         leader=True,
         model=MODEL,
-        relations={one, backend_relation(), peer_relation(secret, {"alpha": 11})},
+        relations={
+            one,
+            backend_relation(),
+            peer_relation(secret, {"alpha": 11}, tenants=tenants({"alpha": (11, "app-one")})),
+        },
         containers={make_container(dirs)},
         secrets={secret, *one_secrets},
     )
@@ -592,8 +711,8 @@ def test_broken_with_backend_unreachable_keeps_the_drop_for_later(ctx, dirs, fak
     assert fake_clients.dropped == []
     assert peer_databases(out) == {}
     assert "alpha" not in ini(dirs)
-    stored = next(s for s in out.stored_states if s.owner_path == CLIENTS_STORE)
-    assert stored.content["pending_drops"] == [client_username(11, OWNER_TAG)]
+    # The drop is not lost: the role stays in the leader-written record until it is gone.
+    assert set(peer_tenants(out).roles) == {client_username(11, OWNER_TAG)}
 
 
 def test_pending_drop_is_retried_by_the_next_refresh(ctx, dirs, fake_clients):
@@ -602,21 +721,17 @@ def test_pending_drop_is_retried_by_the_next_refresh(ctx, dirs, fake_clients):
     state = testing.State(
         leader=True,
         model=MODEL,
-        relations={backend_relation(), peer_relation(secret)},
+        relations={
+            backend_relation(),
+            peer_relation(secret, tenants=tenants({"alpha": (11, "app-one")})),
+        },
         containers={make_container(dirs)},
         secrets={secret},
-        stored_states={
-            testing.StoredState(
-                owner_path=CLIENTS_STORE,
-                content={"failures": {}, "refusals": {}, "pending_drops": [username]},
-            )
-        },
     )
     out = ctx.run(ctx.on.update_status(), state)
 
     assert fake_clients.dropped == [username]
-    stored = next(s for s in out.stored_states if s.owner_path == CLIENTS_STORE)
-    assert stored.content["pending_drops"] == []
+    assert peer_tenants(out).roles == {}
 
 
 def test_broken_on_a_follower_does_nothing(ctx, dirs, fake_clients):
@@ -625,7 +740,11 @@ def test_broken_on_a_follower_does_nothing(ctx, dirs, fake_clients):
     state = testing.State(
         leader=False,
         model=MODEL,
-        relations={one, backend_relation(), peer_relation(secret, {"alpha": 11})},
+        relations={
+            one,
+            backend_relation(),
+            peer_relation(secret, {"alpha": 11}, tenants=tenants({"alpha": (11, "app-one")})),
+        },
         containers={make_container(dirs)},
         secrets={secret, *one_secrets},
     )

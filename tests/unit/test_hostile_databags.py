@@ -298,7 +298,7 @@ def test_client_databag_field_fuzz(field: str, value: str, baseline_keys: set[st
         remote["version"] = "v1"
     fake = FakeClientSQL()
     with pytest.MonkeyPatch.context() as mp, mount_dirs() as dirs:
-        for name in ("create_client", "drop_client", "backend_version"):
+        for name in ("grant_database", "revoke_client", "backend_version"):
             mp.setattr(client_module, name, getattr(fake, name))
         client = testing.Relation(
             "database", remote_app_name="myapp", remote_app_data=remote, remote_units_data={0: {}}
