@@ -317,6 +317,19 @@ def _remove_pair(
     return dropped
 
 
+def _drop_group_if_empty(conn: psycopg.Connection, owner_tag: str) -> list[str]:
+    """Drop the client group once no client role is left in it (it owns nothing)."""
+    group = group_role_for(owner_tag)
+    row = _role_row(conn, group)
+    if row is None or row[3] != tenant_mark(owner_tag):
+        return []
+    members = conn.execute(query("auth.sql", "members_of"), {"oid": row[0]}).fetchone()
+    if members is not None and members[0]:
+        return []
+    _run_common(conn, "drop_role", role=sql.Identifier(group))
+    return [group]
+
+
 def remove_auth(
     creds: BackendCredentials, *, auth_user: str, owner_tag: str | None = None
 ) -> None:
@@ -348,6 +361,8 @@ def remove_auth(
 
     with connect(creds) as conn, conn.transaction():
         dropped = _remove_pair(conn, auth_user, definer_role_for(auth_user), is_ours)
+        if owner_tag is not None:
+            dropped += _drop_group_if_empty(conn, owner_tag)
     logger.info("auth plumbing for %s removed (roles dropped: %s)", auth_user, dropped or "none")
 
 

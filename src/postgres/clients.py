@@ -143,25 +143,32 @@ def _neutralise_settings(
 ) -> list[str]:
     """Reset settings that would apply to a newcomer's sessions in the database.
 
-    Database-wide settings (a ``search_path`` pointing at a planted schema, say) and settings
-    of our own roles there are reset; settings of other roles only apply to those roles.
+    Database-wide settings (a ``search_path`` pointing at a planted schema, say) are reset; our
+    own roles' settings there are put back to what we set (client roles act as the owner role,
+    nothing else). Settings of other roles only apply to those roles and are left alone.
     """
-    ours = (group_role_for(owner_tag), orphan_role_for(owner_tag))
+    owner = owner_role_for(database, owner_tag)
+    ours = (group_role_for(owner_tag), orphan_role_for(owner_tag), owner)
+    expected = [f"role={owner}"]
+    database_id = sql.Identifier(database)
     done: list[str] = []
     rows = conn.execute(query("clients.sql", "database_settings"), {"oid": db_oid}).fetchall()
     for setrole, role_name, config in rows:
         if setrole == 0:
-            _run(conn, "reset_database_settings", database=sql.Identifier(database))
+            _run(conn, "reset_database_settings", database=database_id)
             done.append(f"database settings {', '.join(config or [])}")
-        elif role_name and (role_name.startswith(("pgbouncer_client_", "pgbouncer_owner_"))
-                            or role_name in ours):  # fmt: skip
+            continue
+        is_client = bool(role_name) and role_name.startswith("pgbouncer_client_")
+        if not (is_client or role_name in ours) or (is_client and config == expected):
+            continue
+        role_id = sql.Identifier(role_name)
+        _run(conn, "reset_role_settings_in_database", role=role_id, database=database_id)
+        if is_client:
             _run(
-                conn,
-                "reset_role_settings_in_database",
-                role=sql.Identifier(role_name),
-                database=sql.Identifier(database),
-            )
-            done.append(f"settings of role {role_name}")
+                conn, "set_role_in_database", role=role_id, database=database_id,
+                owner=sql.Literal(owner),
+            )  # fmt: skip
+        done.append(f"settings of role {role_name}")
     return done
 
 
@@ -224,6 +231,21 @@ def create_client(
     createdb = sql.SQL("CREATEDB" if "CREATEDB" in roles else "NOCREATEDB")
 
     with connect(creds) as conn:
+        # The database first: nothing is created for a request that is refused.
+        db_info = conn.execute(
+            query("clients.sql", "database_info"), {"name": database}
+        ).fetchone()
+        recorded = decision.database
+        if db_info is not None and (
+            decision.action == "create" or recorded is None or db_info[0] != recorded.oid
+        ):
+            # Only the record proves a database is ours: a comment can be forged by any owner.
+            raise ForeignObjectError(
+                f"database {database!r} exists and was not created by this application"
+            )
+        if db_info is not None and db_info[1]:
+            raise ForeignObjectError(f"database {database!r} is a template")
+
         with conn.transaction():
             ensure_tenant_role(conn, group, owner_tag)
             ensure_tenant_role(conn, orphan_role_for(owner_tag), owner_tag)
@@ -248,25 +270,14 @@ def create_client(
             ).fetchone()
             assert role_row is not None  # noqa: S101 (created above)
 
-        row = conn.execute(query("clients.sql", "database_info"), {"name": database}).fetchone()
-        recorded = decision.database
-        if row is not None and (
-            decision.action == "create" or recorded is None or row[0] != recorded.oid
-        ):
-            # Only the record proves a database is ours: a comment can be forged by any owner.
-            raise ForeignObjectError(
-                f"database {database!r} exists and was not created by this application"
-            )
-        if row is not None and row[1]:
-            raise ForeignObjectError(f"database {database!r} is a template")
         neutralised: list[str] = []
-        if row is None:
+        if db_info is None:
             # New, or recorded but dropped since: created afresh (CREATE DATABASE cannot run in a
             # transaction; the connection is autocommit).
             _run(conn, "create_database", database=database_id, role=owner_id)
             logger.info("created database %s for client relation %d", database, relation_id)
         elif decision.action in ("join", "reclaim"):
-            neutralised = _neutralise_settings(conn, database, int(row[0]), owner_tag)
+            neutralised = _neutralise_settings(conn, database, int(db_info[0]), owner_tag)
             _check_traps(creds, database, owner_oid)
 
         with conn.transaction():

@@ -27,6 +27,7 @@ from charm import PgBouncerK8sCharm
 from postgres.auth import remove_auth
 from postgres.connection import BackendCredentials
 from postgres.passwords import generate_password
+from state.tenants import group_role_for
 from tests.helpers.pg import PostgresServer
 from tests.helpers.system import free_port
 from tests.unit.conftest import Dirs, backend_relation, make_container, peer_relation
@@ -156,11 +157,12 @@ def test_catalog_changes_only_as_a_valid_databag_implies(
         assert diff(before, after) == {}, values
         return
     assert status == testing.ActiveStatus("1 PgBouncer process"), status
+    owner_tag = f"{out.model.uuid}/pgbouncer-k8s"
     assert diff(before, after) == {
-        "roles": {AUTH_USER, f"{AUTH_USER}_definer"},
+        "roles": {AUTH_USER, f"{AUTH_USER}_definer", group_role_for(owner_tag)},
         f"{DATABASE} schemas": {AUTH_USER},
         f"{DATABASE} functions": {f"{AUTH_USER}.get_auth(text)"},
     }
     creds = BackendCredentials(server.host, server.port, USER, real_password, DATABASE)
-    remove_auth(creds, auth_user=AUTH_USER)
+    remove_auth(creds, auth_user=AUTH_USER, owner_tag=owner_tag)
     assert diff(before, catalog(server)) == {}

@@ -150,3 +150,6 @@ SELECT a.rolname, a.rolcanlogin
 
 -- name: auth_query
 SELECT usename, passwd FROM {schema}.get_auth($1)
+
+-- name: members_of
+SELECT pg_catalog.count(*) FROM pg_catalog.pg_auth_members AS m WHERE m.roleid = %(oid)s
