@@ -383,6 +383,70 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _parse_connstr(value: str) -> dict[str, str]:
+    """A ``[databases]``/``[peers]`` value as PgBouncer splits it: ``k=v`` words."""
+    params: dict[str, str] = {}
+    for word in value.split():
+        key, sep, val = word.partition("=")
+        if not sep or key in params:
+            raise RenderError("ini", "a connection string does not read back as written")
+        params[key] = val
+    return params
+
+
+def verify_round_trip(cfg: PgBouncerConfig, index: int, text: str, base_dir: str) -> None:
+    """Parse a rendered file back and check it says exactly what ``cfg`` means.
+
+    The last line of defence against a value that slipped past validation: a line break, a
+    ``[section]``, an extra ``key=value`` word or a duplicate key in the text would change what
+    PgBouncer loads, and shows up here as a difference. Nothing is written when it raises.
+
+    Raises:
+        RenderError: the text does not read back as the intended structure.
+    """
+    parsed = parse_ini(text)
+    if set(parsed) != {"databases", "peers", "pgbouncer"}:
+        raise RenderError("ini", "sections do not read back as written")
+    expected_dbs = {
+        t.key: {"host": t.host, "port": str(t.port), "dbname": t.dbname} for t in cfg.databases
+    }
+    got_dbs = {k: _parse_connstr(v) for k, v in parsed["databases"].items()}
+    if got_dbs != expected_dbs:
+        raise RenderError("[databases]", "entries do not read back as written")
+    expected_peers = {
+        str(p + 1): {"host": run_dir(p, base_dir), "port": str(cfg.listen_port)}
+        for p in range(cfg.processes)
+    }
+    if {k: _parse_connstr(v) for k, v in parsed["peers"].items()} != expected_peers:
+        raise RenderError("[peers]", "entries do not read back as written")
+    settings = parsed["pgbouncer"]
+    header = text.index("[pgbouncer]")
+    written = [
+        line
+        for line in text[header:].splitlines()[1:]
+        if line.strip() and line.strip()[0] not in "#;"
+    ]
+    if len(written) != len(settings):
+        raise RenderError("[pgbouncer]", "a setting is written twice or split over lines")
+    wanted = {
+        "listen_port": str(cfg.listen_port),
+        "pool_mode": cfg.pool_mode,
+        "peer_id": str(index + 1),
+        "auth_file": auth_file_path(base_dir),
+    }
+    if cfg.auth is not None:
+        wanted |= {
+            "auth_user": cfg.auth.auth_user,
+            "auth_query": cfg.auth.auth_query,
+            "auth_dbname": cfg.auth.auth_dbname,
+        }
+    elif any(k in settings for k in ("auth_user", "auth_query", "auth_dbname")):
+        raise RenderError("[pgbouncer]", "auth settings appear without an auth user")
+    for key, value in wanted.items():
+        if settings.get(key) != value:
+            raise RenderError("[pgbouncer]", f"{key} does not read back as written")
+
+
 def _check_base_dir(base_dir: str) -> str:
     path = _check_single_line("base_dir", base_dir, 200)
     if not path.startswith("/") or any(ch.isspace() or ch in "'\"=;#" for ch in path):
@@ -408,7 +472,9 @@ def render_ini(cfg: PgBouncerConfig, index: int, base_dir: str = DEFAULT_BASE_DI
     checked = _check_config(cfg)
     base = _check_base_dir(base_dir)
     _check_int("index", index, 0, checked.processes - 1)
-    return _render_checked(checked, index, base)
+    text = _render_checked(checked, index, base)
+    verify_round_trip(checked, index, text, base)
+    return text
 
 
 def render_files(cfg: PgBouncerConfig, base_dir: str = DEFAULT_BASE_DIR) -> dict[str, str]:
@@ -426,7 +492,12 @@ def render_files(cfg: PgBouncerConfig, base_dir: str = DEFAULT_BASE_DIR) -> dict
     """
     checked = _check_config(cfg)
     base = _check_base_dir(base_dir)
-    return {ini_path(i, base): _render_checked(checked, i, base) for i in range(checked.processes)}
+    files = {}
+    for i in range(checked.processes):
+        text = _render_checked(checked, i, base)
+        verify_round_trip(checked, i, text, base)
+        files[ini_path(i, base)] = text
+    return files
 
 
 def render_auth_file(username: str, password: str) -> str:

@@ -37,7 +37,7 @@ from postgres.connection import (
 )
 from postgres.passwords import set_password
 from postgres.queries import query
-from state.names import InvalidNameError, validate_database_name, validate_role_name
+from state.names import InvalidNameError, validate_client_database_name, validate_role_name
 from state.tenants import (
     GrantDecision,
     TenantRecord,
@@ -213,7 +213,7 @@ def create_client(
         BackendError: connection or statement failure.
     """
     validate_role_name(username, "username")
-    validate_database_name(database, "database")
+    validate_client_database_name(database, "database")
     roles = check_extra_roles(extra_roles)
     if not isinstance(password, str) or not password:
         raise ValueError("invalid password: empty or not a string")

@@ -56,7 +56,7 @@ from postgres.clients import (
 from postgres.connection import BackendError, ForeignObjectError
 from postgres.passwords import generate_password
 from state.config import CharmConfig, InvalidConfigError
-from state.names import InvalidNameError, validate_database_name
+from state.names import InvalidNameError, validate_client_database_name
 from state.tenants import TenantRecord, grant_decision, roles_to_drop
 from state.tenants import client_username as _client_username
 
@@ -117,7 +117,7 @@ def validate_request(relation_id: int, request: RequirerCommonModel) -> ClientRe
     if name.endswith("*"):
         raise RequestRefusedError(f"relation {relation_id}: database prefixes are not supported")
     try:
-        validate_database_name(name, "database")
+        validate_client_database_name(name, "database")
     except InvalidNameError as exc:
         raise RequestRefusedError(
             f"relation {relation_id}: invalid database name: {exc.reason}"

@@ -25,6 +25,13 @@ _ROLE_NAME = _DB_NAME
 # A plain lower-case identifier (no quoting needed anywhere): what we generate ourselves.
 _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 _HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# Every character a host may hold once written into pgbouncer.ini or a libpq conninfo: DNS
+# names, dotted IPv4, IPv6 without scope id. Checked before any parser is asked (Python's
+# ipaddress accepts any text after an IPv6 '%', line breaks included).
+_HOST_CHARS = re.compile(r"[A-Za-z0-9.:-]+")
+READONLY_KEY_SUFFIX = "_readonly"
+MAX_CLIENT_DATABASE_BYTES = MAX_IDENTIFIER_BYTES - len(READONLY_KEY_SUFFIX)
+"""A client database name must leave room for its ``<name>_readonly`` key (54 bytes)."""
 
 
 class InvalidNameError(ValueError):
@@ -55,8 +62,25 @@ def validate_database_name(value: object, field: str = "database") -> str:
         _DB_NAME,
         "only letters, digits, '_' and '-' allowed, starting with a letter or '_'",
     )
-    if name.lower() in RESERVED_DATABASE_KEYS or name.lower().endswith("_readonly"):
+    if name.lower() in RESERVED_DATABASE_KEYS or name.lower().endswith(READONLY_KEY_SUFFIX):
         raise InvalidNameError(field, value, "reserved name")
+    return name
+
+
+def validate_client_database_name(value: object, field: str = "database") -> str:
+    """A database a client may ask for: a valid key whose ``_readonly`` twin is valid too.
+
+    Refused when requested, not later: a name that fits but whose twin would not would make
+    every later render fail as soon as the backend has replicas.
+    """
+    name = validate_database_name(value, field)
+    if len(name.encode()) > MAX_CLIENT_DATABASE_BYTES:
+        raise InvalidNameError(
+            field,
+            value,
+            f"longer than {MAX_CLIENT_DATABASE_BYTES} bytes (its {READONLY_KEY_SUFFIX} twin "
+            f"must fit {MAX_IDENTIFIER_BYTES})",
+        )
     return name
 
 
@@ -91,6 +115,10 @@ def validate_host(value: object, field: str = "endpoints") -> str:
         raise InvalidNameError(field, value, "empty host")
     if len(value) > 253:
         raise InvalidNameError(field, value, "host longer than 253 characters")
+    if not _HOST_CHARS.fullmatch(value):
+        raise InvalidNameError(
+            field, value, "a host may hold only letters, digits, '.', ':' and '-'"
+        )
     try:
         ipaddress.ip_address(value)
         return value

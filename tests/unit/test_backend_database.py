@@ -147,7 +147,8 @@ def test_created_with_invalid_provider_data_blocks_naming_the_field(ctx, dirs, f
     assert fake_sql.installed == {}
     assert out.deferred == []
     assert out.unit_status == testing.BlockedStatus(
-        "invalid backend-database endpoints: not a host name or IP address"
+        "invalid backend-database endpoints: a host may hold only letters, digits, '.', ':' "
+        "and '-'"
     )
 
 
