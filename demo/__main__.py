@@ -18,7 +18,7 @@ from types import FrameType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-WHO = "SELECT current_user, current_database(), inet_server_port()"
+WHO = "SELECT session_user, current_database(), inet_server_port()"
 ACTIVE = "active: 1 PgBouncer process"
 NO_BACKEND = "blocked: waiting for a backend-database relation"
 
@@ -185,7 +185,16 @@ def run() -> None:
         marks = {u.name: len(u.runner.history) if u.runner else 0 for u in app.units}
         d.remove_backend()
         after = show_roles(pg, "PostgreSQL roles after clean-up")
-        expect(after == ["postgres"], f"roles left: {after}")
+        data_owners = [
+            r for r in after if r.startswith(("pgbouncer_owner_", "pgbouncer_orphans_"))
+        ]
+        expect([r for r in after if r not in data_owners] == ["postgres"], f"roles left: {after}")
+        logins = pg.execute(
+            "SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = ANY(%s) AND rolcanlogin",
+            (data_owners,),
+        )
+        expect(logins == [(0,)], "a data-owning role can log in")
+        say("   What is left owns the clients' data and cannot log in: " + ", ".join(data_owners))
         leftovers = [r[0] for r in auth_roles(pg)]
         say(f"   schemas {auth_schemas(pg)}, functions {auth_functions(pg)} in database pgbouncer")
         for unit in app.units:

@@ -19,8 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from state.charm_state import CharmState
 from state.names import (
     InvalidNameError,
+    auth_query_for,
     validate_database_name,
     validate_host,
     validate_port,
@@ -602,3 +604,62 @@ def needs_restart(old_ini: str | None, new_ini: str) -> bool:
         return True
     new = parse_ini(new_ini).get("pgbouncer", {})
     return any(old.get(key) != new.get(key) for key in NO_RELOAD_KEYS)
+
+
+def desired_config(state: CharmState, *, with_backend: bool = True) -> tuple[PgBouncerConfig, str]:
+    """What this unit's PgBouncer should run, and its auth file, from the hook's state; pure.
+
+    Backend ``[databases]`` entries and the auth settings appear only once the auth data shared
+    by the leader belongs to the current backend; client entries follow the leader's list.
+
+    Args:
+        state: the hook's inputs (its ``config`` must be set).
+        with_backend: False renders as if there were no backend (the broken chart).
+
+    Returns:
+        The configuration and the auth file content (``""`` without an auth user).
+
+    Raises:
+        RenderError: no valid configuration (``state.config`` is None).
+    """
+    config = state.config
+    if config is None:
+        raise RenderError("config", state.config_error or "invalid")
+    backend = state.backend if with_backend else None
+    databases: list[DatabaseTarget] = []
+    auth_settings = None
+    auth_file = ""
+    if backend is not None and state.auth is not None and state.auth_ready:
+        primary = backend.primary
+        databases.append(
+            DatabaseTarget(
+                AUTH_DATABASE_KEY,
+                primary.host,
+                primary.port,
+                state.peer.auth_dbname or backend.database,
+            )
+        )
+        replica = backend.read_only_endpoints[0] if backend.read_only_endpoints else None
+        for name in sorted(state.peer.databases):
+            databases.append(DatabaseTarget(name, primary.host, primary.port, name))
+            if replica is not None:
+                databases.append(
+                    DatabaseTarget(f"{name}{READONLY_SUFFIX}", replica.host, replica.port, name)
+                )
+        auth_settings = AuthSettings(
+            auth_user=state.auth.username,
+            auth_query=auth_query_for(state.auth.username),
+            auth_dbname=AUTH_DATABASE_KEY,
+        )
+        auth_file = render_auth_file(state.auth.username, state.auth.password)
+    processes = effective_processes(state.cpus, config.max_db_connections)
+    cfg = PgBouncerConfig(
+        listen_port=config.listen_port,
+        pool_mode=config.pool_mode,
+        max_db_connections=config.max_db_connections,
+        max_prepared_statements=config.max_prepared_statements,
+        processes=processes,
+        databases=tuple(databases),
+        auth=auth_settings,
+    )
+    return cfg, auth_file

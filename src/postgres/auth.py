@@ -30,7 +30,14 @@ from psycopg import sql
 from postgres.connection import BackendCredentials, ForeignObjectError, connect
 from postgres.passwords import generate_password, set_password
 from postgres.queries import query
-from state.names import MAX_IDENTIFIER_BYTES, InvalidNameError, validate_plain_identifier
+from state.names import (
+    AUTH_ROLE_PREFIX,
+    MAX_IDENTIFIER_BYTES,
+    InvalidNameError,
+    auth_query_for,
+    auth_username_for,
+    validate_plain_identifier,
+)
 from state.tenants import group_role_for
 
 logger = logging.getLogger(__name__)
@@ -50,7 +57,6 @@ __all__ = [
     "remove_leftovers",
 ]
 
-AUTH_ROLE_PREFIX = "pgbouncer_auth_"
 _DEFINER_SUFFIX = "_definer"
 _MARK_PREFIX = "pgbouncer-k8s owner="
 # <model-uuid>/<app-name>: no whitespace, so that the mark is compared exactly.
@@ -71,32 +77,6 @@ class AuthQuery:
     auth_user: str
     auth_query: str
     dbname: str
-
-
-def auth_username_for(backend_user: str) -> str:
-    """The auth role name for a relation user: ``pgbouncer_auth_<user>``, ``-`` → ``_``.
-
-    Raises:
-        InvalidNameError: the result is not a plain lower-case identifier of at most 63 bytes.
-    """
-    if not isinstance(backend_user, str) or not backend_user:
-        raise InvalidNameError("username", backend_user, "empty or not a string")
-    return validate_plain_identifier(
-        AUTH_ROLE_PREFIX + backend_user.replace("-", "_"), "auth username"
-    )
-
-
-def auth_query_for(auth_user: str) -> str:
-    """PgBouncer's ``auth_query`` for an auth role: ``SELECT usename, passwd FROM "<role>".get_auth($1)``.
-
-    Pure (no connection), so that every unit can render it from peer data; the same string
-    :func:`install_auth` returns.
-
-    Raises:
-        InvalidNameError: ``auth_user`` is not a plain identifier.
-    """
-    validate_plain_identifier(auth_user, "auth username")
-    return query("auth.sql", "auth_query").format(schema=sql.Identifier(auth_user)).as_string()
 
 
 def definer_role_for(auth_user: str) -> str:
@@ -427,3 +407,43 @@ def remove_leftovers(creds: BackendCredentials, *, owner_tag: str, keep: str | N
     if dropped:
         logger.info("removed leftover auth roles: %s", ", ".join(sorted(dropped)))
     return sorted(dropped)
+
+
+def check_auth(
+    creds: BackendCredentials, *, auth_user: str, auth_password: str, owner_tag: str
+) -> str | None:
+    """Log in as the auth role and run its lookup, as PgBouncer does; what is broken, if anything.
+
+    The honest check: the role, its password, its CONNECT, the schema's USAGE, the function,
+    its EXECUTE grant and the definer's read of ``pg_authid`` are all exercised by one lookup
+    (of a name no role has), and the client group the lookup needs must exist.
+
+    Args:
+        creds: the backend (host, port, database holding the function); its user is not used.
+        auth_user: the auth role.
+        auth_password: its plain password.
+        owner_tag: ``<model-uuid>/<app-name>``.
+
+    Returns:
+        None when the plumbing works, else a short description of the first failure.
+    """
+    from postgres.connection import BackendError
+
+    as_auth = BackendCredentials(creds.host, creds.port, auth_user, auth_password, creds.dbname)
+    group = group_role_for(owner_tag)
+    try:
+        with connect(as_auth) as conn:
+            res = conn.pgconn.exec_params(
+                auth_query_for(auth_user).encode(), [b"pgbouncer-k8s-health-check"]
+            )
+            if res.status != psycopg.pq.ExecStatus.TUPLES_OK:
+                message = (res.error_message or b"").decode(errors="replace").strip()
+                return f"the lookup fails: {message.splitlines()[0] if message else 'error'}"
+            row = conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (group,)
+            ).fetchone()
+            if row is None:
+                return f"the client group {group} is missing"
+    except BackendError as exc:
+        return str(exc)
+    return None

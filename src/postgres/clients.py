@@ -41,6 +41,7 @@ from state.names import InvalidNameError, validate_client_database_name, validat
 from state.tenants import (
     GrantDecision,
     TenantRecord,
+    check_extra_roles,
     grant_decision,
     group_role_for,
     orphan_role_for,
@@ -49,9 +50,6 @@ from state.tenants import (
 
 logger = logging.getLogger(__name__)
 
-ALLOWED_EXTRA_ROLES = frozenset({"CREATEDB"})
-FORBIDDEN_EXTRA_ROLES = frozenset({"SUPERUSER", "REPLICATION", "CREATEROLE", "BYPASSRLS"})
-_PRINTABLE_ROLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _NEVER_HANDED_OUT = frozenset({"postgres", "template0", "template1"})
 
 
@@ -68,22 +66,6 @@ class TrapError(ForeignObjectError):
 
 class RefusedDatabaseError(ForeignObjectError):
     """The record says this relation may not have the database (see ``grant_decision``)."""
-
-
-class ForbiddenRoleError(ValueError):
-    """A client asked for extra roles it may not have; ``roles`` lists them.
-
-    Raised before any SQL. Not a :class:`~postgres.connection.BackendError`: the request is at
-    fault, not the backend.
-    """
-
-    def __init__(self, roles: Sequence[str]):
-        self.roles = tuple(roles)
-        shown = [r if _PRINTABLE_ROLE.fullmatch(r) else "<unprintable>" for r in self.roles]
-        super().__init__(
-            f"extra user roles not allowed: {', '.join(shown)} "
-            f"(allowed: {', '.join(sorted(ALLOWED_EXTRA_ROLES))})"
-        )
 
 
 def client_mark(owner_tag: str, relation_id: int) -> str:
@@ -105,23 +87,6 @@ def _client_mark_pattern(owner_tag: str) -> Callable[[str | None], bool]:
         return comment is not None and pattern.fullmatch(comment) is not None
 
     return is_ours
-
-
-def check_extra_roles(extra_roles: Sequence[str]) -> frozenset[str]:
-    """The allowed extra roles, upper-cased; refuses anything not on the allow-list.
-
-    Raises:
-        ForbiddenRoleError: naming every refused role (forbidden ones first).
-    """
-    if isinstance(extra_roles, str):
-        raise TypeError("extra_roles must be a sequence of role names, not a string")
-    wanted = [r.strip().upper() if isinstance(r, str) else repr(r) for r in extra_roles]
-    wanted = [r for r in wanted if r]
-    refused = sorted({r for r in wanted if r in FORBIDDEN_EXTRA_ROLES})
-    refused += sorted({r for r in wanted if r not in ALLOWED_EXTRA_ROLES} - set(refused))
-    if refused:
-        raise ForbiddenRoleError(refused)
-    return frozenset(wanted)
 
 
 def _run(conn: psycopg.Connection, name: str, **parts: sql.Composable) -> None:

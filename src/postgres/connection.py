@@ -6,7 +6,7 @@ charm gave us) and is time-bounded three ways, so that a hook never hangs on a s
 - libpq's connect timeout, TCP keepalives and a TCP user timeout (a dead peer or network);
 - server-side ``statement_timeout``, ``lock_timeout`` and ``idle_in_transaction_session_timeout``;
 - a client-side deadline: a timer shuts the socket down when a connection outlives
-  :data:`CONNECTION_DEADLINE_SECONDS`, or the hook's budget (:func:`set_hook_budget`), whichever
+  :data:`CONNECTION_DEADLINE_SECONDS`, or the hook's budget (``postgres.deadline``), whichever
   comes first. This is what ends a wait on a server that is alive to TCP but does not run (a
   stopped process: the kernel still acknowledges, so neither keepalives nor the user timeout
   fire, and the server's own timeouts cannot either).
@@ -23,12 +23,12 @@ import dataclasses
 import logging
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
 
+from postgres.deadline import hook_remaining
 from state.names import validate_host, validate_port, validate_role_name
 
 logger = logging.getLogger(__name__)
@@ -40,32 +40,24 @@ IDLE_IN_TRANSACTION_TIMEOUT_MS = 15_000
 TCP_USER_TIMEOUT_MS = 10_000
 CONNECTION_DEADLINE_SECONDS = 20.0
 """No connection of ours lives longer than this, whatever the server does."""
-HOOK_BUDGET_SECONDS = 60.0
-"""All PostgreSQL work of one hook gives up after this (docs/architecture.md)."""
 APPLICATION_NAME = "pgbouncer-k8s"
-SESSION_SETTINGS = {
-    "statement_timeout": str(STATEMENT_TIMEOUT_MS),
-    "lock_timeout": str(LOCK_TIMEOUT_MS),
-    "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_MS),
-    "default_transaction_read_only": "off",
-    "search_path": "pg_catalog,pg_temp",
-}
-
-_hook_deadline: float | None = None
 
 
-def set_hook_budget(seconds: float | None = HOOK_BUDGET_SECONDS) -> None:
-    """Start (or, with None, lift) the budget every later connection of this process shares."""
-    global _hook_deadline
-    _hook_deadline = None if seconds is None else time.monotonic() + seconds
+def session_settings() -> dict[str, str]:
+    """What every connection of ours sets at start-up (overriding database and role settings)."""
+    return {
+        "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+        "lock_timeout": str(LOCK_TIMEOUT_MS),
+        "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_MS),
+        "default_transaction_read_only": "off",
+        "search_path": "pg_catalog,pg_temp",
+    }
 
 
 def _remaining() -> float:
     """Seconds a new connection may live: the per-connection cap within the hook's budget."""
-    cap = CONNECTION_DEADLINE_SECONDS
-    if _hook_deadline is not None:
-        cap = min(cap, _hook_deadline - time.monotonic())
-    return cap
+    left = hook_remaining()
+    return CONNECTION_DEADLINE_SECONDS if left is None else min(CONNECTION_DEADLINE_SECONDS, left)
 
 
 # libpq reports connection failures as text only (no SQLSTATE reaches psycopg): classify them
@@ -223,7 +215,7 @@ def connect(creds: BackendCredentials, dbname: str | None = None) -> Iterator[ps
             dbname=target,
             connect_timeout=max(1, min(CONNECT_TIMEOUT_SECONDS, int(budget))),
             application_name=APPLICATION_NAME,
-            options=" ".join(f"-c {k}={v}" for k, v in SESSION_SETTINGS.items()),
+            options=" ".join(f"-c {k}={v}" for k, v in session_settings().items()),
             keepalives=1,
             keepalives_idle=5,
             keepalives_interval=2,

@@ -14,37 +14,26 @@ Two pieces live here:
   ``data`` holds the provider fields we last processed (credentials left out): comparing it with
   the provider's databag tells "created", "endpoints changed" and "read-only endpoints changed".
 
-* :class:`BackendDatabaseRelation`, the three hook charts of the seed document
-  (``docs/backend-database.md`` draws them as built), each decision a visible branch.
+* the three hook charts of the seed document as pure decisions (:func:`created_chart`,
+  :func:`departed_chart`, :func:`broken_chart`; ``docs/backend-database.md`` draws them as
+  built). The charm runs them and carries their effects out through its reconcile: this
+  module neither runs SQL nor calls the charm.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING
 
 import ops
 
-from postgres.auth import (
-    auth_username_for,
-    generate_password,
-    install_auth,
-    remove_auth,
-    remove_leftovers,
-)
-from postgres.connection import BackendCredentials, BackendError, connect
 from state.backend import (
     BackendDatabase,
     InvalidBackendDataError,
     diff_tracked,
     tracked_data,
 )
-from state.names import InvalidNameError
-from state.peers import AuthData
-
-if TYPE_CHECKING:
-    from charm import PgBouncerK8sCharm
+from state.names import InvalidNameError, auth_username_for
 
 logger = logging.getLogger(__name__)
 
@@ -207,171 +196,69 @@ class BackendDatabaseRequirer(ops.Object):
             self.on.read_only_endpoints_changed.emit(relation, app=app)
 
 
-class BackendDatabaseRelation(ops.Object):
-    """The seed's three charts: created, departed, broken."""
+# -- the seed's three charts, as named decisions (docs/backend-database.md maps each branch) --
+CREATED_RETURN = "return"
+CREATED_DEFER = "defer"
+CREATED_SET_UP = "set-up"
 
-    def __init__(self, charm: PgBouncerK8sCharm):
-        super().__init__(charm, "backend-database-charts")
-        self.charm = charm
-        self.requirer = BackendDatabaseRequirer(charm)
-        observe = charm.framework.observe
-        observe(self.requirer.on.database_created, self._on_database_created)
-        observe(self.requirer.on.endpoints_changed, self._on_endpoints_changed)
-        observe(self.requirer.on.read_only_endpoints_changed, self._on_endpoints_changed)
-        observe(charm.on[BACKEND_RELATION].relation_changed, self._on_relation_changed)
-        observe(charm.on[BACKEND_RELATION].relation_departed, self._on_relation_departed)
-        observe(charm.on[BACKEND_RELATION].relation_broken, self._on_relation_broken)
 
-    # -- helpers ----------------------------------------------------------------------------
-    def backend(self) -> BackendDatabase | None:
-        """The backend, or ``None`` when incomplete or invalid (status says which)."""
-        try:
-            return self.requirer.fetch()
-        except InvalidBackendDataError:
-            return None
+def created_chart(
+    *,
+    leader: bool,
+    running: bool,
+    refused: bool,
+    backend: BackendDatabase | None,
+    request_written: bool,
+) -> str:
+    """The created chart: what to do when the provider first answered.
 
-    @staticmethod
-    def credentials(backend: BackendDatabase) -> BackendCredentials:
-        """How to reach the backend's primary as the relation user."""
-        return BackendCredentials(
-            host=backend.primary.host,
-            port=backend.primary.port,
-            user=backend.username,
-            password=backend.password,
-            dbname=backend.database,
-        )
+    Returns:
+        ``return`` (not leader; PgBouncer not running: not lost, every reconcile completes the
+        set-up once it runs; a refused databag: the status names the field and a rewrite
+        triggers again), ``defer`` (backend not ready) or ``set-up``.
+    """
+    if not leader or not running or refused:
+        return CREATED_RETURN
+    if backend is None or not request_written:
+        return CREATED_DEFER
+    return CREATED_SET_UP
 
-    def auth_ready_for(self, backend: BackendDatabase) -> bool:
-        """Whether the shared auth data belongs to this backend's relation user."""
-        auth = self.charm.peers.auth()
-        return auth is not None and auth.username == auth_username_for(backend.username)
 
-    # -- created ----------------------------------------------------------------------------
-    def _on_database_created(self, event: ops.RelationEvent) -> None:
-        if not self.charm.unit.is_leader():
-            return
-        if not self.charm.workload.is_running():
-            # Not lost: pebble-ready runs the same set-up (PgBouncerK8sCharm._on_pebble_ready).
-            logger.info("backend ready but PgBouncer is not running yet; set-up waits for it")
-            return
-        try:
-            backend = self.requirer.fetch()
-        except InvalidBackendDataError as exc:
-            # Not deferred: retrying cannot help until the provider rewrites its databag, and
-            # that arrives as a new relation-changed. The status names the field.
-            logger.warning("refusing the backend's data: %s", exc)
-            return
-        if backend is None or not self.requirer.request_written():
-            logger.info("backend database not ready; deferring")
-            event.defer()
-            return
-        try:
-            with connect(self.credentials(backend)):
-                pass
-        except BackendError as exc:
-            logger.warning("backend refuses connections (%s); deferring", exc)
-            self.charm.record_backend_problem(str(exc))
-            event.defer()
-            return
-        if not self.set_up_auth(backend):
-            event.defer()
+DEPARTED_RETURN = "return"
+DEPARTED_MARK = "mark-departing"
+DEPARTED_REMOVE_AND_MARK = "remove-auth-and-mark-departing"
+DEPARTED_REMOVE = "remove-auth"
 
-    def set_up_auth(self, backend: BackendDatabase) -> bool:
-        """Generate the auth user, install it, save it, render PgBouncer, refresh clients.
 
-        Returns False when the backend failed us (the caller defers); the problem is recorded
-        for the status.
-        """
-        auth_user = auth_username_for(backend.username)
-        current = self.charm.peers.auth()
-        password = (
-            current.password if current and current.username == auth_user else generate_password()
-        )
-        creds = self.credentials(backend)
-        try:
-            removed = remove_leftovers(creds, owner_tag=self.charm.owner_tag, keep=auth_user)
-            if removed:
-                logger.info("removed auth leftovers of earlier relations: %s", ", ".join(removed))
-            install_auth(
-                creds, auth_user=auth_user, auth_password=password, owner_tag=self.charm.owner_tag
-            )
-        except BackendError as exc:
-            logger.warning("could not install the auth function: %s", exc)
-            self.charm.record_backend_problem(str(exc))
-            return False
-        self.charm.record_backend_problem(None)
-        # A failed removal of an earlier relation's auth user is resolved once its leftovers
-        # are gone, which remove_leftovers just made sure of.
-        self.charm.record_auth_removal_failed(False)
-        self.charm.peers.save_auth(AuthData(auth_user, password), backend.database)
-        self.charm.update_workload()
-        self.charm.update_client_relations()
-        return True
+def departed_chart(
+    *, departing_is_self: bool, leader: bool, planned_units: int, remaining_remote_units: int
+) -> str:
+    """The departed chart (SPEC §3.2): remove the auth user only when pgbouncer leaves.
 
-    # -- changed ----------------------------------------------------------------------------
-    def _on_relation_changed(self, _: ops.RelationChangedEvent) -> None:
-        # Every unit re-renders from what the provider now says (change-gated, cheap).
-        self.charm.update_workload()
+    Returns:
+        ``mark-departing`` (this unit leaves), ``remove-auth-and-mark-departing`` (this leader
+        leaves with the whole application: its last chance to clean up), ``remove-auth`` (the
+        relation is removed: no remote unit remains, or pgbouncer scales to 0) or ``return`` (a
+        partial scale-down of either side, or not the leader).
+    """
+    if departing_is_self:
+        if leader and planned_units == 0:
+            return DEPARTED_REMOVE_AND_MARK
+        return DEPARTED_MARK
+    if leader and (remaining_remote_units == 0 or planned_units == 0):
+        return DEPARTED_REMOVE
+    return DEPARTED_RETURN
 
-    def _on_endpoints_changed(self, _: ops.RelationEvent) -> None:
-        self.charm.update_workload()
-        self.charm.update_client_relations()
 
-    # -- departed ---------------------------------------------------------------------------
-    def _on_relation_departed(self, event: ops.RelationDepartedEvent) -> None:
-        self.charm.update_workload()
-        self.charm.update_client_relations()
-        if event.departing_unit == self.charm.unit:
-            if self.charm.unit.is_leader() and self.charm.app.planned_units() == 0:
-                # The whole application is scaling to 0: this is its last chance to clean up
-                # while the relation user still works.
-                self._remove_auth(event.relation)
-            self.charm.peers.mark_departing(event.relation.id)
-            return
-        if not (self.charm.unit.is_leader() and self._application_leaving(event)):
-            return
-        self._remove_auth(event.relation)
+BROKEN_RETURN = "return"
+BROKEN_DEFER = "defer"
+BROKEN_DROP = "drop-auth"
 
-    def _application_leaving(self, event: ops.RelationDepartedEvent) -> bool:
-        """Whether pgbouncer as a whole leaves the relation (not a partial scale-down).
 
-        When the relation is removed, the last remote unit departs and none remain; a
-        PostgreSQL scale-down leaves units behind, and our own scale-down is seen by the
-        departing unit itself (handled before this).
-        """
-        remaining = [u for u in event.relation.units if u != event.departing_unit]
-        return not remaining or self.charm.app.planned_units() == 0
-
-    def _remove_auth(self, relation: ops.Relation) -> None:
-        backend = self.backend()
-        auth = self.charm.peers.auth()
-        if backend is None or auth is None:
-            logger.info("no auth user to remove")
-            return
-        # Client login roles go first, while the relation user still works: they cannot log in
-        # without the lookup anyway, and nothing else would ever drop them (docs/tenancy.md).
-        if not self.charm.clients.drop_all(backend):
-            logger.error("some client users could not be dropped; they stay in the record")
-        try:
-            remove_auth(
-                self.credentials(backend),
-                auth_user=auth.username,
-                owner_tag=self.charm.owner_tag,
-            )
-        except BackendError as exc:
-            logger.error("failed to remove the auth user: %s", exc)
-            self.charm.record_auth_removal_failed(True)
-            return
-        logger.info("removed auth user %s and its lookup function", auth.username)
-        self.charm.record_auth_removal_failed(False)
-
-    # -- broken -----------------------------------------------------------------------------
-    def _on_relation_broken(self, event: ops.RelationBrokenEvent) -> None:
-        if not self.charm.unit.is_leader() or self.charm.peers.is_departing(event.relation.id):
-            return
-        if not self.charm.workload.can_connect():
-            event.defer()
-            return
-        self.charm.peers.drop_auth()
-        self.charm.update_workload(without_backend=True)
-        self.charm.update_client_relations()
+def broken_chart(*, leader: bool, departing: bool, can_connect: bool) -> str:
+    """The broken chart: forget the auth data and strip it from PgBouncer (leader only)."""
+    if not leader or departing:
+        return BROKEN_RETURN
+    if not can_connect:
+        return BROKEN_DEFER
+    return BROKEN_DROP

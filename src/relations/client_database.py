@@ -1,8 +1,8 @@
 r"""The client ``database`` relation (provides ``postgresql_client``): one user per relation.
 
 A client application asks for a database; the leader creates, on the backend PostgreSQL, a user
-for that relation and the database (owned by that user), records the database in the peer data
-so that every unit's PgBouncer gets a ``[databases]`` entry for it, and answers with the pooler's
+for that relation and hands it the database (docs/tenancy.md), records it in the peer data so
+that every unit's PgBouncer gets a ``[databases]`` entry for it, and answers with the pooler's
 address and the credentials. ``dpcharmlibs-interfaces``' :class:`ResourceProviderEventHandler`
 speaks the wire format: it serves v0 clients (flat fields) and v1 clients (a ``requests`` list)
 and puts the credentials in a Juju secret it grants to the client (``secret-user``).
@@ -23,12 +23,13 @@ Read-only access goes through the same address: the database ``<name>_readonly``
 entry for the first read-only endpoint of the backend (``docs/client-database.md``).
 
 Requests are never deferred. A request that arrives before the backend is ready is left in the
-client's databag, which stays readable; :meth:`ClientDatabaseRelation.refresh` answers every
-answerable request and runs whenever the backend becomes ready or changes.
+client's databag, which stays readable; the leader's reconcile (``reconcile.serve_clients``)
+answers every answerable request in every hook. This module only reads and writes the databags.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -37,32 +38,17 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import ops
-import pydantic
-from dpcharmlibs.interfaces import (
-    RequirerCommonModel,
-    ResourceProviderEventHandler,
-    ResourceProviderModel,
-    ResourceRequestedEvent,
-)
 
-from pgbouncer.config import READONLY_SUFFIX
-from postgres.clients import (
-    ForbiddenRoleError,
-    backend_version,
-    check_extra_roles,
-    grant_database,
-    revoke_client,
-)
-from postgres.connection import BackendError, ForeignObjectError
-from postgres.passwords import generate_password
-from state.config import CharmConfig, InvalidConfigError
 from state.names import InvalidNameError, validate_client_database_name
-from state.tenants import TenantRecord, grant_decision, roles_to_drop
+from state.tenants import ForbiddenRoleError, check_extra_roles
 from state.tenants import client_username as _client_username
 
 if TYPE_CHECKING:
-    from charm import PgBouncerK8sCharm
+    from dpcharmlibs.interfaces import RequirerCommonModel, ResourceProviderModel
+
     from state.backend import BackendDatabase
+
+READONLY_SUFFIX = "_readonly"
 
 logger = logging.getLogger(__name__)
 
@@ -135,61 +121,66 @@ def validate_request(relation_id: int, request: RequirerCommonModel) -> ClientRe
     )
 
 
-class _ProviderEventHandler(ResourceProviderEventHandler):
-    """The library's provider, except that an unreadable client databag does not crash the hook.
+def _provider_handler(charm: ops.CharmBase) -> ops.Object:
+    """Dpcharmlibs' provider, except that an unreadable client databag does not crash the hook.
 
-    The library parses the client's databag in its own relation-changed handler and lets
-    pydantic's error escape; the same parse in :meth:`ClientDatabaseRelation._requests` turns
-    it into a Blocked status naming the relation.
+    Imported here, not at module level: pydantic and the library cost ~80 ms and 17 MiB, paid
+    only in hooks that have a ``database`` relation (docs/architecture.md, "Lean hooks").
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        # pydantic warns about the library's field attributes on import; nothing to act on.
+        warnings.simplefilter("ignore")
+        import pydantic
+        from dpcharmlibs.interfaces import RequirerCommonModel, ResourceProviderEventHandler
+
+    class _ProviderEventHandler(ResourceProviderEventHandler):
+        def _on_relation_changed_event(self, event: ops.RelationChangedEvent) -> None:
+            # The library parses the client's databag in its own handler and lets pydantic's
+            # error escape; ClientDatabaseRelation.requests turns it into a Blocked status.
+            try:
+                self.requests(event.relation)
+            except (pydantic.ValidationError, ValueError, TypeError):
+                logger.warning(
+                    "client relation %d: unreadable request, not answered", event.relation.id
+                )
+                return
+            super()._on_relation_changed_event(event)
+
+    return _ProviderEventHandler(charm, CLIENT_RELATION, RequirerCommonModel)
+
+
+class ClientDatabaseRelation:
+    """The ``database`` endpoint as typed reads and writes; it runs no SQL, calls no charm.
+
+    The provider handler (and with it pydantic) is built only when a ``database`` relation
+    exists: its events (``resource_requested``) and the charm's reconcile then see the requests.
     """
 
-    def _on_relation_changed_event(self, event: ops.RelationChangedEvent) -> None:
-        try:
-            self.requests(event.relation)
-        except (pydantic.ValidationError, ValueError, TypeError):
-            logger.warning(
-                "client relation %d: unreadable request, not answered", event.relation.id
-            )
-            return
-        super()._on_relation_changed_event(event)
+    def __init__(self, charm: ops.CharmBase):
+        self._charm = charm
+        self.provider = (
+            _provider_handler(charm) if charm.model.relations[CLIENT_RELATION] else None
+        )
 
-
-class ClientDatabaseRelation(ops.Object):
-    """Creates users and databases for client relations and answers them.
-
-    Attributes:
-        provider: the library's provider handler on the ``database`` endpoint.
-    """
-
-    _stored = ops.StoredState()
-
-    def __init__(self, charm: PgBouncerK8sCharm):
-        super().__init__(charm, "client-database")
-        self.charm = charm
-        self._stored.set_default(failures={}, refusals={})
-        self.provider = _ProviderEventHandler(charm, CLIENT_RELATION, RequirerCommonModel)
-        observe = charm.framework.observe
-        observe(self.provider.on.resource_requested, self._on_resource_requested)
-        observe(charm.on[CLIENT_RELATION].relation_broken, self._on_relation_broken)
-        observe(charm.on.leader_elected, self._on_leader_elected)
-
-    # -- reading requests -------------------------------------------------------------------
     @property
     def relations(self) -> list[ops.Relation]:
         """Every live client relation."""
-        return list(self.charm.model.relations[CLIENT_RELATION])
+        return list(self._charm.model.relations[CLIENT_RELATION])
 
-    def _requests(self, relation: ops.Relation) -> list[ClientRequest]:
+    def requests(self, relation: ops.Relation) -> list[ClientRequest]:
         """The relation's valid requests (empty until the client asked).
 
         Raises:
             RequestRefusedError: the client's databag cannot be parsed or a request is refused.
         """
-        if relation.app is None:
+        if relation.app is None or self.provider is None:
             return []
         try:
-            raw: Sequence[RequirerCommonModel] = self.provider.requests(relation)
-        except (pydantic.ValidationError, ValueError, TypeError):
+            raw: Sequence[RequirerCommonModel] = self.provider.requests(relation)  # type: ignore[attr-defined]
+        except (ValueError, TypeError):
+            # pydantic's ValidationError is a ValueError.
             raise RequestRefusedError(f"relation {relation.id}: unreadable request") from None
         requests = [validate_request(relation.id, r) for r in raw if r.resource or r.entity_type]
         names = [r.database for r in requests]
@@ -197,182 +188,34 @@ class ClientDatabaseRelation(ops.Object):
             raise RequestRefusedError(f"relation {relation.id}: the same database asked twice")
         return requests
 
-    # -- status -----------------------------------------------------------------------------
-    def statuses(self) -> list[ops.StatusBase]:
-        """Blocked for refused requests, Waiting for unanswered ones; nothing when all good."""
-        blocked: list[str] = []
-        waiting: list[int] = []
-        record = self.charm.peers.tenants()
-        live = {r.id for r in self.relations}
-        failures: dict[str, str] = dict(self._stored.failures)
-        refusals: dict[str, str] = dict(self._stored.refusals)
-        for relation in self.relations:
-            try:
-                requests = self._requests(relation)
-            except RequestRefusedError as exc:
-                blocked.append(str(exc))
-                continue
-            for request in requests:
-                if relation.id not in record.holders(request.database, live):
-                    waiting.append(relation.id)
-            if str(relation.id) in refusals:
-                blocked.append(f"relation {relation.id}: {refusals[str(relation.id)]}")
-        statuses: list[ops.StatusBase] = [
-            ops.BlockedStatus(f"client {message}") for message in blocked
-        ]
-        waiting_ids = sorted(set(waiting) - {int(k) for k in refusals})
-        for rel_id in waiting_ids:
-            if str(rel_id) in failures:
-                statuses.append(
-                    ops.WaitingStatus(f"client relation {rel_id}: {failures[str(rel_id)]}")
-                )
-        pending = [i for i in waiting_ids if str(i) not in failures]
-        if pending:
-            ids = ", ".join(str(i) for i in pending)
-            statuses.append(
-                ops.WaitingStatus(f"client relation(s) {ids} waiting for the backend database")
-            )
-        return statuses
-
-    # -- answering --------------------------------------------------------------------------
-    def refresh(self, gone: int | None = None) -> None:
-        """Answer every client request that can be answered now (leader only).
-
-        Drops the login roles of relations that are gone (the record says which, so a new
-        leader finishes what the last one started), creates or hands over what is missing on
-        the backend, publishes the current endpoints, version and credentials to every client
-        relation, then re-renders PgBouncer if the databases changed.
-
-        Args:
-            gone: a relation being broken in this hook (still listed by the model).
-        """
-        if not self.charm.unit.is_leader():
-            return
-        backend = self._ready_backend()
-        record = self.charm.peers.tenants()
-        relations = [r for r in self.relations if r.id != gone]
-        live = {r.id for r in relations}
-        if backend is not None:
-            record = self._drop_gone(backend, record, live)
-            for relation in relations:
-                record = self._answer(relation, backend, record, live)
-        self.charm.peers.set_tenants(record)
-        served = dict(self.charm.peers.app_data().databases)
-        wanted = record.served(live)
-        if wanted != served and self.charm.peers.set_databases(wanted):
-            self.charm.update_workload()
-
-    def drop_all(self, backend: BackendDatabase) -> bool:
-        """Drop every client login role we created (the backend relation is going).
-
-        Their databases and data stay, owned by the owner roles; when a backend comes back, each
-        live relation gets a new login role and its databases back. Returns False when a drop
-        failed (it stays in the record and is retried).
-        """
-        record = self._drop_gone(backend, self.charm.peers.tenants(), live=())
-        self.charm.peers.set_tenants(record)
-        if self.charm.peers.app_data().databases:
-            self.charm.peers.set_databases({})
-        return not record.roles
-
-    def _drop_gone(
-        self, backend: BackendDatabase, record: TenantRecord, live: set[int] | tuple[()]
-    ) -> TenantRecord:
-        creds = self.charm.backend.credentials(backend)
-        for username in roles_to_drop(record, live):
-            try:
-                record = revoke_client(
-                    creds, record, username=username, owner_tag=self.charm.owner_tag
-                )
-            except BackendError as exc:
-                logger.warning("could not drop client user %s (will retry): %s", username, exc)
-                continue
-            logger.info("dropped client user %s", username)
-        return record
-
-    def _ready_backend(self) -> BackendDatabase | None:
-        backend = self.charm.backend.backend()
-        if backend is None or not self.charm.backend.auth_ready_for(backend):
-            return None
-        return backend
-
-    def _answer(
+    def answer(
         self,
         relation: ops.Relation,
+        request: ClientRequest,
+        *,
         backend: BackendDatabase,
-        record: TenantRecord,
-        live: set[int],
-    ) -> TenantRecord:
-        """Create or hand over one relation's databases, publish them; the record after."""
-        try:
-            requests = self._requests(relation)
-        except RequestRefusedError as exc:
-            logger.warning("not answering client %s", exc)
-            return record
-        if not requests or relation.app is None:
-            return record
-        endpoint = self._endpoint()
-        if endpoint is None:
-            return record
-        app = relation.app.name
-        username = client_username(relation.id, self.charm.owner_tag)
-        password = self._password(relation.id, username)
-        creds = self.charm.backend.credentials(backend)
-        answered = 0
-        for request in requests:
-            decision = grant_decision(
-                record, database=request.database, relation=relation.id, app=app, live=live
-            )
-            if decision.action != "keep" or username not in record.roles:
-                try:
-                    record = grant_database(
-                        creds,
-                        record,
-                        username=username,
-                        password=password,
-                        database=request.database,
-                        extra_roles=request.extra_roles,
-                        owner_tag=self.charm.owner_tag,
-                        relation_id=relation.id,
-                        app=app,
-                        live=live,
-                    )
-                except BackendError as exc:
-                    logger.warning(
-                        "could not give database %s to client relation %d: %s",
-                        request.database,
-                        relation.id,
-                        exc,
-                    )
-                    self._record_failure(
-                        relation.id, str(exc), refused=isinstance(exc, ForeignObjectError)
-                    )
-                    continue
-                logger.info(
-                    "user %s holds database %s for client relation %d",
-                    username,
-                    request.database,
-                    relation.id,
-                )
-            answered += 1
-            response = self._response(request, backend, endpoint, username, password)
-            # The library finds its secret again by label, and ops gives a secret fetched by
-            # label no id: without the id it already published, it would drop `secret-user`.
-            response.secret_user = self._published_secret_id(relation, request.request_id)
-            self.provider.set_response(relation.id, response)
-            if request.request_id is None:
-                # v0 clients read `database`; the library writes it only while handling the
-                # client's relation-changed, and this answer may come from another hook.
-                databag = relation.data[self.charm.app]
-                if databag.get("database") != request.database:
-                    databag["database"] = request.database
-        if answered == len(requests):
-            self._record_failure(relation.id, None)
-        return record
+        endpoint: str,
+        username: str,
+        password: str,
+        version: str | None,
+    ) -> None:
+        """Publish the pooler's address and the credentials for one request."""
+        response = _response(request, backend, endpoint, username, password, version)
+        # The library finds its secret again by label, and ops gives a secret fetched by
+        # label no id: without the id it already published, it would drop `secret-user`.
+        response.secret_user = self._published_secret_id(relation, request.request_id)
+        assert self.provider is not None  # noqa: S101 (a request was read through it)
+        self.provider.set_response(relation.id, response)  # type: ignore[attr-defined]
+        if request.request_id is None:
+            # v0 clients read `database`; the library writes it only while handling the
+            # client's relation-changed, and this answer may come from another hook.
+            databag = relation.data[self._charm.app]
+            if databag.get("database") != request.database:
+                databag["database"] = request.database
 
     def _published_secret_id(self, relation: ops.Relation, request_id: str | None) -> str | None:
         """The ``secret-user`` we already published for a request (v0: flat; v1: in a list)."""
-        local = relation.data[self.charm.app]
+        local = relation.data[self._charm.app]
         if request_id is None:
             return local.get("secret-user") or None
         try:
@@ -385,123 +228,38 @@ class ClientDatabaseRelation(ops.Object):
                 return secret_id if isinstance(secret_id, str) and secret_id else None
         return None
 
-    def _record_failure(
-        self, relation_id: int, message: str | None, refused: bool = False
-    ) -> None:
-        """Remember (or, with ``None``, forget) why the backend did not serve a relation.
-
-        ``refused`` failures (an object that exists without our mark) need a person: Blocked.
-        The others (unreachable, timeouts) are retried by the next refresh: Waiting.
-        """
-        key = str(relation_id)
-        for name, applies in (("failures", not refused), ("refusals", refused)):
-            recorded: dict[str, str] = dict(getattr(self._stored, name))
-            if message is not None and applies:
-                if recorded.get(key) == message:
-                    continue
-                recorded[key] = message
-            elif recorded.pop(key, None) is None:
-                continue
-            setattr(self._stored, name, recorded)
-
-    def _endpoint(self) -> str | None:
-        """``<app>.<model>.svc.cluster.local:<listen_port>``: the Kubernetes service."""
-        try:
-            port = CharmConfig.from_dict(self.charm.config).listen_port
-        except InvalidConfigError:
-            return None
-        return f"{self.charm.app.name}.{self.charm.model.name}.svc.cluster.local:{port}"
-
-    def _version(self, backend: BackendDatabase) -> str | None:
-        if backend.version:
-            return backend.version
-        try:
-            return backend_version(self.charm.backend.credentials(backend))
-        except BackendError as exc:
-            logger.warning("could not read the backend's version: %s", exc)
-            return None
-
-    def _response(
-        self,
-        request: ClientRequest,
-        backend: BackendDatabase,
-        endpoint: str,
-        username: str,
-        password: str,
-    ) -> ResourceProviderModel:
-        userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}"
-        uri = f"postgresql://{userinfo}@{endpoint}/{request.database}"
-        has_replicas = bool(backend.read_only_endpoints)
-        read_only_uri = f"postgresql://{userinfo}@{endpoint}/{request.database}{READONLY_SUFFIX}"
-        return ResourceProviderModel(
-            salt=request.salt,
-            request_id=request.request_id,
-            resource=request.database,
-            username=username,
-            password=password,
-            endpoints=endpoint,
-            read_only_endpoints=endpoint if has_replicas else None,
-            uris=uri,
-            read_only_uris=read_only_uri if has_replicas else None,
-            version=self._version(backend),
-        )
-
     # -- the client's password, kept so that answering again never rotates it ----------------
     @staticmethod
     def _secret_label(relation_id: int) -> str:
         return f"{CLIENT_SECRET_LABEL_PREFIX}{relation_id}"
 
-    def _password(self, relation_id: int, username: str) -> str:
+    def password(self, relation_id: int, username: str) -> str:
         """The relation user's password, from our own app secret (created on first use)."""
         label = self._secret_label(relation_id)
         try:
-            content = self.charm.model.get_secret(label=label).get_content(refresh=True)
+            content = self._charm.model.get_secret(label=label).get_content(refresh=True)
         except ops.SecretNotFoundError:
             content = {}
         if content.get("username") == username and content.get("password"):
             return content["password"]
+        from postgres.passwords import generate_password
+
         password = generate_password()
         new_content = {"username": username, "password": password}
         try:
-            self.charm.model.get_secret(label=label).set_content(new_content)
+            self._charm.model.get_secret(label=label).set_content(new_content)
         except ops.SecretNotFoundError:
-            self.charm.app.add_secret(new_content, label=label)
+            self._charm.app.add_secret(new_content, label=label)
         return password
 
-    def _forget_password(self, relation_id: int) -> bool:
-        """Remove the relation's password secret; whether there was one."""
+    def forget(self, relation: ops.Relation) -> None:
+        """Remove the relation's password secret and the ``secret-user`` secrets we granted."""
+        with contextlib.suppress(ops.SecretNotFoundError):
+            self._charm.model.get_secret(
+                label=self._secret_label(relation.id)
+            ).remove_all_revisions()
         try:
-            secret = self.charm.model.get_secret(label=self._secret_label(relation_id))
-        except ops.SecretNotFoundError:
-            return False
-        secret.remove_all_revisions()
-        return True
-
-    # -- events -----------------------------------------------------------------------------
-    def _on_resource_requested(self, event: ResourceRequestedEvent) -> None:
-        # The library has recorded the request; answer it now if the backend is ready, or
-        # leave it for refresh() (no defer: the client's databag keeps the request).
-        self.refresh()
-
-    def _on_leader_elected(self, _: ops.LeaderElectedEvent) -> None:
-        # A new leader answers what the previous one may have left pending.
-        self.refresh()
-
-    def _on_relation_broken(self, event: ops.RelationBrokenEvent) -> None:
-        if not self.charm.unit.is_leader():
-            return
-        relation_id = event.relation.id
-        self._record_failure(relation_id, None)
-        self._remove_response_secrets(event.relation)
-        self._forget_password(relation_id)
-        # The role is dropped from the record (now, or by whichever leader next reaches the
-        # backend): nothing is kept in unit-local state.
-        self.refresh(gone=relation_id)
-
-    def _remove_response_secrets(self, relation: ops.Relation) -> None:
-        """Remove the ``secret-user`` secrets we granted to the relation's application."""
-        try:
-            local = dict(relation.data[self.charm.app])
+            local = dict(relation.data[self._charm.app])
         except (ops.RelationDataAccessError, KeyError):
             return
         ids = [local.get("secret-user")]
@@ -515,6 +273,39 @@ class ClientDatabaseRelation(ops.Object):
             if not secret_id or not isinstance(secret_id, str):
                 continue
             try:
-                self.charm.model.get_secret(id=secret_id).remove_all_revisions()
+                self._charm.model.get_secret(id=secret_id).remove_all_revisions()
             except (ops.SecretNotFoundError, ops.ModelError):
                 logger.debug("response secret already gone")
+
+
+def _response(
+    request: ClientRequest,
+    backend: BackendDatabase,
+    endpoint: str,
+    username: str,
+    password: str,
+    version: str | None,
+) -> ResourceProviderModel:
+    from dpcharmlibs.interfaces import ResourceProviderModel
+
+    userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}"
+    uri = f"postgresql://{userinfo}@{endpoint}/{request.database}"
+    has_replicas = bool(backend.read_only_endpoints)
+    read_only_uri = f"postgresql://{userinfo}@{endpoint}/{request.database}{READONLY_SUFFIX}"
+    return ResourceProviderModel(
+        salt=request.salt,
+        request_id=request.request_id,
+        resource=request.database,
+        username=username,
+        password=password,
+        endpoints=endpoint,
+        read_only_endpoints=endpoint if has_replicas else None,
+        uris=uri,
+        read_only_uris=read_only_uri if has_replicas else None,
+        version=version,
+    )
+
+
+def client_endpoint(app_name: str, model_name: str, listen_port: int) -> str:
+    """``<app>.<model>.svc.cluster.local:<listen_port>``: the Kubernetes service."""
+    return f"{app_name}.{model_name}.svc.cluster.local:{listen_port}"

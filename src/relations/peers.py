@@ -58,6 +58,14 @@ class Peers:
         data = PeerAppData(databases=databases)
         return self._set_app(databases=data.databases_json() if databases else None)
 
+    def set_backend_problem(self, problem: str | None) -> bool:
+        """Record (or clear) why the backend failed the leader, for every unit's status."""
+        return self._set_app(backend_problem=problem or None)
+
+    def set_auth_removal_failed(self, failed: bool) -> bool:
+        """Record (or clear) the seed's failed-removal state."""
+        return self._set_app(auth_removal_failed="true" if failed else None)
+
     def tenants(self) -> TenantRecord:
         """What this application created for its clients (leader-written, docs/tenancy.md)."""
         rel = self.relation

@@ -137,3 +137,32 @@ def validate_port(value: object, field: str = "endpoints") -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
         raise InvalidNameError(field, value, "port must be an integer from 1 to 65535")
     return value
+
+
+AUTH_ROLE_PREFIX = "pgbouncer_auth_"
+
+
+def auth_username_for(backend_user: str) -> str:
+    """The auth role name for a relation user: ``pgbouncer_auth_<user>``, ``-`` → ``_``.
+
+    Raises:
+        InvalidNameError: the result is not a plain lower-case identifier of at most 63 bytes.
+    """
+    if not isinstance(backend_user, str) or not backend_user:
+        raise InvalidNameError("username", backend_user, "empty or not a string")
+    return validate_plain_identifier(
+        AUTH_ROLE_PREFIX + backend_user.replace("-", "_"), "auth username"
+    )
+
+
+def auth_query_for(auth_user: str) -> str:
+    """PgBouncer's ``auth_query``: ``SELECT usename, passwd FROM "<role>".get_auth($1)``.
+
+    Pure, so that every unit renders it without a database driver. A plain identifier (checked
+    here) needs no escaping inside double quotes: the text equals what ``psycopg.sql`` composes.
+
+    Raises:
+        InvalidNameError: ``auth_user`` is not a plain identifier.
+    """
+    validate_plain_identifier(auth_user, "auth username")
+    return f'SELECT usename, passwd FROM "{auth_user}".get_auth($1)'  # noqa: S608 (checked plain identifier)

@@ -43,7 +43,11 @@ class PeerAppData:
     auth_secret_id: str | None = None
     auth_dbname: str | None = None
     databases: Mapping[str, int] = field(default_factory=dict)
-    """Client database name → the client relation id that asked for it."""
+    """Client database name → the lowest live client relation id holding it."""
+    backend_problem: str | None = None
+    """Why the leader's last attempt on the backend failed (shown by every unit)."""
+    auth_removal_failed: bool = False
+    """The seed's Blocked state: removing the auth user failed when the backend went."""
 
     @classmethod
     def from_databag(cls, data: Mapping[str, str]) -> PeerAppData:
@@ -72,10 +76,13 @@ class PeerAppData:
                 validate_target_dbname(auth_dbname, "auth_dbname")
             except InvalidNameError:
                 auth_dbname = None
+        problem = data.get("backend_problem") or None
         return cls(
             auth_secret_id=data.get("auth_secret_id") or None,
             auth_dbname=auth_dbname,
             databases=databases,
+            backend_problem=problem[:300] if problem else None,
+            auth_removal_failed=data.get("auth_removal_failed") == "true",
         )
 
     def databases_json(self) -> str:

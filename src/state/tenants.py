@@ -18,15 +18,56 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Mapping
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from state.names import InvalidNameError, validate_database_name, validate_role_name
 
+ALLOWED_EXTRA_ROLES = frozenset({"CREATEDB"})
+"""Extra roles a client may ask for. ``SUPERUSER``, ``REPLICATION``, ``CREATEROLE`` and
+``BYPASSRLS`` would let a client escape its database (read every password verifier, stream the
+whole cluster, grant itself anything, ignore row security); anything else, predefined roles
+included (``pg_read_all_data`` reads every database), is not on the list."""
+FORBIDDEN_EXTRA_ROLES = frozenset({"SUPERUSER", "REPLICATION", "CREATEROLE", "BYPASSRLS"})
+_PRINTABLE_ROLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 CLIENT_USER_PREFIX = "pgbouncer_client_"
 OWNER_ROLE_PREFIX = "pgbouncer_owner_"
 GROUP_ROLE_PREFIX = "pgbouncer_clients_"
 ORPHAN_ROLE_PREFIX = "pgbouncer_orphans_"
+
+
+class ForbiddenRoleError(ValueError):
+    """A client asked for extra roles it may not have; ``roles`` lists them.
+
+    Raised before any SQL. Not a :class:`~postgres.connection.BackendError`: the request is at
+    fault, not the backend.
+    """
+
+    def __init__(self, roles: Sequence[str]):
+        self.roles = tuple(roles)
+        shown = [r if _PRINTABLE_ROLE.fullmatch(r) else "<unprintable>" for r in self.roles]
+        super().__init__(
+            f"extra user roles not allowed: {', '.join(shown)} "
+            f"(allowed: {', '.join(sorted(ALLOWED_EXTRA_ROLES))})"
+        )
+
+
+def check_extra_roles(extra_roles: Sequence[str]) -> frozenset[str]:
+    """The allowed extra roles, upper-cased; refuses anything not on the allow-list.
+
+    Raises:
+        ForbiddenRoleError: naming every refused role (forbidden ones first).
+    """
+    if isinstance(extra_roles, str):
+        raise TypeError("extra_roles must be a sequence of role names, not a string")
+    wanted = [r.strip().upper() if isinstance(r, str) else repr(r) for r in extra_roles]
+    wanted = [r for r in wanted if r]
+    refused = sorted({r for r in wanted if r in FORBIDDEN_EXTRA_ROLES})
+    refused += sorted({r for r in wanted if r not in ALLOWED_EXTRA_ROLES} - set(refused))
+    if refused:
+        raise ForbiddenRoleError(refused)
+    return frozenset(wanted)
 
 
 def app_hash(owner_tag: str) -> str:

@@ -67,7 +67,7 @@ def converge_and_query(d: Deployment, pg: PostgresServer, database: str = "appdb
         f"pgbouncer_auth_relation_{rid}_definer",
     ]
     creds = d.credentials(d.relate_client("app", database))
-    assert d.query(d.app.leader, creds, "SELECT current_user, current_database()") == (
+    assert d.query(d.app.leader, creds, "SELECT session_user, current_database()") == (
         creds.username,
         database,
     )

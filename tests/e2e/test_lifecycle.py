@@ -38,7 +38,7 @@ from tests.helpers.pg import PostgresServer
 pytestmark = pytest.mark.needs_root
 
 MakeDeployment = Callable[..., Deployment]
-WHO = "SELECT current_user, current_database(), inet_server_port()"
+WHO = "SELECT session_user, current_database(), inet_server_port()"
 NO_BACKEND = testing.BlockedStatus("waiting for a backend-database relation")
 ACTIVE = testing.ActiveStatus("1 PgBouncer process")
 

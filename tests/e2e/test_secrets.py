@@ -92,7 +92,7 @@ def test_no_secret_in_logs_plan_commands_or_databags(
     creds = d.credentials(client)
     secrets["client password"] = creds.password
     for unit in d.app.units:
-        assert d.query(unit, creds, "SELECT current_user") == (creds.username,)
+        assert d.query(unit, creds, "SELECT session_user") == (creds.username,)
         files = assert_files_private(unit)
         assert [f.name for f in files] == ["userlist.txt", "pgbouncer_0.ini"]
         assert (unit.mount_dir / "userlist.txt").read_text() == auth_file

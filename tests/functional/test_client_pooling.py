@@ -34,6 +34,7 @@ from postgres.clients import create_client, drop_client
 from postgres.connection import BackendCredentials
 from postgres.passwords import generate_password
 from relations.client_database import client_username
+from state.tenants import app_hash, owner_role_for
 from tests.helpers.backend import create_relation_user
 from tests.helpers.pg import PostgresServer, start_postgres
 from tests.helpers.pgb import PgBouncerFactory
@@ -82,14 +83,18 @@ def _mirror_on_replica(setup_primary: PostgresServer, replica: PostgresServer, r
     assert _verifier(replica, role) == _verifier(setup_primary, role)
 
 
-def _cleanup(server: PostgresServer, suffix: str) -> None:
+def _cleanup(server: PostgresServer, suffix: str, owner_tag: str = "") -> None:
+    tag_hash = app_hash(owner_tag) if owner_tag else suffix
     with server.connect() as conn:
         for (db,) in conn.execute(
             "SELECT datname FROM pg_database WHERE strpos(datname, %s) > 0", (suffix,)
         ).fetchall():
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db)))
         for (role,) in conn.execute(
-            "SELECT rolname FROM pg_roles WHERE strpos(rolname, %s) > 0", (suffix,)
+            "SELECT rolname FROM pg_roles WHERE strpos(rolname, %s) > 0"
+            " OR (rolname LIKE 'pgbouncer\\_%%' AND strpos(rolname, %s) > 0)"
+            " ORDER BY rolname LIKE 'pgbouncer\\_client\\_%%' DESC",
+            (suffix, tag_hash),
         ).fetchall():
             rid = sql.Identifier(role)
             conn.execute(sql.SQL("REASSIGN OWNED BY {} TO postgres").format(rid))
@@ -151,7 +156,7 @@ def setup(postgres: PostgresServer, replica_server: PostgresServer) -> Iterator[
     # The client role carries the test's suffix only through the owner-tag hash: drop it by
     # name once the databases (which it may own) are gone.
     for server in (postgres, replica_server):
-        _cleanup(server, suffix)
+        _cleanup(server, suffix, owner_tag)
         with server.connect() as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (client,))
             if exists.fetchone():
@@ -222,7 +227,7 @@ def test_client_reaches_its_database_and_the_read_only_target(setup, pgbouncer_f
             for i in range(12):
                 for conn in (one, two):
                     row = conn.execute(
-                        "SELECT name, current_user, current_setting('port')::int, %s::int"
+                        "SELECT name, session_user, current_setting('port')::int, %s::int"
                         " FROM served_by",
                         (i,),
                     ).fetchone()
@@ -288,12 +293,12 @@ def test_after_drop_client_the_user_is_gone_and_the_data_stays(setup, pgbouncer_
     assert (
         setup.primary.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (setup.client,)) == []
     )
-    # the database and its data stay, now owned by the relation user
+    # the database and its data stay, owned by its NOLOGIN owner role (never the relation user)
     assert setup.primary.execute("SELECT name FROM served_by", dbname=setup.database) == [
         ("primary",)
     ]
     assert setup.primary.execute(
         "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (setup.database,)
-    ) == [(setup.creds.user,)]
+    ) == [(owner_role_for(setup.database, setup.owner_tag),)]
     # idempotent: a second drop finds nothing to do
     assert drop_client(setup.creds, username=setup.client, owner_tag=setup.owner_tag) is False

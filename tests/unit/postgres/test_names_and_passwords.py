@@ -129,3 +129,15 @@ def test_credentials_hide_the_password_and_validate():
         BackendCredentials("h", 70000, "relation_18", "pw", "pgbouncer")
     with pytest.raises(ValueError, match="password"):
         BackendCredentials("h", 5432, "relation_18", "", "pgbouncer")
+
+
+@given(st.from_regex(r"[a-z_][a-z0-9_]{0,40}", fullmatch=True))
+def test_the_pure_auth_query_equals_what_psycopg_sql_composes(role):
+    """The auth_query is rendered without a driver on every unit; it must be the same text."""
+    from psycopg import sql
+
+    from postgres.queries import query
+    from state.names import auth_query_for as pure
+
+    composed = query("auth.sql", "auth_query").format(schema=sql.Identifier(role)).as_string()
+    assert pure(role) == composed

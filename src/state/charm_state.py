@@ -1,0 +1,90 @@
+"""Everything one hook decides from, read once, as one immutable value; no ops import.
+
+The charm builds a :class:`CharmState` from plain values at the start of each reconcile
+(``PgBouncerK8sCharm._load_state``): config, the backend databag and its secret, the peer data,
+the tenant record, the CPU count and what the container says. Decisions are functions of it
+(``pgbouncer.config.desired_config``, the charts in ``relations.backend_database``); effects
+go through ``reconcile``; the status is computed from this value and the reconcile's outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from state.backend import BackendDatabase
+from state.config import CharmConfig
+from state.names import InvalidNameError, auth_username_for
+from state.peers import AuthData, PeerAppData
+from state.tenants import TenantRecord
+
+MIN_PGBOUNCER_VERSION = (1, 21)
+
+
+def parse_version(text: str | None) -> tuple[int, ...]:
+    """``"1.24.1"`` → ``(1, 24, 1)``; anything unparsable → ``()``."""
+    parts: list[int] = []
+    for piece in (text or "").split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits or digits != piece:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+@dataclass(frozen=True)
+class CharmState:
+    """The inputs of one hook.
+
+    Attributes:
+        leader: whether this unit leads.
+        config: the validated options, or None when ``config_error`` says why not.
+        config_error: the message of the option refused.
+        backend_related: whether a ``backend-database`` relation exists.
+        backend: the backend as published, None while incomplete or refused.
+        backend_error: why the provider's databag was refused (names the field).
+        request_written: whether our own ``database`` request is in our databag.
+        auth: the auth role's credentials shared by the leader.
+        peer: the leader's other shared decisions.
+        tenants: what this application created for its clients.
+        cpus: CPUs the workload container may use.
+        pgb_version: the PgBouncer version the container reported, if read.
+        can_connect: whether Pebble answers.
+        running: whether PgBouncer's services run.
+    """
+
+    leader: bool
+    config: CharmConfig | None
+    config_error: str | None = None
+    backend_related: bool = False
+    backend: BackendDatabase | None = None
+    backend_error: str | None = None
+    request_written: bool = False
+    auth: AuthData | None = None
+    peer: PeerAppData = field(default_factory=PeerAppData)
+    tenants: TenantRecord = field(default_factory=TenantRecord)
+    cpus: int = 1
+    pgb_version: str | None = None
+    can_connect: bool = True
+    running: bool = False
+
+    @property
+    def expected_auth_user(self) -> str | None:
+        """The auth role this backend's relation user calls for."""
+        if self.backend is None:
+            return None
+        try:
+            return auth_username_for(self.backend.username)
+        except InvalidNameError:
+            return None
+
+    @property
+    def auth_ready(self) -> bool:
+        """Whether the shared auth data belongs to this backend's relation user."""
+        expected = self.expected_auth_user
+        return self.auth is not None and expected is not None and self.auth.username == expected
+
+    @property
+    def version_too_old(self) -> bool:
+        """A PgBouncer the charm cannot drive (below :data:`MIN_PGBOUNCER_VERSION`)."""
+        version = parse_version(self.pgb_version)
+        return bool(version) and version < MIN_PGBOUNCER_VERSION
