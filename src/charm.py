@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """pgbouncer-k8s: PgBouncer on Kubernetes in front of a PostgreSQL charm.
 
-This module is wiring: it observes Juju events, builds typed state, calls the pieces
-(``relations/``, ``pgbouncer/``, ``postgres/``) and maps their errors to statuses in one place
-(:meth:`PgBouncerK8sCharm._on_collect_status`).
+One reconcile per hook (docs/architecture.md): the inputs are read once into a pure
+:class:`~state.charm_state.CharmState`; the PgBouncer configuration is a function of it; the
+leader makes the backend match it (``reconcile``); every unit renders and applies; the status is
+computed from what that reconcile actually did. The seed's created / departed / broken charts
+stay named decisions (``relations.backend_database``) whose effects go through the same path.
 """
 
 from __future__ import annotations
@@ -12,44 +14,41 @@ import logging
 
 import ops
 
-from pgbouncer.config import (
-    AUTH_DATABASE_KEY,
-    AUTH_FILE,
-    AuthSettings,
-    DatabaseTarget,
-    PgBouncerConfig,
-    RenderError,
-    effective_processes,
-    render_auth_file,
-    render_files,
-)
+from pgbouncer.config import AUTH_FILE, RenderError, desired_config, render_files
 from pgbouncer.workload import Workload, WorkloadError
-from postgres.auth import auth_query_for
+from postgres.deadline import start_hook_budget
+from reconcile import (
+    WAITING_FOR_BACKEND,
+    LeaderOutcome,
+    check_backend,
+    ensure_auth,
+    remove_auth_plumbing,
+    serve_clients,
+)
 from relations.backend_database import (
     BACKEND_RELATION,
-    REMOVE_AUTH_FAILED,
-    BackendDatabaseRelation,
+    BROKEN_DEFER,
+    BROKEN_DROP,
+    CREATED_DEFER,
+    CREATED_SET_UP,
+    DEPARTED_MARK,
+    DEPARTED_REMOVE,
+    DEPARTED_REMOVE_AND_MARK,
+    BackendDatabaseRequirer,
+    broken_chart,
+    created_chart,
+    departed_chart,
 )
-from relations.client_database import ClientDatabaseRelation
+from relations.client_database import CLIENT_RELATION, ClientDatabaseRelation, client_endpoint
 from relations.peers import PEER_RELATION, Peers
 from state.backend import InvalidBackendDataError
+from state.charm_state import MIN_PGBOUNCER_VERSION, CharmState
 from state.config import CharmConfig, InvalidConfigError
 
 logger = logging.getLogger(__name__)
 
 CONTAINER = "pgbouncer"
-MIN_PGBOUNCER_VERSION = (1, 21)
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    """``"1.24.1"`` → ``(1, 24, 1)``; anything unparsable → ``()``."""
-    parts: list[int] = []
-    for piece in text.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits or digits != piece:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+REMOVE_AUTH_FAILED = "failed to remove auth user when disconnecting from postgres application."
 
 
 class PgBouncerK8sCharm(ops.CharmBase):
@@ -59,204 +58,297 @@ class PgBouncerK8sCharm(ops.CharmBase):
 
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
-        self._stored.set_default(backend_problem="", auth_removal_failed=False, pgb_version="")
+        start_hook_budget()
+        # The PgBouncer version is a fact of this unit's container, not of the application.
+        self._stored.set_default(pgb_version="")
         self.workload = Workload(self.unit.get_container(CONTAINER))
         self.peers = Peers(self)
-        self.backend = BackendDatabaseRelation(self)
+        self.backend = BackendDatabaseRequirer(self)
         self.clients = ClientDatabaseRelation(self)
+        self._state: CharmState | None = None
+        self._outcome = LeaderOutcome()
+        self._apply_error: str | None = None
+        self._render_error: str | None = None
+        self._processes = 0
         observe = framework.observe
-        observe(self.on[CONTAINER].pebble_ready, self._on_pebble_ready)
-        observe(self.on.config_changed, self._on_config_changed)
-        observe(self.on.upgrade_charm, self._on_upgrade_charm)
-        observe(self.on[PEER_RELATION].relation_changed, self._on_peer_changed)
-        observe(self.on.secret_changed, self._on_secret_changed)
-        observe(self.on.update_status, self._on_config_changed)
+        observe(self.on[CONTAINER].pebble_ready, self._on_version_source)
+        observe(self.on.upgrade_charm, self._on_version_source)
+        for event in (
+            self.on.config_changed,
+            self.on.leader_elected,
+            self.on.secret_changed,
+            self.on[PEER_RELATION].relation_changed,
+            self.on[BACKEND_RELATION].relation_changed,
+            self.on[CLIENT_RELATION].relation_changed,
+        ):
+            observe(event, self._on_change)
+        observe(self.on.update_status, self._on_update_status)
+        observe(self.backend.on.database_created, self._on_backend_created)
+        observe(self.on[BACKEND_RELATION].relation_departed, self._on_backend_departed)
+        observe(self.on[BACKEND_RELATION].relation_broken, self._on_backend_broken)
+        observe(self.on[CLIENT_RELATION].relation_broken, self._on_client_broken)
         observe(self.on.collect_unit_status, self._on_collect_status)
 
-    # -- identity ---------------------------------------------------------------------------
     @property
     def owner_tag(self) -> str:
         """What marks the PostgreSQL objects this application created: model uuid and name."""
         return f"{self.model.uuid}/{self.app.name}"
 
-    # -- recorded problems (persisted across hooks for the status) --------------------------
-    def record_backend_problem(self, problem: str | None) -> None:
-        """Remember (or clear) why the backend refused us, for the status."""
-        self._stored.backend_problem = problem or ""
+    # -- reading the world once ----------------------------------------------------------------
+    def _load_state(self) -> CharmState:
+        try:
+            config, config_error = CharmConfig.from_dict(self.config), None
+        except InvalidConfigError as exc:
+            config, config_error = None, str(exc)
+        relation = self.backend.relation
+        backend = backend_error = None
+        try:
+            backend = self.backend.fetch()
+        except InvalidBackendDataError as exc:
+            backend_error = str(exc)
+        peer = self.peers.app_data()
+        can_connect = self.workload.can_connect()
+        try:
+            cpus = self.workload.cpu_limit() if can_connect else 1
+            running = can_connect and self.workload.is_running()
+        except WorkloadError as exc:
+            logger.warning("pgbouncer container: %s", exc)
+            cpus, running = 1, False
+        return CharmState(
+            leader=self.unit.is_leader(),
+            config=config,
+            config_error=config_error,
+            backend_related=relation is not None,
+            backend=backend,
+            backend_error=backend_error,
+            request_written=self.backend.request_written(),
+            auth=self.peers.auth() if peer.auth_secret_id else None,
+            peer=peer,
+            tenants=self.peers.tenants(),
+            cpus=cpus,
+            pgb_version=self._stored.pgb_version or None,
+            can_connect=can_connect,
+            running=running,
+        )
 
-    def record_auth_removal_failed(self, failed: bool) -> None:
-        """Remember whether removing the auth user failed, for the status."""
-        self._stored.auth_removal_failed = failed
+    # -- the reconcile ---------------------------------------------------------------------------
+    def _reconcile(
+        self, *, verify: bool = False, gone: int | None = None, with_backend: bool = True
+    ) -> None:
+        """Leader: make the backend match; every unit: render and apply; record the outcome."""
+        state = self._load_state()
+        self._apply(state, with_backend)
+        if not with_backend:
+            self._state = state
+            return
+        if state.leader and not state.running and self.workload.can_connect():
+            # The apply above may just have started PgBouncer: the set-up waits for nothing.
+            state = self._load_state()
+        outcome = LeaderOutcome()
+        if state.leader:
+            ensure_auth(
+                state, self.peers, owner_tag=self.owner_tag, verify=verify, outcome=outcome
+            )
+            if outcome.set_up:
+                state = self._load_state()
+        served = serve_clients(
+            state,
+            self.clients,
+            self.peers,
+            owner_tag=self.owner_tag,
+            endpoint=self._endpoint(state),
+            gone=gone,
+            outcome=outcome,
+        )
+        if state.leader and served != dict(state.peer.databases):
+            self.peers.set_databases(served)
+        if outcome.set_up or (state.leader and served != dict(state.peer.databases)):
+            state = self._load_state()
+            self._apply(state, with_backend)
+        self._state, self._outcome = state, outcome
 
-    # -- events -----------------------------------------------------------------------------
-    def _on_pebble_ready(self, _: ops.PebbleReadyEvent) -> None:
-        self._read_version()
-        self.update_workload()
-        # The created chart returns without deferring while PgBouncer is not running: the
-        # set-up it skipped happens here, once the backend is ready and PgBouncer runs.
-        if self.unit.is_leader() and self.workload.is_running():
-            backend = self.backend.backend()
-            if backend is not None and not self.backend.auth_ready_for(backend):
-                self.backend.set_up_auth(backend)
+    def _apply(self, state: CharmState, with_backend: bool) -> None:
+        """Render from the state and hand the files to Pebble; record what went wrong."""
+        self._render_error = self._apply_error = None
+        if not state.can_connect or state.version_too_old or state.config is None:
+            return
+        try:
+            cfg, auth_file = desired_config(state, with_backend=with_backend)
+            files: dict[str, str | None] = {**render_files(cfg), AUTH_FILE: auth_file}
+        except RenderError as exc:
+            # Nothing is written: the last good configuration keeps running.
+            logger.warning("not applying the configuration: %s", exc)
+            self._render_error = str(exc)
+            return
+        self._processes = cfg.processes
+        try:
+            result = self.workload.apply(files, cfg.processes)
+        except WorkloadError as exc:
+            logger.warning("could not apply the configuration: %s", exc)
+            self._apply_error = str(exc)
+            return
+        if result.changed:
+            logger.info("workload: %s", result)
+        self.unit.set_ports(cfg.listen_port)
 
-    def _on_upgrade_charm(self, _: ops.UpgradeCharmEvent) -> None:
-        self._read_version()
-        self.update_workload()
+    def _endpoint(self, state: CharmState) -> str | None:
+        if state.config is None:
+            return None
+        return client_endpoint(self.app.name, self.model.name, state.config.listen_port)
 
-    def _on_config_changed(self, _: ops.EventBase) -> None:
-        self.update_workload()
-        if self.unit.is_leader():
-            self.update_client_relations()
+    # -- events ----------------------------------------------------------------------------------
+    def _on_change(self, _: ops.EventBase) -> None:
+        self._reconcile()
 
-    def _on_peer_changed(self, _: ops.RelationChangedEvent) -> None:
-        self.update_workload()
+    def _on_update_status(self, _: ops.UpdateStatusEvent) -> None:
+        # The leader checks (with a real login as the auth role) and repairs the plumbing.
+        self._reconcile(verify=True)
 
-    def _on_secret_changed(self, event: ops.SecretChangedEvent) -> None:
-        if event.secret.id and event.secret.id == self.peers.app_data().auth_secret_id:
-            self.update_workload()
-
-    def _read_version(self) -> None:
+    def _on_version_source(self, _: ops.EventBase) -> None:
         try:
             version = self.workload.version()
         except WorkloadError as exc:
             logger.warning("could not read the PgBouncer version: %s", exc)
-            return
+            version = None
         if version:
             self._stored.pgb_version = version
             self.unit.set_workload_version(version)
+        self._reconcile()
 
-    def _version_too_old(self) -> bool:
-        version = self._stored.pgb_version
-        return bool(version) and parse_version(version) < MIN_PGBOUNCER_VERSION
-
-    # -- the workload -----------------------------------------------------------------------
-    def build_config(self, without_backend: bool = False) -> tuple[PgBouncerConfig, str | None]:
-        """The PgBouncer configuration every unit renders, and its auth file (if any).
-
-        Raises:
-            InvalidConfigError: a charm option is invalid.
-        """
-        config = CharmConfig.from_dict(self.config)
-        backend = None if without_backend else self.backend.backend()
-        auth = self.peers.auth() if backend is not None else None
-        databases: list[DatabaseTarget] = []
-        auth_settings = None
-        auth_file = None
-        if backend is not None and auth is not None:
-            peer = self.peers.app_data()
-            primary = backend.primary
-            databases.append(
-                DatabaseTarget(
-                    AUTH_DATABASE_KEY,
-                    primary.host,
-                    primary.port,
-                    peer.auth_dbname or backend.database,
-                )
-            )
-            replica = backend.read_only_endpoints[0] if backend.read_only_endpoints else None
-            for name in sorted(peer.databases):
-                databases.append(DatabaseTarget(name, primary.host, primary.port, name))
-                if replica is not None:
-                    databases.append(
-                        DatabaseTarget(f"{name}_readonly", replica.host, replica.port, name)
-                    )
-            auth_settings = AuthSettings(
-                auth_user=auth.username,
-                auth_query=auth_query_for(auth.username),
-                auth_dbname=AUTH_DATABASE_KEY,
-            )
-            auth_file = render_auth_file(auth.username, auth.password)
-        processes = effective_processes(self.workload.cpu_limit(), config.max_db_connections)
-        return (
-            PgBouncerConfig(
-                listen_port=config.listen_port,
-                pool_mode=config.pool_mode,
-                max_db_connections=config.max_db_connections,
-                max_prepared_statements=config.max_prepared_statements,
-                processes=processes,
-                databases=tuple(databases),
-                auth=auth_settings,
-            ),
-            auth_file,
+    # -- the seed's charts -----------------------------------------------------------------------
+    def _on_backend_created(self, event: ops.RelationEvent) -> None:
+        state = self._load_state()
+        decision = created_chart(
+            leader=state.leader,
+            running=state.running,
+            refused=state.backend_error is not None,
+            backend=state.backend,
+            request_written=state.request_written,
         )
+        if decision == CREATED_DEFER:
+            logger.info("backend database not ready; deferring")
+            event.defer()
+            return
+        if decision == CREATED_SET_UP:
+            problem = check_backend(state)
+            if problem is not None:
+                logger.warning("backend refuses connections (%s); deferring", problem)
+                self.peers.set_backend_problem(problem)
+                event.defer()
+                return
+        # set-up (and "return": not lost) both complete in the reconcile.
+        self._reconcile()
+        if decision == CREATED_SET_UP and not self._state_auth_ready():
+            event.defer()
 
-    def update_workload(self, without_backend: bool = False) -> bool:
-        """Render every file, write what changed, reload or restart as needed.
+    def _state_auth_ready(self) -> bool:
+        return self._state is not None and self._state.auth_ready
 
-        Returns False when nothing could be applied (container unreachable, invalid config,
-        too old a PgBouncer, or a value that cannot be rendered); the status says why.
-        """
-        if not self.workload.can_connect():
-            return False
-        if self._version_too_old():
-            return False
-        try:
-            cfg, auth_file = self.build_config(without_backend)
-            # An empty auth file rather than none: PgBouncer logs an error for a missing one.
-            files: dict[str, str | None] = {**render_files(cfg), AUTH_FILE: auth_file or ""}
-            result = self.workload.apply(files, cfg.processes)
-        except (InvalidConfigError, RenderError) as exc:
-            logger.warning("not applying the configuration: %s", exc)
-            return False
-        except WorkloadError as exc:
-            logger.warning("could not apply the configuration: %s", exc)
-            return False
-        if result.changed:
-            logger.info("workload: %s", result)
-        self.unit.set_ports(cfg.listen_port)
-        return True
+    def _on_backend_departed(self, event: ops.RelationDepartedEvent) -> None:
+        # Step 1: the connection information follows the endpoints that remain.
+        self._reconcile()
+        state = self._load_state()
+        remaining = [u for u in event.relation.units if u != event.departing_unit]
+        decision = departed_chart(
+            departing_is_self=event.departing_unit == self.unit,
+            leader=state.leader,
+            planned_units=self.app.planned_units(),
+            remaining_remote_units=len(remaining),
+        )
+        if decision in (DEPARTED_REMOVE, DEPARTED_REMOVE_AND_MARK):
+            outcome = LeaderOutcome()
+            if remove_auth_plumbing(state, self.peers, owner_tag=self.owner_tag, outcome=outcome):
+                # Nothing may use (or re-create clients for) the plumbing that just went.
+                self.peers.drop_auth()
+        if decision in (DEPARTED_MARK, DEPARTED_REMOVE_AND_MARK):
+            self.peers.mark_departing(event.relation.id)
+        self._state = self._load_state()  # the status tells what the chart just did
 
-    def update_client_relations(self) -> None:
-        """Publish the current endpoints and credentials to every client (leader only)."""
+    def _on_backend_broken(self, event: ops.RelationBrokenEvent) -> None:
+        decision = broken_chart(
+            leader=self.unit.is_leader(),
+            departing=self.peers.is_departing(event.relation.id),
+            can_connect=self.workload.can_connect(),
+        )
+        if decision == BROKEN_DEFER:
+            event.defer()
+            return
+        if decision == BROKEN_DROP:
+            self.peers.drop_auth()
+        # Every unit stops using the old auth data (the followers through the peer data).
+        self._reconcile(with_backend=False)
+
+    def _on_client_broken(self, event: ops.RelationBrokenEvent) -> None:
         if self.unit.is_leader():
-            self.clients.refresh()
+            self.clients.forget(event.relation)
+        # The role is dropped from the record (now, or by whichever leader next reaches the
+        # backend): nothing is kept in unit-local state.
+        self._reconcile(gone=event.relation.id)
 
-    # -- status -----------------------------------------------------------------------------
+    # -- status ----------------------------------------------------------------------------------
     def _on_collect_status(self, event: ops.CollectStatusEvent) -> None:
+        if self._state is None:
+            # A hook none of our handlers ran in: the same reconcile, so the status is true.
+            self._reconcile()
         for status in self._statuses():
             event.add_status(status)
 
     def _statuses(self) -> list[ops.StatusBase]:
-        if not self.workload.can_connect():
+        state, outcome = self._state, self._outcome
+        assert state is not None  # noqa: S101 (set by the reconcile)
+        if not state.can_connect:
             return [ops.WaitingStatus("waiting for the pgbouncer container")]
-        try:
-            cfg, _ = self.build_config()
-        except InvalidConfigError as exc:
-            return [ops.BlockedStatus(str(exc))]
-        except RenderError as exc:
-            return [ops.BlockedStatus(f"cannot render pgbouncer.ini: {exc}")]
-        except WorkloadError as exc:
-            return [ops.WaitingStatus(f"pgbouncer container: {exc}")]
-        if self._version_too_old():
+        if state.config_error:
+            return [ops.BlockedStatus(state.config_error)]
+        if state.version_too_old:
             need = ".".join(map(str, MIN_PGBOUNCER_VERSION))
             return [
-                ops.BlockedStatus(
-                    f"PgBouncer {self._stored.pgb_version} found; {need} or newer needed"
-                )
+                ops.BlockedStatus(f"PgBouncer {state.pgb_version} found; {need} or newer needed")
             ]
+        if self._render_error:
+            return [ops.BlockedStatus(f"cannot render pgbouncer.ini: {self._render_error}")]
         statuses: list[ops.StatusBase] = []
-        if self._stored.auth_removal_failed:
+        if state.peer.auth_removal_failed:
             statuses.append(ops.BlockedStatus(REMOVE_AUTH_FAILED))
-        statuses.extend(self._backend_statuses())
-        statuses.extend(self.clients.statuses())
-        if not self.workload.is_running():
+        statuses.extend(self._backend_statuses(state, outcome))
+        statuses.extend(ops.BlockedStatus(message) for message in outcome.client_blocked)
+        waiting = outcome.client_waiting
+        for rel_id in sorted(waiting):
+            if waiting[rel_id] != WAITING_FOR_BACKEND:
+                statuses.append(ops.WaitingStatus(f"client relation {rel_id}: {waiting[rel_id]}"))
+        pending = [str(i) for i in sorted(waiting) if waiting[i] == WAITING_FOR_BACKEND]
+        if pending:
+            ids = ", ".join(pending)
+            statuses.append(ops.WaitingStatus(f"client relation(s) {ids} {WAITING_FOR_BACKEND}"))
+        if self._apply_error:
+            statuses.append(ops.WaitingStatus(f"pgbouncer container: {self._apply_error}"))
+        elif not self._running():
             statuses.append(ops.WaitingStatus("PgBouncer is not running"))
-        processes = "process" if cfg.processes == 1 else "processes"
-        statuses.append(ops.ActiveStatus(f"{cfg.processes} PgBouncer {processes}"))
+        processes = "process" if self._processes == 1 else "processes"
+        message = f"{self._processes} PgBouncer {processes}"
+        if outcome.repaired:
+            message += f"; repaired the auth plumbing ({outcome.repaired[0]})"
+        statuses.append(ops.ActiveStatus(message))
         return statuses
 
-    def _backend_statuses(self) -> list[ops.StatusBase]:
-        if self.model.get_relation(BACKEND_RELATION) is None:
-            return [ops.BlockedStatus("waiting for a backend-database relation")]
+    def _running(self) -> bool:
         try:
-            backend = self.backend.requirer.fetch()
-        except InvalidBackendDataError as exc:
-            return [ops.BlockedStatus(str(exc))]
-        if backend is None:
+            return self.workload.is_running()
+        except WorkloadError:
+            return False
+
+    @staticmethod
+    def _backend_statuses(state: CharmState, outcome: LeaderOutcome) -> list[ops.StatusBase]:
+        if not state.backend_related:
+            return [ops.BlockedStatus("waiting for a backend-database relation")]
+        if state.backend_error:
+            return [ops.BlockedStatus(state.backend_error)]
+        if state.backend is None:
             return [ops.WaitingStatus("waiting for backend-database credentials")]
-        if self._stored.backend_problem:
-            return [ops.WaitingStatus(f"backend unreachable: {self._stored.backend_problem}")]
-        if not self.backend.auth_ready_for(backend):
+        problem = outcome.backend_problem or state.peer.backend_problem
+        if problem:
+            return [ops.WaitingStatus(f"backend unreachable: {problem}")]
+        if not state.auth_ready:
             return [ops.WaitingStatus("waiting for the auth user on the backend")]
         return []
 

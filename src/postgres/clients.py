@@ -39,6 +39,9 @@ from postgres.passwords import set_password
 from postgres.queries import query
 from state.names import InvalidNameError, validate_client_database_name, validate_role_name
 from state.tenants import (
+    ALLOWED_EXTRA_ROLES,
+    FORBIDDEN_EXTRA_ROLES,
+    ForbiddenRoleError,
     GrantDecision,
     TenantRecord,
     check_extra_roles,
@@ -47,6 +50,22 @@ from state.tenants import (
     orphan_role_for,
     owner_role_for,
 )
+
+__all__ = [
+    "ALLOWED_EXTRA_ROLES",
+    "FORBIDDEN_EXTRA_ROLES",
+    "ClientGrant",
+    "ForbiddenRoleError",
+    "RefusedDatabaseError",
+    "TrapError",
+    "backend_version",
+    "check_extra_roles",
+    "client_mark",
+    "create_client",
+    "drop_client",
+    "grant_database",
+    "revoke_client",
+]
 
 logger = logging.getLogger(__name__)
 

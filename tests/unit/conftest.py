@@ -131,6 +131,8 @@ class FakeBackendSQL:
     removed: list[str] = field(default_factory=list)
     leftovers_checked: list[str | None] = field(default_factory=list)
     connects: int = 0
+    checked: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
 
     def _maybe_fail(self) -> None:
         if self.fail:
@@ -150,6 +152,11 @@ class FakeBackendSQL:
         self._maybe_fail()
         self.removed.append(auth_user)
 
+    def check_auth(self, creds, *, auth_user, auth_password, owner_tag):
+        self._maybe_fail()
+        self.checked.append(auth_user)
+        return self.broken.pop(0) if self.broken else None
+
     def remove_leftovers(self, creds, *, owner_tag, keep):
         self._maybe_fail()
         self.leftovers_checked.append(keep)
@@ -166,9 +173,16 @@ class _NullConnection:
 
 @pytest.fixture
 def fake_sql(monkeypatch: pytest.MonkeyPatch) -> FakeBackendSQL:
-    import relations.backend_database as backend_module
-
     fake = FakeBackendSQL()
-    for name in ("connect", "install_auth", "remove_auth", "remove_leftovers"):
-        monkeypatch.setattr(backend_module, name, getattr(fake, name))
+    patch_backend_sql(monkeypatch, fake)
     return fake
+
+
+def patch_backend_sql(mp: pytest.MonkeyPatch, fake: FakeBackendSQL) -> None:
+    """Point the leader's lazily imported SQL functions at ``fake``."""
+    import postgres.auth as auth_module
+    import postgres.connection as connection_module
+
+    mp.setattr(connection_module, "connect", fake.connect)
+    for name in ("install_auth", "remove_auth", "remove_leftovers", "check_auth"):
+        mp.setattr(auth_module, name, getattr(fake, name))

@@ -9,7 +9,9 @@ import json
 
 from ops import testing
 
-from relations.backend_database import REMOVE_AUTH_FAILED
+from charm import REMOVE_AUTH_FAILED
+from relations.backend_database import CREATED_RETURN, created_chart
+from state.backend import BackendDatabase, Endpoint
 from tests.unit.conftest import (
     AUTH_PASSWORD,
     AUTH_USER,
@@ -20,6 +22,8 @@ from tests.unit.conftest import (
     make_container,
     peer_relation,
 )
+
+BACKEND = BackendDatabase("pgbouncer", (Endpoint("10.1.1.1"),), (), "relation_18", "pw")
 
 
 def _created(ctx, state, relation):
@@ -50,7 +54,21 @@ def test_created_not_leader_returns(ctx, dirs, fake_sql):
     assert _secret_content(out) is None
 
 
-def test_created_pgbouncer_not_running_returns_without_defer(ctx, dirs, fake_sql):
+def test_created_pgbouncer_not_running_returns_without_defer():
+    assert (
+        created_chart(
+            leader=True, running=False, refused=False, backend=BACKEND, request_written=True
+        )
+        == CREATED_RETURN
+    )
+
+
+def test_created_returned_while_stopped_is_completed_by_the_same_reconcile(ctx, dirs, fake_sql):
+    """Issue 15's defect 1: the chart returns ("not running"); the reconcile completes it.
+
+    The reconcile starts PgBouncer and then runs the set-up in the same hook: nothing waits
+    for a later event.
+    """
     rel = backend_relation()
     state = testing.State(
         leader=True,
@@ -58,9 +76,58 @@ def test_created_pgbouncer_not_running_returns_without_defer(ctx, dirs, fake_sql
         containers={make_container(dirs, running=False)},
     )
     out = _created(ctx, state, rel)
-    assert fake_sql.installed == {}
     assert out.deferred == []
     assert json.loads(out.get_relation(rel.id).local_app_data["data"])["endpoints"]
+    assert "pgbouncer_auth_relation_18" in fake_sql.installed
+    assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
+
+
+def test_a_set_up_lost_by_an_earlier_hook_completes_on_update_status(ctx, dirs, fake_sql):
+    """A set-up nothing ran (the backend answered while PgBouncer was down) is not lost.
+
+    The next update-status (or any hook) on the leader does it.
+    """
+    rel = backend_relation()  # our `data` already records the provider's answer
+    state = testing.State(
+        leader=True, relations={rel, peer_relation()}, containers={make_container(dirs)}
+    )
+    out = ctx.run(ctx.on.update_status(), state)
+    assert "pgbouncer_auth_relation_18" in fake_sql.installed
+    assert _secret_content(out) is not None
+    assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
+
+
+def test_update_status_repairs_broken_plumbing_and_says_so(ctx, dirs, fake_sql):
+    """Issue 15's defect 3: the check (a real login as the auth role, faked here) fails."""
+    secret = auth_secret()
+    fake_sql.broken.append("the lookup fails: function does not exist")
+    state = testing.State(
+        leader=True,
+        relations={backend_relation(), peer_relation(secret)},
+        containers={make_container(dirs)},
+        secrets={secret},
+    )
+    out = ctx.run(ctx.on.update_status(), state)
+    assert fake_sql.checked == [AUTH_USER]
+    assert fake_sql.installed == {AUTH_USER: AUTH_PASSWORD}  # same password: nothing rotates
+    assert out.unit_status == testing.ActiveStatus(
+        "1 PgBouncer process; repaired the auth plumbing (the lookup fails: function does not "
+        "exist)"
+    )
+
+
+def test_update_status_with_working_plumbing_changes_nothing(ctx, dirs, fake_sql):
+    secret = auth_secret()
+    state = testing.State(
+        leader=True,
+        relations={backend_relation(), peer_relation(secret)},
+        containers={make_container(dirs)},
+        secrets={secret},
+    )
+    out = ctx.run(ctx.on.update_status(), state)
+    assert fake_sql.checked == [AUTH_USER]
+    assert fake_sql.installed == {}
+    assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
 
 
 def test_created_backend_not_ready_without_our_request_defers(ctx, dirs, fake_sql):

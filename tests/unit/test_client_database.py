@@ -15,7 +15,7 @@ import pytest
 from dpcharmlibs.interfaces import RequirerCommonModel, RequirerDataContractV1, gen_hash
 from ops import testing
 
-import relations.client_database as client_module
+import postgres.clients as client_module
 from postgres.clients import RefusedDatabaseError
 from postgres.connection import BackendUnreachable, ForeignObjectError
 from relations.client_database import CLIENT_SECRET_LABEL_PREFIX, client_username
@@ -219,10 +219,10 @@ def test_request_before_backend_ready_waits_and_creates_nothing(ctx, dirs, fake_
         state_with(rel, backend_ready=False, dirs=dirs),
     ) as mgr:
         out = mgr.run()
-        client_statuses = mgr.charm.clients.statuses()
+        client_statuses = client_statuses_of(mgr.charm)
 
     assert fake_clients.created == []
-    assert out.deferred == []  # not deferred: refresh() answers it later
+    assert out.deferred == []  # not deferred: the reconcile answers it later
     local = out.get_relation(rel.id).local_app_data
     assert "secret-user" not in local and "endpoints" not in local
     assert not any(s.label and s.label.startswith(CLIENT_SECRET_LABEL_PREFIX) for s in out.secrets)
@@ -234,7 +234,12 @@ def test_request_before_backend_ready_waits_and_creates_nothing(ctx, dirs, fake_
     assert out.unit_status == testing.BlockedStatus("waiting for a backend-database relation")
 
 
-def test_requests_waiting_for_the_auth_user_are_all_named(ctx, dirs, fake_clients):
+def client_statuses_of(charm) -> list:
+    return [s for s in charm._statuses() if "client" in s.message]
+
+
+def test_requests_waiting_for_the_auth_user_are_all_named(ctx, dirs, fake_clients, fake_sql):
+    fake_sql.fail = True  # the leader's set-up attempt fails: the backend is not usable yet
     one = client_relation(V0_REQUEST, app="one")
     two = client_relation({**V0_REQUEST, "database": "other"}, app="two")
     state = testing.State(
@@ -245,7 +250,7 @@ def test_requests_waiting_for_the_auth_user_are_all_named(ctx, dirs, fake_client
     )
     with ctx(ctx.on.relation_changed(two, remote_unit=0), state) as mgr:
         out = mgr.run()
-        client_statuses = mgr.charm.clients.statuses()
+        client_statuses = client_statuses_of(mgr.charm)
 
     assert fake_clients.created == []
     assert peer_databases(out) == {}
@@ -253,7 +258,9 @@ def test_requests_waiting_for_the_auth_user_are_all_named(ctx, dirs, fake_client
     assert client_statuses == [
         testing.WaitingStatus(f"client relation(s) {ids} waiting for the backend database")
     ]
-    assert out.unit_status == testing.WaitingStatus("waiting for the auth user on the backend")
+    assert out.unit_status == testing.WaitingStatus(
+        "backend unreachable: connection to the backend refused"
+    )
 
 
 # -- a request after the backend is ready -----------------------------------------------------

@@ -25,8 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ops import testing
 
-import relations.backend_database as backend_module
-import relations.client_database as client_module
+import postgres.clients as client_module
 from charm import PgBouncerK8sCharm
 from pgbouncer.config import parse_ini
 from tests.unit.conftest import (
@@ -36,6 +35,7 @@ from tests.unit.conftest import (
     auth_secret,
     backend_relation,
     make_container,
+    patch_backend_sql,
     peer_relation,
 )
 from tests.unit.test_client_database import MODEL, FakeClientSQL
@@ -131,8 +131,7 @@ def baseline_keys() -> set[str]:
     """The [pgbouncer] keys of a configuration rendered from the seed's valid databag."""
     fake = FakeBackendSQL()
     with pytest.MonkeyPatch.context() as mp, mount_dirs() as dirs:
-        for name in ("connect", "install_auth", "remove_auth", "remove_leftovers"):
-            mp.setattr(backend_module, name, getattr(fake, name))
+        patch_backend_sql(mp, fake)
         out = run_backend(dirs, SEED_PROVIDER)
         assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
         return set(parse_ini((dirs.pgb / "pgbouncer_0.ini").read_text())["pgbouncer"])
@@ -192,8 +191,7 @@ def test_backend_databag_field_fuzz(field: str, value: str, baseline_keys: set[s
     fake = FakeBackendSQL()
     remote = {**SEED_PROVIDER, "database": "pgbouncer", field: value}
     with pytest.MonkeyPatch.context() as mp, mount_dirs() as dirs:
-        for name in ("connect", "install_auth", "remove_auth", "remove_leftovers"):
-            mp.setattr(backend_module, name, getattr(fake, name))
+        patch_backend_sql(mp, fake)
         out = run_backend(dirs, remote)
         assert_outcome(out, dirs, field, value, baseline_keys)
         if out.unit_status.name == "active" and field in ("endpoints", "database"):
@@ -217,8 +215,7 @@ def test_secret_user_content_fuzz(field: str, value: str, extra: dict, baseline_
     remote = {"endpoints": "10.1.2.3:5432", "secret-user": creds.id, "database": "pgbouncer"}
     fake = FakeBackendSQL()
     with pytest.MonkeyPatch.context() as mp, mount_dirs() as dirs:
-        for name in ("connect", "install_auth", "remove_auth", "remove_leftovers"):
-            mp.setattr(backend_module, name, getattr(fake, name))
+        patch_backend_sql(mp, fake)
         out = run_backend(dirs, remote, frozenset({creds}))
         assert_outcome(out, dirs, f"secret-user {field}", value, baseline_keys)
 
@@ -233,8 +230,7 @@ def test_secret_user_id_fuzz(value: str, baseline_keys: set[str]):
     remote = {"endpoints": "10.1.2.3:5432", "secret-user": value, "database": "pgbouncer"}
     fake = FakeBackendSQL()
     with pytest.MonkeyPatch.context() as mp, mount_dirs() as dirs:
-        for name in ("connect", "install_auth", "remove_auth", "remove_leftovers"):
-            mp.setattr(backend_module, name, getattr(fake, name))
+        patch_backend_sql(mp, fake)
         out = run_backend(dirs, remote)
         assert out.unit_status.name in ("blocked", "waiting")
         assert "secret-user" in out.unit_status.message or "credentials" in out.unit_status.message
@@ -259,8 +255,7 @@ def test_damaged_json_in_our_own_databags(data: str, peer_databases: str, baseli
         local_app_data={**peers.local_app_data, "databases": peer_databases},
     )
     with pytest.MonkeyPatch.context() as mp, mount_dirs() as dirs:
-        for name in ("connect", "install_auth", "remove_auth", "remove_leftovers"):
-            mp.setattr(backend_module, name, getattr(fake, name))
+        patch_backend_sql(mp, fake)
         ctx = testing.Context(PgBouncerK8sCharm)
         state = testing.State(
             leader=True,

@@ -1,0 +1,324 @@
+"""The leader's effects on the backend, run by the charm's reconcile (docs/architecture.md).
+
+Given the hook's :class:`~state.charm_state.CharmState` and the relation adapters, these
+functions make the backend match it: the auth plumbing exists and works (set up once the backend
+answers, checked and repaired on update-status), every client request is answered from the
+tenant record, and what is gone is dropped. They return what happened; the charm turns that into
+the status. ``postgres`` (and psycopg with it) is imported only here, inside the functions, so
+that a follower's hook never loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from state.charm_state import CharmState
+from state.peers import AuthData
+from state.tenants import TenantRecord, client_username, grant_decision, roles_to_drop
+
+if TYPE_CHECKING:
+    from postgres.connection import BackendCredentials
+    from relations.client_database import ClientDatabaseRelation
+    from relations.peers import Peers
+    from state.backend import BackendDatabase
+
+logger = logging.getLogger(__name__)
+
+WAITING_FOR_BACKEND = "waiting for the backend database"
+
+
+@dataclass
+class LeaderOutcome:
+    """What the leader's part of one reconcile did.
+
+    Attributes:
+        backend_problem: why the backend failed us (None: it did not, or was not asked).
+        repaired: what was found broken in the auth plumbing and put back.
+        set_up: whether the auth plumbing was (re)installed and shared.
+        client_blocked: refusals naming the client relation and the reason.
+        blocked_relations: the ids those refusals are about.
+        client_waiting: relation id → why it is not answered yet.
+    """
+
+    backend_problem: str | None = None
+    repaired: list[str] = field(default_factory=list)
+    set_up: bool = False
+    client_blocked: list[str] = field(default_factory=list)
+    blocked_relations: set[int] = field(default_factory=set)
+    client_waiting: dict[int, str] = field(default_factory=dict)
+
+
+def credentials(backend: BackendDatabase) -> BackendCredentials:
+    """How to reach the backend's primary as the relation user."""
+    from postgres.connection import BackendCredentials
+
+    return BackendCredentials(
+        host=backend.primary.host,
+        port=backend.primary.port,
+        user=backend.username,
+        password=backend.password,
+        dbname=backend.database,
+    )
+
+
+def ensure_auth(
+    state: CharmState, peers: Peers, *, owner_tag: str, verify: bool, outcome: LeaderOutcome
+) -> None:
+    """Set up the auth plumbing when it is missing, or check (and repair) it when ``verify``.
+
+    The created chart's set-up, and what completes it when that chart returned early: it runs
+    in every reconcile on the leader once the backend is ready and PgBouncer runs.
+    """
+    backend = state.backend
+    if not state.leader or backend is None or not state.request_written or not state.running:
+        return
+    from postgres.auth import check_auth, generate_password, install_auth, remove_leftovers
+    from postgres.connection import BackendError
+
+    auth_user = state.expected_auth_user
+    if auth_user is None:
+        return
+    creds = credentials(backend)
+    if state.auth_ready and state.auth is not None:
+        if not verify:
+            return
+        problem = check_auth(
+            creds, auth_user=auth_user, auth_password=state.auth.password, owner_tag=owner_tag
+        )
+        if problem is None:
+            if state.peer.backend_problem:
+                peers.set_backend_problem(None)
+            return
+        logger.warning("auth plumbing broken on the backend (%s): repairing", problem)
+        password = state.auth.password
+    else:
+        problem = None
+        current = state.auth
+        password = (
+            current.password if current and current.username == auth_user else generate_password()
+        )
+    try:
+        removed = remove_leftovers(creds, owner_tag=owner_tag, keep=auth_user)
+        if removed:
+            logger.info("removed auth leftovers of earlier relations: %s", ", ".join(removed))
+        install_auth(creds, auth_user=auth_user, auth_password=password, owner_tag=owner_tag)
+    except BackendError as exc:
+        logger.warning("could not install the auth function: %s", exc)
+        outcome.backend_problem = str(exc)
+        peers.set_backend_problem(str(exc))
+        return
+    if problem is not None:
+        outcome.repaired.append(problem)
+    outcome.set_up = True
+    peers.set_backend_problem(None)
+    # A failed removal of an earlier relation's auth user is resolved once its leftovers are
+    # gone, which remove_leftovers just made sure of.
+    peers.set_auth_removal_failed(False)
+    peers.save_auth(AuthData(auth_user, password), backend.database)
+
+
+def serve_clients(
+    state: CharmState,
+    clients: ClientDatabaseRelation,
+    peers: Peers,
+    *,
+    owner_tag: str,
+    endpoint: str | None,
+    gone: int | None,
+    outcome: LeaderOutcome,
+) -> dict[str, int]:
+    """Drop what is gone, give every request its database, publish the answers (leader only).
+
+    Returns:
+        The ``[databases]`` every unit must pool (database → lowest live relation holding it).
+    """
+    relations = [r for r in clients.relations if r.id != gone]
+    live = {r.id for r in relations}
+    record = state.tenants
+    # Only the leader touches the backend; a follower reads the requests for its status.
+    backend = state.backend if state.leader and state.auth_ready else None
+    requests = {}
+    for relation in relations:
+        try:
+            requests[relation.id] = clients.requests(relation)
+        except ValueError as exc:  # RequestRefusedError
+            outcome.client_blocked.append(f"client {exc}")
+            outcome.blocked_relations.add(relation.id)
+    if backend is not None:
+        creds = credentials(backend)
+        record = _drop_gone(creds, record, live, owner_tag)
+        version = _version(backend, creds)
+        for relation in relations:
+            if relation.id in requests and relation.app is not None and endpoint is not None:
+                record = _answer(
+                    clients, relation, requests[relation.id], backend, creds, record, live,
+                    owner_tag=owner_tag, endpoint=endpoint, version=version, outcome=outcome,
+                )  # fmt: skip
+    for relation in relations:
+        for request in requests.get(relation.id, []):
+            held = relation.id in record.holders(request.database, live)
+            if not held and relation.id not in outcome.blocked_relations:
+                outcome.client_waiting.setdefault(relation.id, WAITING_FOR_BACKEND)
+    if record != state.tenants:
+        peers.set_tenants(record)
+    return record.served(live)
+
+
+def drop_all_clients(
+    state: CharmState, peers: Peers, *, owner_tag: str, outcome: LeaderOutcome
+) -> bool:
+    """Drop every client login role we created (the backend relation is going).
+
+    Their databases and data stay with the owner roles; a later backend gives each live relation
+    a new login role and its databases back. Returns False when a drop failed (it stays in the
+    record and is retried by the next leader that reaches a backend).
+    """
+    if state.backend is None:
+        return not state.tenants.roles
+    record = _drop_gone(credentials(state.backend), state.tenants, set(), owner_tag)
+    if record != state.tenants:
+        peers.set_tenants(record)
+    peers.set_databases({})
+    return not record.roles
+
+
+def remove_auth_plumbing(
+    state: CharmState, peers: Peers, *, owner_tag: str, outcome: LeaderOutcome
+) -> bool:
+    """The departed chart's removal: client roles first, then the auth role and its function.
+
+    Returns:
+        Whether everything went; a failure sets the seed's Blocked state in the peer data.
+    """
+    backend, auth = state.backend, state.auth
+    if backend is None or auth is None:
+        logger.info("no auth user to remove")
+        return True
+    from postgres.auth import remove_auth
+    from postgres.connection import BackendError
+
+    if not drop_all_clients(state, peers, owner_tag=owner_tag, outcome=outcome):
+        logger.error("some client users could not be dropped; they stay in the record")
+    try:
+        remove_auth(credentials(backend), auth_user=auth.username, owner_tag=owner_tag)
+    except BackendError as exc:
+        logger.error("failed to remove the auth user: %s", exc)
+        peers.set_auth_removal_failed(True)
+        return False
+    logger.info("removed auth user %s and its lookup function", auth.username)
+    peers.set_auth_removal_failed(False)
+    return True
+
+
+def check_backend(state: CharmState) -> str | None:
+    """Whether the backend accepts a connection as the relation user: the problem, if not."""
+    if state.backend is None:
+        return None
+    from postgres.connection import BackendError, connect
+
+    try:
+        with connect(credentials(state.backend)):
+            return None
+    except BackendError as exc:
+        return str(exc)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _drop_gone(
+    creds: BackendCredentials, record: TenantRecord, live: set[int], owner_tag: str
+) -> TenantRecord:
+    from postgres.clients import revoke_client
+    from postgres.connection import BackendError
+
+    for username in roles_to_drop(record, live):
+        try:
+            record = revoke_client(creds, record, username=username, owner_tag=owner_tag)
+        except BackendError as exc:
+            logger.warning("could not drop client user %s (will retry): %s", username, exc)
+            continue
+        logger.info("dropped client user %s", username)
+    return record
+
+
+def _version(backend: BackendDatabase, creds: BackendCredentials) -> str | None:
+    if backend.version:
+        return backend.version
+    from postgres.clients import backend_version
+    from postgres.connection import BackendError
+
+    try:
+        return backend_version(creds)
+    except BackendError as exc:
+        logger.warning("could not read the backend's version: %s", exc)
+        return None
+
+
+def _answer(
+    clients: ClientDatabaseRelation,
+    relation,
+    requests,
+    backend: BackendDatabase,
+    creds: BackendCredentials,
+    record: TenantRecord,
+    live: set[int],
+    *,
+    owner_tag: str,
+    endpoint: str,
+    version: str | None,
+    outcome: LeaderOutcome,
+) -> TenantRecord:
+    from postgres.clients import grant_database
+    from postgres.connection import BackendError, ForeignObjectError
+
+    app = relation.app.name
+    username = client_username(relation.id, owner_tag)
+    password = clients.password(relation.id, username)
+    for request in requests:
+        decision = grant_decision(
+            record, database=request.database, relation=relation.id, app=app, live=live
+        )
+        if decision.action != "keep" or username not in record.roles:
+            try:
+                record = grant_database(
+                    creds,
+                    record,
+                    username=username,
+                    password=password,
+                    database=request.database,
+                    extra_roles=request.extra_roles,
+                    owner_tag=owner_tag,
+                    relation_id=relation.id,
+                    app=app,
+                    live=live,
+                )
+            except BackendError as exc:
+                logger.warning(
+                    "could not give database %s to client relation %d: %s",
+                    request.database,
+                    relation.id,
+                    exc,
+                )
+                if isinstance(exc, ForeignObjectError):
+                    outcome.client_blocked.append(f"client relation {relation.id}: {exc}")
+                    outcome.blocked_relations.add(relation.id)
+                else:
+                    outcome.client_waiting[relation.id] = str(exc)
+                continue
+            logger.info(
+                "user %s holds database %s for client relation %d",
+                username,
+                request.database,
+                relation.id,
+            )
+        clients.answer(
+            relation,
+            request,
+            backend=backend,
+            endpoint=endpoint,
+            username=username,
+            password=password,
+            version=version,
+        )
+    return record
