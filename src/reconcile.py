@@ -271,10 +271,11 @@ def _answer(
 ) -> TenantRecord:
     from postgres.clients import grant_database
     from postgres.connection import BackendError, ForeignObjectError
+    from postgres.passwords import generate_password
 
     app = relation.app.name
     username = client_username(relation.id, owner_tag)
-    password = clients.password(relation.id, username)
+    password = clients.password(relation.id, username, new=generate_password)
     for request in requests:
         decision = grant_decision(
             record, database=request.database, relation=relation.id, app=app, live=live

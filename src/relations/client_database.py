@@ -33,7 +33,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -233,8 +233,8 @@ class ClientDatabaseRelation:
     def _secret_label(relation_id: int) -> str:
         return f"{CLIENT_SECRET_LABEL_PREFIX}{relation_id}"
 
-    def password(self, relation_id: int, username: str) -> str:
-        """The relation user's password, from our own app secret (created on first use)."""
+    def password(self, relation_id: int, username: str, new: Callable[[], str]) -> str:
+        """The relation user's password, from our own app secret (``new()`` on first use)."""
         label = self._secret_label(relation_id)
         try:
             content = self._charm.model.get_secret(label=label).get_content(refresh=True)
@@ -242,9 +242,7 @@ class ClientDatabaseRelation:
             content = {}
         if content.get("username") == username and content.get("password"):
             return content["password"]
-        from postgres.passwords import generate_password
-
-        password = generate_password()
+        password = new()
         new_content = {"username": username, "password": password}
         try:
             self._charm.model.get_secret(label=label).set_content(new_content)
