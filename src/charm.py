@@ -20,6 +20,7 @@ from pgbouncer.config import (
     PgBouncerConfig,
     RenderError,
     effective_processes,
+    left_out_settings,
     render_auth_file,
     render_files,
 )
@@ -176,6 +177,11 @@ class PgBouncerK8sCharm(ops.CharmBase):
                 processes=processes,
                 databases=tuple(databases),
                 auth=auth_settings,
+                # -- tune: operator pool options, rendered for the running PgBouncer --
+                max_client_conn=config.max_client_conn,
+                pools=config.pools,
+                version=parse_version(self._stored.pgb_version),
+                # -- end tune --
             ),
             auth_file,
         )
@@ -221,6 +227,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
             return [ops.WaitingStatus("waiting for the pgbouncer container")]
         try:
             cfg, _ = self.build_config()
+            render_files(cfg)  # tune: a value only the renderer can judge blocks too
         except InvalidConfigError as exc:
             return [ops.BlockedStatus(str(exc))]
         except RenderError as exc:
@@ -242,7 +249,11 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if not self.workload.is_running():
             statuses.append(ops.WaitingStatus("PgBouncer is not running"))
         processes = "process" if cfg.processes == 1 else "processes"
-        statuses.append(ops.ActiveStatus(f"{cfg.processes} PgBouncer {processes}"))
+        # -- tune: say which options the running PgBouncer is too old for --
+        left_out = left_out_settings(cfg)
+        note = f"; {', '.join(left_out)} ignored: needs PgBouncer 1.24" if left_out else ""
+        # -- end tune --
+        statuses.append(ops.ActiveStatus(f"{cfg.processes} PgBouncer {processes}{note}"))
         return statuses
 
     def _backend_statuses(self) -> list[ops.StatusBase]:
