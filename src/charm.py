@@ -24,6 +24,7 @@ from pgbouncer.config import (
     render_auth_file,
     render_files,
 )
+from pgbouncer.image import check_image
 from pgbouncer.workload import Workload, WorkloadError
 from postgres.auth import auth_query_for
 from relations.backend_database import (
@@ -61,6 +62,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
         self._stored.set_default(backend_problem="", auth_removal_failed=False, pgb_version="")
+        self._stored.set_default(image_missing="")  # tune: what the image lacks (docs/image.md)
         self.workload = Workload(self.unit.get_container(CONTAINER))
         self.peers = Peers(self)
         self.backend = BackendDatabaseRelation(self)
@@ -92,6 +94,11 @@ class PgBouncerK8sCharm(ops.CharmBase):
     # -- events -----------------------------------------------------------------------------
     def _on_pebble_ready(self, _: ops.PebbleReadyEvent) -> None:
         self._read_version()
+        # -- tune: the image contract (docs/image.md), one exec; blocks naming what is missing --
+        missing = check_image(self.unit.get_container(CONTAINER))
+        if missing is not None:
+            self._stored.image_missing = "; ".join(missing)
+        # -- end tune --
         self.update_workload()
         # The created chart returns without deferring while PgBouncer is not running: the
         # set-up it skipped happens here, once the backend is ready and PgBouncer runs.
@@ -196,6 +203,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
             return False
         if self._version_too_old():
             return False
+        if self._stored.image_missing:  # tune: an image that breaks the contract runs nothing
+            return False
         try:
             cfg, auth_file = self.build_config(without_backend)
             # An empty auth file rather than none: PgBouncer logs an error for a missing one.
@@ -241,6 +250,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
                     f"PgBouncer {self._stored.pgb_version} found; {need} or newer needed"
                 )
             ]
+        # -- tune: the image contract --
+        if self._stored.image_missing:
+            return [ops.BlockedStatus(f"pgbouncer-image lacks: {self._stored.image_missing}")]
+        # -- end tune --
         statuses: list[ops.StatusBase] = []
         if self._stored.auth_removal_failed:
             statuses.append(ops.BlockedStatus(REMOVE_AUTH_FAILED))
