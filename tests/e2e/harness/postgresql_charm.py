@@ -93,10 +93,15 @@ class FakePostgresqlCharm:
         return [self.server] + ([self.read_only] if self.read_only and not self.standby else [])
 
     def wait_replayed(self, timeout: float = 30.0) -> None:
-        """With a standby: block until it replayed everything the primary wrote so far."""
+        """With a standby: block until it replayed everything the primary wrote so far.
+
+        The target is the WAL *insert* position: the servers run with ``synchronous_commit=off``,
+        so a commit may not be written yet when its statement returns (the WAL writer flushes it
+        within ``wal_writer_delay``), and the standby receives only what was flushed.
+        """
         if self.read_only is None or not self.standby:
             return
-        target = self.server.execute("SELECT pg_catalog.pg_current_wal_lsn()::text")[0][0]
+        target = self.server.execute("SELECT pg_catalog.pg_current_wal_insert_lsn()::text")[0][0]
         deadline = time.monotonic() + timeout
         while not self.read_only.execute(
             "SELECT pg_catalog.pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)
