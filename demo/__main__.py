@@ -6,6 +6,7 @@ process and server it started is stopped (by its own PID) however it ends.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 WHO = "SELECT session_user, current_database(), inet_server_port()"
+READ_ONLY = "SELECT pg_is_in_recovery(), current_database(), inet_server_port()"
 ACTIVE = "active: 1 PgBouncer process"
 NO_BACKEND = "blocked: waiting for a backend-database relation"
 
@@ -95,6 +97,7 @@ def run() -> None:
         auth_roles,
         auth_schemas,
         databag_table,
+        hot_standby,
     )
     from tests.helpers.pg import start_postgres
     from tests.helpers.system import free_port, pgbouncer_version
@@ -110,10 +113,16 @@ def run() -> None:
     say("  where the charm publishes <app>.<model>.svc.cluster.local:<port> (no Kubernetes here).")
 
     pg = start_postgres(prefix="pgbk8s-demo-pg-")
+    standby = None
     app = None
     try:
+        standby = hot_standby(pg)
         say()
         say(f"PostgreSQL {server_version(pg)} on 127.0.0.1:{pg.port}; {pgbouncer_version()}.")
+        say(
+            f"   its replica: a pg_basebackup hot standby on 127.0.0.1:{standby.port},"
+            " streaming from it"
+        )
         show_roles(pg, "PostgreSQL roles at the start")
         listen_port = free_port()
         app = Application(
@@ -122,10 +131,10 @@ def run() -> None:
             config={"listen_port": listen_port},
             processes=(0, 1),
             pod_network=True,
-            reach=(pg.port,),
+            reach=(pg.port, standby.port),
             model=testing.Model(name="demo"),
         )
-        d = Deployment(app, FakePostgresqlCharm(pg))
+        d = Deployment(app, FakePostgresqlCharm(pg, read_only=standby))
 
         step(1, f"juju deploy pgbouncer-k8s -n 2 --config listen_port={listen_port}")
         d.deploy()
@@ -137,11 +146,16 @@ def run() -> None:
             say(f"   {unit.name}: PgBouncer running, pid {pid}")
 
         step(2, "juju integrate pgbouncer-k8s:backend-database postgresql-k8s")
-        say("   The PostgreSQL charm answers with the seed's plain fields (username, password).")
+        say("   The PostgreSQL charm answers with the seed's plain fields (username, password),")
+        say("   and its replica as read-only-endpoints.")
         rid = d.relate_backend("plain")
         say()
         say(indent(databag_table(app.relation_data(rid), d.provider_data())))
         say()
+        expect(
+            d.provider_data().get("read-only-endpoints") == standby.endpoint,
+            "no read-only-endpoints in the backend databag",
+        )
         auth = auth_roles(pg)
         auth_user = f"pgbouncer_auth_relation_{rid}"
         expect(
@@ -169,6 +183,15 @@ def run() -> None:
             row = d.query(unit, creds, WHO)
             say(f"     through {unit.name} (127.0.0.1:{port}) -> {row}")
             expect(row == (creds.username, "appdb", pg.port), f"query through {unit.name}: {row}")
+        d.postgresql.wait_replayed()  # the client's role and database reach the replica
+        readonly = creds.database + "_readonly"
+        say(f"   {READ_ONLY}, in database {readonly}")
+        for unit in app.units:
+            row = d.query(unit, dataclasses.replace(creds, database=readonly), READ_ONLY)
+            say(f"     through {unit.name} -> {row}")
+            expect(
+                row == (True, "appdb", standby.port), f"read-only query through {unit.name}: {row}"
+            )
         shown = show_statuses(d)
         expect(set(shown.values()) == {ACTIVE}, f"statuses with a client: {shown}")
         show_roles(pg, "PostgreSQL roles now")
@@ -218,6 +241,8 @@ def run() -> None:
     finally:
         if app is not None:
             app.close()
+        if standby is not None:
+            standby.destroy()
         pg.destroy()
         say("(stopped every PgBouncer and PostgreSQL process the demo started)")
 

@@ -14,7 +14,15 @@ import logging
 
 import ops
 
-from pgbouncer.config import AUTH_FILE, RenderError, desired_config, render_files
+from pgbouncer.config import (
+    AUTH_FILE,
+    PgBouncerConfig,
+    RenderError,
+    desired_config,
+    left_out_settings,
+    render_files,
+)
+from pgbouncer.image import check_image
 from pgbouncer.workload import Workload, WorkloadError
 from postgres.deadline import start_hook_budget
 from reconcile import (
@@ -60,7 +68,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         super().__init__(framework)
         start_hook_budget()
         # The PgBouncer version is a fact of this unit's container, not of the application.
-        self._stored.set_default(pgb_version="")
+        self._stored.set_default(pgb_version="", image_missing="")
         self.workload = Workload(self.unit.get_container(CONTAINER))
         self.peers = Peers(self)
         self.backend = BackendDatabaseRequirer(self)
@@ -70,6 +78,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self._apply_error: str | None = None
         self._render_error: str | None = None
         self._processes = 0
+        self._cfg: PgBouncerConfig | None = None
         observe = framework.observe
         observe(self.on[CONTAINER].pebble_ready, self._on_version_source)
         observe(self.on.upgrade_charm, self._on_version_source)
@@ -172,6 +181,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self._render_error = self._apply_error = None
         if not state.can_connect or state.version_too_old or state.config is None:
             return
+        if self._stored.image_missing:
+            return
         try:
             cfg, auth_file = desired_config(state, with_backend=with_backend)
             files: dict[str, str | None] = {**render_files(cfg), AUTH_FILE: auth_file}
@@ -180,7 +191,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
             logger.warning("not applying the configuration: %s", exc)
             self._render_error = str(exc)
             return
-        self._processes = cfg.processes
+        self._processes, self._cfg = cfg.processes, cfg
         try:
             result = self.workload.apply(files, cfg.processes)
         except WorkloadError as exc:
@@ -213,6 +224,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if version:
             self._stored.pgb_version = version
             self.unit.set_workload_version(version)
+        # The image contract (docs/image.md): one exec; what is missing blocks, nothing runs.
+        missing = check_image(self.unit.get_container(CONTAINER))
+        if missing is not None:
+            self._stored.image_missing = "; ".join(missing)
         self._reconcile()
 
     # -- the seed's charts -----------------------------------------------------------------------
@@ -287,13 +302,13 @@ class PgBouncerK8sCharm(ops.CharmBase):
 
     # -- status ----------------------------------------------------------------------------------
     def _on_collect_status(self, event: ops.CollectStatusEvent) -> None:
-        if self._state is None:
-            # A hook none of our handlers ran in: the same reconcile, so the status is true.
-            self._reconcile()
         for status in self._statuses():
             event.add_status(status)
 
     def _statuses(self) -> list[ops.StatusBase]:
+        if self._state is None:
+            # A hook none of our handlers ran in: the same reconcile, so the status is true.
+            self._reconcile()
         state, outcome = self._state, self._outcome
         assert state is not None  # noqa: S101 (set by the reconcile)
         if not state.can_connect:
@@ -305,6 +320,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
             return [
                 ops.BlockedStatus(f"PgBouncer {state.pgb_version} found; {need} or newer needed")
             ]
+        if self._stored.image_missing:
+            return [ops.BlockedStatus(f"pgbouncer-image lacks: {self._stored.image_missing}")]
         if self._render_error:
             return [ops.BlockedStatus(f"cannot render pgbouncer.ini: {self._render_error}")]
         statuses: list[ops.StatusBase] = []
@@ -326,6 +343,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
             statuses.append(ops.WaitingStatus("PgBouncer is not running"))
         processes = "process" if self._processes == 1 else "processes"
         message = f"{self._processes} PgBouncer {processes}"
+        left_out = left_out_settings(self._cfg) if self._cfg is not None else ()
+        if left_out:
+            message += f"; {', '.join(left_out)} ignored: needs PgBouncer 1.24"
         if outcome.repaired:
             message += f"; repaired the auth plumbing ({outcome.repaired[0]})"
         statuses.append(ops.ActiveStatus(message))

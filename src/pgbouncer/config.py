@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from state.charm_state import CharmState
+from state.charm_state import CharmState, parse_version
+from state.config import MAX_POOL_SIZE, MAX_TIMEOUT_SECONDS, PoolSettings
 from state.names import (
     InvalidNameError,
     auth_query_for,
@@ -55,6 +56,17 @@ MAX_CLIENT_CONN = 10000
 DEFAULT_POOL_SIZE_UNLIMITED = 20
 """Pool size per (database, user) and process when ``max_db_connections`` is 0 (PgBouncer's
 default)."""
+
+MIN_SUPPORTED_VERSION = (1, 21)
+"""The oldest PgBouncer the charm renders for (the pinned default image's, docs/image.md)."""
+
+SETTINGS_SINCE: dict[str, tuple[int, int]] = {
+    "max_db_client_connections": (1, 24),
+    "max_user_client_connections": (1, 24),
+}
+"""``[pgbouncer]`` keys the charm renders only for a PgBouncer at least this new: an unknown key
+stops PgBouncer from starting (FACTS), so they are left out for an older one."""
+
 
 MAX_AUTH_PASSWORD_BYTES = 100
 """Longest password accepted into the auth file; the charm generates 32 to 64 characters."""
@@ -152,6 +164,10 @@ class PgBouncerConfig:
         auth: the ``auth_query`` settings, or None before the backend is set up.
         listen_addr: TCP addresses to listen on; ``*`` (all) in the pod. Tests use loopback.
         max_client_conn: client connections each process accepts.
+        pools: pool sizes and timeouts.
+        version: the running PgBouncer's version, ``(1, 24, 1)``; settings it lacks
+            (:data:`SETTINGS_SINCE`) are left out. Empty (unknown) renders for
+            :data:`MIN_SUPPORTED_VERSION`.
     """
 
     listen_port: int
@@ -163,6 +179,54 @@ class PgBouncerConfig:
     auth: AuthSettings | None = None
     listen_addr: str = "*"
     max_client_conn: int = MAX_CLIENT_CONN
+    pools: PoolSettings = field(default_factory=PoolSettings)
+    version: tuple[int, ...] = ()
+
+
+def supports(version: tuple[int, ...], key: str) -> bool:
+    """Whether PgBouncer ``version`` knows ``[pgbouncer]`` key ``key``.
+
+    Args:
+        version: ``(major, minor[, patch])``; empty when unknown, read as
+            :data:`MIN_SUPPORTED_VERSION`.
+        key: a ``[pgbouncer]`` key.
+
+    Returns:
+        False only for a key in :data:`SETTINGS_SINCE` that needs a newer version.
+    """
+    since = SETTINGS_SINCE.get(key)
+    return since is None or tuple(version or MIN_SUPPORTED_VERSION) >= since
+
+
+def left_out_settings(cfg: PgBouncerConfig) -> tuple[str, ...]:
+    """Settings set to a non-default value that the running PgBouncer lacks, for a status note.
+
+    Args:
+        cfg: the unit's configuration.
+
+    Returns:
+        The option names, sorted; empty when everything set is rendered.
+    """
+    defaults = PoolSettings()
+    return tuple(
+        sorted(
+            key
+            for key in SETTINGS_SINCE
+            if not supports(cfg.version, key) and getattr(cfg.pools, key) != getattr(defaults, key)
+        )
+    )
+
+
+def pool_size(cfg: PgBouncerConfig, index: int) -> int:
+    """Process ``index``'s ``default_pool_size``: the option, or derived when it is 0.
+
+    Derived: the process's share of ``max_db_connections`` (a single pool may use all of it),
+    or :data:`DEFAULT_POOL_SIZE_UNLIMITED` when that is unlimited.
+    """
+    if cfg.pools.default_pool_size > 0:
+        return cfg.pools.default_pool_size
+    share = connection_share(cfg.max_db_connections, cfg.processes, index)
+    return share if cfg.max_db_connections > 0 else DEFAULT_POOL_SIZE_UNLIMITED
 
 
 def effective_processes(cpu_count: int, max_db_connections: int) -> int:
@@ -317,12 +381,19 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
             validate_host(cfg.listen_addr, "listen_addr")
         except InvalidNameError as exc:
             raise _invalid(exc) from None
+    pools = _check_pools(cfg.pools, processes)
+    version = cfg.version
+    if not isinstance(version, tuple) or not all(
+        isinstance(part, int) and not isinstance(part, bool) and 0 <= part < 1000
+        for part in version
+    ):
+        raise RenderError("version", "must be a tuple of small integers")
     databases = tuple(sorted((_check_target(t) for t in cfg.databases), key=lambda t: t.key))
     keys = [t.key for t in databases]
     if len(set(keys)) != len(keys):
         raise RenderError("[databases]", "the same key appears twice")
     auth = _check_auth(cfg.auth, keys) if cfg.auth is not None else None
-    return PgBouncerConfig(
+    checked = PgBouncerConfig(
         listen_port=listen_port,
         pool_mode=cfg.pool_mode,
         max_db_connections=max_db,
@@ -332,12 +403,47 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
         auth=auth,
         listen_addr=cfg.listen_addr,
         max_client_conn=max_client,
+        pools=pools,
+        version=version,
     )
+    for index in range(processes):
+        size = pool_size(checked, index)
+        if pools.min_pool_size > size:
+            raise RenderError("min_pool_size", f"larger than process {index}'s pool size ({size})")
+    return checked
+
+
+def _check_pools(pools: PoolSettings, processes: int) -> PoolSettings:
+    """Every pool size and timeout in range, and consistent with one another."""
+    if not isinstance(pools, PoolSettings):
+        raise RenderError("pools", "not a PoolSettings")
+    sizes = ("default_pool_size", "min_pool_size", "reserve_pool_size")
+    for name in sizes:
+        _check_int(name, getattr(pools, name), 0, MAX_POOL_SIZE)
+    timeouts = (
+        "reserve_pool_timeout",
+        "server_idle_timeout",
+        "server_lifetime",
+        "query_wait_timeout",
+        "client_idle_timeout",
+        "idle_transaction_timeout",
+    )
+    for name in timeouts:
+        _check_int(name, getattr(pools, name), 0, MAX_TIMEOUT_SECONDS)
+    for name in ("max_db_client_connections", "max_user_client_connections"):
+        value = _check_int(name, getattr(pools, name), 0, 1_000_000)
+        if 0 < value < processes:
+            # A process would get a share of 0, which PgBouncer reads as unlimited.
+            raise RenderError(name, f"smaller than the number of processes ({processes})")
+    if pools.default_pool_size and pools.min_pool_size > pools.default_pool_size:
+        raise RenderError("min_pool_size", "larger than default_pool_size")
+    return pools
 
 
 def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str) -> str:
     share = connection_share(cfg.max_db_connections, cfg.processes, index)
-    pool_size = share if cfg.max_db_connections > 0 else DEFAULT_POOL_SIZE_UNLIMITED
+    size = pool_size(cfg, index)
+    pools = cfg.pools
     lines = [
         f";; Rendered by the pgbouncer-k8s charm: process {index} of {cfg.processes}."
         " Every edit is overwritten.",
@@ -374,14 +480,25 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str) -> str:
     lines += [
         f"pool_mode = {cfg.pool_mode}",
         f"max_client_conn = {cfg.max_client_conn}",
-        f"default_pool_size = {pool_size}",
+        f"default_pool_size = {size}",
+        f"min_pool_size = {pools.min_pool_size}",
+        f"reserve_pool_size = {pools.reserve_pool_size}",
+        f"reserve_pool_timeout = {pools.reserve_pool_timeout}",
         f"max_db_connections = {share}",
         f"max_prepared_statements = {cfg.max_prepared_statements}",
         "ignore_startup_parameters = extra_float_digits",
         "server_connect_timeout = 5",
         "server_login_retry = 3",
-        "client_idle_timeout = 0",
+        f"server_idle_timeout = {pools.server_idle_timeout}",
+        f"server_lifetime = {pools.server_lifetime}",
+        f"query_wait_timeout = {pools.query_wait_timeout}",
+        f"client_idle_timeout = {pools.client_idle_timeout}",
+        f"idle_transaction_timeout = {pools.idle_transaction_timeout}",
     ]
+    for key in ("max_db_client_connections", "max_user_client_connections"):
+        if supports(cfg.version, key):
+            value = connection_share(getattr(pools, key), cfg.processes, index)
+            lines.append(f"{key} = {value}")
     return "\n".join(lines) + "\n"
 
 
@@ -661,5 +778,8 @@ def desired_config(state: CharmState, *, with_backend: bool = True) -> tuple[PgB
         processes=processes,
         databases=tuple(databases),
         auth=auth_settings,
+        max_client_conn=config.max_client_conn,
+        pools=config.pools,
+        version=parse_version(state.pgb_version),
     )
     return cfg, auth_file

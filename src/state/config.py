@@ -3,10 +3,69 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 POOL_MODES = ("session", "transaction", "statement")
 MAX_PREPARED_STATEMENTS_LIMIT = 1000
+MAX_CLIENT_CONN_LIMIT = 100_000
+MAX_CLIENT_CAP = 1_000_000
+
+POOL_SIZE_OPTIONS = ("default_pool_size", "min_pool_size", "reserve_pool_size")
+"""Per-pool, per-process sizes (0 to :data:`MAX_POOL_SIZE`)."""
+TIMEOUT_OPTIONS = (
+    "reserve_pool_timeout",
+    "server_idle_timeout",
+    "server_lifetime",
+    "query_wait_timeout",
+    "client_idle_timeout",
+    "idle_transaction_timeout",
+)
+"""Whole seconds (0 to :data:`MAX_TIMEOUT_SECONDS`)."""
+CLIENT_CAP_OPTIONS = ("max_db_client_connections", "max_user_client_connections")
+"""Unit-wide client connection caps (0 = unlimited), PgBouncer 1.24 and newer only."""
+
+MAX_POOL_SIZE = 10_000
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+"""Upper bounds for pool sizes and for every timeout (seconds) the charm renders."""
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Pool sizes and timeouts, as operators set them (docs/configuration.md).
+
+    Pool sizes are per (database, user) pool and per process, as in PgBouncer; timeouts are in
+    whole seconds, 0 disabling the timeout where PgBouncer allows it. The client connection caps
+    are for the whole unit and are divided across the processes like ``max_db_connections``.
+
+    Attributes:
+        default_pool_size: server connections per pool; 0 lets the charm derive it (the
+            process's share of ``max_db_connections``, or 20 when that is unlimited).
+        min_pool_size: server connections kept open per pool even when idle.
+        reserve_pool_size: extra connections a pool may open when a client waited
+            ``reserve_pool_timeout`` seconds.
+        reserve_pool_timeout: seconds a client waits before the reserve is used.
+        server_idle_timeout: seconds an idle server connection is kept.
+        server_lifetime: seconds after which an unused server connection is closed.
+        query_wait_timeout: seconds a query may wait for a server connection.
+        client_idle_timeout: seconds an idle client connection is kept.
+        idle_transaction_timeout: seconds a client may stay idle inside a transaction.
+        max_db_client_connections: client connections per database for the unit (PgBouncer
+            1.24+); 0 = unlimited.
+        max_user_client_connections: client connections per user for the unit (PgBouncer
+            1.24+); 0 = unlimited.
+    """
+
+    default_pool_size: int = 0
+    min_pool_size: int = 0
+    reserve_pool_size: int = 0
+    reserve_pool_timeout: int = 5
+    server_idle_timeout: int = 600
+    server_lifetime: int = 3600
+    query_wait_timeout: int = 120
+    client_idle_timeout: int = 0
+    idle_transaction_timeout: int = 0
+    max_db_client_connections: int = 0
+    max_user_client_connections: int = 0
 
 
 class InvalidConfigError(ValueError):
@@ -33,6 +92,8 @@ class CharmConfig:
     pool_mode: str = "session"
     max_db_connections: int = 100
     max_prepared_statements: int = 100
+    max_client_conn: int = 10000
+    pools: PoolSettings = field(default_factory=PoolSettings)
 
     @classmethod
     def from_dict(cls, options: Mapping[str, object]) -> CharmConfig:
@@ -51,9 +112,49 @@ class CharmConfig:
             raise InvalidConfigError(
                 "max_prepared_statements", f"must be from 0 to {MAX_PREPARED_STATEMENTS_LIMIT}"
             )
+        max_client_conn = _int(options, "max_client_conn", 10000)
+        if not 1 <= max_client_conn <= MAX_CLIENT_CONN_LIMIT:
+            raise InvalidConfigError(
+                "max_client_conn", f"must be from 1 to {MAX_CLIENT_CONN_LIMIT}"
+            )
         return cls(
             listen_port=listen_port,
             pool_mode=str(pool_mode),
             max_db_connections=max_db_connections,
             max_prepared_statements=max_prepared,
+            max_client_conn=max_client_conn,
+            pools=_pools(options, max_db_connections),
         )
+
+
+def _ranged(options: Mapping[str, object], name: str, default: int, high: int) -> int:
+    value = _int(options, name, default)
+    if not 0 <= value <= high:
+        raise InvalidConfigError(name, f"must be from 0 to {high}")
+    return value
+
+
+def _pools(options: Mapping[str, object], max_db_connections: int) -> PoolSettings:
+    """The pool sizes and timeouts, each in range and consistent with the others."""
+    defaults = PoolSettings()
+    values = {
+        name: _ranged(options, name, getattr(defaults, name), MAX_POOL_SIZE)
+        for name in POOL_SIZE_OPTIONS
+    }
+    values |= {
+        name: _ranged(options, name, getattr(defaults, name), MAX_TIMEOUT_SECONDS)
+        for name in TIMEOUT_OPTIONS
+    }
+    values |= {name: _ranged(options, name, 0, MAX_CLIENT_CAP) for name in CLIENT_CAP_OPTIONS}
+    default_size, min_size = values["default_pool_size"], values["min_pool_size"]
+    if default_size and min_size > default_size:
+        raise InvalidConfigError("min_pool_size", "must not exceed default_pool_size")
+    if not default_size and max_db_connections and min_size > max_db_connections:
+        # With the derived pool size (a process's share of max_db_connections) the smallest
+        # share is checked at render time, when the process count is known.
+        raise InvalidConfigError("min_pool_size", "must not exceed max_db_connections")
+    if max_db_connections and default_size > max_db_connections:
+        raise InvalidConfigError(
+            "default_pool_size", "must not exceed max_db_connections (a per-unit cap)"
+        )
+    return PoolSettings(**values)

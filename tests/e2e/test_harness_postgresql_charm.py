@@ -131,3 +131,30 @@ def test_dpcharmlibs_provider_answers_with_secret_user_and_working_credentials(
     assert role(postgres, content["username"]) == (True, True)
     with login(postgres, content["username"], content["password"], "pgbouncer") as conn:
         assert conn.execute("SELECT current_user").fetchone() == (content["username"],)
+
+
+def test_a_hot_standby_replica_gets_users_by_replication_and_refuses_writes(
+    postgres: PostgresServer,
+):
+    from tests.e2e.harness.story import hot_standby
+
+    standby = hot_standby(postgres)
+    charm = FakePostgresqlCharm(postgres, read_only=standby)
+    try:
+        assert charm.standby and charm.servers == [postgres]
+        data, _ = charm.provide("pgb_standby", "SUPERUSER", relation_id=21, use_secret=False)
+        assert data["read-only-endpoints"] == standby.endpoint
+        # provide() returned only once the standby had replayed the new role and database.
+        with login(standby, data["username"], data["password"], "pgb_standby") as conn:
+            row = conn.execute("SELECT pg_is_in_recovery(), inet_server_port()").fetchone()
+            assert row == (True, standby.port)
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute("CREATE TABLE written_on_a_replica (x int)")
+        charm.revoke(21)
+        assert role(standby, "relation_21") is None
+    finally:
+        charm.cleanup()
+        standby.destroy()
+    assert not postgres.execute(
+        "SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'pgb_standby'"
+    )

@@ -16,6 +16,7 @@ import pytest
 from ops import pebble, testing
 
 from charm import PgBouncerK8sCharm
+from pgbouncer.image import VERSION_MARKER
 from pgbouncer.workload import build_layer
 from postgres.connection import BackendUnreachable
 
@@ -78,7 +79,11 @@ def make_container(
             "pgb": testing.Mount(location=PGB_DIR, source=dirs.pgb),
             "cgroup": testing.Mount(location="/sys/fs/cgroup", source=dirs.cgroup),
         },
-        execs={testing.Exec(["pgbouncer", "--version"], stdout=f"PgBouncer {version}\n")},
+        execs={
+            testing.Exec(["pgbouncer", "--version"], stdout=f"PgBouncer {version}\n"),
+            # The image contract check (pgbouncer.image): a complete image.
+            testing.Exec(["sh", "-c"], stdout=f"{VERSION_MARKER}\nPgBouncer {version}\n"),
+        },
     )
 
 

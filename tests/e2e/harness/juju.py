@@ -41,6 +41,7 @@ from typing import Any
 
 from ops import testing
 
+from pgbouncer.image import VERSION_MARKER
 from tests.e2e.harness.network import PodNetwork
 from tests.e2e.harness.processes import (
     CONTAINER_PATH,
@@ -92,6 +93,14 @@ def pgbouncer_version_exec() -> testing.Exec:
         [pgbouncer_binary(), "--version"], capture_output=True, text=True, check=True
     ).stdout
     return testing.Exec(["pgbouncer", "--version"], stdout=out)
+
+
+def image_check_exec() -> testing.Exec:
+    """The image contract check (``pgbouncer.image``) answering for a complete image."""
+    out = subprocess.run(
+        [pgbouncer_binary(), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    return testing.Exec(["sh", "-c"], stdout=f"{VERSION_MARKER}\n{out}")
 
 
 class Unit:
@@ -296,7 +305,7 @@ class Application:
         mount_location: the container path backed by a real directory per unit.
         peer_endpoint: the peer endpoint; None for none.
         execs: ``testing.Exec`` answers for the container; default: ``pgbouncer --version``
-            answered with our real binary's output.
+            and the image contract check, answered with our real binary's output.
         processes: ids of the units whose Pebble services run as real processes.
         process_ready: text a started service logs once it serves (PgBouncer: ``process up``).
         pod_network: give each unit with processes its own network namespace (see above).
@@ -335,7 +344,7 @@ class Application:
         self.units: list[Unit] = []
         self._app_secrets: dict[str, testing.Secret] = {}
         self._meta = dict(meta) if meta is not None else None
-        execs = set(execs) if execs is not None else {pgbouncer_version_exec()}
+        execs = set(execs) if execs is not None else {pgbouncer_version_exec(), image_check_exec()}
         peer = testing.PeerRelation(peer_endpoint) if peer_endpoint else None
         process_units = set(processes)
         self._reach = list(reach)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -63,8 +64,11 @@ class FakePostgresqlCharm:
 
     Args:
         server: the primary (``endpoints``).
-        read_only: a second server for ``read-only-endpoints`` (users and databases are made on
-            it too, standing in for replication); None for a single unit.
+        read_only: a second server for ``read-only-endpoints``; None for a single unit. A hot
+            standby of ``server`` (``pg_is_in_recovery()``) gets users and databases by
+            replication: they are made on the primary only, and each change waits until the
+            standby replayed it. Any other server stands in for replication: they are made on
+            it too.
         app_name: the remote application name.
     """
 
@@ -79,11 +83,32 @@ class FakePostgresqlCharm:
         self.app_name = app_name
         self.users: dict[int, Credentials] = {}
         self.created_databases: set[str] = set()
+        self.standby = read_only is not None and bool(
+            read_only.execute("SELECT pg_catalog.pg_is_in_recovery()")[0][0]
+        )
 
     @property
     def servers(self) -> list[PostgresServer]:
-        """Every server a relation user is made on."""
-        return [self.server] + ([self.read_only] if self.read_only else [])
+        """Every server a relation user is made on (a standby gets them by replication)."""
+        return [self.server] + ([self.read_only] if self.read_only and not self.standby else [])
+
+    def wait_replayed(self, timeout: float = 30.0) -> None:
+        """With a standby: block until it replayed everything the primary wrote so far.
+
+        The target is the WAL *insert* position: the servers run with ``synchronous_commit=off``,
+        so a commit may not be written yet when its statement returns (the WAL writer flushes it
+        within ``wal_writer_delay``), and the standby receives only what was flushed.
+        """
+        if self.read_only is None or not self.standby:
+            return
+        target = self.server.execute("SELECT pg_catalog.pg_current_wal_insert_lsn()::text")[0][0]
+        deadline = time.monotonic() + timeout
+        while not self.read_only.execute(
+            "SELECT pg_catalog.pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)
+        )[0][0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the standby has not replayed {target} after {timeout}s")
+            time.sleep(0.02)
 
     def uri(self, creds: Credentials, server: PostgresServer | None = None) -> str:
         """The libpq URI of a relation user (password URL-encoded)."""
@@ -136,6 +161,7 @@ class FakePostgresqlCharm:
             with server.connect(database) as conn:
                 conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(user))
         self.users[relation_id] = creds
+        self.wait_replayed()
         return creds
 
     def revoke(self, relation_id: int) -> None:
@@ -166,6 +192,7 @@ class FakePostgresqlCharm:
                     conn.execute(sql.SQL("DROP OWNED BY {}").format(user))
             with server.connect() as conn:
                 conn.execute(sql.SQL("DROP ROLE {}").format(user))
+        self.wait_replayed()
 
     def cleanup(self) -> None:
         """Drop every relation user and every database this fake created (test teardown)."""

@@ -20,8 +20,10 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal
 
 import psycopg
@@ -36,6 +38,7 @@ from tests.helpers.system import (
     free_port,
     service_ids,
     service_tempdir,
+    write_service_file,
 )
 
 BackendMode = Literal["plain", "secret", "dpcharmlibs"]
@@ -308,15 +311,12 @@ class Deployment:
         return tuple(row)
 
 
-def promoted_copy(primary: PostgresServer) -> PostgresServer:
-    """A new server holding a byte-identical copy of ``primary``: a replica promoted on failover.
+def _base_backup(primary: PostgresServer, prefix: str) -> Path:
+    """``pg_basebackup`` of ``primary`` into a fresh directory (``-c fast``, WAL streamed).
 
-    ``pg_basebackup`` (``-c fast``, WAL streamed) copies the whole cluster: roles with their
-    SCRAM verifiers, the ``pgbouncer`` database with the auth function, client databases. Started
-    without ``standby.signal`` it comes up as a primary on a port of its own. The superuser's
-    password goes through ``PGPASSWORD``, never the command line.
+    The superuser's password goes through ``PGPASSWORD``, never the command line.
     """
-    base = service_tempdir("pgbk8s-pg-promoted-")
+    base = service_tempdir(prefix)
     sock = base / "sock"
     sock.mkdir()
     os.chown(sock, *service_ids())
@@ -348,10 +348,60 @@ def promoted_copy(primary: PostgresServer) -> PostgresServer:
     if res.returncode != 0:
         shutil.rmtree(base, ignore_errors=True)
         raise RuntimeError(f"pg_basebackup failed: {res.stderr}")
+    return base
+
+
+def promoted_copy(primary: PostgresServer) -> PostgresServer:
+    """A new server holding a byte-identical copy of ``primary``: a replica promoted on failover.
+
+    ``pg_basebackup`` copies the whole cluster: roles with their SCRAM verifiers, the
+    ``pgbouncer`` database with the auth function, client databases. Started without
+    ``standby.signal`` it comes up as a primary on a port of its own.
+    """
+    base = _base_backup(primary, "pgbk8s-pg-promoted-")
     server = PostgresServer(
         base=base, port=free_port(), password=primary.password, settings=dict(primary.settings)
     )
     server.start()
+    return server
+
+
+def hot_standby(primary: PostgresServer, timeout: float = 30.0) -> PostgresServer:
+    """A streaming hot standby of ``primary``: the PostgreSQL charm's replica, on this machine.
+
+    A base backup started with ``standby.signal`` and a ``primary_conninfo`` whose password is
+    read from a 0600 passfile owned by ``postgres`` (not written into the configuration). Every
+    role, verifier and database made on the primary reaches it by replication; it refuses writes
+    and answers ``pg_is_in_recovery()`` with true. Returns once it streams from the primary.
+    """
+    base = _base_backup(primary, "pgbk8s-pg-standby-")
+    passfile = base / "pgpass"
+    write_service_file(
+        passfile, f"{primary.host}:{primary.port}:*:{primary.user}:{primary.password}\n"
+    )
+    conninfo = (
+        f"host={primary.host} port={primary.port} user={primary.user} passfile={passfile}"
+        " application_name=pgbk8s_standby"
+    )
+    with (base / "data" / "postgresql.auto.conf").open("a") as conf:
+        conf.write(f"primary_conninfo = '{conninfo}'\n")
+    write_service_file(base / "data" / "standby.signal", "")
+    server = PostgresServer(
+        base=base, port=free_port(), password=primary.password, settings=dict(primary.settings)
+    )
+    try:
+        server.start()
+        deadline = time.monotonic() + timeout
+        while not primary.execute(
+            "SELECT 1 FROM pg_catalog.pg_stat_replication"
+            " WHERE application_name = 'pgbk8s_standby' AND state = 'streaming'"
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the standby is not streaming after {timeout}s")
+            time.sleep(0.05)
+    except Exception:
+        server.destroy()
+        raise
     return server
 
 

@@ -17,14 +17,60 @@ from pgbouncer.config import (
     AuthSettings,
     DatabaseTarget,
     PgBouncerConfig,
+    PoolSettings,
     render_files,
     render_ini,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
+APPDB = (DatabaseTarget("appdb", "10.1.0.5", 5432, "appdb"),)
+TUNED = PoolSettings(
+    default_pool_size=15,
+    min_pool_size=3,
+    reserve_pool_size=4,
+    reserve_pool_timeout=2,
+    server_idle_timeout=300,
+    server_lifetime=1800,
+    query_wait_timeout=30,
+    client_idle_timeout=900,
+    idle_transaction_timeout=60,
+    max_db_client_connections=101,
+    max_user_client_connections=7,
+)
+"""Every pool option away from its default (the v1xx_tuned cases)."""
+
+
+def tuned(version: tuple[int, ...]) -> PgBouncerConfig:
+    """Every option changed, for PgBouncer ``version``."""
+    return PgBouncerConfig(
+        listen_port=7001,
+        pool_mode="transaction",
+        max_db_connections=41,
+        max_prepared_statements=250,
+        processes=2,
+        databases=APPDB,
+        max_client_conn=2500,
+        pools=TUNED,
+        version=version,
+    )
+
+
 BASE = "/var/lib/pgbouncer"
 
 CASES: dict[str, PgBouncerConfig] = {
+    # The 1.21 settings set (the pinned default image): the 1.24-only keys are left out.
+    "v121_tuned": tuned((1, 21, 0)),
+    # The 1.24 settings set: the client caps at their default, and changed.
+    "v124_defaults": PgBouncerConfig(
+        listen_port=6432,
+        pool_mode="session",
+        max_db_connections=100,
+        max_prepared_statements=100,
+        processes=2,
+        databases=APPDB,
+        version=(1, 24, 1),
+    ),
+    "v124_tuned": tuned((1, 24, 1)),
     "n1_noauth": PgBouncerConfig(
         listen_port=6432,
         pool_mode="session",
@@ -97,3 +143,17 @@ def test_base_dir_moves_every_path():
     assert "unix_socket_dir = /tmp/x/run/1\n" in text
     assert "2 = host=/tmp/x/run/1 port=6432\n" in text
     assert "auth_file = /tmp/x/userlist.txt\n" in text
+
+
+def test_every_pool_option_differs_from_its_default_in_the_tuned_cases():
+    defaults = PoolSettings()
+    same = [name for name in vars(defaults) if getattr(TUNED, name) == getattr(defaults, name)]
+    assert same == []
+
+
+def test_a_newer_version_renders_the_newer_keys_and_an_unknown_one_does_not():
+    newer = render_ini(tuned((1, 25)), 0)
+    unknown = render_ini(tuned(()), 0)
+    assert "max_user_client_connections = 4\n" in newer
+    assert "client_connections" not in unknown
+    assert unknown == (GOLDEN / "v121_tuned" / "pgbouncer_0.ini").read_text()

@@ -1,0 +1,126 @@
+"""The workload image's contract (docs/image.md), checked in one exec at ``pebble-ready``.
+
+The charm relies on a few things in the ``pgbouncer`` container: a ``postgres`` user that is not
+root, a base directory that user can write, ``pgbouncer`` on PATH and at least
+:data:`MIN_VERSION`. :data:`CONTRACT_SCRIPT` checks all of them in one POSIX ``sh`` run as the
+workload user, so the status can name every missing piece at once instead of the first failure
+showing up later as a crash loop. The script prints one ``missing <what>`` line per failed
+item, then a marker line, then PgBouncer's own ``--version`` output: nothing the binary prints
+can pass for a ``missing`` line or hide one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ops
+from ops import pebble
+
+from pgbouncer.config import DEFAULT_BASE_DIR, MIN_SUPPORTED_VERSION
+from pgbouncer.workload import WORKLOAD_USER, parse_version
+
+MIN_VERSION = MIN_SUPPORTED_VERSION
+VERSION_MARKER = "--- pgbouncer --version ---"
+
+CONTRACT_SCRIPT = f"""\
+missing() {{ printf 'missing %s\\n' "$1"; }}
+[ "$(id -un 2>/dev/null)" = {WORKLOAD_USER} ] || missing "user {WORKLOAD_USER}"
+[ "$(id -u 2>/dev/null)" != 0 ] || missing "a non-root uid"
+for dir in "$@"; do
+  [ -d "$dir" ] && [ -w "$dir" ] && [ -x "$dir" ] || missing "writable $dir"
+done
+command -v pgbouncer >/dev/null 2>&1 || missing "pgbouncer on PATH"
+printf '%s\\n' '{VERSION_MARKER}'
+pgbouncer --version 2>&1
+exit 0
+"""
+"""Arguments: the directories the workload user must be able to write."""
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    """What the contract script found.
+
+    Attributes:
+        missing: the failed items, in the script's order (``"pgbouncer on PATH"`` …).
+        version: PgBouncer's version (``"1.21.0"``), or None when it did not say.
+    """
+
+    missing: tuple[str, ...]
+    version: str | None
+
+
+def contract_command(base_dir: str = DEFAULT_BASE_DIR) -> list[str]:
+    """The argv that runs :data:`CONTRACT_SCRIPT` for ``base_dir``."""
+    return ["sh", "-c", CONTRACT_SCRIPT, "pgbouncer-image-check", base_dir]
+
+
+def parse_report(stdout: str) -> ImageReport:
+    """Read the script's output; lines after the marker are PgBouncer's, never ``missing``.
+
+    Args:
+        stdout: what the script printed.
+
+    Returns:
+        The report. Output without the marker (the script did not run to its end) reports the
+        check itself as missing.
+    """
+    head, marker, tail = stdout.partition(VERSION_MARKER + "\n")
+    if not marker:
+        return ImageReport(("a complete image check run",), None)
+    missing = tuple(
+        line.removeprefix("missing ").strip()
+        for line in head.splitlines()
+        if line.startswith("missing ")
+    )
+    return ImageReport(missing, parse_version(tail))
+
+
+def problems(report: ImageReport) -> tuple[str, ...]:
+    """Every way the image breaks the contract, the version included, for a status message."""
+    found = list(report.missing)
+    if "pgbouncer on PATH" not in found:
+        need = ".".join(map(str, MIN_VERSION))
+        if report.version is None:
+            found.append(f"PgBouncer >= {need} (no version reported)")
+        elif _version_tuple(report.version) < MIN_VERSION:
+            found.append(f"PgBouncer >= {need} (found {report.version})")
+    return tuple(found)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def check_image(
+    container: ops.Container, base_dir: str = DEFAULT_BASE_DIR
+) -> tuple[str, ...] | None:
+    """Run the contract check in the container: one exec, as the workload user.
+
+    Args:
+        container: the ``pgbouncer`` container (Pebble must answer).
+        base_dir: the directory PgBouncer's files live in.
+
+    Returns:
+        What is missing, empty when the image fits; None when Pebble cannot be reached (nothing
+        is known: check again at the next ``pebble-ready``). An exec Pebble refuses because the
+        user does not exist, or because there is no ``sh``, is reported as that missing piece.
+    """
+    try:
+        process = container.exec(
+            contract_command(base_dir), user=WORKLOAD_USER, group=WORKLOAD_USER, timeout=30
+        )
+        stdout, _ = process.wait_output()
+    except pebble.ConnectionError:
+        return None
+    except pebble.APIError as exc:
+        if "user" in exc.message.lower() or "group" in exc.message.lower():
+            return (f"user {WORKLOAD_USER}",)
+        return (f"sh ({exc.message})",)
+    except pebble.ExecError as exc:
+        return (f"a complete image check run (exit {exc.exit_code})",)
+    except pebble.ChangeError as exc:
+        return (f"a complete image check run ({exc.err})",)
+    except pebble.TimeoutError:
+        return ("a complete image check run (timed out)",)
+    return problems(parse_report(stdout))
