@@ -26,6 +26,7 @@ from state.names import (
     validate_port,
     validate_role_name,
 )
+from state.tls import BackendTLS, ClientTLSMaterial
 
 DEFAULT_BASE_DIR = "/var/lib/pgbouncer"
 """Everything PgBouncer reads or writes lives under this directory (docs/architecture.md)."""
@@ -79,6 +80,12 @@ NO_RELOAD_KEYS = frozenset(
 """``[pgbouncer]`` keys a RELOAD silently ignores (``CF_NO_RELOAD`` in PgBouncer's
 ``src/main.c``; ``SHOW CONFIG`` reports them ``changeable = no``). A change to any of them needs
 a restart. ``peer_id``, ``[databases]``, ``[peers]`` and the auth file all reload."""
+
+CLIENT_TLS_MODES = ("prefer", "require")
+"""``client_tls_sslmode`` values the charm renders when it has a certificate (docs/tls.md)."""
+
+SERVER_TLS_MODES = ("verify-ca", "verify-full")
+"""``server_tls_sslmode`` values the charm renders when the backend announces TLS."""
 
 # A PgBouncer ini key written without quotes: libusual's cfparser reads [A-Za-z0-9_.*-]+.
 _INI_KEY = re.compile(r"[A-Za-z0-9_.*\-]+")
@@ -137,6 +144,28 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class ClientTLS:
+    """PgBouncer serves TLS to clients (its files: :func:`render_tls_files`).
+
+    Attributes:
+        sslmode: ``prefer`` (plain clients still accepted) or ``require``.
+    """
+
+    sslmode: str = "prefer"
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """PgBouncer connects to PostgreSQL over TLS, verifying the server with the backend's CA.
+
+    Attributes:
+        sslmode: ``verify-full`` (the host name is checked too) or ``verify-ca``.
+    """
+
+    sslmode: str = "verify-full"
+
+
+@dataclass(frozen=True)
 class PgBouncerConfig:
     """Everything one unit's PgBouncer configuration is rendered from.
 
@@ -150,6 +179,9 @@ class PgBouncerConfig:
         auth: the ``auth_query`` settings, or None before the backend is set up.
         listen_addr: TCP addresses to listen on; ``*`` (all) in the pod. Tests use loopback.
         max_client_conn: client connections each process accepts.
+        client_tls: TLS towards clients, or None for plain only.
+        server_tls: verified TLS towards PostgreSQL, or None for PgBouncer's default
+            (``prefer``: encrypted when the server offers it, never verified).
     """
 
     listen_port: int
@@ -161,6 +193,8 @@ class PgBouncerConfig:
     auth: AuthSettings | None = None
     listen_addr: str = "*"
     max_client_conn: int = MAX_CLIENT_CONN
+    client_tls: ClientTLS | None = None
+    server_tls: ServerTLS | None = None
 
 
 def effective_processes(cpu_count: int, max_db_connections: int) -> int:
@@ -214,6 +248,26 @@ def run_dir(index: int, base_dir: str = DEFAULT_BASE_DIR) -> str:
 def auth_file_path(base_dir: str = DEFAULT_BASE_DIR) -> str:
     """Path of the auth file (the auth role's plain password)."""
     return str(PurePosixPath(base_dir) / "userlist.txt")
+
+
+def client_tls_key_path(base_dir: str = DEFAULT_BASE_DIR) -> str:
+    """Path of the private key PgBouncer serves clients with."""
+    return str(PurePosixPath(base_dir) / "client-tls.key")
+
+
+def client_tls_cert_path(base_dir: str = DEFAULT_BASE_DIR) -> str:
+    """Path of the certificate (leaf, then intermediates) PgBouncer presents to clients."""
+    return str(PurePosixPath(base_dir) / "client-tls.crt")
+
+
+def client_tls_ca_path(base_dir: str = DEFAULT_BASE_DIR) -> str:
+    """Path of the CA that signed the client-facing certificate (published as ``tls-ca``)."""
+    return str(PurePosixPath(base_dir) / "client-tls-ca.crt")
+
+
+def server_tls_ca_path(base_dir: str = DEFAULT_BASE_DIR) -> str:
+    """Path of the backend's CA, which PgBouncer verifies PostgreSQL's certificate with."""
+    return str(PurePosixPath(base_dir) / "server-tls-ca.crt")
 
 
 AUTH_FILE = auth_file_path()
@@ -320,6 +374,14 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
     if len(set(keys)) != len(keys):
         raise RenderError("[databases]", "the same key appears twice")
     auth = _check_auth(cfg.auth, keys) if cfg.auth is not None else None
+    if cfg.client_tls is not None and (
+        not isinstance(cfg.client_tls, ClientTLS) or cfg.client_tls.sslmode not in CLIENT_TLS_MODES
+    ):
+        raise RenderError("client_tls", f"sslmode must be one of {', '.join(CLIENT_TLS_MODES)}")
+    if cfg.server_tls is not None and (
+        not isinstance(cfg.server_tls, ServerTLS) or cfg.server_tls.sslmode not in SERVER_TLS_MODES
+    ):
+        raise RenderError("server_tls", f"sslmode must be one of {', '.join(SERVER_TLS_MODES)}")
     return PgBouncerConfig(
         listen_port=listen_port,
         pool_mode=cfg.pool_mode,
@@ -330,6 +392,8 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
         auth=auth,
         listen_addr=cfg.listen_addr,
         max_client_conn=max_client,
+        client_tls=cfg.client_tls,
+        server_tls=cfg.server_tls,
     )
 
 
@@ -380,6 +444,18 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str) -> str:
         "server_login_retry = 3",
         "client_idle_timeout = 0",
     ]
+    if cfg.client_tls is not None:
+        lines += [
+            f"client_tls_sslmode = {cfg.client_tls.sslmode}",
+            f"client_tls_key_file = {client_tls_key_path(base_dir)}",
+            f"client_tls_cert_file = {client_tls_cert_path(base_dir)}",
+            f"client_tls_ca_file = {client_tls_ca_path(base_dir)}",
+        ]
+    if cfg.server_tls is not None:
+        lines += [
+            f"server_tls_sslmode = {cfg.server_tls.sslmode}",
+            f"server_tls_ca_file = {server_tls_ca_path(base_dir)}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -427,6 +503,49 @@ def render_files(cfg: PgBouncerConfig, base_dir: str = DEFAULT_BASE_DIR) -> dict
     checked = _check_config(cfg)
     base = _check_base_dir(base_dir)
     return {ini_path(i, base): _render_checked(checked, i, base) for i in range(checked.processes)}
+
+
+def render_tls_files(
+    client: ClientTLSMaterial | None,
+    backend: BackendTLS | None,
+    base_dir: str = DEFAULT_BASE_DIR,
+) -> dict[str, str | None]:
+    """The TLS files PgBouncer reads, or None (delete) for those not in use.
+
+    Hand them to :meth:`pgbouncer.workload.Workload.apply` with the inis: they are written 0600
+    and owned by the workload user, and a change to any of them reloads every process (clients
+    stay connected; new TLS sessions use the new files). The texts were parsed, checked and
+    re-serialised by :mod:`state.tls`; they are checked once more here so that nothing else can
+    reach these files.
+
+    Args:
+        client: the unit's checked certificate for clients, or None.
+        backend: the backend's checked CA, or None.
+        base_dir: where the files live.
+
+    Returns:
+        ``{path: content or None}`` for the four TLS files.
+
+    Raises:
+        RenderError: a value is not what :mod:`state.tls` builds.
+    """
+    base = _check_base_dir(base_dir)
+    if client is not None and not isinstance(client, ClientTLSMaterial):
+        raise RenderError("client TLS", "not a ClientTLSMaterial")
+    if backend is not None and not isinstance(backend, BackendTLS):
+        raise RenderError("backend TLS", "not a BackendTLS")
+    files: dict[str, str | None] = {
+        client_tls_key_path(base): client.key_pem if client else None,
+        client_tls_cert_path(base): client.cert_pem if client else None,
+        client_tls_ca_path(base): client.ca_pem if client else None,
+        server_tls_ca_path(base): backend.ca_pem if backend else None,
+    }
+    for path, content in files.items():
+        if content is not None and not (
+            content.isascii() and content.startswith("-----BEGIN ") and "\x00" not in content
+        ):
+            raise RenderError(path, "not PEM text")
+    return files
 
 
 def render_auth_file(username: str, password: str) -> str:
