@@ -488,3 +488,31 @@ def client_sslmode(mode: str, material: ClientTLSMaterial | None) -> str | None:
             raise TLSRequiredError("certificates", "client_tls_mode is require and no certificate")
         return None
     return mode
+
+
+_LIBPQ_TLS_PROBLEMS = (
+    ("certificate verify failed", "the backend's certificate is not signed by its tls-ca"),
+    # OpenSSL 3's words when the CA has the issuer's name but not its key.
+    ("signature failure", "the backend's certificate is not signed by its tls-ca"),
+    ("does not match host name", "the backend's certificate does not name the host connected to"),
+    ("server does not support SSL", "the backend announced TLS but does not serve it"),
+    ("root certificate file", "the backend's tls-ca could not be read"),
+)
+
+
+def backend_tls_problem(message: str) -> str | None:
+    """Which TLS check a failed backend connection tripped, from libpq's error text.
+
+    For the status (``backend unreachable: …``): the words say what to fix, and carry no part
+    of the message itself (which may hold host names and user names).
+
+    Args:
+        message: ``str()`` of the ``psycopg.OperationalError``.
+
+    Returns:
+        A short description, or None when the failure is not about TLS.
+    """
+    for needle, problem in _LIBPQ_TLS_PROBLEMS:
+        if needle in message:
+            return problem
+    return None
