@@ -8,6 +8,7 @@ Clients are libpq (psycopg), as applications would be.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,9 @@ from pgbouncer.config import (
     render_tls_files,
     run_dir,
 )
+from postgres.connection import BackendCredentials, BackendUnreachable
+from postgres.connection import connect as backend_connect
+from postgres.tls import write_backend_ca
 from state.tls import BackendTLS, ClientTLSMaterial, backend_tls_problem, libpq_tls_params
 from tests.helpers.pg import PostgresServer, start_postgres
 from tests.helpers.pgb import PgBouncerFactory, PgBouncerProcess
@@ -419,3 +423,37 @@ def test_rotation_under_load_keeps_every_session_and_serves_the_new_certificate(
     assert pids_after == pids_before  # the same server connections: nobody was dropped
     assert len(set(serials)) == ROTATIONS + 1
     assert pooler.process.alive()
+
+
+# -- the charm's own connections --------------------------------------------------------------
+def test_the_charms_own_connection_verifies_the_backend(tls_postgres, tmp_path):
+    backend = BackendTLS.from_databag({"tls": "True", "tls-ca": tls_postgres.ca.pem})
+    path = write_backend_ca(backend, tmp_path / "state")
+    assert path is not None
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    mtime = os.stat(path).st_mtime_ns
+    assert write_backend_ca(backend, tmp_path / "state") == path
+    assert os.stat(path).st_mtime_ns == mtime  # unchanged content: not rewritten
+    server = tls_postgres.server
+    creds = BackendCredentials(
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        password=server.password,
+        dbname="postgres",
+        sslrootcert=path,
+    )
+    with backend_connect(creds) as conn:
+        row = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        assert row == (True,)
+    other = BackendTLS.from_databag({"tls": "True", "tls-ca": make_ca("another CA").pem})
+    wrong = write_backend_ca(other, tmp_path / "other")
+    with (
+        pytest.raises(BackendUnreachable, match="not signed by its tls-ca") as err,
+        backend_connect(replace(creds, sslrootcert=wrong)),
+    ):
+        pass
+    assert server.password not in str(err.value)
+    # Without TLS announced, the file goes and the connection is libpq's default again.
+    assert write_backend_ca(None, tmp_path / "state") is None
+    assert not os.path.exists(path)
