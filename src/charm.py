@@ -8,6 +8,7 @@ This module is wiring: it observes Juju events, builds typed state, calls the pi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import ops
@@ -23,6 +24,7 @@ from pgbouncer.config import (
     render_auth_file,
     render_files,
 )
+from pgbouncer.tls import TLSPlan, plan_tls  # TLS (issue 12)
 from pgbouncer.workload import Workload, WorkloadError
 from postgres.auth import auth_query_for
 from relations.backend_database import (
@@ -32,8 +34,10 @@ from relations.backend_database import (
 )
 from relations.client_database import ClientDatabaseRelation
 from relations.peers import PEER_RELATION, Peers
+from relations.tls import CERTIFICATES_RELATION, CertificatesRelation, backend_tls
 from state.backend import InvalidBackendDataError
 from state.config import CharmConfig, InvalidConfigError
+from state.tls import MissingCAError, TLSMaterialError, TLSRequiredError, client_tls_mode
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +69,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self.backend = BackendDatabaseRelation(self)
         self.clients = ClientDatabaseRelation(self)
         observe = framework.observe
+        # -- TLS (issue 12): the certificates relation; update_workload renders what it gives.
+        self.tls = CertificatesRelation(self)
+        observe(self.tls.requirer.on.certificate_available, self._on_config_changed)
+        observe(self.on[CERTIFICATES_RELATION].relation_broken, self._on_config_changed)
         observe(self.on[CONTAINER].pebble_ready, self._on_pebble_ready)
         observe(self.on.config_changed, self._on_config_changed)
         observe(self.on.upgrade_charm, self._on_upgrade_charm)
@@ -192,10 +200,17 @@ class PgBouncerK8sCharm(ops.CharmBase):
             return False
         try:
             cfg, auth_file = self.build_config(without_backend)
+            # -- TLS (issue 12): settings and files; a TLSMaterialError keeps the last config.
+            tls = self.tls_plan(without_backend)
+            cfg = dataclasses.replace(cfg, client_tls=tls.client_tls, server_tls=tls.server_tls)
             # An empty auth file rather than none: PgBouncer logs an error for a missing one.
-            files: dict[str, str | None] = {**render_files(cfg), AUTH_FILE: auth_file or ""}
+            files: dict[str, str | None] = {
+                **render_files(cfg),
+                AUTH_FILE: auth_file or "",
+                **tls.files,
+            }
             result = self.workload.apply(files, cfg.processes)
-        except (InvalidConfigError, RenderError) as exc:
+        except (InvalidConfigError, RenderError, TLSMaterialError) as exc:
             logger.warning("not applying the configuration: %s", exc)
             return False
         except WorkloadError as exc:
@@ -205,6 +220,42 @@ class PgBouncerK8sCharm(ops.CharmBase):
             logger.info("workload: %s", result)
         self.unit.set_ports(cfg.listen_port)
         return True
+
+    # -- TLS (issue 12) ------------------------------------------------------------------------
+    def tls_plan(self, without_backend: bool = False) -> TLSPlan:
+        """The unit's TLS settings and files (docs/tls.md).
+
+        Raises:
+            InvalidConfigError: a bad ``client_tls_mode``.
+            TLSMaterialError: unusable material, or ``require`` without a certificate.
+        """
+        backend = None if without_backend else backend_tls(self.model)
+        return plan_tls(client_tls_mode(self.config), self.tls.material(), backend)
+
+    def client_tls_fields(self) -> dict[str, object]:
+        """``tls``/``tls_ca`` for the ``database`` answer: True only while TLS is served."""
+        try:
+            material = self.tls.material()
+        except TLSMaterialError:
+            material = None
+        if material is None:
+            return {"tls": False, "tls_ca": None}
+        return {"tls": True, "tls_ca": material.ca_pem}
+
+    def _tls_statuses(self) -> list[ops.StatusBase]:
+        try:
+            self.tls_plan()
+        except InvalidConfigError as exc:
+            return [ops.BlockedStatus(str(exc))]
+        except TLSRequiredError:
+            return [ops.BlockedStatus("client_tls_mode is require: waiting for a certificate")]
+        except MissingCAError as exc:
+            return [ops.WaitingStatus(str(exc))]
+        except TLSMaterialError as exc:
+            return [ops.BlockedStatus(str(exc))]
+        if self.tls.related and self.tls.material() is None:
+            return [ops.WaitingStatus("waiting for a TLS certificate")]
+        return []
 
     def update_client_relations(self) -> None:
         """Publish the current endpoints and credentials to every client (leader only)."""
@@ -237,6 +288,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         statuses: list[ops.StatusBase] = []
         if self._stored.auth_removal_failed:
             statuses.append(ops.BlockedStatus(REMOVE_AUTH_FAILED))
+        statuses.extend(self._tls_statuses())  # TLS (issue 12)
         statuses.extend(self._backend_statuses())
         statuses.extend(self.clients.statuses())
         if not self.workload.is_running():

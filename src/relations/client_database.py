@@ -419,6 +419,8 @@ class ClientDatabaseRelation(ops.Object):
             uris=uri,
             read_only_uris=read_only_uri if has_replicas else None,
             version=self._version(backend),
+            # TLS (issue 12): whether PgBouncer serves TLS, and the CA to verify it with.
+            **self.charm.client_tls_fields(),  # type: ignore[arg-type]
         )
 
     # -- the client's password, kept so that answering again never rotates it ----------------
