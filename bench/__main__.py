@@ -82,6 +82,11 @@ def main() -> int:
             results.reconfig = _guard(
                 results, "3. Reconfiguration", lambda: reconfig.run(settings, work)
             )
+        if "tls" in settings.parts:
+            from bench import tls
+
+            print("part 5: the cost of TLS between clients and PgBouncer", flush=True)
+            results.tls = _guard(results, "5. TLS cost", lambda: tls.run(settings, work))
         if "hooks" in settings.parts:
             from bench import hooks
 

@@ -44,6 +44,8 @@ class Target:
         dbname: database name (a ``[databases]`` key when pooled).
         user: role name.
         password: its password; passed to pgbench in ``PGPASSWORD`` only.
+        sslmode: libpq's ``sslmode`` (``PGSSLMODE``), None for libpq's default.
+        sslrootcert: the CA file for ``verify-*`` modes (``PGSSLROOTCERT``).
     """
 
     label: str
@@ -52,6 +54,8 @@ class Target:
     dbname: str
     user: str
     password: str = field(repr=False)
+    sslmode: str | None = None
+    sslrootcert: str | None = None
 
 
 @dataclass
@@ -110,12 +114,17 @@ def pgbench_command(target: Target, args: Sequence[str]) -> list[str]:
 
 def pgbench_env(target: Target) -> dict[str, str]:
     """Pgbench's environment: the password travels here, never on the command line."""
-    return {
+    env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PGPASSWORD": target.password,
         "PGCONNECT_TIMEOUT": "10",
         "LC_ALL": "C",
     }
+    if target.sslmode:
+        env["PGSSLMODE"] = target.sslmode
+    if target.sslrootcert:
+        env["PGSSLROOTCERT"] = target.sslrootcert
+    return env
 
 
 def run_pgbench(

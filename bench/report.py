@@ -23,6 +23,7 @@ class Results:
     scale: Any = None
     reconfig: Any = None
     hooks: Any = None
+    tls: Any = None
     failures: dict[str, str] = field(default_factory=dict)
 
 
@@ -237,6 +238,10 @@ def write(results: Results) -> Path:
         from bench.reconfig import section
 
         lines += [*section(results.reconfig), ""]
+    if results.tls is not None:
+        from bench.tls import section as tls_section
+
+        lines += [*tls_section(results.tls), ""]
     if results.hooks is not None:
         from bench.hooks import section as hook_section
 

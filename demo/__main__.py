@@ -196,6 +196,8 @@ def run() -> None:
         expect(set(shown.values()) == {ACTIVE}, f"statuses with a client: {shown}")
         show_roles(pg, "PostgreSQL roles now")
 
+        tls_step(d, pg.port)
+
         step(4, "juju remove-relation app-one pgbouncer-k8s")
         d.remove_client(client)
         expect(creds.username not in show_roles(pg, "PostgreSQL roles"), "client user left")
@@ -245,6 +247,133 @@ def run() -> None:
             standby.destroy()
         pg.destroy()
         say("(stopped every PgBouncer and PostgreSQL process the demo started)")
+
+
+def tls_step(d, pg_port: int) -> None:
+    """3b: a certificates provider signs each unit's CSR; a client connects with verify-full."""
+    import json
+
+    import psycopg
+    from cryptography import x509
+    from ops import testing
+
+    from tests.helpers.tls import make_ca, peer_certificate_serial
+
+    app = d.app
+    step(3, "(b) juju integrate pgbouncer-k8s:certificates self-signed-certificates")
+    ca = make_ca("self-signed-certificates demo CA")
+    rid = app.add_relation(
+        testing.Relation(
+            "certificates", remote_app_name="self-signed-certificates", remote_units_data={0: {}}
+        )
+    )
+    for unit in d._leader_first():
+        unit.relation_created(rid)
+    entries = []
+    for unit in app.units:
+        bag = unit.relation(rid).local_unit_data
+        csr_pem = json.loads(bag["certificate_signing_requests"])[0]["certificate_signing_request"]
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        cn = csr.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value
+        cert = ca.sign(
+            csr.public_key(),
+            str(cn),
+            dns=tuple(san.get_values_for_type(x509.DNSName)),
+            ips=tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
+        )
+        entries.append(
+            {
+                "certificate_signing_request": csr_pem,
+                "certificate": cert.public_bytes(serialization_pem()).decode(),
+                "ca": ca.pem,
+                "chain": [cert.public_bytes(serialization_pem()).decode(), ca.pem],
+            }
+        )
+        names = sorted(san.get_values_for_type(x509.DNSName), key=len)
+        say(f"   {unit.name} asked for: {', '.join(names)}")
+    app.set_remote(rid, remote_app_data={"certificates": json.dumps(entries)})
+    marks = {u.name: len(u.runner.history) if u.runner else 0 for u in app.units}
+    for unit in d._leader_first():
+        unit.relation_joined(rid, remote_unit=0)
+        unit.relation_changed(rid, remote_unit=0)
+    for unit in app.units:
+        text = (unit.mount_dir / "pgbouncer_0.ini").read_text()
+        expect("client_tls_sslmode = prefer" in text, f"{unit.name} serves no TLS")
+        history = unit.runner.history[marks[unit.name] :] if unit.runner else []
+        expect(("SIGHUP", "pgbouncer_0") in history, f"{unit.name}'s PgBouncer not reloaded")
+        expect(
+            not any(event[0] in ("start", "stop") for event in history),
+            f"{unit.name}'s PgBouncer was restarted: {history}",
+        )
+        for name in ("client-tls.key", "client-tls.crt", "client-tls-ca.crt"):
+            mode = (unit.mount_dir / name).stat().st_mode & 0o777
+            expect(mode == 0o600, f"{unit.name}'s {name} has mode {mode:o}")
+    say("   both units' pgbouncer_0.ini: client_tls_sslmode = prefer, key/cert/CA files 0600;")
+    say("   PgBouncer reloaded (no restart).")
+
+    # A client asking for the TLS fields gets tls and tls-ca in its secret-tls secret.
+    request = {
+        "database": "tlsdb",
+        "requested-secrets": json.dumps(["username", "password", "tls", "tls-ca"]),
+    }
+    crid = app.add_relation(
+        testing.Relation(
+            "database",
+            remote_app_name="app-tls",
+            remote_app_data=request,
+            remote_units_data={0: {}},
+        )
+    )
+    for unit in d._leader_first():
+        unit.relation_created(crid)
+    for unit in d._leader_first():
+        unit.relation_joined(crid, remote_unit=0)
+        unit.relation_changed(crid, remote_unit=0)
+    d.settle_peers()
+    answer = app.relation_data(crid)
+    user = app.leader.secret(answer["secret-user"]).latest_content
+    tls = app.leader.secret(answer["secret-tls"]).latest_content
+    expect(tls.get("tls") == "true" and tls.get("tls-ca") == ca.pem, "no tls/tls-ca published")
+    say("   app-tls (asks for tls, tls-ca) got: tls=true, tls-ca=<the provider's CA>")
+    ca_file = app.units[0].mount_dir.parent / "published-tls-ca.crt"
+    ca_file.write_text(tls["tls-ca"])
+    host = answer["endpoints"].rsplit(":", 1)[0]
+    for unit in app.units:
+        _, port = unit.address()
+        conninfo = (
+            f"host={host} hostaddr=127.0.0.1 port={port} dbname=tlsdb user={user['username']}"
+            f" sslmode=verify-full sslrootcert={ca_file} connect_timeout=5"
+        )
+        with psycopg.connect(conninfo, password=user["password"]) as conn:
+            in_use = conn.info.pgconn.ssl_in_use
+            row = conn.execute("SELECT current_user, inet_server_port()").fetchone()
+        serial = peer_certificate_serial("127.0.0.1", port)
+        say(f'   psql "host={host} sslmode=verify-full sslrootcert=…" through {unit.name}:')
+        say(f"     verified, TLS in use: {in_use}, {row}, certificate serial {serial:x}"[:100])
+        expect(in_use and row is not None and row[1] == pg_port, f"TLS query via {unit.name}")
+    wrong = app.units[0].mount_dir.parent / "wrong-ca.crt"
+    wrong.write_text(make_ca("another CA").pem)
+    _, port = app.units[0].address()
+    try:
+        psycopg.connect(
+            f"host={host} hostaddr=127.0.0.1 port={port} dbname=tlsdb user={user['username']}"
+            f" sslmode=verify-full sslrootcert={wrong} connect_timeout=5",
+            password=user["password"],
+        ).close()
+        expect(False, "a client trusting another CA was let in")
+    except psycopg.OperationalError as exc:
+        refused = "certificate verify failed" in str(exc)
+        expect(refused, f"unexpected refusal: {str(exc).splitlines()[0]}")
+        say("   the same client trusting another CA: refused (certificate verify failed)")
+    d._remove_relation(crid, remote_units=(0,))
+
+
+def serialization_pem():
+    """PEM encoding (kept out of the step's imports for brevity)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.Encoding.PEM
 
 
 def _on_sigterm(signum: int, _frame: FrameType | None) -> None:

@@ -11,6 +11,7 @@ stay named decisions (``relations.backend_database``) whose effects go through t
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import ops
 
@@ -56,6 +57,7 @@ from state.config import CharmConfig, InvalidConfigError
 logger = logging.getLogger(__name__)
 
 CONTAINER = "pgbouncer"
+CERTIFICATES_RELATION = "certificates"
 REMOVE_AUTH_FAILED = "failed to remove auth user when disconnecting from postgres application."
 
 
@@ -73,12 +75,21 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self.peers = Peers(self)
         self.backend = BackendDatabaseRequirer(self)
         self.clients = ClientDatabaseRelation(self)
+        # TLS (docs/tls.md): the certificates library (and cryptography) load only when the
+        # relation exists; its removal is a relation-broken the charm observes itself.
+        self.tls = None
+        if self.model.relations[CERTIFICATES_RELATION]:
+            from relations.tls import CertificatesRelation
+
+            self.tls = CertificatesRelation(self)
+            framework.observe(self.tls.requirer.on.certificate_available, self._on_change)
         self._state: CharmState | None = None
         self._outcome = LeaderOutcome()
         self._apply_error: str | None = None
         self._render_error: str | None = None
         self._processes = 0
         self._cfg: PgBouncerConfig | None = None
+        self._tls_required = False
         observe = framework.observe
         observe(self.on[CONTAINER].pebble_ready, self._on_version_source)
         observe(self.on.upgrade_charm, self._on_version_source)
@@ -89,6 +100,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
             self.on[PEER_RELATION].relation_changed,
             self.on[BACKEND_RELATION].relation_changed,
             self.on[CLIENT_RELATION].relation_changed,
+            self.on[CERTIFICATES_RELATION].relation_broken,
         ):
             observe(event, self._on_change)
         observe(self.on.update_status, self._on_update_status)
@@ -123,7 +135,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
         except WorkloadError as exc:
             logger.warning("pgbouncer container: %s", exc)
             cpus, running = 1, False
+        tls = self._load_tls(relation)
         return CharmState(
+            **tls,
             leader=self.unit.is_leader(),
             config=config,
             config_error=config_error,
@@ -139,6 +153,27 @@ class PgBouncerK8sCharm(ops.CharmBase):
             can_connect=can_connect,
             running=running,
         )
+
+    def _load_tls(self, backend_relation: ops.Relation | None) -> dict[str, Any]:
+        """The unit's certificate and the backend's CA, checked; cryptography only if used."""
+        values: dict[str, Any] = {"tls_related": self.tls is not None}
+        remote = (
+            backend_relation.data[backend_relation.app]
+            if backend_relation is not None and backend_relation.app is not None
+            else {}
+        )
+        if self.tls is None and not remote.get("tls") and not remote.get("tls-ca"):
+            return values
+        from state.tls import BackendTLS, MissingCAError, TLSMaterialError
+
+        try:
+            values["tls_material"] = self.tls.material() if self.tls is not None else None
+            values["backend_tls"] = BackendTLS.from_databag(remote) if remote else None
+        except MissingCAError as exc:
+            values |= {"tls_error": str(exc), "tls_waiting": True}
+        except TLSMaterialError as exc:
+            values["tls_error"] = str(exc)
+        return values
 
     # -- the reconcile ---------------------------------------------------------------------------
     def _reconcile(
@@ -166,6 +201,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
             self.peers,
             owner_tag=self.owner_tag,
             endpoint=self._endpoint(state),
+            tls_fields=self._client_tls_fields(state),
+            ca_dir=self._ca_dir(),
             gone=gone,
             outcome=outcome,
         )
@@ -179,17 +216,23 @@ class PgBouncerK8sCharm(ops.CharmBase):
     def _apply(self, state: CharmState, with_backend: bool) -> None:
         """Render from the state and hand the files to Pebble; record what went wrong."""
         self._render_error = self._apply_error = None
+        self._tls_required = False
         if not state.can_connect or state.version_too_old or state.config is None:
             return
-        if self._stored.image_missing:
+        if self._stored.image_missing or state.tls_error:
+            # Unusable TLS material: the last good configuration (and its files) keeps running.
             return
         try:
-            cfg, auth_file = desired_config(state, with_backend=with_backend)
-            files: dict[str, str | None] = {**render_files(cfg), AUTH_FILE: auth_file}
+            cfg, auth_file, tls_files = desired_config(state, with_backend=with_backend)
+            files: dict[str, str | None] = {**render_files(cfg), AUTH_FILE: auth_file, **tls_files}
         except RenderError as exc:
             # Nothing is written: the last good configuration keeps running.
             logger.warning("not applying the configuration: %s", exc)
             self._render_error = str(exc)
+            return
+        except ValueError as exc:  # state.tls.TLSRequiredError
+            logger.warning("not applying the configuration: %s", exc)
+            self._tls_required = True
             return
         self._processes, self._cfg = cfg.processes, cfg
         try:
@@ -201,6 +244,23 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if result.changed:
             logger.info("workload: %s", result)
         self.unit.set_ports(cfg.listen_port)
+
+    @staticmethod
+    def _client_tls_fields(state: CharmState) -> dict[str, object]:
+        """``tls``/``tls-ca`` in the ``database`` answer: true only while TLS is served."""
+        material = state.tls_material
+        if material is None or state.tls_error:
+            return {"tls": False, "tls_ca": None}
+        return {"tls": True, "tls_ca": material.ca_pem}  # type: ignore[attr-defined]
+
+    def _ca_dir(self) -> str:
+        """Where the backend's CA is kept for the charm's own connections (0700, this unit)."""
+        import tempfile
+        from pathlib import Path
+
+        return str(
+            Path(tempfile.gettempdir()) / f"pgbouncer-k8s-{self.unit.name.replace('/', '-')}"
+        )
 
     def _endpoint(self, state: CharmState) -> str | None:
         if state.config is None:
@@ -325,6 +385,15 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if self._render_error:
             return [ops.BlockedStatus(f"cannot render pgbouncer.ini: {self._render_error}")]
         statuses: list[ops.StatusBase] = []
+        if self._tls_required:
+            statuses.append(
+                ops.BlockedStatus("client_tls_mode is require: waiting for a certificate")
+            )
+        if state.tls_error:
+            status = ops.WaitingStatus if state.tls_waiting else ops.BlockedStatus
+            statuses.append(status(state.tls_error))
+        elif state.tls_related and state.tls_material is None:
+            statuses.append(ops.WaitingStatus("waiting for a TLS certificate"))
         if state.peer.auth_removal_failed:
             statuses.append(ops.BlockedStatus(REMOVE_AUTH_FAILED))
         statuses.extend(self._backend_statuses(state, outcome))

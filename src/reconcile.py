@@ -50,21 +50,35 @@ class LeaderOutcome:
     client_waiting: dict[int, str] = field(default_factory=dict)
 
 
-def credentials(backend: BackendDatabase) -> BackendCredentials:
-    """How to reach the backend's primary as the relation user."""
+def credentials(state: CharmState, ca_dir: str | None = None) -> BackendCredentials:
+    """How to reach the backend's primary as the relation user (verified when it has TLS)."""
     from postgres.connection import BackendCredentials
 
+    backend = state.backend
+    assert backend is not None  # noqa: S101 (callers check)
+    sslrootcert = None
+    if state.backend_tls is not None and ca_dir is not None:
+        from postgres.tls import write_backend_ca
+
+        sslrootcert = write_backend_ca(state.backend_tls, ca_dir)  # type: ignore[arg-type]
     return BackendCredentials(
         host=backend.primary.host,
         port=backend.primary.port,
         user=backend.username,
         password=backend.password,
         dbname=backend.database,
+        sslrootcert=sslrootcert,
     )
 
 
 def ensure_auth(
-    state: CharmState, peers: Peers, *, owner_tag: str, verify: bool, outcome: LeaderOutcome
+    state: CharmState,
+    peers: Peers,
+    *,
+    owner_tag: str,
+    verify: bool,
+    outcome: LeaderOutcome,
+    ca_dir: str | None = None,
 ) -> None:
     """Set up the auth plumbing when it is missing, or check (and repair) it when ``verify``.
 
@@ -80,7 +94,7 @@ def ensure_auth(
     auth_user = state.expected_auth_user
     if auth_user is None:
         return
-    creds = credentials(backend)
+    creds = credentials(state, ca_dir)
     if state.auth_ready and state.auth is not None:
         if not verify:
             return
@@ -128,6 +142,8 @@ def serve_clients(
     endpoint: str | None,
     gone: int | None,
     outcome: LeaderOutcome,
+    tls_fields: dict[str, object] | None = None,
+    ca_dir: str | None = None,
 ) -> dict[str, int]:
     """Drop what is gone, give every request its database, publish the answers (leader only).
 
@@ -147,7 +163,7 @@ def serve_clients(
             outcome.client_blocked.append(f"client {exc}")
             outcome.blocked_relations.add(relation.id)
     if backend is not None:
-        creds = credentials(backend)
+        creds = credentials(state, ca_dir)
         record = _drop_gone(creds, record, live, owner_tag)
         version = _version(backend, creds)
         for relation in relations:
@@ -155,6 +171,7 @@ def serve_clients(
                 record = _answer(
                     clients, relation, requests[relation.id], backend, creds, record, live,
                     owner_tag=owner_tag, endpoint=endpoint, version=version, outcome=outcome,
+                    tls_fields=tls_fields or {},
                 )  # fmt: skip
     for relation in relations:
         for request in requests.get(relation.id, []):
@@ -177,7 +194,7 @@ def drop_all_clients(
     """
     if state.backend is None:
         return not state.tenants.roles
-    record = _drop_gone(credentials(state.backend), state.tenants, set(), owner_tag)
+    record = _drop_gone(credentials(state), state.tenants, set(), owner_tag)
     if record != state.tenants:
         peers.set_tenants(record)
     peers.set_databases({})
@@ -202,7 +219,7 @@ def remove_auth_plumbing(
     if not drop_all_clients(state, peers, owner_tag=owner_tag, outcome=outcome):
         logger.error("some client users could not be dropped; they stay in the record")
     try:
-        remove_auth(credentials(backend), auth_user=auth.username, owner_tag=owner_tag)
+        remove_auth(credentials(state), auth_user=auth.username, owner_tag=owner_tag)
     except BackendError as exc:
         logger.error("failed to remove the auth user: %s", exc)
         peers.set_auth_removal_failed(True)
@@ -219,7 +236,7 @@ def check_backend(state: CharmState) -> str | None:
     from postgres.connection import BackendError, connect
 
     try:
-        with connect(credentials(state.backend)):
+        with connect(credentials(state)):
             return None
     except BackendError as exc:
         return str(exc)
@@ -268,6 +285,7 @@ def _answer(
     endpoint: str,
     version: str | None,
     outcome: LeaderOutcome,
+    tls_fields: dict[str, object],
 ) -> TenantRecord:
     from postgres.clients import grant_database
     from postgres.connection import BackendError, ForeignObjectError
@@ -321,5 +339,6 @@ def _answer(
             username=username,
             password=password,
             version=version,
+            tls_fields=tls_fields,
         )
     return record

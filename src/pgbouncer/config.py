@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 from state.charm_state import CharmState, parse_version
 from state.config import MAX_POOL_SIZE, MAX_TIMEOUT_SECONDS, PoolSettings
@@ -32,6 +33,9 @@ from state.names import (
 
 DEFAULT_BASE_DIR = "/var/lib/pgbouncer"
 """Everything PgBouncer reads or writes lives under this directory (docs/architecture.md)."""
+
+if TYPE_CHECKING:  # cryptography is loaded only by hooks that use TLS
+    from state.tls import BackendTLS, ClientTLSMaterial
 
 AUTH_DATABASE_KEY = "pgb_authdb"
 """``[databases]`` key of the backend database holding the auth function.
@@ -94,6 +98,12 @@ NO_RELOAD_KEYS = frozenset(
 ``src/main.c``; ``SHOW CONFIG`` reports them ``changeable = no``). A change to any of them needs
 a restart. ``peer_id``, ``[databases]``, ``[peers]`` and the auth file all reload."""
 
+CLIENT_TLS_MODES = ("prefer", "require")
+"""``client_tls_sslmode`` values the charm renders when it has a certificate (docs/tls.md)."""
+
+SERVER_TLS_MODES = ("verify-ca", "verify-full")
+"""``server_tls_sslmode`` values the charm renders when the backend announces TLS."""
+
 # A PgBouncer ini key written without quotes: libusual's cfparser reads [A-Za-z0-9_.*-]+.
 _INI_KEY = re.compile(r"[A-Za-z0-9_.*\-]+")
 _SCRAM_SECRET = re.compile(r"SCRAM-SHA-256\$")
@@ -151,6 +161,28 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class ClientTLS:
+    """PgBouncer serves TLS to clients (its files: :func:`render_tls_files`).
+
+    Attributes:
+        sslmode: ``prefer`` (plain clients still accepted) or ``require``.
+    """
+
+    sslmode: str = "prefer"
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """PgBouncer connects to PostgreSQL over TLS, verifying the server with the backend's CA.
+
+    Attributes:
+        sslmode: ``verify-full`` (the host name is checked too) or ``verify-ca``.
+    """
+
+    sslmode: str = "verify-full"
+
+
+@dataclass(frozen=True)
 class PgBouncerConfig:
     """Everything one unit's PgBouncer configuration is rendered from.
 
@@ -168,6 +200,9 @@ class PgBouncerConfig:
         version: the running PgBouncer's version, ``(1, 24, 1)``; settings it lacks
             (:data:`SETTINGS_SINCE`) are left out. Empty (unknown) renders for
             :data:`MIN_SUPPORTED_VERSION`.
+        client_tls: TLS towards clients, or None for plain only.
+        server_tls: verified TLS towards PostgreSQL, or None for PgBouncer's default
+            (``prefer``: encrypted when the server offers it, never verified).
     """
 
     listen_port: int
@@ -181,6 +216,8 @@ class PgBouncerConfig:
     max_client_conn: int = MAX_CLIENT_CONN
     pools: PoolSettings = field(default_factory=PoolSettings)
     version: tuple[int, ...] = ()
+    client_tls: ClientTLS | None = None
+    server_tls: ServerTLS | None = None
 
 
 def supports(version: tuple[int, ...], key: str) -> bool:
@@ -280,6 +317,26 @@ def run_dir(index: int, base_dir: str = DEFAULT_BASE_DIR) -> str:
 def auth_file_path(base_dir: str = DEFAULT_BASE_DIR) -> str:
     """Path of the auth file (the auth role's plain password)."""
     return str(PurePosixPath(base_dir) / "userlist.txt")
+
+
+def client_tls_key_path(base_dir: str = DEFAULT_BASE_DIR) -> str:
+    """Path of the private key PgBouncer serves clients with."""
+    return str(PurePosixPath(base_dir) / "client-tls.key")
+
+
+def client_tls_cert_path(base_dir: str = DEFAULT_BASE_DIR) -> str:
+    """Path of the certificate (leaf, then intermediates) PgBouncer presents to clients."""
+    return str(PurePosixPath(base_dir) / "client-tls.crt")
+
+
+def client_tls_ca_path(base_dir: str = DEFAULT_BASE_DIR) -> str:
+    """Path of the CA that signed the client-facing certificate (published as ``tls-ca``)."""
+    return str(PurePosixPath(base_dir) / "client-tls-ca.crt")
+
+
+def server_tls_ca_path(base_dir: str = DEFAULT_BASE_DIR) -> str:
+    """Path of the backend's CA, which PgBouncer verifies PostgreSQL's certificate with."""
+    return str(PurePosixPath(base_dir) / "server-tls-ca.crt")
 
 
 AUTH_FILE = auth_file_path()
@@ -393,6 +450,14 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
     if len(set(keys)) != len(keys):
         raise RenderError("[databases]", "the same key appears twice")
     auth = _check_auth(cfg.auth, keys) if cfg.auth is not None else None
+    if cfg.client_tls is not None and (
+        not isinstance(cfg.client_tls, ClientTLS) or cfg.client_tls.sslmode not in CLIENT_TLS_MODES
+    ):
+        raise RenderError("client_tls", f"sslmode must be one of {', '.join(CLIENT_TLS_MODES)}")
+    if cfg.server_tls is not None and (
+        not isinstance(cfg.server_tls, ServerTLS) or cfg.server_tls.sslmode not in SERVER_TLS_MODES
+    ):
+        raise RenderError("server_tls", f"sslmode must be one of {', '.join(SERVER_TLS_MODES)}")
     checked = PgBouncerConfig(
         listen_port=listen_port,
         pool_mode=cfg.pool_mode,
@@ -405,6 +470,8 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
         max_client_conn=max_client,
         pools=pools,
         version=version,
+        client_tls=cfg.client_tls,
+        server_tls=cfg.server_tls,
     )
     for index in range(processes):
         size = pool_size(checked, index)
@@ -499,6 +566,18 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str) -> str:
         if supports(cfg.version, key):
             value = connection_share(getattr(pools, key), cfg.processes, index)
             lines.append(f"{key} = {value}")
+    if cfg.client_tls is not None:
+        lines += [
+            f"client_tls_sslmode = {cfg.client_tls.sslmode}",
+            f"client_tls_key_file = {client_tls_key_path(base_dir)}",
+            f"client_tls_cert_file = {client_tls_cert_path(base_dir)}",
+            f"client_tls_ca_file = {client_tls_ca_path(base_dir)}",
+        ]
+    if cfg.server_tls is not None:
+        lines += [
+            f"server_tls_sslmode = {cfg.server_tls.sslmode}",
+            f"server_tls_ca_file = {server_tls_ca_path(base_dir)}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -619,6 +698,52 @@ def render_files(cfg: PgBouncerConfig, base_dir: str = DEFAULT_BASE_DIR) -> dict
     return files
 
 
+def render_tls_files(
+    client: ClientTLSMaterial | None,
+    backend: BackendTLS | None,
+    base_dir: str = DEFAULT_BASE_DIR,
+) -> dict[str, str | None]:
+    """The TLS files PgBouncer reads, or None (delete) for those not in use.
+
+    Hand them to :meth:`pgbouncer.workload.Workload.apply` with the inis: they are written 0600
+    and owned by the workload user, and a change to any of them reloads every process (clients
+    stay connected; new TLS sessions use the new files). The texts were parsed, checked and
+    re-serialised by :mod:`state.tls`; they are checked once more here so that nothing else can
+    reach these files.
+
+    Args:
+        client: the unit's checked certificate for clients, or None.
+        backend: the backend's checked CA, or None.
+        base_dir: where the files live.
+
+    Returns:
+        ``{path: content or None}`` for the four TLS files.
+
+    Raises:
+        RenderError: a value is not what :mod:`state.tls` builds.
+    """
+    base = _check_base_dir(base_dir)
+    if client is not None or backend is not None:
+        from state.tls import BackendTLS, ClientTLSMaterial
+
+        if client is not None and not isinstance(client, ClientTLSMaterial):
+            raise RenderError("client TLS", "not a ClientTLSMaterial")
+        if backend is not None and not isinstance(backend, BackendTLS):
+            raise RenderError("backend TLS", "not a BackendTLS")
+    files: dict[str, str | None] = {
+        client_tls_key_path(base): client.key_pem if client else None,
+        client_tls_cert_path(base): client.cert_pem if client else None,
+        client_tls_ca_path(base): client.ca_pem if client else None,
+        server_tls_ca_path(base): backend.ca_pem if backend else None,
+    }
+    for path, content in files.items():
+        if content is not None and not (
+            content.isascii() and content.startswith("-----BEGIN ") and "\x00" not in content
+        ):
+            raise RenderError(path, "not PEM text")
+    return files
+
+
 def render_auth_file(username: str, password: str) -> str:
     """The auth file: one line with the auth role and its plain password.
 
@@ -723,7 +848,9 @@ def needs_restart(old_ini: str | None, new_ini: str) -> bool:
     return any(old.get(key) != new.get(key) for key in NO_RELOAD_KEYS)
 
 
-def desired_config(state: CharmState, *, with_backend: bool = True) -> tuple[PgBouncerConfig, str]:
+def desired_config(
+    state: CharmState, *, with_backend: bool = True
+) -> tuple[PgBouncerConfig, str, dict[str, str | None]]:
     """What this unit's PgBouncer should run, and its auth file, from the hook's state; pure.
 
     Backend ``[databases]`` entries and the auth settings appear only once the auth data shared
@@ -734,10 +861,13 @@ def desired_config(state: CharmState, *, with_backend: bool = True) -> tuple[PgB
         with_backend: False renders as if there were no backend (the broken chart).
 
     Returns:
-        The configuration and the auth file content (``""`` without an auth user).
+        The configuration, the auth file content (``""`` without an auth user) and the TLS
+        files (``None``: delete).
 
     Raises:
         RenderError: no valid configuration (``state.config`` is None).
+        state.tls.TLSRequiredError: ``client_tls_mode`` is ``require`` and there is no
+            certificate (the caller keeps the last configuration).
     """
     config = state.config
     if config is None:
@@ -782,4 +912,11 @@ def desired_config(state: CharmState, *, with_backend: bool = True) -> tuple[PgB
         pools=config.pools,
         version=parse_version(state.pgb_version),
     )
-    return cfg, auth_file
+    backend_tls: Any = state.backend_tls if with_backend else None
+    if state.tls_material is None and backend_tls is None and config.client_tls_mode == "prefer":
+        return cfg, auth_file, render_tls_files(None, None)
+    from pgbouncer.tls import plan_tls
+
+    plan = plan_tls(config.client_tls_mode, state.tls_material, backend_tls)  # type: ignore[arg-type]
+    cfg = replace(cfg, client_tls=plan.client_tls, server_tls=plan.server_tls)
+    return cfg, auth_file, plan.files

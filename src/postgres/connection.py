@@ -30,6 +30,7 @@ import psycopg
 
 from postgres.deadline import hook_remaining
 from state.names import validate_host, validate_port, validate_role_name
+from state.tls import SERVER_SSLMODE, backend_tls_problem
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,9 @@ class BackendCredentials:
         user: the relation user's role name.
         password: its password (never shown by ``repr``).
         dbname: the database to connect to by default.
+        sslrootcert: the backend's CA in a file (TLS, issue 12): when set, connections are
+            ``verify-full`` against it (``state.tls.libpq_tls_params``); None keeps libpq's
+            default (``prefer``, unverified), for a backend without TLS.
     """
 
     host: str
@@ -120,6 +124,7 @@ class BackendCredentials:
     user: str
     password: str = dataclasses.field(repr=False)
     dbname: str
+    sslrootcert: str | None = None
 
     def __post_init__(self) -> None:
         validate_host(self.host, "endpoints")
@@ -160,6 +165,10 @@ def _connect_error(
         return BackendDatabaseMissing(f"{where} has no database {dbname!r}")
     if all(marker in text for marker in _AUTH_ROLE_MISSING):
         return BackendAuthFailed(f"{where} refused role {creds.user!r}: {detail}")
+    # -- TLS (issue 12): say which check failed, in words the status can carry.
+    tls_problem = backend_tls_problem(str(exc)) if creds.sslrootcert else None
+    if tls_problem:
+        return BackendUnreachable(f"cannot reach {where}: {tls_problem}")
     return BackendUnreachable(f"cannot reach {where}: {detail}")
 
 
@@ -223,6 +232,10 @@ def connect(creds: BackendCredentials, dbname: str | None = None) -> Iterator[ps
             tcp_user_timeout=TCP_USER_TIMEOUT_MS,
             autocommit=True,
             prepare_threshold=None,
+            # TLS (issue 12): verify-full against the backend's CA when it announced TLS.
+            # (None values are left out of the conninfo by psycopg.)
+            sslmode=SERVER_SSLMODE if creds.sslrootcert else None,
+            sslrootcert=creds.sslrootcert,
         )
     except psycopg.OperationalError as exc:
         raise _connect_error(exc, creds, target) from None

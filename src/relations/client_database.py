@@ -33,7 +33,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -198,9 +198,12 @@ class ClientDatabaseRelation:
         username: str,
         password: str,
         version: str | None,
+        tls_fields: Mapping[str, object] | None = None,
     ) -> None:
-        """Publish the pooler's address and the credentials for one request."""
+        """Publish the pooler's address, the credentials and the TLS state for one request."""
         response = _response(request, backend, endpoint, username, password, version)
+        for key, value in (tls_fields or {}).items():
+            setattr(response, key, value)
         # The library finds its secret again by label, and ops gives a secret fetched by
         # label no id: without the id it already published, it would drop `secret-user`.
         response.secret_user = self._published_secret_id(relation, request.request_id)

@@ -50,6 +50,7 @@ class CharmState:
         pgb_version: the PgBouncer version the container reported, if read.
         can_connect: whether Pebble answers.
         running: whether PgBouncer's services run.
+        tls_related: whether the ``certificates`` relation exists.
     """
 
     leader: bool
@@ -66,6 +67,15 @@ class CharmState:
     pgb_version: str | None = None
     can_connect: bool = True
     running: bool = False
+    tls_related: bool = False
+    tls_material: object | None = None
+    """The unit's checked certificate (``state.tls.ClientTLSMaterial``), when it has one."""
+    backend_tls: object | None = None
+    """The backend's checked CA (``state.tls.BackendTLS``), when it announces TLS."""
+    tls_error: str | None = None
+    """Why the TLS material (ours or the backend's) cannot be used."""
+    tls_waiting: bool = False
+    """True when ``tls_error`` is something to wait for (a CA not sent yet), not a fault."""
 
     @property
     def expected_auth_user(self) -> str | None:

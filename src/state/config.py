@@ -94,6 +94,7 @@ class CharmConfig:
     max_prepared_statements: int = 100
     max_client_conn: int = 10000
     pools: PoolSettings = field(default_factory=PoolSettings)
+    client_tls_mode: str = "prefer"
 
     @classmethod
     def from_dict(cls, options: Mapping[str, object]) -> CharmConfig:
@@ -124,7 +125,20 @@ class CharmConfig:
             max_prepared_statements=max_prepared,
             max_client_conn=max_client_conn,
             pools=_pools(options, max_db_connections),
+            client_tls_mode=_client_tls_mode(options),
         )
+
+
+CLIENT_TLS_MODES = ("prefer", "require")
+
+
+def _client_tls_mode(options: Mapping[str, object]) -> str:
+    value = options.get("client_tls_mode", "prefer")
+    if value not in CLIENT_TLS_MODES:
+        raise InvalidConfigError(
+            "client_tls_mode", f"must be one of {', '.join(CLIENT_TLS_MODES)}"
+        )
+    return str(value)
 
 
 def _ranged(options: Mapping[str, object], name: str, default: int, high: int) -> int:

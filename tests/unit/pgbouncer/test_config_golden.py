@@ -15,9 +15,11 @@ import pytest
 from pgbouncer.config import (
     AUTH_DATABASE_KEY,
     AuthSettings,
+    ClientTLS,
     DatabaseTarget,
     PgBouncerConfig,
     PoolSettings,
+    ServerTLS,
     render_files,
     render_ini,
 )
@@ -111,6 +113,39 @@ CASES: dict[str, PgBouncerConfig] = {
         max_prepared_statements=100,
         processes=4,
         databases=(DatabaseTarget("appdb", "10.1.0.5", 5432, "appdb"),),
+    ),
+    # TLS on: clients must use it, PostgreSQL is verified by name (docs/tls.md). The files the
+    # TLS keys name are tested in test_tls_render.py.
+    "n1_tls_require_verify_full": PgBouncerConfig(
+        listen_port=6432,
+        pool_mode="session",
+        max_db_connections=100,
+        max_prepared_statements=100,
+        processes=1,
+        databases=(
+            DatabaseTarget("appdb", "postgresql-k8s-primary.dev.svc.cluster.local", 5432, "appdb"),
+            DatabaseTarget(
+                AUTH_DATABASE_KEY,
+                "postgresql-k8s-primary.dev.svc.cluster.local",
+                5432,
+                "pgbouncer",
+            ),
+        ),
+        auth=AuthSettings(
+            auth_user="pgbouncer_auth_relation_7",
+            auth_query="SELECT usename, passwd FROM pgbouncer_auth_relation_7.get_auth($1)",
+        ),
+        client_tls=ClientTLS("require"),
+        server_tls=ServerTLS("verify-full"),
+    ),
+    # A certificate but no backend yet: TLS offered, plain clients still served.
+    "n1_tls_prefer_only": PgBouncerConfig(
+        listen_port=6432,
+        pool_mode="session",
+        max_db_connections=100,
+        max_prepared_statements=100,
+        processes=1,
+        client_tls=ClientTLS("prefer"),
     ),
 }
 
