@@ -31,6 +31,7 @@ from reconcile import (
     LeaderOutcome,
     check_backend,
     ensure_auth,
+    publish_answers,
     remove_auth_plumbing,
     serve_clients,
 )
@@ -211,6 +212,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if outcome.set_up or (state.leader and served != dict(state.peer.databases)):
             state = self._load_state()
             self._apply(state, with_backend)
+        if state.leader:
+            publish_answers(self.clients, outcome, self.peers.applied())
         self._state, self._outcome = state, outcome
 
     def _apply(self, state: CharmState, with_backend: bool) -> None:
@@ -244,6 +247,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if result.changed:
             logger.info("workload: %s", result)
         self.unit.set_ports(cfg.listen_port)
+        # The publish barrier: the leader answers a client once every unit reports its entry.
+        self.peers.set_applied([t.key for t in cfg.databases if t.key in state.peer.databases])
 
     @staticmethod
     def _client_tls_fields(state: CharmState) -> dict[str, object]:

@@ -11,6 +11,7 @@ that a follower's hook never loads it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,8 +20,10 @@ from state.peers import AuthData
 from state.tenants import TenantRecord, client_username, grant_decision, roles_to_drop
 
 if TYPE_CHECKING:
+    import ops
+
     from postgres.connection import BackendCredentials
-    from relations.client_database import ClientDatabaseRelation
+    from relations.client_database import ClientDatabaseRelation, ClientRequest
     from relations.peers import Peers
     from state.backend import BackendDatabase
 
@@ -40,6 +43,7 @@ class LeaderOutcome:
         client_blocked: refusals naming the client relation and the reason.
         blocked_relations: the ids those refusals are about.
         client_waiting: relation id → why it is not answered yet.
+        answers: granted requests, to publish after the final apply (:func:`publish_answers`).
     """
 
     backend_problem: str | None = None
@@ -48,6 +52,21 @@ class LeaderOutcome:
     client_blocked: list[str] = field(default_factory=list)
     blocked_relations: set[int] = field(default_factory=set)
     client_waiting: dict[int, str] = field(default_factory=dict)
+    answers: list[Answer] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A request whose database is granted: published once every unit serves it."""
+
+    relation: ops.Relation
+    request: ClientRequest
+    username: str
+    password: str = field(repr=False)
+    backend: BackendDatabase
+    endpoint: str
+    version: str | None
+    tls_fields: dict[str, object]
 
 
 def credentials(state: CharmState, ca_dir: str | None = None) -> BackendCredentials:
@@ -331,14 +350,43 @@ def _answer(
                 request.database,
                 relation.id,
             )
-        clients.answer(
-            relation,
-            request,
-            backend=backend,
-            endpoint=endpoint,
-            username=username,
-            password=password,
-            version=version,
-            tls_fields=tls_fields,
+        outcome.answers.append(
+            Answer(relation, request, username, password, backend, endpoint, version, tls_fields)
         )
     return record
+
+
+def publish_answers(
+    clients: ClientDatabaseRelation,
+    outcome: LeaderOutcome,
+    applied: Mapping[str, frozenset[str]],
+) -> None:
+    """Publish each granted request once every unit serves its database (the publish barrier).
+
+    A client gets its credentials only when each unit that will serve it reports (in its peer
+    unit data, written after a successful apply) a ``[databases]`` entry for the database, so
+    its first connection to any unit finds it.
+
+    Args:
+        clients: the ``database`` adapter.
+        outcome: this reconcile's outcome, with the granted requests.
+        applied: unit name → the client databases that unit has applied.
+    """
+    for answer in outcome.answers:
+        database = answer.request.database
+        missing = sorted(unit for unit, dbs in applied.items() if database not in dbs)
+        if missing:
+            outcome.client_waiting[answer.relation.id] = (
+                f"waiting for {', '.join(missing)} to serve {database}"
+            )
+            continue
+        clients.answer(
+            answer.relation,
+            answer.request,
+            backend=answer.backend,
+            endpoint=answer.endpoint,
+            username=answer.username,
+            password=answer.password,
+            version=answer.version,
+            tls_fields=answer.tls_fields,
+        )

@@ -7,6 +7,7 @@ application may read it); the peer application databag holds only the secret's i
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 
 import ops
@@ -17,6 +18,7 @@ from state.tenants import TenantRecord
 logger = logging.getLogger(__name__)
 
 PEER_RELATION = "pgb-peers"
+APPLIED_KEY = "applied-databases"
 AUTH_SECRET_LABEL = "pgbouncer-auth"  # noqa: S105 (a label, not a password)
 
 
@@ -108,6 +110,30 @@ class Peers:
         with contextlib.suppress(ops.SecretNotFoundError):
             self._charm.model.get_secret(label=AUTH_SECRET_LABEL).remove_all_revisions()
         self._set_app(auth_secret_id=None, auth_dbname=None)
+
+    def set_applied(self, databases: list[str]) -> None:
+        """Say which client databases this unit's PgBouncer now serves (its own unit data)."""
+        rel = self.relation
+        if rel is None:
+            return
+        value = json.dumps(sorted(databases))
+        if rel.data[self._charm.unit].get(APPLIED_KEY) != value:
+            rel.data[self._charm.unit][APPLIED_KEY] = value
+
+    def applied(self) -> dict[str, frozenset[str]]:
+        """Unit name → the client databases it reported serving, for every unit (this one too)."""
+        rel = self.relation
+        if rel is None:
+            return {}
+        result: dict[str, frozenset[str]] = {}
+        for unit in {*rel.units, self._charm.unit}:
+            try:
+                raw = json.loads(rel.data[unit].get(APPLIED_KEY) or "[]")
+            except ValueError:
+                raw = []
+            names = raw if isinstance(raw, list) else []
+            result[unit.name] = frozenset(n for n in names if isinstance(n, str))
+        return result
 
     def mark_departing(self, relation_id: int) -> None:
         """Tell the peers (and our own later broken hook) that this unit is leaving."""

@@ -8,6 +8,7 @@ real PostgreSQL and PgBouncer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -760,3 +761,44 @@ def test_broken_on_a_follower_does_nothing(ctx, dirs, fake_clients):
     out = ctx.run(ctx.on.relation_broken(one), state)
     assert fake_clients.dropped == []
     assert peer_databases(out) == {"alpha": 11}
+
+
+# -- the publish barrier ----------------------------------------------------------------------
+
+
+def test_credentials_wait_until_every_unit_serves_the_database(ctx, dirs, fake_clients):
+    """Issue 16: a client's first connection to any unit must find its database."""
+    rel = client_relation(V0_REQUEST)
+    secret = auth_secret()
+    follower_serves_nothing = {1: {"applied-databases": "[]"}}
+    peers = peer_relation(secret)
+    state = testing.State(
+        leader=True,
+        model=MODEL,
+        relations={
+            rel,
+            backend_relation(),
+            dataclasses.replace(peers, peers_data=follower_serves_nothing),
+        },
+        containers={make_container(dirs)},
+        secrets={secret},
+    )
+    out = changed(ctx, state, rel)
+
+    assert [c["database"] for c in fake_clients.created] == ["myapp"]  # granted...
+    assert "secret-user" not in out.get_relation(rel.id).local_app_data  # ...not published
+    assert out.unit_status == testing.WaitingStatus(
+        f"client relation {rel.id}: waiting for pgbouncer-k8s/1 to serve myapp"
+    )
+
+    # The follower applied and said so: the leader's peer relation-changed publishes.
+    peers_after = out.get_relation(peers.id)
+    served = dataclasses.replace(peers_after, peers_data={1: {"applied-databases": '["myapp"]'}})
+    later = ctx.run(
+        ctx.on.relation_changed(served, remote_unit=1),
+        dataclasses.replace(
+            out, relations={*(r for r in out.relations if r.id != peers.id), served}
+        ),
+    )
+    assert "secret-user" in later.get_relation(rel.id).local_app_data
+    assert later.unit_status == testing.ActiveStatus("1 PgBouncer process")

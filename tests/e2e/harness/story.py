@@ -122,11 +122,17 @@ class Deployment:
         return sorted(self.app.units, key=lambda u: (not u.is_leader, u.unit_id))
 
     def settle_peers(self) -> None:
-        """Each follower runs peer relation-changed for what the leader shared (Juju would)."""
+        """Peer relation-changed as Juju runs it, both ways.
+
+        Each follower for what the leader shared, then the leader for what each follower
+        reported (what it applied: the publish barrier waits for it).
+        """
         leader = self.app.leader
-        for unit in self.app.units:
-            if unit is not leader:
-                unit.relation_changed(self.app.peer_relation_id, remote_unit=leader.unit_id)
+        followers = [unit for unit in self.app.units if unit is not leader]
+        for unit in followers:
+            unit.relation_changed(self.app.peer_relation_id, remote_unit=leader.unit_id)
+        for unit in followers:
+            leader.relation_changed(self.app.peer_relation_id, remote_unit=unit.unit_id)
 
     # -- backend-database ---------------------------------------------------------------------
     def relate_backend(self, mode: BackendMode) -> int:
