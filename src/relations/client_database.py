@@ -201,12 +201,14 @@ class ClientDatabaseRelation:
         tls_fields: Mapping[str, object] | None = None,
     ) -> None:
         """Publish the pooler's address, the credentials and the TLS state for one request."""
-        response = _response(request, backend, endpoint, username, password, version)
-        for key, value in (tls_fields or {}).items():
-            setattr(response, key, value)
-        # The library finds its secret again by label, and ops gives a secret fetched by
-        # label no id: without the id it already published, it would drop `secret-user`.
+        response = _response(
+            request, backend, endpoint, username, password, version, tls_fields or {}
+        )
+        # The library finds its secrets again by label, and ops gives a secret fetched by
+        # label no id: without the ids it already published, it would drop `secret-user` and
+        # `secret-tls` from the databag when it answers again.
         response.secret_user = self._published_secret_id(relation, request.request_id)
+        response.secret_tls = self._published_secret_id(relation, request.request_id, "secret-tls")
         assert self.provider is not None  # noqa: S101 (a request was read through it)
         self.provider.set_response(relation.id, response)  # type: ignore[attr-defined]
         if request.request_id is None:
@@ -216,18 +218,20 @@ class ClientDatabaseRelation:
             if databag.get("database") != request.database:
                 databag["database"] = request.database
 
-    def _published_secret_id(self, relation: ops.Relation, request_id: str | None) -> str | None:
-        """The ``secret-user`` we already published for a request (v0: flat; v1: in a list)."""
+    def _published_secret_id(
+        self, relation: ops.Relation, request_id: str | None, key: str = "secret-user"
+    ) -> str | None:
+        """The secret id (``key``) we already published for a request (v0: flat; v1: a list)."""
         local = relation.data[self._charm.app]
         if request_id is None:
-            return local.get("secret-user") or None
+            return local.get(key) or None
         try:
             responses = json.loads(local.get("requests") or "[]")
         except ValueError:
             return None
         for response in responses if isinstance(responses, list) else []:
             if isinstance(response, dict) and response.get("request-id") == request_id:
-                secret_id = response.get("secret-user")
+                secret_id = response.get(key)
                 return secret_id if isinstance(secret_id, str) and secret_id else None
         return None
 
@@ -286,6 +290,7 @@ def _response(
     username: str,
     password: str,
     version: str | None,
+    tls_fields: Mapping[str, object],
 ) -> ResourceProviderModel:
     from dpcharmlibs.interfaces import ResourceProviderModel
 
@@ -304,6 +309,7 @@ def _response(
         uris=uri,
         read_only_uris=read_only_uri if has_replicas else None,
         version=version,
+        **tls_fields,  # type: ignore[arg-type]  # validated (and wrapped) by the model
     )
 
 
