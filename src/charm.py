@@ -8,6 +8,7 @@ This module is wiring: it observes Juju events, builds typed state, calls the pi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import ops
@@ -23,6 +24,7 @@ from pgbouncer.config import (
     render_auth_file,
     render_files,
 )
+from pgbouncer.exporter import STATS_USER
 from pgbouncer.workload import Workload, WorkloadError
 from postgres.auth import auth_query_for
 from relations.backend_database import (
@@ -31,6 +33,7 @@ from relations.backend_database import (
     BackendDatabaseRelation,
 )
 from relations.client_database import ClientDatabaseRelation
+from relations.metrics import METRICS_RELATION, Monitoring
 from relations.peers import PEER_RELATION, Peers
 from state.backend import InvalidBackendDataError
 from state.config import CharmConfig, InvalidConfigError
@@ -72,6 +75,17 @@ class PgBouncerK8sCharm(ops.CharmBase):
         observe(self.on.secret_changed, self._on_secret_changed)
         observe(self.on.update_status, self._on_config_changed)
         observe(self.on.collect_unit_status, self._on_collect_status)
+        # -- observability (issue 13): stats user, exporter, metrics-endpoint ---------------
+        self.monitoring = Monitoring(self)
+        observe(self.on[METRICS_RELATION].relation_joined, self._on_metrics_changed)
+        observe(self.on[METRICS_RELATION].relation_changed, self._on_metrics_changed)
+        observe(self.on.leader_elected, self._on_metrics_changed)
+        # -- end observability ---------------------------------------------------------------
+
+    def _on_metrics_changed(self, _: ops.EventBase) -> None:
+        """Observability (issue 13): stats secret, exporter, scrape job, rules and address."""
+        self.update_workload()  # creates the stats secret (leader) and starts the exporter
+        self.monitoring.publish()
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -192,8 +206,20 @@ class PgBouncerK8sCharm(ops.CharmBase):
             return False
         try:
             cfg, auth_file = self.build_config(without_backend)
+            # -- observability (issue 13): the stats user and the exporter's files ----------
+            if self.unit.is_leader():
+                self.monitoring.ensure_stats_secret()
+            stats_line = self.monitoring.stats_auth_line()
+            if stats_line:
+                cfg = dataclasses.replace(cfg, stats_user=STATS_USER)
+            exporter_files = self.monitoring.exporter_files(cfg.processes, cfg.listen_port)
+            # -- end observability -----------------------------------------------------------
             # An empty auth file rather than none: PgBouncer logs an error for a missing one.
-            files: dict[str, str | None] = {**render_files(cfg), AUTH_FILE: auth_file or ""}
+            files: dict[str, str | None] = {
+                **render_files(cfg),
+                AUTH_FILE: (auth_file or "") + stats_line,
+                **exporter_files,
+            }
             result = self.workload.apply(files, cfg.processes)
         except (InvalidConfigError, RenderError) as exc:
             logger.warning("not applying the configuration: %s", exc)
@@ -204,6 +230,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if result.changed:
             logger.info("workload: %s", result)
         self.unit.set_ports(cfg.listen_port)
+        self.monitoring.publish()  # observability (issue 13): the address may have changed
         return True
 
     def update_client_relations(self) -> None:

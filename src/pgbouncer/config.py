@@ -150,6 +150,9 @@ class PgBouncerConfig:
         auth: the ``auth_query`` settings, or None before the backend is set up.
         listen_addr: TCP addresses to listen on; ``*`` (all) in the pod. Tests use loopback.
         max_client_conn: client connections each process accepts.
+        stats_user: the monitoring user listed in ``stats_users`` (``SHOW`` commands only on
+            the admin console), or None for none. Its auth file line is
+            :func:`pgbouncer.exporter.render_stats_auth_line`.
     """
 
     listen_port: int
@@ -161,6 +164,7 @@ class PgBouncerConfig:
     auth: AuthSettings | None = None
     listen_addr: str = "*"
     max_client_conn: int = MAX_CLIENT_CONN
+    stats_user: str | None = None
 
 
 def effective_processes(cpu_count: int, max_db_connections: int) -> int:
@@ -320,6 +324,14 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
     if len(set(keys)) != len(keys):
         raise RenderError("[databases]", "the same key appears twice")
     auth = _check_auth(cfg.auth, keys) if cfg.auth is not None else None
+    stats_user = None
+    if cfg.stats_user is not None:
+        try:
+            stats_user = validate_role_name(cfg.stats_user, "stats_user")
+        except InvalidNameError as exc:
+            raise _invalid(exc) from None
+        if auth is not None and stats_user == auth.auth_user:
+            raise RenderError("stats_user", "must not be the auth user")
     return PgBouncerConfig(
         listen_port=listen_port,
         pool_mode=cfg.pool_mode,
@@ -330,6 +342,7 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
         auth=auth,
         listen_addr=cfg.listen_addr,
         max_client_conn=max_client,
+        stats_user=stats_user,
     )
 
 
@@ -369,6 +382,8 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str) -> str:
             f"auth_query = {cfg.auth.auth_query}",
             f"auth_dbname = {cfg.auth.auth_dbname}",
         ]
+    if cfg.stats_user is not None:
+        lines.append(f"stats_users = {cfg.stats_user}")
     lines += [
         f"pool_mode = {cfg.pool_mode}",
         f"max_client_conn = {cfg.max_client_conn}",
