@@ -359,8 +359,10 @@ def test_every_rule_has_a_firing_case_and_a_silent_case():
 
 
 def test_promtool_reports_a_firing_alert_when_told_none_fires(tmp_path: Path):
-    """The tests can fail: expecting silence where the rule fires makes promtool fail and
-    print the alert that fired (the closing note quotes this output)."""
+    """The tests can fail: expecting silence where the rule fires fails, naming the alert.
+
+    promtool prints the alert that fired (the closing note quotes this output).
+    """
     name, series, _ = CASES[0]
     wrong = [(name, series, [("5m", "PgBouncerProcessDown", [])])]
     test = _write(tmp_path, wrong)
@@ -376,8 +378,10 @@ def test_promtool_reports_a_firing_alert_when_told_none_fires(tmp_path: Path):
 
 
 def test_rules_without_the_topology_would_fire_on_another_application(tmp_path: Path):
-    """The topology matchers are what keeps another application's series out: rendered with
-    no matchers, the other application's down process fires too."""
+    """The topology matchers keep another application's series out.
+
+    Rendered with no matchers, the other application's down process fires too.
+    """
     rules = load_alert_rules()
     for group in rules["groups"]:
         for rule in group["rules"]:
