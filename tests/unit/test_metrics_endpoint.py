@@ -35,6 +35,7 @@ from relations.metrics import (
     load_alert_rules,
     unit_databag,
 )
+from tests.e2e.harness.processes import PebbleRecorder
 from tests.unit.conftest import make_container, peer_relation
 
 SCHEMA = json.loads(
@@ -261,3 +262,39 @@ def test_a_tampered_stats_secret_runs_no_exporter(ctx, dirs):
     assert not (dirs.pgb / "exporter.pgpass").exists()
     assert STATS_USER not in (dirs.pgb / "userlist.txt").read_text()
     assert EXPORTER_SERVICE not in out.get_container("pgbouncer").plan.services
+
+
+# -- the exporter in the workload: restart on its own files only, nothing when nothing changed
+def _calls(ctx, state, event):
+    with PebbleRecorder(apply_ownership=False) as rec:
+        out = ctx.run(event, state)
+    return out, [(c.action, c.services, c.signal) for c in rec.for_container("pgbouncer")]
+
+
+def test_a_second_hook_with_nothing_changed_touches_nothing(ctx, dirs):
+    rel = metrics_relation()
+    first = ctx.run(
+        ctx.on.relation_joined(rel, remote_unit=0), _state(dirs, {peer_relation(), rel})
+    )
+    before = {p.name: p.read_text() for p in dirs.pgb.iterdir() if p.is_file()}
+    _, calls = _calls(ctx, first, ctx.on.update_status())
+    assert calls == []
+    after = {p.name: p.read_text() for p in dirs.pgb.iterdir() if p.is_file()}
+    assert after == before  # the stats verifier is the same: no rewrite, no reload
+
+
+def test_a_stats_password_rotation_restarts_the_exporter_and_reloads_pgbouncer(ctx, dirs):
+    rel = metrics_relation()
+    first = ctx.run(
+        ctx.on.relation_joined(rel, remote_unit=0), _state(dirs, {peer_relation(), rel})
+    )
+    old = first.get_secret(label=STATS_SECRET_LABEL)
+    rotated = dataclasses.replace(
+        old, tracked_content={"password": "R" * 40}, latest_content={"password": "R" * 40}
+    )
+    state = dataclasses.replace(first, secrets={rotated})
+    _, calls = _calls(ctx, state, ctx.on.config_changed())
+    assert ("restart", (EXPORTER_SERVICE,), None) in calls
+    assert ("signal", ("pgbouncer_0",), "SIGHUP") in calls  # the auth file's verifier changed
+    assert not [c for c in calls if c[0] == "restart" and "pgbouncer_0" in c[1]]
+    assert "R" * 40 in (dirs.pgb / "exporter.pgpass").read_text()
