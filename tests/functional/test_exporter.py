@@ -260,7 +260,10 @@ def test_metrics_match_show_pools_over_both_processes_under_load(rig: Rig, expor
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            if [pools_of(rig, i)[0] for i in CLIENTS] == list(CLIENTS.values()):
+            # Every client connected and holding its server (session mode; a client that has
+            # not sent its first query yet has none).
+            pools = [pools_of(rig, i) for i in CLIENTS]
+            if [c for c, _ in pools] == list(CLIENTS.values()) and all(s >= c for c, s in pools):
                 break
             time.sleep(0.3)
         matched = None
