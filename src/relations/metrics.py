@@ -38,6 +38,8 @@ from pgbouncer.config import DEFAULT_BASE_DIR, RenderError
 from pgbouncer.exporter import (
     EXPORTER_PORT,
     check_stats_password,
+    exporter_config_path,
+    passfile_path,
     render_exporter_files,
     render_stats_auth_line,
 )
@@ -238,15 +240,16 @@ class Monitoring:
 
     def exporter_files(
         self, processes: int, listen_port: int, base_dir: str = DEFAULT_BASE_DIR
-    ) -> dict[str, str]:
-        """The exporter's files for ``Workload.apply``; ``{}`` without a stats password.
+    ) -> dict[str, str | None]:
+        """The exporter's files for ``Workload.apply``.
 
-        Without them the exporter does not run.
+        Without a stats password, each mapped to None: ``apply`` deletes any left from before
+        (no stale password file stays behind) and the exporter does not run.
         """
         password = self.stats_password()
         if not password:
-            return {}
-        return render_exporter_files(processes, listen_port, password, base_dir)
+            return dict.fromkeys((exporter_config_path(base_dir), passfile_path(base_dir)))
+        return dict(render_exporter_files(processes, listen_port, password, base_dir))
 
     # -- metrics-endpoint --------------------------------------------------------------------
     def topology(self) -> JujuTopology:

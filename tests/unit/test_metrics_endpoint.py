@@ -24,9 +24,10 @@ from typing import Any
 
 import jsonschema
 import pytest
-from ops import testing
+from ops import pebble, testing
 
 from pgbouncer.exporter import EXPORTER_PORT, EXPORTER_SERVICE, STATS_USER
+from pgbouncer.workload import build_layer
 from relations.metrics import (
     STATS_SECRET_KEY,
     STATS_SECRET_LABEL,
@@ -227,6 +228,7 @@ def test_without_a_metrics_relation_there_is_no_stats_user_and_no_exporter(ctx, 
     assert STATS_USER not in (dirs.pgb / "userlist.txt").read_text()
     assert "stats_users" not in (dirs.pgb / "pgbouncer_0.ini").read_text()
     assert not (dirs.pgb / "exporter.pgpass").exists()
+    assert not (dirs.pgb / "exporter.yaml").exists()
 
 
 def test_a_non_leader_reads_the_shared_secret_and_publishes_only_its_own_address(ctx, dirs):
@@ -260,6 +262,7 @@ def test_a_tampered_stats_secret_runs_no_exporter(ctx, dirs):
         _state(dirs, {peer, rel}, leader=False, secrets=[secret]),
     )
     assert not (dirs.pgb / "exporter.pgpass").exists()
+    assert not (dirs.pgb / "exporter.yaml").exists()
     assert STATS_USER not in (dirs.pgb / "userlist.txt").read_text()
     assert EXPORTER_SERVICE not in out.get_container("pgbouncer").plan.services
 
@@ -298,3 +301,25 @@ def test_a_stats_password_rotation_restarts_the_exporter_and_reloads_pgbouncer(c
     assert ("signal", ("pgbouncer_0",), "SIGHUP") in calls  # the auth file's verifier changed
     assert not [c for c in calls if c[0] == "restart" and "pgbouncer_0" in c[1]]
     assert "R" * 40 in (dirs.pgb / "exporter.pgpass").read_text()
+
+
+def test_an_exporter_without_a_usable_password_is_stopped_and_disabled(ctx, dirs):
+    """The stats secret became unreadable: the exporter is stopped, disabled, its files gone."""
+    (dirs.pgb / "exporter.pgpass").write_text("*:*:pgbouncer:pgbouncer_stats:old\n")
+    (dirs.pgb / "exporter.yaml").write_text("{}\n")
+    container = make_container(dirs)
+    layer = pebble.Layer(build_layer(1, exporter=True))  # pyright: ignore[reportArgumentType]
+    statuses = dict.fromkeys(layer.services, pebble.ServiceStatus.ACTIVE)
+    container = dataclasses.replace(
+        container, layers={"pgbouncer": layer}, service_statuses=statuses
+    )
+    peer = dataclasses.replace(peer_relation(), local_app_data={STATS_SECRET_KEY: "secret:gone"})
+    state = testing.State(
+        leader=False, relations={peer, metrics_relation()}, containers={container}
+    )
+    out, calls = _calls(ctx, state, ctx.on.update_status())
+    service = out.get_container("pgbouncer").plan.services[EXPORTER_SERVICE]
+    assert service.startup == "disabled"
+    assert ("stop", (EXPORTER_SERVICE,), None) in calls
+    assert not (dirs.pgb / "exporter.pgpass").exists()
+    assert not (dirs.pgb / "exporter.yaml").exists()
