@@ -20,7 +20,7 @@ $(STAMP): requirements-dev.lock
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.lock
 	@touch $(STAMP)
 
-$(SYS_STAMP): scripts/setup-system.sh
+$(SYS_STAMP): scripts/setup-system.sh requirements-exporter.txt
 	@bash scripts/setup-system.sh
 	@mkdir -p .build && touch $(SYS_STAMP)
 

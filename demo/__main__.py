@@ -84,6 +84,77 @@ def show_roles(server, title: str) -> list[str]:
     return names
 
 
+def scrape(host: str, port: int, timeout: float = 20.0) -> str:
+    """``/metrics`` of an exporter, retried while it starts (a Python process: about 1 s)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as answer:
+                return answer.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def show_metrics(app, d) -> None:
+    """Relate a Prometheus; scrape each unit's exporter; show a few live lines."""
+    import json
+
+    from ops import testing
+
+    from pgbouncer.exporter import EXPORTER_PORT, EXPORTER_SERVICE
+    from relations.metrics import METRICS_RELATION
+
+    exporter_bin = ROOT / ".build" / "exporter" / "bin"
+    for unit in app.units:
+        if unit.runner is not None:  # the image's PATH: the exporter is installed there
+            unit.runner.path_dirs.append(str(exporter_bin))
+    ready, app.process_ready = app.process_ready, None  # the exporter logs nothing at start
+    try:
+        rid = app.add_relation(
+            testing.Relation(
+                METRICS_RELATION, remote_app_name="prometheus", remote_units_data={0: {}}
+            )
+        )
+        for unit in sorted(app.units, key=lambda u: (not u.is_leader, u.unit_id)):
+            unit.relation_joined(rid, remote_unit=0)
+        d.settle_peers()
+    finally:
+        app.process_ready = ready
+    published = app.relation_data(rid)
+    jobs = json.loads(published["scrape_jobs"])
+    rules = json.loads(published["alert_rules"])
+    alerts = [r["alert"] for g in rules["groups"] for r in g["rules"]]
+    say(f"   scrape job: {jobs[0]['job_name']} {jobs[0]['static_configs'][0]['targets']}")
+    say(f"   alert rules: {', '.join(alerts)}")
+    for unit in app.units:
+        running = unit.runner.running() if unit.runner else set()
+        expect(EXPORTER_SERVICE in running, f"{unit.name}: no {EXPORTER_SERVICE} running")
+        host, port = unit.address(EXPORTER_PORT)
+        lines = [
+            ln
+            for ln in scrape(host, port).splitlines()
+            if ln.startswith("pgbouncer_up")
+            or (
+                ln.startswith(("pgbouncer_stats_queries_total", "pgbouncer_pools_client_active"))
+                and 'database="appdb"' in ln
+            )
+        ]
+        say(f"   {unit.name} /metrics (a few lines, after the client's query):")
+        say(indent(indent("\n".join(lines))))
+        up = [ln for ln in lines if ln.startswith("pgbouncer_up")]
+        expect(up and all(ln.endswith(" 1.0") for ln in up), f"{unit.name}: {up}")
+        queries = sum(
+            float(ln.rsplit(" ", 1)[1])
+            for ln in lines
+            if ln.startswith("pgbouncer_stats_queries_total")
+        )
+        expect(queries >= 1, f"{unit.name}: the client's query is not counted")
+
+
 def run() -> None:
     """The life story; raises :class:`StepFailedError` at the first step without its effect."""
     from ops import testing
@@ -198,14 +269,17 @@ def run() -> None:
 
         tls_step(d, pg.port)
 
-        step(4, "juju remove-relation app-one pgbouncer-k8s")
+        step(4, "juju integrate prometheus:metrics-endpoint pgbouncer-k8s")
+        show_metrics(app, d)
+
+        step(5, "juju remove-relation app-one pgbouncer-k8s")
         d.remove_client(client)
         expect(creds.username not in show_roles(pg, "PostgreSQL roles"), "client user left")
         kept = pg.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = 'appdb'")
         expect(kept == [(1,)], "database appdb was dropped with its client")
         say(f"   {creds.username} is gone; database appdb and its data stay.")
 
-        step(5, "juju remove-relation pgbouncer-k8s postgresql-k8s")
+        step(6, "juju remove-relation pgbouncer-k8s postgresql-k8s")
         show_roles(pg, "PostgreSQL roles before clean-up")
         marks = {u.name: len(u.runner.history) if u.runner else 0 for u in app.units}
         d.remove_backend()
@@ -227,11 +301,14 @@ def run() -> None:
             for key in ("auth_user", "auth_query", "auth_dbname", "pgb_authdb"):
                 expect(key not in text, f"{unit.name}'s pgbouncer_0.ini still has {key}")
             auth_file = (unit.mount_dir / "userlist.txt").read_text()
-            expect(auth_file == "", f"{unit.name}'s auth file is not empty")
+            # Only the stats user's line (a SCRAM verifier) stays, since step 4.
+            kept = [ln for ln in auth_file.splitlines() if not ln.startswith('"pgbouncer_stats" ')]
+            expect(kept == [], f"{unit.name}'s auth file still has {len(kept)} other line(s)")
             history = unit.runner.history[marks[unit.name] :] if unit.runner else []
             expect(("SIGHUP", "pgbouncer_0") in history, f"{unit.name}'s PgBouncer not reloaded")
         say("   auth_user, auth_query, auth_dbname and the backend databases left both units'")
-        say("   pgbouncer.ini; both auth files are empty; PgBouncer reloaded.")
+        say("   pgbouncer.ini; both auth files hold only the stats user's verifier; PgBouncer")
+        say("   reloaded.")
         shown = show_statuses(d)
         expect(set(shown.values()) == {NO_BACKEND}, f"statuses after removal: {shown}")
         say()

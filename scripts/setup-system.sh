@@ -38,6 +38,35 @@ fi
 command -v pgbench >/dev/null || [ -x "$PG_BIN/pgbench" ] || apt_install postgresql-contrib
 id postgres >/dev/null 2>&1 || { log "user postgres missing after install"; exit 1; }
 
+# ---- promtool (alert rule tests) -------------------------------------------------------
+# Debian's prometheus package ships promtool. Its post-install tries to start the Prometheus
+# service; where a policy-rc.d forbids that (containers, CI) nothing starts, and elsewhere a
+# started server is stopped and disabled again here: the tests only need the promtool binary.
+if ! command -v promtool >/dev/null; then
+  log "installing promtool (Debian's prometheus package)"
+  apt_install prometheus
+  if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi
+command -v promtool >/dev/null || { log "promtool missing after install"; exit 1; }
+
+# ---- the metrics exporter (functional tests) -------------------------------------------
+# prometheus-pgbouncer-exporter from PyPI in its own venv, as the workload image carries it
+# (docs/decisions.md): pinned, installed without its exact-version pins (psycopg2 2.8.5 has no
+# wheel for this Python); requirements-exporter.txt lists what replaces them.
+EXPORTER_VENV="$ROOT/.build/exporter"
+if [ ! -x "$EXPORTER_VENV/bin/pgbouncer-exporter" ] \
+   || ! cmp -s "$ROOT/requirements-exporter.txt" "$EXPORTER_VENV/.requirements"; then
+  log "installing the metrics exporter into .build/exporter"
+  rm -rf "$EXPORTER_VENV"
+  python3 -m venv "$EXPORTER_VENV"
+  "$EXPORTER_VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
+    -r "$ROOT/requirements-exporter.txt"
+  cp "$ROOT/requirements-exporter.txt" "$EXPORTER_VENV/.requirements"
+fi
+chmod -R go+rX "$ROOT/.build/exporter"
+
 # ---- PgBouncer -----------------------------------------------------------------------
 if [ -x "$PREFIX/bin/pgbouncer" ] && version_ok "$(pgb_version_of "$PREFIX/bin/pgbouncer")"; then
   log "PgBouncer $(pgb_version_of "$PREFIX/bin/pgbouncer") already built in .build/pgbouncer"

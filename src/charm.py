@@ -10,6 +10,7 @@ stay named decisions (``relations.backend_database``) whose effects go through t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -23,6 +24,7 @@ from pgbouncer.config import (
     left_out_settings,
     render_files,
 )
+from pgbouncer.exporter import STATS_USER
 from pgbouncer.image import check_image
 from pgbouncer.workload import Workload, WorkloadError
 from postgres.deadline import start_hook_budget
@@ -50,6 +52,7 @@ from relations.backend_database import (
     departed_chart,
 )
 from relations.client_database import CLIENT_RELATION, ClientDatabaseRelation, client_endpoint
+from relations.metrics import METRICS_RELATION, Monitoring
 from relations.peers import PEER_RELATION, Peers
 from state.backend import InvalidBackendDataError
 from state.charm_state import MIN_PGBOUNCER_VERSION, CharmState
@@ -60,6 +63,12 @@ logger = logging.getLogger(__name__)
 CONTAINER = "pgbouncer"
 CERTIFICATES_RELATION = "certificates"
 REMOVE_AUTH_FAILED = "failed to remove auth user when disconnecting from postgres application."
+
+
+def _new_password() -> str:
+    from postgres.passwords import generate_password
+
+    return generate_password()
 
 
 class PgBouncerK8sCharm(ops.CharmBase):
@@ -76,6 +85,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self.peers = Peers(self)
         self.backend = BackendDatabaseRequirer(self)
         self.clients = ClientDatabaseRelation(self)
+        self.monitoring = Monitoring(self)  # stats user, exporter, metrics-endpoint
         # TLS (docs/tls.md): the certificates library (and cryptography) load only when the
         # relation exists; its removal is a relation-broken the charm observes itself.
         self.tls = None
@@ -102,6 +112,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
             self.on[BACKEND_RELATION].relation_changed,
             self.on[CLIENT_RELATION].relation_changed,
             self.on[CERTIFICATES_RELATION].relation_broken,
+            self.on[METRICS_RELATION].relation_joined,
+            self.on[METRICS_RELATION].relation_changed,
         ):
             observe(event, self._on_change)
         observe(self.on.update_status, self._on_update_status)
@@ -181,8 +193,11 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self, *, verify: bool = False, gone: int | None = None, with_backend: bool = True
     ) -> None:
         """Leader: make the backend match; every unit: render and apply; record the outcome."""
+        if self.unit.is_leader():
+            self.monitoring.ensure_stats_secret(_new_password)
         state = self._load_state()
         self._apply(state, with_backend)
+        self.monitoring.publish()
         if not with_backend:
             self._state = state
             return
@@ -227,7 +242,17 @@ class PgBouncerK8sCharm(ops.CharmBase):
             return
         try:
             cfg, auth_file, tls_files = desired_config(state, with_backend=with_backend)
-            files: dict[str, str | None] = {**render_files(cfg), AUTH_FILE: auth_file, **tls_files}
+            # Monitoring (docs/observability.md): the stats user and the exporter's files.
+            stats_line = self.monitoring.stats_auth_line()
+            if stats_line:
+                cfg = dataclasses.replace(cfg, stats_user=STATS_USER)
+            exporter_files = self.monitoring.exporter_files(cfg.processes, cfg.listen_port)
+            files: dict[str, str | None] = {
+                **render_files(cfg),
+                AUTH_FILE: auth_file + stats_line,
+                **tls_files,
+                **exporter_files,
+            }
         except RenderError as exc:
             # Nothing is written: the last good configuration keeps running.
             logger.warning("not applying the configuration: %s", exc)

@@ -203,6 +203,9 @@ class PgBouncerConfig:
         client_tls: TLS towards clients, or None for plain only.
         server_tls: verified TLS towards PostgreSQL, or None for PgBouncer's default
             (``prefer``: encrypted when the server offers it, never verified).
+        stats_user: the monitoring user listed in ``stats_users`` (``SHOW`` commands only on
+            the admin console), or None for none. Its auth file line is
+            :func:`pgbouncer.exporter.render_stats_auth_line`.
     """
 
     listen_port: int
@@ -218,6 +221,7 @@ class PgBouncerConfig:
     version: tuple[int, ...] = ()
     client_tls: ClientTLS | None = None
     server_tls: ServerTLS | None = None
+    stats_user: str | None = None
 
 
 def supports(version: tuple[int, ...], key: str) -> bool:
@@ -450,6 +454,14 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
     if len(set(keys)) != len(keys):
         raise RenderError("[databases]", "the same key appears twice")
     auth = _check_auth(cfg.auth, keys) if cfg.auth is not None else None
+    stats_user = None
+    if cfg.stats_user is not None:
+        try:
+            stats_user = validate_role_name(cfg.stats_user, "stats_user")
+        except InvalidNameError as exc:
+            raise _invalid(exc) from None
+        if auth is not None and stats_user == auth.auth_user:
+            raise RenderError("stats_user", "must not be the auth user")
     if cfg.client_tls is not None and (
         not isinstance(cfg.client_tls, ClientTLS) or cfg.client_tls.sslmode not in CLIENT_TLS_MODES
     ):
@@ -472,6 +484,7 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
         version=version,
         client_tls=cfg.client_tls,
         server_tls=cfg.server_tls,
+        stats_user=stats_user,
     )
     for index in range(processes):
         size = pool_size(checked, index)
@@ -544,6 +557,8 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str) -> str:
             f"auth_query = {cfg.auth.auth_query}",
             f"auth_dbname = {cfg.auth.auth_dbname}",
         ]
+    if cfg.stats_user is not None:
+        lines.append(f"stats_users = {cfg.stats_user}")
     lines += [
         f"pool_mode = {cfg.pool_mode}",
         f"max_client_conn = {cfg.max_client_conn}",

@@ -30,6 +30,12 @@ from pgbouncer.config import (
     parse_ini,
     run_dir,
 )
+from pgbouncer.exporter import (
+    EXPORTER_SERVICE,
+    exporter_config_path,
+    exporter_service,
+    passfile_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +93,10 @@ def _service(index: int, base_dir: str) -> pebble.ServiceDict:
 
 
 def build_layer(
-    processes: int, listen_port: int | None = None, base_dir: str = DEFAULT_BASE_DIR
+    processes: int,
+    listen_port: int | None = None,
+    base_dir: str = DEFAULT_BASE_DIR,
+    exporter: bool = False,
 ) -> pebble.LayerDict:
     """The Pebble layer running ``processes`` PgBouncer processes.
 
@@ -106,6 +115,7 @@ def build_layer(
         processes: how many services, 1 to 4.
         listen_port: the port the check connects to; None for no check.
         base_dir: where the ini files are.
+        exporter: whether to run the metrics exporter (:mod:`pgbouncer.exporter`) too.
 
     Returns:
         The layer, every entry with ``override: replace``.
@@ -120,6 +130,8 @@ def build_layer(
         "description": f"{processes} PgBouncer processes sharing one port (so_reuseport)",
         "services": {service_name(i): _service(i, base_dir) for i in range(processes)},
     }
+    if exporter:
+        layer["services"][EXPORTER_SERVICE] = exporter_service(base_dir)
     if listen_port is not None:
         layer["checks"] = {
             CHECK_NAME: {
@@ -361,6 +373,9 @@ class Workload:
             if files.get(ini_path(i, self._base_dir)) is None:
                 raise ValueError(f"no configuration given for process {i}")
         listen_port = self._listen_port(files[ini_path(0, self._base_dir)] or "")
+        # The metrics exporter runs when its configuration is among the files (observability).
+        exporter_files = {exporter_config_path(self._base_dir), passfile_path(self._base_dir)}
+        exporter = files.get(exporter_config_path(self._base_dir)) is not None
 
         with _pebble_errors("list the services"):
             before = self._container.get_services()
@@ -383,6 +398,8 @@ class Workload:
             self._write(path, content)
             plan.written.append(path)
             index = inis.get(path)
+            if path in exporter_files:
+                continue  # read by the exporter only (restarted below), not by PgBouncer
             if index is None:
                 plan.reload_all = True  # the auth file: every process re-reads it on reload
             elif needs_restart(old, content):
@@ -390,7 +407,7 @@ class Workload:
         self._make_run_dirs(processes)
 
         stopped = self._stop_unwanted(processes, running)
-        started, restarted = self._replan(processes, listen_port, running)
+        started, restarted = self._replan(processes, listen_port, running, exporter)
 
         reloaded: list[str] = []
         written = set(plan.written)
@@ -408,6 +425,16 @@ class Workload:
         if reloaded:
             with _pebble_errors("reload"):
                 self._container.send_signal("SIGHUP", *reloaded)
+        if (
+            exporter
+            and EXPORTER_SERVICE in running
+            and EXPORTER_SERVICE not in started + restarted
+            and exporter_files & written
+        ):
+            # The exporter keeps no state: a restart is the sure way to make it re-read.
+            with _pebble_errors(f"restart {EXPORTER_SERVICE}"):
+                self._container.restart(EXPORTER_SERVICE)
+            restarted.append(EXPORTER_SERVICE)
         return ApplyResult(
             written=tuple(plan.written),
             removed=tuple(plan.removed),
@@ -473,7 +500,7 @@ class Workload:
         return stop
 
     def _replan(
-        self, processes: int, listen_port: int | None, running: set[str]
+        self, processes: int, listen_port: int | None, running: set[str], exporter: bool = False
     ) -> tuple[list[str], list[str]]:
         """Add the layer (disabling services no longer wanted) and start what is not running.
 
@@ -481,10 +508,19 @@ class Workload:
             The services Pebble started, and the running ones it restarted because their
             definition in the plan changed (a charm upgrade changing the layer).
         """
-        layer = build_layer(processes, listen_port, self._base_dir)
+        layer = build_layer(processes, listen_port, self._base_dir, exporter)
         with _pebble_errors("read the plan"):
             current = self._container.get_plan()
         services = layer.setdefault("services", {})
+        if not exporter and EXPORTER_SERVICE in current.services:
+            # No stats password (yet, or any more): keep the exporter in the plan, stopped.
+            services[EXPORTER_SERVICE] = {
+                **exporter_service(self._base_dir),
+                "startup": "disabled",
+            }
+            if EXPORTER_SERVICE in running:
+                with _pebble_errors(f"stop {EXPORTER_SERVICE}"):
+                    self._container.stop(EXPORTER_SERVICE)
         for name in current.services:
             suffix = name.removeprefix(SERVICE_PREFIX)
             if name != suffix and suffix.isdigit() and name not in services:
@@ -494,6 +530,8 @@ class Workload:
             self._container.add_layer(LAYER_LABEL, layer, combine=True)
             after = self._container.get_plan()
         wanted = [service_name(i) for i in range(processes)]
+        if exporter:
+            wanted.append(EXPORTER_SERVICE)
         if after.to_dict() == current.to_dict() and all(name in running for name in wanted):
             return [], []
         changed = [

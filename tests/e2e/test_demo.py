@@ -46,6 +46,7 @@ def test_demo_runs_the_story_and_ends_with_no_leftover_auth_roles():
     assert "owns the clients' data and cannot log in" in out
     assert out.rstrip().splitlines()[-1].startswith("Every step had its effect.")
     assert "Leftover auth roles: []" in out
+    assert out.count('pgbouncer_up{process="0"} 1.0') == 2, "each unit's exporter scraped"
 
 
 def test_a_failed_step_exits_non_zero_and_stops_every_process(monkeypatch, capsys):
