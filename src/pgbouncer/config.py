@@ -21,7 +21,13 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from state.charm_state import CharmState, parse_version
-from state.config import MAX_POOL_SIZE, MAX_TIMEOUT_SECONDS, PoolSettings
+from state.config import (
+    MAX_POOL_SIZE,
+    MAX_TIMEOUT_SECONDS,
+    POOL_SIZE_OPTIONS,
+    TIMEOUT_OPTIONS,
+    PoolSettings,
+)
 from state.names import (
     InvalidNameError,
     auth_query_for,
@@ -497,18 +503,9 @@ def _check_pools(pools: PoolSettings, processes: int) -> PoolSettings:
     """Every pool size and timeout in range, and consistent with one another."""
     if not isinstance(pools, PoolSettings):
         raise RenderError("pools", "not a PoolSettings")
-    sizes = ("default_pool_size", "min_pool_size", "reserve_pool_size")
-    for name in sizes:
+    for name in POOL_SIZE_OPTIONS:
         _check_int(name, getattr(pools, name), 0, MAX_POOL_SIZE)
-    timeouts = (
-        "reserve_pool_timeout",
-        "server_idle_timeout",
-        "server_lifetime",
-        "query_wait_timeout",
-        "client_idle_timeout",
-        "idle_transaction_timeout",
-    )
-    for name in timeouts:
+    for name in TIMEOUT_OPTIONS:
         _check_int(name, getattr(pools, name), 0, MAX_TIMEOUT_SECONDS)
     for name in ("max_db_client_connections", "max_user_client_connections"):
         value = _check_int(name, getattr(pools, name), 0, 1_000_000)
