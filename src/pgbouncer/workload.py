@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -24,6 +25,7 @@ from pgbouncer.config import (
     DEFAULT_BASE_DIR,
     MAX_PROCESSES,
     MIN_PROCESSES,
+    MIN_SUPPORTED_VERSION,
     RenderError,
     ini_path,
     needs_restart,
@@ -50,6 +52,23 @@ KILL_DELAY = "10s"
 on SIGTERM (new clients go to the other processes) and then waits for its clients with no time
 limit; Pebble sends SIGKILL after this delay. In-flight transactions get this long to finish."""
 
+PAUSE_SETTLE_S = 1.0
+"""How long the processes stay paused (SIGUSR1) before the reload that changes a pool's target,
+mode or cap. PAUSE closes each idle server connection and each server login in flight at once,
+and every other one as its transaction ends; clients' new queries wait (no error) meanwhile.
+A transaction longer than this keeps its server through the reload: PgBouncer closes that server
+when the transaction ends (its connect string is stale), still without an error."""
+
+RESUME_AFTER_S = 0.2
+"""Gap between the reload (SIGHUP) and RESUME (SIGUSR2): PgBouncer handles signals in its event
+loop, and two arriving together may be handled in either order."""
+
+DRAIN_POOL_KEYS = frozenset(
+    {"max_db_connections", "default_pool_size", "max_user_connections", "min_pool_size"}
+)
+"""``[pgbouncer]`` keys whose lowering should close server connections over the new value: a
+reload alone leaves the connections already open (16 against a cap of 10 in the benchmark)."""
+
 DEFAULT_CPUS = 1
 """CPUs assumed when the container's cgroup tells nothing (no quota, no cpuset readable)."""
 
@@ -68,6 +87,10 @@ _VERSION = re.compile(r"^PgBouncer (\d+\.\d+(?:\.\d+)?)\b", re.MULTILINE)
 
 class WorkloadError(Exception):
     """Pebble refused or failed an operation on the workload container."""
+
+
+class UnsupportedVersion(WorkloadError):  # noqa: N818 (reads as a state)
+    """The image's PgBouncer is older than the charm supports; nothing was stopped."""
 
 
 class WorkloadUnreachable(WorkloadError):  # noqa: N818 (reads as a state, like BackendUnreachable)
@@ -209,6 +232,54 @@ def _count_cpuset(text: str | None) -> int | None:
     return count if count > 0 else None
 
 
+def _int(value: str | None) -> int:
+    return int(value) if value and value.isdigit() else 0
+
+
+def drain_reason(old_ini: str | None, new_ini: str) -> str | None:
+    """Why a reload from ``old_ini`` to ``new_ini`` must be wrapped in PAUSE … RESUME.
+
+    - ``target``: a ``[databases]`` entry present in both files points elsewhere (a primary
+      switchover). PgBouncer 1.24 kills a server login in flight to the old target, caches that
+      as a login failure and drops the clients waiting on that pool; under PAUSE no login is in
+      flight and no client waits on a server, so nothing is dropped.
+    - ``pool_mode``: the pool mode changes; server connections made under the old mode close.
+    - ``cap``: a pool limit (:data:`DRAIN_POOL_KEYS`) is lowered, or set where it was
+      unlimited: PAUSE closes the server connections, RESUME reopens them under the new limit.
+
+    A new or removed ``[databases]`` entry, an auth file or ``[peers]`` change needs none.
+
+    Args:
+        old_ini: the file the process runs with (None: never started, nothing to drain).
+        new_ini: the file about to be applied.
+
+    Returns:
+        The reason, or None when a plain reload is enough.
+    """
+    if old_ini is None:
+        return None
+    try:
+        old, new = parse_ini(old_ini), parse_ini(new_ini)
+    except RenderError:
+        return None
+    old_dbs, new_dbs = old.get("databases", {}), new.get("databases", {})
+    if any(key in new_dbs and new_dbs[key] != value for key, value in old_dbs.items()):
+        return "target"
+    old_pgb, new_pgb = old.get("pgbouncer", {}), new.get("pgbouncer", {})
+    if old_pgb.get("pool_mode", "session") != new_pgb.get("pool_mode", "session"):
+        return "pool_mode"
+    for key in sorted(DRAIN_POOL_KEYS):
+        before, after = _int(old_pgb.get(key)), _int(new_pgb.get(key))
+        if after and (before == 0 or after < before):
+            return "cap"
+    return None
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """``"1.24.1"`` → ``(1, 24, 1)``; parts that are not numbers are left out."""
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     """What :meth:`Workload.apply` did, for the charm's log.
@@ -220,6 +291,7 @@ class ApplyResult:
         reloaded: services sent SIGHUP: they re-read their files, clients stay connected.
         restarted: services restarted, one at a time, for a change a reload ignores.
         stopped: services of processes no longer wanted.
+        paused: services held in PAUSE around their reload, and why (``drain_reason``).
     """
 
     written: tuple[str, ...] = ()
@@ -228,6 +300,8 @@ class ApplyResult:
     reloaded: tuple[str, ...] = ()
     restarted: tuple[str, ...] = ()
     stopped: tuple[str, ...] = ()
+    paused: tuple[str, ...] = ()
+    pause_reason: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -246,6 +320,7 @@ class ApplyResult:
                 ("reloaded", self.reloaded),
                 ("restarted", self.restarted),
                 ("stopped", self.stopped),
+                (f"paused ({self.pause_reason})", self.paused),
             )
             if values
         ]
@@ -259,6 +334,7 @@ class _Plan:
     written: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     restart: set[int] = field(default_factory=set)
+    drain: dict[int, str] = field(default_factory=dict)
     reload_all: bool = False
 
 
@@ -281,9 +357,15 @@ class Workload:
         base_dir: where PgBouncer's files live in it.
     """
 
-    def __init__(self, container: ops.Container, base_dir: str = DEFAULT_BASE_DIR):
+    def __init__(
+        self,
+        container: ops.Container,
+        base_dir: str = DEFAULT_BASE_DIR,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self._container = container
         self._base_dir = base_dir
+        self._sleep = sleep
 
     def can_connect(self) -> bool:
         """Whether Pebble in the container answers."""
@@ -306,6 +388,27 @@ class Workload:
         if version is None:
             logger.warning("no version in the output of pgbouncer --version")
         return version
+
+    def refuse_old_version(self) -> str:
+        """Check the image's PgBouncer before anything is stopped or restarted.
+
+        Call before a change that replaces processes (a refresh, a new image, a port change):
+        an image below :data:`pgbouncer.config.MIN_SUPPORTED_VERSION` must not take over from
+        processes that work.
+
+        Returns:
+            The version found.
+
+        Raises:
+            UnsupportedVersion: the version is older, or ``pgbouncer --version`` names none.
+            WorkloadUnreachable: Pebble cannot be reached.
+            WorkloadError: the command could not run.
+        """
+        found = self.version()
+        need = ".".join(map(str, MIN_SUPPORTED_VERSION))
+        if found is None or version_tuple(found) < MIN_SUPPORTED_VERSION:
+            raise UnsupportedVersion(f"PgBouncer >= {need} needed, found {found or 'no version'}")
+        return found
 
     def cpu_limit(self) -> int:
         """CPUs the workload container may use, from its cgroup (read through Pebble).
@@ -348,6 +451,9 @@ class Workload:
         4. For services that were already running: restart, one at a time, those whose ini
            changed a key a reload ignores (:func:`pgbouncer.config.needs_restart`); send SIGHUP
            to the others when any of their files changed. Nothing changed: nothing is done.
+        5. A reload that moves a pool's target, changes ``pool_mode`` or lowers a pool limit
+           (:func:`drain_reason`) is wrapped in PAUSE … RESUME (:meth:`_reload`), so that no
+           client sees an error and no server connection outlives the change.
 
         Args:
             files: container path → content, or None to delete it. Paths must be under the base
@@ -404,6 +510,10 @@ class Workload:
                 plan.reload_all = True  # the auth file: every process re-reads it on reload
             elif needs_restart(old, content):
                 plan.restart.add(index)
+            else:
+                reason = drain_reason(old, content)
+                if reason:
+                    plan.drain[index] = reason
         self._make_run_dirs(processes)
 
         stopped = self._stop_unwanted(processes, running)
@@ -422,9 +532,9 @@ class Workload:
                 restarted.append(name)
             elif plan.reload_all or ini_path(i, self._base_dir) in written:
                 reloaded.append(name)
+        paused = [service_name(i) for i in sorted(plan.drain) if service_name(i) in reloaded]
         if reloaded:
-            with _pebble_errors("reload"):
-                self._container.send_signal("SIGHUP", *reloaded)
+            self._reload(reloaded, paused)
         if (
             exporter
             and EXPORTER_SERVICE in running
@@ -442,7 +552,32 @@ class Workload:
             reloaded=tuple(reloaded),
             restarted=tuple(restarted),
             stopped=tuple(stopped),
+            paused=tuple(paused),
+            pause_reason=", ".join(sorted(set(plan.drain.values()))) if paused else None,
         )
+
+    def _reload(self, reloaded: list[str], paused: list[str]) -> None:
+        """SIGHUP ``reloaded``; those in ``paused`` are held in PAUSE around it.
+
+        PAUSE (SIGUSR1), :data:`PAUSE_SETTLE_S`, RELOAD (SIGHUP), :data:`RESUME_AFTER_S`, RESUME
+        (SIGUSR2). RESUME is sent even when the reload fails, so that a Pebble error can never
+        leave clients waiting on a paused process; the longest a client waits is the sum of the
+        two delays (plus PgBouncer's ``server_login_retry`` when PAUSE cut a login in flight).
+        """
+        if not paused:
+            with _pebble_errors("reload"):
+                self._container.send_signal("SIGHUP", *reloaded)
+            return
+        with _pebble_errors("pause"):
+            self._container.send_signal("SIGUSR1", *paused)
+        try:
+            self._sleep(PAUSE_SETTLE_S)
+            with _pebble_errors("reload"):
+                self._container.send_signal("SIGHUP", *reloaded)
+            self._sleep(RESUME_AFTER_S)
+        finally:
+            with _pebble_errors("resume"):
+                self._container.send_signal("SIGUSR2", *paused)
 
     # -- helpers ----------------------------------------------------------------------------
     @staticmethod

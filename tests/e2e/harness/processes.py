@@ -81,6 +81,10 @@ class ProcessError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
+MAX_REPLAYED_GAP_S = 5.0
+"""The longest pause between two signals that a replay reproduces."""
+
+
 @dataclass(frozen=True)
 class PebbleCall:
     """One call the charm made on Scenario's Pebble client, in the order made.
@@ -90,12 +94,16 @@ class PebbleCall:
         action: ``replan``, ``autostart``, ``start``, ``stop``, ``restart`` or ``signal``.
         services: the services named in the call (empty for ``replan``/``autostart``).
         signal: the signal name for ``signal`` (``SIGHUP``), else None.
+        at: when the call was made (monotonic seconds); the replay keeps the gaps between
+            signals, so that PAUSE … RELOAD … RESUME reaches the processes paced as in a pod.
+            Left out of comparisons.
     """
 
     container: str
     action: str
     services: tuple[str, ...] = ()
     signal: str | None = None
+    at: float = field(default=0.0, compare=False)
 
 
 def _scenario_client_class() -> type:
@@ -204,7 +212,9 @@ class PebbleRecorder:
             names = tuple(service_names)
             result = original(client, sig, names)
             name = signal.Signals(sig).name if isinstance(sig, int) else str(sig)
-            recorder.calls.append(PebbleCall(client._container_name, "signal", names, name))
+            recorder.calls.append(
+                PebbleCall(client._container_name, "signal", names, name, time.monotonic())
+            )
             return result
 
         return wrapper
@@ -604,7 +614,12 @@ class PebbleProcessRunner:
             if ready:
                 self.wait_for_log(name, ready, timeout=timeout, after=mark)
 
+        last_signal: float | None = None
         for call in calls:
+            if call.action == "signal" and last_signal is not None and call.at:
+                time.sleep(min(max(call.at - last_signal, 0.0), MAX_REPLAYED_GAP_S))
+            if call.action == "signal":
+                last_signal = call.at or None
             if call.action in ("replan", "autostart"):
                 for name, spec in specs.items():
                     if spec.startup != "enabled":

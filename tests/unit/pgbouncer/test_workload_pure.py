@@ -10,6 +10,7 @@ from pgbouncer.workload import (
     ApplyResult,
     build_layer,
     cpu_count_from_cgroup,
+    drain_reason,
     parse_version,
 )
 
@@ -104,3 +105,28 @@ def test_apply_result_says_what_changed():
     result = ApplyResult(written=("/a",), reloaded=("pgbouncer_0", "pgbouncer_1"))
     assert result.changed
     assert str(result) == "wrote /a; reloaded pgbouncer_0, pgbouncer_1"
+
+
+# -- drain_reason: which reloads are wrapped in PAUSE … RESUME --------------------------------
+_BASE = "[databases]\nappdb = host=10.0.0.1 port=5432 dbname=appdb\n[pgbouncer]\n"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [
+        (_BASE, _BASE.replace("10.0.0.1", "10.0.0.2"), "target"),
+        (_BASE, _BASE.replace("port=5432", "port=5433"), "target"),
+        (_BASE + "pool_mode = transaction\n", _BASE + "pool_mode = session\n", "pool_mode"),
+        (_BASE, _BASE + "pool_mode = transaction\n", "pool_mode"),  # default is session
+        (_BASE + "max_db_connections = 100\n", _BASE + "max_db_connections = 10\n", "cap"),
+        (_BASE + "default_pool_size = 0\n", _BASE + "default_pool_size = 5\n", "cap"),
+        (_BASE + "max_db_connections = 10\n", _BASE + "max_db_connections = 100\n", None),
+        (_BASE + "max_db_connections = 10\n", _BASE + "max_db_connections = 0\n", None),
+        (_BASE, _BASE.replace("[pgbouncer]", "new = host=h dbname=n\n[pgbouncer]"), None),
+        (_BASE, "[databases]\n[pgbouncer]\n", None),  # a removed entry
+        (None, _BASE, None),  # never ran: nothing to drain
+        ("[broken\n", _BASE, None),  # unreadable old file: the restart path handles it
+    ],
+)
+def test_drain_reason(old, new, reason):
+    assert drain_reason(old, new) == reason

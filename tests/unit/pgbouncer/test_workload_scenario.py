@@ -15,7 +15,7 @@ import pytest
 from ops import testing
 
 from pgbouncer.config import AUTH_FILE, DatabaseTarget, PgBouncerConfig, render_files
-from pgbouncer.workload import ApplyResult, Workload
+from pgbouncer.workload import ApplyResult, UnsupportedVersion, Workload
 
 PGB = "/var/lib/pgbouncer"
 
@@ -25,6 +25,7 @@ class WorkloadCharm(ops.CharmBase):
 
     request: tuple[dict[str, str | None], int] = ({}, 1)
     result: ApplyResult | None = None
+    calls: list[tuple[str, ...]] = []
 
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
@@ -32,28 +33,41 @@ class WorkloadCharm(ops.CharmBase):
 
     def _apply(self, _: ops.EventBase) -> None:
         files, processes = WorkloadCharm.request
-        WorkloadCharm.result = Workload(self.unit.get_container("pgbouncer")).apply(
-            files, processes
+        workload = Workload(
+            self.unit.get_container("pgbouncer"),
+            sleep=lambda seconds: WorkloadCharm.calls.append(("sleep", str(seconds))),
         )
+        WorkloadCharm.result = workload.apply(files, processes)
 
 
 META = {"name": "wl", "containers": {"pgbouncer": {"resource": "img"}}}
 
 
-def cfg(processes: int = 2, port: int = 6432, host: str = "10.0.0.1") -> PgBouncerConfig:
+def cfg(
+    processes: int = 2,
+    port: int = 6432,
+    host: str = "10.0.0.1",
+    pool_mode: str = "transaction",
+    max_db: int = 10,
+    extra_db: bool = False,
+) -> PgBouncerConfig:
+    databases = [DatabaseTarget("appdb", host, 5432, "appdb")]
+    if extra_db:
+        databases.append(DatabaseTarget("otherdb", host, 5432, "otherdb"))
     return PgBouncerConfig(
         listen_port=port,
-        pool_mode="transaction",
-        max_db_connections=10,
+        pool_mode=pool_mode,
+        max_db_connections=max_db,
         max_prepared_statements=100,
         processes=processes,
-        databases=(DatabaseTarget("appdb", host, 5432, "appdb"),),
+        databases=tuple(databases),
     )
 
 
 def run(state: testing.State, files, processes) -> tuple[ApplyResult, testing.State]:
     WorkloadCharm.request = (files, processes)
     WorkloadCharm.result = None
+    WorkloadCharm.calls = []
     out = testing.Context(WorkloadCharm, meta=META).run(
         testing.CharmEvents.config_changed(), state
     )
@@ -141,3 +155,134 @@ def test_a_file_mapped_to_none_is_deleted(state, tmp_path):
 def test_paths_outside_the_base_dir_are_refused(state):
     with pytest.raises(Exception, match="not a file directly under"):
         run(state, {**files_for(cfg()), "/etc/passwd": "x"}, 2)
+
+
+# -- PAUSE around a reload that moves a target, changes the mode or lowers a cap --------------
+@pytest.fixture
+def signals(monkeypatch) -> list[tuple[str, ...]]:
+    """Every signal sent through ops, interleaved with the Workload's sleeps, in order."""
+    original = ops.Container.send_signal
+
+    def recording(self: ops.Container, sig: str | int, *names: str) -> None:
+        WorkloadCharm.calls.append((str(sig), *names))
+        original(self, sig, *names)
+
+    monkeypatch.setattr(ops.Container, "send_signal", recording)
+    return WorkloadCharm.calls
+
+
+BOTH = ("pgbouncer_0", "pgbouncer_1")
+PAUSED_RELOAD = [
+    ("SIGUSR1", *BOTH),
+    ("sleep", "1.0"),
+    ("SIGHUP", *BOTH),
+    ("sleep", "0.2"),
+    ("SIGUSR2", *BOTH),
+]
+
+
+def test_a_target_change_pauses_reloads_then_resumes(state, signals):
+    _, out = run(state, files_for(cfg()), 2)
+    result, _ = run(out, files_for(cfg(host="10.0.0.2")), 2)
+    assert WorkloadCharm.calls == PAUSED_RELOAD
+    assert result.paused == BOTH
+    assert result.pause_reason == "target"
+    assert "paused (target)" in str(result)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "reason"),
+    [
+        (cfg(max_db=100), cfg(max_db=10), "cap"),
+        (cfg(max_db=0), cfg(max_db=10), "cap"),
+        (cfg(pool_mode="transaction"), cfg(pool_mode="session"), "pool_mode"),
+    ],
+)
+def test_a_mode_change_or_a_lower_cap_pauses(state, signals, before, after, reason):
+    _, out = run(state, files_for(before), 2)
+    result, _ = run(out, files_for(after), 2)
+    assert WorkloadCharm.calls == PAUSED_RELOAD
+    assert result.pause_reason == reason
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "auth"),
+    [
+        (cfg(max_db=10), cfg(max_db=100), ""),  # a higher cap needs no drain
+        (cfg(), cfg(extra_db=True), ""),  # a new database: nothing in flight towards it
+        (cfg(extra_db=True), cfg(), ""),  # a removed one
+        (cfg(), cfg(), '"u" "p"\n'),  # the auth file
+    ],
+)
+def test_other_reloads_are_plain_sighup_without_waiting(state, signals, before, after, auth):
+    _, out = run(state, files_for(before), 2)
+    result, _ = run(out, files_for(after, auth=auth), 2)
+    assert WorkloadCharm.calls == [("SIGHUP", *BOTH)]
+    assert result.paused == ()
+    assert result.pause_reason is None
+
+
+def test_resume_is_sent_even_when_the_reload_fails(state, monkeypatch):
+    """A Pebble error between PAUSE and RESUME must not leave clients waiting forever."""
+    _, out = run(state, files_for(cfg()), 2)
+    sent: list[str] = []
+
+    def failing(self: ops.Container, sig: str | int, *names: str) -> None:
+        sent.append(str(sig))
+        if sig == "SIGHUP":
+            raise ops.pebble.APIError({}, 500, "Internal Server Error", "boom")
+
+    monkeypatch.setattr(ops.Container, "send_signal", failing)
+    WorkloadCharm.request = (files_for(cfg(host="10.0.0.2")), 2)
+    with pytest.raises(testing.errors.UncaughtCharmError, match="reload"):
+        testing.Context(WorkloadCharm, meta=META).run(testing.CharmEvents.config_changed(), out)
+    assert sent == ["SIGUSR1", "SIGHUP", "SIGUSR2"]
+
+
+def test_a_restart_is_never_paused(state, signals):
+    """A listen_port change restarts; PAUSE would only stall the process about to stop."""
+    _, out = run(state, files_for(cfg()), 2)
+    result, _ = run(out, files_for(cfg(port=7000, host="10.0.0.2")), 2)
+    assert result.restarted == BOTH
+    assert WorkloadCharm.calls == []
+
+
+# -- the version guard before anything stops ---------------------------------------------------
+class VersionCharm(ops.CharmBase):
+    outcome: str = ""
+
+    def __init__(self, framework: ops.Framework):
+        super().__init__(framework)
+        framework.observe(self.on.config_changed, self._check)
+
+    def _check(self, _: ops.EventBase) -> None:
+        try:
+            VersionCharm.outcome = Workload(
+                self.unit.get_container("pgbouncer")
+            ).refuse_old_version()
+        except UnsupportedVersion as exc:
+            VersionCharm.outcome = f"refused: {exc}"
+
+
+@pytest.mark.parametrize(
+    ("stdout", "outcome"),
+    [
+        ("PgBouncer 1.24.1\nlibevent 2.1.12\n", "1.24.1"),
+        ("PgBouncer 1.21.0\n", "1.21.0"),
+        ("PgBouncer 1.20.1\n", "refused: PgBouncer >= 1.21 needed, found 1.20.1"),
+        ("PgBouncer 1.9.0\n", "refused: PgBouncer >= 1.21 needed, found 1.9.0"),
+        ("pgbouncer: something else\n", "refused: PgBouncer >= 1.21 needed, found no version"),
+    ],
+)
+def test_an_image_below_1_21_is_refused_before_anything_stops(stdout, outcome):
+    container = testing.Container(
+        "pgbouncer",
+        can_connect=True,
+        execs={testing.Exec(["pgbouncer", "--version"], stdout=stdout)},
+        service_statuses={},
+    )
+    ctx = testing.Context(VersionCharm, meta=META)
+    ctx.run(ctx.on.config_changed(), testing.State(containers={container}))
+    assert VersionCharm.outcome == outcome
+    # Only the version was asked: nothing was stopped, restarted or replanned.
+    assert [e.command for e in ctx.exec_history["pgbouncer"]] == [["pgbouncer", "--version"]]
