@@ -7,6 +7,7 @@ part starts is stopped in that part's ``finally``.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import sys
 import tempfile
@@ -87,9 +88,17 @@ def main() -> int:
 
             print("part 4: hook cost", flush=True)
             results.hooks = _guard(results, "4. Hook cost", lambda: hooks.run(settings, work))
+        if "jujupath" in settings.parts:
+            from bench import jujupath
+
+            print("part 4a: hook cost on Juju's real path (dispatch, ops.main)", flush=True)
+            results.jujupath = _guard(
+                results, "4a. Hook cost, real path", lambda: jujupath.run(settings, work)
+            )
     finally:
         results.seconds = time.monotonic() - t0
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
     path = report.write(results)
     print(report.summary(results))
     print(f"bench: done in {results.seconds:.0f} s; report in {path}")

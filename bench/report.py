@@ -23,6 +23,7 @@ class Results:
     scale: Any = None
     reconfig: Any = None
     hooks: Any = None
+    jujupath: Any = None
     failures: dict[str, str] = field(default_factory=dict)
 
 
@@ -241,6 +242,10 @@ def write(results: Results) -> Path:
         from bench.hooks import section as hook_section
 
         lines += [*hook_section(results.hooks), ""]
+    if results.jujupath is not None:
+        from bench.jujupath import section as jujupath_section
+
+        lines += [*jujupath_section(results.jujupath), ""]
     lines += [*targets_section(results), ""]
     for part, error in results.failures.items():
         lines += [f"## {part}: did not complete", "", f"```\n{error}\n```", ""]

@@ -2,7 +2,7 @@
 
 ``BENCH_QUICK=1`` shrinks every duration and repetition so that a run takes about a minute and
 writes to ``bench/results/tmp/`` (git-ignored) instead of ``bench/results/latest.md``.
-``BENCH_PARTS=throughput,scale,reconfig,hooks`` runs only the parts named.
+``BENCH_PARTS=throughput,scale,reconfig,hooks,jujupath`` runs only the parts named.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bench import ROOT
 
-PARTS = ("throughput", "scale", "reconfig", "hooks")
+PARTS = ("throughput", "scale", "reconfig", "hooks", "jujupath")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class Settings:
         scale_clients: client counts of the connection-scale part.
         scale_seconds: length of one connection-scale run.
         reconfig_seconds: length of the pgbench run that reconfiguration happens under.
-        hook_repeats: fresh-process runs per hook; the median is reported.
+        hook_repeats: fresh-process runs per hook under ``ops.testing``; the median is reported.
+        jujupath_runs: interleaved rounds of the production-path hook benchmark.
         parts: which parts to run.
     """
 
@@ -43,6 +44,7 @@ class Settings:
     scale_seconds: int
     reconfig_seconds: int
     hook_repeats: int
+    jujupath_runs: int
     parts: tuple[str, ...]
 
     @property
@@ -69,6 +71,7 @@ def load() -> Settings:
             scale_seconds=3,
             reconfig_seconds=16,
             hook_repeats=1,
+            jujupath_runs=2,
             parts=parts,
         )
     return Settings(
@@ -82,5 +85,6 @@ def load() -> Settings:
         scale_seconds=12,
         reconfig_seconds=40,
         hook_repeats=7,
+        jujupath_runs=15,
         parts=parts,
     )
