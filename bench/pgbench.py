@@ -93,6 +93,12 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _prepare_child(cpus: set[int] | None) -> None:
+    _raise_nofile()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
 def pgbench_command(target: Target, args: Sequence[str]) -> list[str]:
     """Pgbench's argv for ``target``: connection options, ``args``, the database (no password)."""
     return [
@@ -124,6 +130,7 @@ def run_pgbench(
     workdir: Path,
     timeout: float,
     name: str = "run",
+    cpus: set[int] | None = None,
 ) -> PgbenchResult:
     """Run pgbench against ``target`` with ``args`` and parse its report.
 
@@ -133,6 +140,7 @@ def run_pgbench(
         workdir: pgbench's working directory (its ``--log`` files land there).
         timeout: seconds after which pgbench is killed (by its own PID).
         name: file name prefix of its captured output.
+        cpus: the CPUs pgbench may run on (all when None).
 
     Returns:
         The parsed result; an unparsable report gives tps 0 and the error lines.
@@ -150,7 +158,7 @@ def run_pgbench(
             stdin=subprocess.DEVNULL,
             cwd=workdir,
             env=env,
-            preexec_fn=_raise_nofile,
+            preexec_fn=(lambda: _prepare_child(cpus)),
         )
     usage = None
     deadline = start + timeout

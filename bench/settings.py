@@ -25,7 +25,7 @@ class Settings:
         clients: pgbench clients for the throughput part.
         threads: pgbench threads (``-j``).
         run_seconds: length of one throughput run.
-        rounds: rounds of the throughput matrix, interleaved; figures are their mean.
+        rounds: rounds of the throughput matrix, interleaved; figures are their median and range.
         scale_clients: client counts of the connection-scale part.
         scale_seconds: length of one connection-scale run.
         reconfig_seconds: length of the pgbench run that reconfiguration happens under.
@@ -79,8 +79,8 @@ def load() -> Settings:
         scale=10,
         clients=20,
         threads=2,
-        run_seconds=12,
-        rounds=2,
+        run_seconds=8,
+        rounds=3,
         scale_clients=(300, 1000),
         scale_seconds=12,
         reconfig_seconds=40,
