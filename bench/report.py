@@ -132,29 +132,47 @@ def throughput_section(tput) -> list[str]:
 
 
 def scale_section(rows) -> list[str]:
-    """Markdown of part 2."""
+    """Markdown of part 2: one line per (clients, target), median (min-max) over the rounds."""
+    groups: dict[tuple[int, str], list] = {}
+    for row in rows:
+        groups.setdefault((row.clients, row.target), []).append(row)
+    rounds = max((len(g) for g in groups.values()), default=0)
     lines = [
         "## 2. Connection scale: PostgreSQL `max_connections = 50`",
         "",
         "Pooled: our rendered configuration, two processes, transaction pool,"
         " `max_db_connections = 40` for the unit (20 per process). pgbench `-S -j 2`;"
         " the load generator is `bench/loadgen.py` (asyncio + psycopg, one process: its rate is"
-        " bounded by its own CPU and only compares with itself).",
+        f" bounded by its own CPU and only compares with itself). {rounds} interleaved rounds:"
+        " median (min-max); outcomes and peaks over all rounds.",
         "",
-        "| clients | target | pgbench tps | pgbench outcome | loadgen connected / refused / failed | loadgen qps | peak server connections |",
+        "| clients | target | pgbench tps | pgbench outcomes | loadgen connected / refused / failed (min-max) | loadgen qps | peak server connections (max) |",
         "|---:|---|---:|---|---|---:|---:|",
     ]
-    for row in rows:
-        b, load = row.pgbench, row.load
-        if b.returncode == 0 and not b.errors:
-            outcome = f"ok, {b.failed + b.aborted_clients} failed"
-        else:
-            first = b.errors[0].replace("|", "/") if b.errors else ""
-            outcome = f"exit {b.returncode}: {first}"
+    for (clients, target), group in groups.items():
+        outcomes: list[str] = []
+        for row in group:
+            b = row.pgbench
+            if b.returncode == 0 and not b.errors:
+                text = f"ok, {b.failed + b.aborted_clients} failed"
+            else:
+                first = b.errors[0].replace("|", "/")[:90] if b.errors else ""
+                text = f"exit {b.returncode}: {first}"
+            if text not in outcomes:
+                outcomes.append(text)
+
+        def span(values: list[int]) -> str:
+            return (
+                f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
+            )
+
+        loads = [r.load for r in group]
         lines.append(
-            f"| {row.clients} | {row.target} | {_fmt(b.tps)} | {outcome} |"
-            f" {load.connected} / {load.refused} / {load.failed} | {_fmt(load.qps)} |"
-            f" {row.peak_server_connections} |"
+            f"| {clients} | {target} | {_range([r.pgbench.tps for r in group])} |"
+            f" {'; '.join(outcomes)} | {span([x.connected for x in loads])} /"
+            f" {span([x.refused for x in loads])} / {span([x.failed for x in loads])} |"
+            f" {_range([x.qps for x in loads])} |"
+            f" {max(r.peak_server_connections for r in group)} |"
         )
     errors = {e for row in rows for e in row.load.errors}
     if errors:
