@@ -18,7 +18,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,10 +257,14 @@ def run(settings: Settings, workdir: Path) -> JujuPathResult:
         )
         job_cases = []
         defaults = _defaults(ROOT)
+        model_name, model_uuid = "", ""
         for case in cases(backend_rel):
             _, pickle_path, snap = prepared[case.pickle_index]
             spec = pickle.loads(pickle_path.read_bytes())  # noqa: S301 - our own file
             state, ctx = spec["state"], spec["ctx"]
+            # The charm marks what it creates in PostgreSQL with the model's uuid: keep the one
+            # the states were prepared with.
+            model_name, model_uuid = state.model.name, state.model.uuid
             unit = f"{ctx['app_name']}/{ctx['unit_id']}"
             model = model_of(state, unit, ctx["app_name"])
             model["config"] = {**defaults, **model["config"]}
@@ -296,8 +299,8 @@ def run(settings: Settings, workdir: Path) -> JujuPathResult:
             "launch": str(launch),
             "tools_bin": str(bindir),
             "unit": f"{UNIT_APP}/0",
-            "model_name": "bench",
-            "model_uuid": str(uuid.uuid4()),
+            "model_name": model_name,
+            "model_uuid": model_uuid,
             "juju_version": "3.6.2",
             "charm_mount": str(charm_mount),
             "charms": [{"name": "ours", "dir": str(ours)}, {"name": "floor", "dir": str(floor)}],
@@ -364,8 +367,8 @@ def section(result: JujuPathResult) -> list[str]:
         " ops only) interleaved; median (min-max). Peak RSS from `wait4` of `dispatch` (the"
         " charm's python3 included) through a 1 MiB C launcher.",
         "",
-        "| hook | ours wall (ms) | floor wall (ms) | ratio | ours peak RSS (MiB) | floor peak RSS (MiB) | ratio | hook tool / Pebble calls (ours) | stderr (ours) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| hook | ours wall (ms) | floor wall (ms) | ratio | ours peak RSS (MiB) | floor peak RSS (MiB) | ratio | hook tool / Pebble calls (ours) | stderr (ours) | status set (ours) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for case in result.cases():
         o, f = (result.median(case, c, "wall_ms") for c in ("ours", "floor"))
@@ -383,6 +386,7 @@ def section(result: JujuPathResult) -> list[str]:
             f" {result.span(case, 'ours', 'rss_mib', 1)} | {result.span(case, 'floor', 'rss_mib', 1)}"
             f" | {_ratio(ro, rf)} | {last['tool_calls']} / {last['pebble_calls']}"
             f"{f' ({misses} replay misses)' if misses else ''} | {stderr} |"
+            f" {last.get('status', '').replace('|', '/')[:80]} |"
         )
     lines += [
         "",

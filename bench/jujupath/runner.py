@@ -34,6 +34,9 @@ def _prepare_run(job: dict[str, Any], case: dict[str, Any], charm: dict[str, Any
     subprocess.run(["rm", "-rf", str(work)], check=True)
     subprocess.run(["cp", "-a", case["mount_snapshot"], str(work)], check=True)
     Path(case["calls"]).write_text("")
+    Path(case["calls"] + ".status").write_text("")
+    Path(case["calls"] + ".secrets").write_text("")
+    shutil.rmtree(case["calls"] + ".secrets.d", ignore_errors=True)
     if case.get("no_pyc"):
         _drop_pycache(charm_dir)
 
@@ -91,6 +94,7 @@ def _run_once(
         "tool_calls": len(calls),
         "tool_misses": sum(1 for c in calls if c.endswith(" miss")),
         "pebble_calls": sum(state.calls.values()),
+        "status": (Path(case["calls"] + ".status").read_text().strip().splitlines() or [""])[-1],
     }
     if importtime:
         modules = [

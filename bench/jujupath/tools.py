@@ -11,7 +11,8 @@ In Juju each hook tool is a small process that asks the unit agent over a socket
 The first run of each hook (a warm-up, not measured) fills the replay directory; the measured
 runs then pay one ``sh`` + ``sha1sum`` + ``cat`` per getter, a few ms, about what a real hook
 tool costs and the same for both charms. Misses during measured runs are counted and reported.
-Every call is appended to ``$BENCH_JUJU_CALLS`` (tool name only: no argument, so no secret).
+Every call is appended to ``$BENCH_JUJU_CALLS`` (tool name only: no argument, so no secret);
+``status-set``'s arguments go to ``$BENCH_JUJU_CALLS.status``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ GETTERS = (
     "secret-get",
     "secret-info-get",
     "secret-ids",
-    "secret-add",
     "status-get",
     "opened-ports",
     "network-get",
@@ -64,6 +64,12 @@ while read -r _ 2>/dev/null; do :; done
 exit 0
 """
 
+_STATUS_SET_SCRIPT = """#!/bin/sh
+printf '%s\\n' "status-set" >> "$BENCH_JUJU_CALLS"
+printf '%s\\n' "$*" >> "$BENCH_JUJU_CALLS.status"
+exit 0
+"""
+
 _GETTER_SCRIPT = """#!/bin/sh
 k=$(printf '%s\\037' "{tool}" "$@" | sha1sum)
 f="$BENCH_JUJU_REPLAY/${{k%% *}}"
@@ -71,8 +77,30 @@ if [ -f "$f" ]; then
   printf '%s\\n' "{tool}" >> "$BENCH_JUJU_CALLS"
   exec cat "$f"
 fi
+if [ -f "$f.err" ]; then
+  printf '%s\\n' "{tool}" >> "$BENCH_JUJU_CALLS"
+  cat "$f.err" >&2
+  exit 1
+fi
 printf '%s miss\\n' "{tool}" >> "$BENCH_JUJU_CALLS"
 exec "$BENCH_PYTHON" "{module}" "{tool}" "$@"
+"""
+
+_SECRET_ADD_SCRIPT = """#!/bin/sh
+# A new secret's id follows from its label, so that every run (and the replay) sees the same id.
+printf '%s\\n' "secret-add" >> "$BENCH_JUJU_CALLS"
+label=""; prev=""
+for a in "$@"; do [ "$prev" = "--label" ] && label="$a"; prev="$a"; done
+k=$(printf '%s' "$label" | sha1sum)
+id="secret:$(printf '%s' "$k" | cut -c1-20)"
+printf '%s %s\\n' "$id" "$label" >> "$BENCH_JUJU_CALLS.secrets"
+# Keep the content (ops passes each value as key#file=path) for secret-get later in the hook.
+d="$BENCH_JUJU_CALLS.secrets.d/${id#secret:}"
+mkdir -p "$d"
+for a in "$@"; do
+  case "$a" in *"#file="*) cp "${a#*#file=}" "$d/${a%%#file=*}";; esac
+done
+printf '%s\\n' "$id"
 """
 
 
@@ -87,6 +115,9 @@ def install(bindir: Path) -> None:
     module = Path(__file__).resolve()
     for tool in SETTERS:
         (bindir / tool).write_text(_SETTER_SCRIPT.format(tool=tool))
+    (bindir / "secret-add").write_text(_SECRET_ADD_SCRIPT)
+    # The unit status the hook set (never secret) is kept, so a report can show what it did.
+    (bindir / "status-set").write_text(_STATUS_SET_SCRIPT)
     for tool in GETTERS:
         (bindir / tool).write_text(_GETTER_SCRIPT.format(tool=tool, module=module))
     for path in bindir.iterdir():
@@ -124,8 +155,29 @@ def _opts(args: list[str]) -> tuple[dict[str, str | bool], list[str]]:
     return opts, rest
 
 
+def _added_secrets() -> list[dict[str, Any]]:
+    """Secrets ``secret-add`` created earlier in this hook."""
+    path = Path(os.environ.get("BENCH_JUJU_CALLS", "/nonexistent") + ".secrets")
+    out = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            sid, _, label = line.partition(" ")
+            store = Path(f"{path}.d") / sid.removeprefix("secret:")
+            content = {f.name: f.read_text() for f in store.iterdir()} if store.is_dir() else {}
+            out.append(
+                {
+                    "id": sid,
+                    "label": label,
+                    "owner": "application",
+                    "content": content,
+                    "revision": 1,
+                }
+            )
+    return out
+
+
 def _secret(model: dict[str, Any], opts: dict[str, Any], rest: list[str]) -> dict[str, Any]:
-    for secret in model["secrets"]:
+    for secret in [*model["secrets"], *_added_secrets()]:
         if rest and secret["id"].split(":")[-1] == rest[0].split(":")[-1]:
             return secret
         if not rest and opts.get("label") and secret.get("label") == opts["label"]:
@@ -179,8 +231,6 @@ def answer(model: dict[str, Any], tool: str, args: list[str]) -> Any:
         }
     if tool == "secret-ids":
         return [s["id"] for s in model["secrets"] if s.get("owner")]
-    if tool == "secret-add":
-        return f"secret:{hashlib.sha1(repr(args).encode()).hexdigest()[:20]}"  # noqa: S324
     if tool == "status-get":
         status = model["status"]["app" if opts.get("application") == "true" else "unit"]
         entry = {"status": status[0], "message": status[1], "status-data": {}}
@@ -200,14 +250,16 @@ def main(argv: list[str]) -> int:
     """Answer one getter call from the model, store it for replay, print it."""
     tool, args = argv[1], argv[2:]
     model = json.loads(Path(os.environ["BENCH_JUJU_MODEL"]).read_text())
+    path = Path(os.environ["BENCH_JUJU_REPLAY"]) / key(tool, args)
     try:
         result = answer(model, tool, args)
     except (LookupError, KeyError, IndexError) as exc:
-        print(f"ERROR {tool}: {exc}", file=sys.stderr)
+        # Juju's wording ("ERROR ... not found") is what ops turns into its own exceptions.
+        message = f"ERROR {tool}: {exc}\n"
+        path.with_suffix(".err").write_text(message)
+        sys.stderr.write(message)
         return 1
-    text = result if tool == "secret-add" else json.dumps(result)
-    text += "\n"
-    path = Path(os.environ["BENCH_JUJU_REPLAY"]) / key(tool, args)
+    text = json.dumps(result) + "\n"
     path.write_text(text)
     sys.stdout.write(text)
     return 0
