@@ -237,12 +237,17 @@ def targets_section(results: Results) -> list[str]:
                     )
                 )
     if results.scale is not None:
+        errors_by_clients: dict[int, int] = {}
         for row in results.scale:
             if row.target == "direct":
                 continue
             errors = row.pgbench.failed + row.pgbench.aborted_clients + row.load.refused
             errors += row.load.failed + (0 if row.pgbench.returncode == 0 else 1)
-            rows.append((f"{row.clients} clients pooled: 0 errors", str(errors), errors == 0))
+            errors_by_clients[row.clients] = errors_by_clients.get(row.clients, 0) + errors
+        for clients, errors in errors_by_clients.items():
+            rows.append(
+                (f"{clients} clients pooled: 0 errors (all rounds)", str(errors), errors == 0)
+            )
     if results.reconfig is not None:
         rc = results.reconfig
         failed = rc.failed + rc.aborted_clients
