@@ -294,6 +294,28 @@ class CpuMeter:
             ticks[label] = tree_cpu_ticks(root)
         return ticks
 
+    def _settle(self, timeout: float = 3.0) -> None:
+        """Wait (bounded) until no child of a measured tree is a zombie.
+
+        A zombie's ``/proc/<pid>/stat`` shows no CPU time, and its time reaches the parent's
+        ``cutime`` only once reaped: read in between, the backends of a run that just ended
+        (``pgbench`` closed their connections) would count for nothing.
+        """
+        deadline = time.monotonic() + timeout
+        roots = set(self.trees.values())
+        while time.monotonic() < deadline:
+            zombie = False
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                fields = _stat_fields(int(entry.name))
+                if fields is not None and fields[0] == "Z" and int(fields[1]) in roots:
+                    zombie = True
+                    break
+            if not zombie:
+                return
+            time.sleep(0.05)
+
     def start(self) -> None:
         """Take the first reading."""
         self._before = self._read()
@@ -305,8 +327,9 @@ class CpuMeter:
         The ``machine`` entry is every core's busy time, in the same unit (so at most
         ``100 * nproc``): what was left for anything else shows as its distance from that.
         """
-        after = self._read()
         elapsed = max(time.monotonic() - self._t0, 1e-6)
+        self._settle()
+        after = self._read()
         return {
             label: 100.0 * (after[label] - self._before.get(label, 0)) / TICK / elapsed
             for label in after
