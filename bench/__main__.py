@@ -7,6 +7,7 @@ part starts is stopped in that part's ``finally``.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import sys
 import tempfile
@@ -15,15 +16,43 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import report, scale, throughput
+from bench import incumbent, report, scale, throughput
 from bench.settings import Settings, load
-from bench.stack import Stack, pooler_config, set_max_connections
+from bench.stack import Backend, Pooler, Stack, pooler_config, set_max_connections
 from tests.helpers.system import free_port
 
 THROUGHPUT_MAX_CONNECTIONS = 200
 """Room for every pooler's idle server connections plus the direct runs, so that part 1
 measures throughput only."""
 SCALE_MAX_CONNECTIONS = 50
+
+
+def _contenders(stack: Stack, backend: Backend) -> tuple[list[throughput.Contender], list[Pooler]]:
+    """Direct, our configuration (N=1, N=2), the incumbent's, and the pinned trio."""
+    n1 = stack.pooler("N=1", pooler_config(backend, free_port(), 1), backend)
+    n2 = stack.pooler("N=2", pooler_config(backend, free_port(), 2), backend)
+    cores = os.cpu_count() or 1
+    inc = incumbent.start(stack, f"incumbent ({cores} proc.)", backend, free_port(), cores)
+    poolers = [n1, n2, inc]
+    contenders = [
+        throughput.Contender(backend.direct(), []),
+        *(throughput.Contender(p.target(), p.pids) for p in poolers),
+    ]
+    if len(throughput.all_cpus()) >= 2:
+        # PgBouncer alone on CPU 1; PostgreSQL and pgbench on CPU 0 (set per run).
+        n1p = stack.pooler("N=1, pinned", pooler_config(backend, free_port(), 1), backend)
+        incp = incumbent.start(stack, "incumbent, pinned", backend, free_port(), 1)
+        for pooler in (n1p, incp):
+            throughput.pin(pooler.pids, {1})
+        direct_pinned = backend.direct()
+        direct_pinned.label = "direct, pinned"
+        contenders += [
+            throughput.Contender(direct_pinned, [], pinned=True),
+            throughput.Contender(n1p.target(), n1p.pids, pinned=True),
+            throughput.Contender(incp.target(), incp.pids, pinned=True),
+        ]
+        poolers += [n1p, incp]
+    return contenders, poolers
 
 
 def _pools_and_scale(settings: Settings, results: report.Results, work: Path) -> None:
@@ -34,14 +63,15 @@ def _pools_and_scale(settings: Settings, results: report.Results, work: Path) ->
         )
         backend = stack.backend(settings.scale, max_connections=THROUGHPUT_MAX_CONNECTIONS)
         if "throughput" in settings.parts:
-            n1 = stack.pooler("N=1", pooler_config(backend, free_port(), 1), backend)
-            n2 = stack.pooler("N=2", pooler_config(backend, free_port(), 2), backend)
+            contenders, poolers = _contenders(stack, backend)
             print("part 1: throughput (pgbench -S)", flush=True)
             results.throughput = _guard(
-                results, "1. Throughput", lambda: throughput.run(settings, backend, [n1, n2], work)
+                results,
+                "1. Throughput",
+                lambda: throughput.run(settings, backend, contenders, work),
             )
-            stack.stop_pooler(n1)
-            stack.stop_pooler(n2)
+            for pooler in poolers:
+                stack.stop_pooler(pooler)
         if "scale" in settings.parts:
             print(
                 f"part 2: connection scale (max_connections={SCALE_MAX_CONNECTIONS})", flush=True
@@ -92,9 +122,17 @@ def main() -> int:
 
             print("part 4: hook cost", flush=True)
             results.hooks = _guard(results, "4. Hook cost", lambda: hooks.run(settings, work))
+        if "jujupath" in settings.parts:
+            from bench import jujupath
+
+            print("part 4a: hook cost on Juju's real path (dispatch, ops.main)", flush=True)
+            results.jujupath = _guard(
+                results, "4a. Hook cost, real path", lambda: jujupath.run(settings, work)
+            )
     finally:
         results.seconds = time.monotonic() - t0
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
     path = report.write(results)
     print(report.summary(results))
     print(f"bench: done in {results.seconds:.0f} s; report in {path}")

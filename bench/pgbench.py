@@ -97,6 +97,12 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _prepare_child(cpus: set[int] | None) -> None:
+    _raise_nofile()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
 def pgbench_command(target: Target, args: Sequence[str]) -> list[str]:
     """Pgbench's argv for ``target``: connection options, ``args``, the database (no password)."""
     return [
@@ -133,6 +139,7 @@ def run_pgbench(
     workdir: Path,
     timeout: float,
     name: str = "run",
+    cpus: set[int] | None = None,
 ) -> PgbenchResult:
     """Run pgbench against ``target`` with ``args`` and parse its report.
 
@@ -142,6 +149,7 @@ def run_pgbench(
         workdir: pgbench's working directory (its ``--log`` files land there).
         timeout: seconds after which pgbench is killed (by its own PID).
         name: file name prefix of its captured output.
+        cpus: the CPUs pgbench may run on (all when None).
 
     Returns:
         The parsed result; an unparsable report gives tps 0 and the error lines.
@@ -159,7 +167,7 @@ def run_pgbench(
             stdin=subprocess.DEVNULL,
             cwd=workdir,
             env=env,
-            preexec_fn=_raise_nofile,
+            preexec_fn=(lambda: _prepare_child(cpus)),
         )
     usage = None
     deadline = start + timeout
@@ -295,6 +303,28 @@ class CpuMeter:
             ticks[label] = tree_cpu_ticks(root)
         return ticks
 
+    def _settle(self, timeout: float = 3.0) -> None:
+        """Wait (bounded) until no child of a measured tree is a zombie.
+
+        A zombie's ``/proc/<pid>/stat`` shows no CPU time, and its time reaches the parent's
+        ``cutime`` only once reaped: read in between, the backends of a run that just ended
+        (``pgbench`` closed their connections) would count for nothing.
+        """
+        deadline = time.monotonic() + timeout
+        roots = set(self.trees.values())
+        while time.monotonic() < deadline:
+            zombie = False
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                fields = _stat_fields(int(entry.name))
+                if fields is not None and fields[0] == "Z" and int(fields[1]) in roots:
+                    zombie = True
+                    break
+            if not zombie:
+                return
+            time.sleep(0.05)
+
     def start(self) -> None:
         """Take the first reading."""
         self._before = self._read()
@@ -306,8 +336,9 @@ class CpuMeter:
         The ``machine`` entry is every core's busy time, in the same unit (so at most
         ``100 * nproc``): what was left for anything else shows as its distance from that.
         """
-        after = self._read()
         elapsed = max(time.monotonic() - self._t0, 1e-6)
+        self._settle()
+        after = self._read()
         return {
             label: 100.0 * (after[label] - self._before.get(label, 0)) / TICK / elapsed
             for label in after

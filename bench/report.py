@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ class Results:
     reconfig: Any = None
     hooks: Any = None
     tls: Any = None
+    jujupath: Any = None
     failures: dict[str, str] = field(default_factory=dict)
 
 
@@ -45,40 +46,77 @@ def _cpu_text(cpu: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
+def _targets(tput) -> list[str]:
+    return list(dict.fromkeys(t for t, _ in tput.cells))
+
+
+def _baseline(tput, target: str) -> str:
+    return "direct, pinned" if tput.cell(target, "persistent").pinned else "direct"
+
+
+def _range(values: list[float], digits: int = 0) -> str:
+    if not values:
+        return "n/a"
+    med = statistics.median(values)
+    return f"{med:,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+
+
 def throughput_section(tput) -> list[str]:
     """Markdown of part 1."""
     s = tput.settings
     lines = [
         "## 1. Throughput: pgbench select-only",
         "",
-        f"`pgbench -S -c {s.clients} -j {s.threads} -T {s.run_seconds}`, scale {s.scale}, mean of"
-        f" {s.rounds} interleaved round(s); transaction pool mode; {tput.auth_note}."
-        " CPU is percent of one core over the run (2 cores = 200 %), per PgBouncer process.",
+        f"`pgbench -S -c {s.clients} -j {s.threads} -T {s.run_seconds}`, scale {s.scale},"
+        f" {s.rounds} interleaved rounds, **median (min-max)**; a ratio is taken within each"
+        f" round, then its median and range. Transaction pool mode; {tput.auth_note}."
+        " `incumbent` = PgBouncer started with the incumbent charm's documented settings for the"
+        " same inputs (`bench/incumbent.py`). `pinned` = PostgreSQL and pgbench on CPU 0,"
+        " PgBouncer alone on CPU 1 (its direct baseline pinned the same way). CPU is percent of"
+        " one core over the run (2 cores = 200 %), median over the rounds, per PgBouncer process;"
+        " PgBouncer CPU per transaction is all its processes' CPU time over the transactions.",
         "",
-        "| connections | target | tps | mean latency (ms) | failed | vs direct | CPU (pgbench, PostgreSQL, PgBouncer) |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| connections | target | tps | mean latency (ms) | failed | vs direct (same pinning) | PgBouncer CPU per txn (us) | CPU (median) |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for mode in ("persistent", "connect (-C)"):
-        for target in ("direct", "N=1", "N=2"):
+        for target in _targets(tput):
             cell = tput.cell(target, mode)
-            ratio = tput.ratio(target, "direct", mode)
+            base = _baseline(tput, target)
+            ratio = "1.00" if target == base else tput.ratio_text(target, base, mode)
+            us = cell.pgbouncer_us_per_txn()
             lines.append(
-                f"| {mode} | {target} | {_fmt(cell.tps)} | {_fmt(cell.latency_ms, 3)} |"
-                f" {cell.failed} | {ratio:.2f}x | {_cpu_text(cell.mean_cpu())} |"
+                f"| {mode} | {target} | {_range([r.tps for r in cell.runs])} |"
+                f" {_fmt(cell.latency_ms, 3)} | {cell.failed} | {ratio} |"
+                f" {_range(us, 1) if us else '-'} | {_cpu_text(cell.median_cpu())} |"
             )
     lines += [
         "",
-        "| ratio | persistent | connect (-C) |",
+        "| ratio (per round: median (min-max)) | persistent | connect (-C) |",
         "|---|---:|---:|",
     ]
-    for label, num, den in (
+    pairs = [
         ("N=1 / direct", "N=1", "direct"),
         ("N=2 / direct", "N=2", "direct"),
         ("N=2 / N=1", "N=2", "N=1"),
-    ):
+    ]
+    targets = _targets(tput)
+    inc = next((t for t in targets if t.startswith("incumbent (")), None)
+    if inc:
+        pairs += [
+            (f"ours N=2 / {inc}", "N=2", inc),
+            (f"ours N=1 / {inc}", "N=1", inc),
+        ]
+    if "N=1, pinned" in targets:
+        pairs += [
+            ("N=1, pinned / direct, pinned", "N=1, pinned", "direct, pinned"),
+            ("incumbent, pinned / direct, pinned", "incumbent, pinned", "direct, pinned"),
+            ("ours / incumbent, both pinned", "N=1, pinned", "incumbent, pinned"),
+        ]
+    for label, num, den in pairs:
         lines.append(
-            f"| {label} | {tput.ratio(num, den, 'persistent'):.2f} |"
-            f" {tput.ratio(num, den, 'connect (-C)'):.2f} |"
+            f"| {label} | {tput.ratio_text(num, den, 'persistent')} |"
+            f" {tput.ratio_text(num, den, 'connect (-C)')} |"
         )
     lines += ["", "Per round (tps):", ""]
     lines += [
@@ -86,7 +124,7 @@ def throughput_section(tput) -> list[str]:
     ]
     lines += ["|---|---|" + "---:|" * s.rounds]
     for mode in ("persistent", "connect (-C)"):
-        for target in ("direct", "N=1", "N=2"):
+        for target in targets:
             cell = tput.cell(target, mode)
             lines.append(
                 f"| {mode} | {target} | " + " | ".join(_fmt(r.tps) for r in cell.runs) + " |"
@@ -95,29 +133,47 @@ def throughput_section(tput) -> list[str]:
 
 
 def scale_section(rows) -> list[str]:
-    """Markdown of part 2."""
+    """Markdown of part 2: one line per (clients, target), median (min-max) over the rounds."""
+    groups: dict[tuple[int, str], list] = {}
+    for row in rows:
+        groups.setdefault((row.clients, row.target), []).append(row)
+    rounds = max((len(g) for g in groups.values()), default=0)
     lines = [
         "## 2. Connection scale: PostgreSQL `max_connections = 50`",
         "",
         "Pooled: our rendered configuration, two processes, transaction pool,"
         " `max_db_connections = 40` for the unit (20 per process). pgbench `-S -j 2`;"
         " the load generator is `bench/loadgen.py` (asyncio + psycopg, one process: its rate is"
-        " bounded by its own CPU and only compares with itself).",
+        f" bounded by its own CPU and only compares with itself). {rounds} interleaved rounds:"
+        " median (min-max); outcomes and peaks over all rounds.",
         "",
-        "| clients | target | pgbench tps | pgbench outcome | loadgen connected / refused / failed | loadgen qps | peak server connections |",
+        "| clients | target | pgbench tps | pgbench outcomes | loadgen connected / refused / failed (min-max) | loadgen qps | peak server connections (max) |",
         "|---:|---|---:|---|---|---:|---:|",
     ]
-    for row in rows:
-        b, load = row.pgbench, row.load
-        if b.returncode == 0 and not b.errors:
-            outcome = f"ok, {b.failed + b.aborted_clients} failed"
-        else:
-            first = b.errors[0].replace("|", "/") if b.errors else ""
-            outcome = f"exit {b.returncode}: {first}"
+    for (clients, target), group in groups.items():
+        outcomes: list[str] = []
+        for row in group:
+            b = row.pgbench
+            if b.returncode == 0 and not b.errors:
+                text = f"ok, {b.failed + b.aborted_clients} failed"
+            else:
+                first = b.errors[0].replace("|", "/")[:90] if b.errors else ""
+                text = f"exit {b.returncode}: {first}"
+            if text not in outcomes:
+                outcomes.append(text)
+
+        def span(values: list[int]) -> str:
+            return (
+                f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
+            )
+
+        loads = [r.load for r in group]
         lines.append(
-            f"| {row.clients} | {row.target} | {_fmt(b.tps)} | {outcome} |"
-            f" {load.connected} / {load.refused} / {load.failed} | {_fmt(load.qps)} |"
-            f" {row.peak_server_connections} |"
+            f"| {clients} | {target} | {_range([r.pgbench.tps for r in group])} |"
+            f" {'; '.join(outcomes)} | {span([x.connected for x in loads])} /"
+            f" {span([x.refused for x in loads])} / {span([x.failed for x in loads])} |"
+            f" {_range([x.qps for x in loads])} |"
+            f" {max(r.peak_server_connections for r in group)} |"
         )
     errors = {e for row in rows for e in row.load.errors}
     if errors:
@@ -132,27 +188,67 @@ def targets_section(results: Results) -> list[str]:
     if tput is not None:
         for label in ("N=1", "N=2"):
             r = tput.ratio(label, "direct", "persistent")
-            rows.append((f"pooled ({label}) >= 0.85x direct, persistent", f"{r:.2f}x", r >= 0.85))
-            r = tput.ratio(label, "direct", "connect (-C)")
-            rows.append((f"pooled ({label}) >= 1.9x direct, -C", f"{r:.2f}x", r >= 1.9))
-        for mode in ("persistent", "connect (-C)"):
-            r = tput.ratio("N=2", "N=1", mode)
-            rows.append((f"N=2 >= N=1 ({mode})", f"{r:.2f}x", r >= 1.0))
-            busy = tput.cell("N=2", mode).mean_cpu().get("machine", 0.0)
             rows.append(
                 (
-                    f"N=2 >= 1.3x N=1 where client load is not the bottleneck ({mode})",
-                    f"{r:.2f}x; all cores busy {busy:.0f} % of {100 * (os.cpu_count() or 1)} %",
-                    r >= 1.3,
+                    f"pooled ({label}) >= 0.85x direct, persistent (unpinned)",
+                    tput.ratio_text(label, "direct", "persistent"),
+                    r >= 0.85,
                 )
             )
+            r = tput.ratio(label, "direct", "connect (-C)")
+            rows.append(
+                (
+                    f"pooled ({label}) >= 1.9x direct, -C (unpinned)",
+                    tput.ratio_text(label, "direct", "connect (-C)"),
+                    r >= 1.9,
+                )
+            )
+        for mode in ("persistent", "connect (-C)"):
+            r = tput.ratio("N=2", "N=1", mode)
+            rows.append((f"N=2 >= N=1 ({mode})", tput.ratio_text("N=2", "N=1", mode), r >= 1.0))
+        inc = next((t for t in _targets(tput) if t.startswith("incumbent (")), None)
+        if inc:
+            for mode in ("persistent", "connect (-C)"):
+                r = tput.ratio("N=2", inc, mode)
+                rows.append(
+                    (
+                        f"our configuration >= the incumbent's, same run, unpinned ({mode})",
+                        f"N=2 / {inc}: {tput.ratio_text('N=2', inc, mode)}",
+                        r >= 1.0,
+                    )
+                )
+        if tput.has("N=1, pinned"):
+            for mode, goal in (("persistent", 0.9), ("connect (-C)", 2.0)):
+                r = tput.ratio("N=1, pinned", "direct, pinned", mode)
+                us = tput.cell("N=1, pinned", mode).pgbouncer_us_per_txn()
+                rows.append(
+                    (
+                        f"PgBouncer on its own core >= {goal}x direct ({mode})",
+                        f"{tput.ratio_text('N=1, pinned', 'direct, pinned', mode)};"
+                        f" PgBouncer {_range(us, 1)} us CPU per transaction",
+                        r >= goal,
+                    )
+                )
+                r = tput.ratio("N=1, pinned", "incumbent, pinned", mode)
+                rows.append(
+                    (
+                        f"our configuration >= the incumbent's, pinned ({mode})",
+                        tput.ratio_text("N=1, pinned", "incumbent, pinned", mode),
+                        r >= 1.0,
+                    )
+                )
     if results.scale is not None:
+        errors_by_clients: dict[int, int] = {}
         for row in results.scale:
             if row.target == "direct":
                 continue
             errors = row.pgbench.failed + row.pgbench.aborted_clients + row.load.refused
             errors += row.load.failed + (0 if row.pgbench.returncode == 0 else 1)
-            rows.append((f"{row.clients} clients pooled: 0 errors", str(errors), errors == 0))
+            errors_by_clients[row.clients] = errors_by_clients.get(row.clients, 0) + errors
+        for clients, errors in errors_by_clients.items():
+            rows.append(
+                (f"{clients} clients pooled: 0 errors (all rounds)", str(errors), errors == 0)
+            )
     if results.reconfig is not None:
         rc = results.reconfig
         failed = rc.failed + rc.aborted_clients
@@ -161,11 +257,46 @@ def targets_section(results: Results) -> list[str]:
         worst = max(results.hooks.costs, key=lambda c: c.ratio("wall_ms"))
         rows.append(
             (
-                "hook cost <= 1.5x the minimal charm (wall, worst hook)",
+                "Scenario-based: hook cost <= 1.5x the minimal charm (wall, worst hook)",
                 f"{worst.ratio('wall_ms'):.2f}x ({worst.hook})",
                 worst.ratio("wall_ms") <= 1.5,
             )
         )
+    if results.jujupath is not None:
+        jp = results.jujupath
+        steady = [c for c in jp.cases() if not c.startswith("first hook")]
+        for case in steady:
+            for attr, goal, what in (("wall_ms", 1.5, "wall"), ("rss_mib", 1.3, "peak RSS")):
+                o, f = jp.median(case, "ours", attr), jp.median(case, "floor", attr)
+                r = o / f if f else 0.0
+                rows.append(
+                    (
+                        f"real path: {case} <= {goal}x the minimal charm ({what})",
+                        f"{r:.2f}x",
+                        r <= goal,
+                    )
+                )
+        for case in jp.cases():
+            if case.startswith("first hook"):
+                o, f = jp.median(case, "ours", "wall_ms"), jp.median(case, "floor", "wall_ms")
+                r = o / f if f else 0.0
+                rows.append(
+                    (
+                        "real path: first hook after deploy <= 2x the minimal charm",
+                        f"{r:.2f}x",
+                        r <= 2.0,
+                    )
+                )
+        us = next((c for c in jp.cases() if c.startswith("update-status")), None)
+        if us:
+            rows.append(
+                (
+                    "update-status <= 0.4x the incumbent charm's",
+                    f"ours {jp.median(us, 'ours', 'wall_ms'):.0f} ms; the incumbent charm is not"
+                    " runnable here (Charmhub only, no network)",
+                    None,
+                )
+            )
     if not rows:
         return []
     lines = [
@@ -174,7 +305,8 @@ def targets_section(results: Results) -> list[str]:
         "| target | this run | met |",
         "|---|---|---|",
     ]
-    lines += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in rows]
+    met = {True: "yes", False: "**no**", None: "not measured"}
+    lines += [f"| {t} | {v} | {met[ok]} |" for t, v, ok in rows]
     lines += [
         "",
         "Why a target is missed, with evidence, and what would fix it: `bench/README.md`.",
@@ -191,13 +323,16 @@ def chart(tput, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    targets = ["direct", "N=1", "N=2"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    targets = _targets(tput)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     for ax, mode in zip(axes, ("persistent", "connect (-C)"), strict=True):
         values = [tput.cell(t, mode).tps for t in targets]
-        bars = ax.bar(targets, values, color=["#888888", "#3b7dd8", "#1f4e9c"])
-        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
-        ax.set_title(f"pgbench -S, {mode}")
+        lows = [v - tput.cell(t, mode).tps_range[0] for t, v in zip(targets, values, strict=True)]
+        highs = [tput.cell(t, mode).tps_range[1] - v for t, v in zip(targets, values, strict=True)]
+        bars = ax.bar(targets, values, yerr=[lows, highs], capsize=3, color="#3b7dd8")
+        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7)
+        ax.tick_params(axis="x", labelrotation=35, labelsize=7)
+        ax.set_title(f"pgbench -S, {mode}: median, bars = min-max")
         ax.set_ylabel("tps")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -246,6 +381,10 @@ def write(results: Results) -> Path:
         from bench.hooks import section as hook_section
 
         lines += [*hook_section(results.hooks), ""]
+    if results.jujupath is not None:
+        from bench.jujupath import section as jujupath_section
+
+        lines += [*jujupath_section(results.jujupath), ""]
     lines += [*targets_section(results), ""]
     for part, error in results.failures.items():
         lines += [f"## {part}: did not complete", "", f"```\n{error}\n```", ""]

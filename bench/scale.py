@@ -80,12 +80,14 @@ def run(settings: Settings, backend: Backend, stack: Stack, workdir: Path) -> li
     """Measure every client count against ``backend`` directly and through a fresh pooler.
 
     The pooler is started for each pooled run and stopped after it, so that its idle server
-    connections never take slots away from the direct runs.
+    connections never take slots away from the direct runs. The matrix runs ``settings.rounds``
+    times, order reversed every other round; one row per run.
     """
     rows: list[ScaleRow] = []
     accounts = 100_000 * settings.scale
-    for clients in settings.scale_clients:
-        for pooled in (False, True):
+    cells = [(c, pooled) for c in settings.scale_clients for pooled in (False, True)]
+    for rnd in range(settings.rounds):
+        for clients, pooled in cells if rnd % 2 == 0 else list(reversed(cells)):
             pooler = (
                 stack.pooler("N=2", pooler_config(backend, free_port(), 2), backend)
                 if pooled

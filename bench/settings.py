@@ -2,7 +2,7 @@
 
 ``BENCH_QUICK=1`` shrinks every duration and repetition so that a run takes about a minute and
 writes to ``bench/results/tmp/`` (git-ignored) instead of ``bench/results/latest.md``.
-``BENCH_PARTS=throughput,scale,reconfig,hooks,tls`` runs only the parts named.
+``BENCH_PARTS=throughput,scale,reconfig,hooks,jujupath,tls`` runs only the parts named.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bench import ROOT
 
-PARTS = ("throughput", "scale", "reconfig", "hooks", "tls")
+PARTS = ("throughput", "scale", "reconfig", "hooks", "jujupath", "tls")
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,12 @@ class Settings:
         clients: pgbench clients for the throughput part.
         threads: pgbench threads (``-j``).
         run_seconds: length of one throughput run.
-        rounds: rounds of the throughput matrix, interleaved; figures are their mean.
+        rounds: rounds of the throughput matrix, interleaved; figures are their median and range.
         scale_clients: client counts of the connection-scale part.
         scale_seconds: length of one connection-scale run.
         reconfig_seconds: length of the pgbench run that reconfiguration happens under.
-        hook_repeats: fresh-process runs per hook; the median is reported.
+        hook_repeats: fresh-process runs per hook under ``ops.testing``; the median is reported.
+        jujupath_runs: interleaved rounds of the production-path hook benchmark.
         parts: which parts to run.
     """
 
@@ -43,6 +44,7 @@ class Settings:
     scale_seconds: int
     reconfig_seconds: int
     hook_repeats: int
+    jujupath_runs: int
     parts: tuple[str, ...]
 
     @property
@@ -64,11 +66,12 @@ def load() -> Settings:
             clients=20,
             threads=2,
             run_seconds=2,
-            rounds=1,
+            rounds=2,
             scale_clients=(300, 1000),
             scale_seconds=3,
             reconfig_seconds=16,
             hook_repeats=1,
+            jujupath_runs=2,
             parts=parts,
         )
     return Settings(
@@ -76,11 +79,12 @@ def load() -> Settings:
         scale=10,
         clients=20,
         threads=2,
-        run_seconds=12,
-        rounds=2,
+        run_seconds=7,
+        rounds=3,
         scale_clients=(300, 1000),
-        scale_seconds=12,
+        scale_seconds=8,
         reconfig_seconds=40,
-        hook_repeats=7,
+        hook_repeats=5,
+        jujupath_runs=15,
         parts=parts,
     )

@@ -1,0 +1,406 @@
+"""Hook cost on Juju's real path: ``dispatch`` → ``python3 src/charm.py`` → ``ops.main``.
+
+The charm directory is built as charmcraft packs it (``src/``, ``metadata.yaml`` and
+``config.yaml`` from ``charmcraft.yaml``, the runtime ``requirements.txt`` installed into
+``venv/``, charmcraft's ``dispatch`` script), beside the floor charm (``bench/floor_charm``, ops
+only). Each hook runs as a fresh process with stand-in hook tools (:mod:`.tools`) and a stand-in
+Pebble API on a unix socket (:mod:`.pebble`), from states prepared by driving our charm through its
+life on a real PostgreSQL (:func:`bench.hooks._prepare`). Ours and the floor interleaved, every
+case, ``settings.jujupath_runs`` rounds; median and range of wall time and of peak RSS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench import ROOT
+from bench.jujupath import tools
+from bench.settings import Settings
+
+DISPATCH = """#!/bin/sh
+JUJU_DISPATCH_PATH="${JUJU_DISPATCH_PATH:-$0}" PYTHONPATH=lib:venv /usr/bin/env python3 ./src/charm.py
+"""
+"""charmcraft's ``dispatch`` for an ops charm (the ``charm`` plugin)."""
+
+CACHE = ROOT / ".build" / "bench-charm-venvs"
+UNIT_APP = "pgbouncer-k8s"
+
+
+def _venv(requirements: list[str]) -> Path:
+    """``pip install --target`` of ``requirements``, cached by their text."""
+    digest = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:16]
+    target = CACHE / digest
+    if not (target / ".complete").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-compile",
+                "--target",
+                str(target),
+                *requirements,
+            ],
+            check=True,
+            timeout=600,
+        )
+        (target / ".complete").write_text("")
+    return target
+
+
+def _requirements(path: Path) -> list[str]:
+    return [
+        line.strip()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+def build_charm(dest: Path, source_root: Path, requirements: list[str]) -> Path:
+    """Lay a charm out as charmcraft packs it, in ``dest``.
+
+    Args:
+        dest: the charm directory to create.
+        source_root: holds ``charmcraft.yaml`` and ``src/``.
+        requirements: what goes into ``venv/``.
+    """
+    dest.mkdir(parents=True)
+    shutil.copytree(
+        source_root / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    meta = yaml.safe_load((source_root / "charmcraft.yaml").read_text())
+    config = meta.pop("config", None)
+    for key in ("parts", "platforms", "base", "bases", "type", "actions", "links"):
+        meta.pop(key, None)
+    (dest / "metadata.yaml").write_text(yaml.safe_dump(meta))
+    if config:
+        (dest / "config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copytree(_venv(requirements), dest / "venv", ignore=shutil.ignore_patterns(".complete"))
+    (dest / "dispatch").write_text(DISPATCH)
+    (dest / "dispatch").chmod(0o755)
+    (dest / "src" / "charm.py").chmod(0o755)
+    return dest
+
+
+def _defaults(charm_root: Path) -> dict[str, Any]:
+    meta = yaml.safe_load((charm_root / "charmcraft.yaml").read_text())
+    return {k: v.get("default") for k, v in meta["config"]["options"].items()}
+
+
+def model_of(state: Any, unit: str, app: str) -> dict[str, Any]:
+    """The stand-in hook tools' view of a Scenario state, as JSON-able data."""
+    from ops import testing
+
+    relations = []
+    for rel in state.relations:
+        if isinstance(rel, testing.PeerRelation):
+            remote_app = app
+            remote_units = {f"{app}/{i}": dict(d) for i, d in rel.peers_data.items()}
+            remote_app_data: dict[str, str] = dict(rel.local_app_data)
+        else:
+            remote_app = rel.remote_app_name
+            remote_units = {f"{remote_app}/{i}": dict(d) for i, d in rel.remote_units_data.items()}
+            remote_app_data = dict(rel.remote_app_data)
+        relations.append(
+            {
+                "id": rel.id,
+                "endpoint": rel.endpoint,
+                "remote_app": remote_app,
+                "remote_units": remote_units,
+                "remote_app_data": remote_app_data,
+                "local_app_data": dict(rel.local_app_data),
+                "local_unit_data": dict(rel.local_unit_data),
+            }
+        )
+    secrets = [
+        {
+            "id": s.id,
+            "label": s.label,
+            "owner": {"app": "application", "unit": "unit"}.get(s.owner or ""),
+            "content": dict(s.tracked_content),
+            "revision": 1,
+        }
+        for s in state.secrets
+    ]
+    return {
+        "unit": unit,
+        "app": app,
+        "model_uuid": state.model.uuid,
+        "leader": state.leader,
+        "config": dict(state.config),
+        "relations": relations,
+        "secrets": secrets,
+        "status": {
+            "unit": [state.unit_status.name, state.unit_status.message],
+            "app": [state.app_status.name, state.app_status.message],
+        },
+        "opened_ports": [f"{p.port}/{p.protocol}" for p in state.opened_ports],
+    }
+
+
+def _unit_state_db(state: Any, path: Path) -> None:
+    from ops.storage import SQLiteStorage
+
+    store = SQLiteStorage(path)
+    for stored in state.stored_states:
+        store.save_snapshot(stored._handle_path, dict(stored.content))
+    store.commit()
+    store.close()
+
+
+@dataclass
+class Case:
+    """One measured hook: what Juju would run, and in which state."""
+
+    name: str
+    hook: str
+    pickle_index: int
+    leader: bool | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    no_pyc: bool = False
+
+
+def cases(backend_rel: int) -> list[Case]:
+    """The hooks measured, in the order they run in each round."""
+    return [
+        Case("update-status (leader)", "update-status", 4, leader=True),
+        Case("config-changed (follower)", "config-changed", 3, leader=False),
+        Case("pebble-ready", "pgbouncer-pebble-ready", 1, env={"JUJU_WORKLOAD_NAME": "pgbouncer"}),
+        Case(
+            "backend-database-relation-changed (leader)",
+            "backend-database-relation-changed",
+            2,
+            leader=True,
+            env={
+                "JUJU_RELATION": "backend-database",
+                "JUJU_RELATION_ID": f"backend-database:{backend_rel}",
+                "JUJU_REMOTE_APP": "postgresql-k8s",
+                "JUJU_REMOTE_UNIT": "postgresql-k8s/0",
+            },
+        ),
+        Case("first hook after deploy: install, no .pyc", "install", 0, no_pyc=True),
+    ]
+
+
+@dataclass
+class JujuPathResult:
+    """Per case and charm: every run and the import profile."""
+
+    runs: list[dict[str, Any]]
+    profiles: list[dict[str, Any]]
+    rounds: int
+
+    def values(self, case: str, charm: str, attr: str) -> list[float]:
+        """``attr`` of every measured run of ``charm`` in ``case``."""
+        return [r[attr] for r in self.runs if r["case"] == case and r["charm"] == charm]
+
+    def median(self, case: str, charm: str, attr: str) -> float:
+        """Median of :meth:`values` (0 when none)."""
+        vals = self.values(case, charm, attr)
+        return statistics.median(vals) if vals else 0.0
+
+    def span(self, case: str, charm: str, attr: str, digits: int = 0) -> str:
+        """``median (min-max)``."""
+        vals = self.values(case, charm, attr)
+        if not vals:
+            return "n/a"
+        return (
+            f"{statistics.median(vals):.{digits}f} ({min(vals):.{digits}f}-{max(vals):.{digits}f})"
+        )
+
+    def cases(self) -> list[str]:
+        """Case names in run order."""
+        return list(dict.fromkeys(r["case"] for r in self.runs))
+
+    def profile(self, case: str, charm: str) -> dict[str, Any]:
+        """The ``-X importtime`` run of ``charm`` in ``case``."""
+        return next(p for p in self.profiles if p["case"] == case and p["charm"] == charm)
+
+
+def run(settings: Settings, workdir: Path) -> JujuPathResult:
+    """Prepare states, build both charms, run the interleaved rounds in a mount namespace."""
+    from bench.hooks import _prepare
+
+    tmp = workdir / "jujupath"
+    tmp.mkdir(parents=True, exist_ok=True)
+    launch = tmp / "launch"
+    subprocess.run(
+        ["gcc", "-O2", "-o", str(launch), str(Path(__file__).parent / "launch.c")], check=True
+    )
+    ours = build_charm(tmp / "charm-ours", ROOT, _requirements(ROOT / "requirements.txt"))
+    floor_root = ROOT / "bench" / "floor_charm"
+    floor = build_charm(tmp / "charm-floor", floor_root, ["ops==3.9.0"])
+    bindir = tmp / "bin"
+    tools.install(bindir)
+    prepared, app, server = _prepare(tmp)
+    created_charm_dir = False
+    try:
+        mount_location = app.mount_location
+        backend_rel = next(
+            r.id for r in app.leader.state.relations if r.endpoint == "backend-database"
+        )
+        job_cases = []
+        defaults = _defaults(ROOT)
+        model_name, model_uuid = "", ""
+        for case in cases(backend_rel):
+            _, pickle_path, snap = prepared[case.pickle_index]
+            spec = pickle.loads(pickle_path.read_bytes())  # noqa: S301 - our own file
+            state, ctx = spec["state"], spec["ctx"]
+            # The charm marks what it creates in PostgreSQL with the model's uuid: keep the one
+            # the states were prepared with.
+            model_name, model_uuid = state.model.name, state.model.uuid
+            unit = f"{ctx['app_name']}/{ctx['unit_id']}"
+            model = model_of(state, unit, ctx["app_name"])
+            model["config"] = {**defaults, **model["config"]}
+            if case.leader is not None:
+                model["leader"] = case.leader
+            case_dir = tmp / f"case{len(job_cases)}"
+            (case_dir / "replay").mkdir(parents=True)
+            (case_dir / "model.json").write_text(json.dumps(model))
+            (case_dir / "model.json").chmod(0o600)
+            _unit_state_db(state, case_dir / "unit-state.db")
+            container = state.get_container("pgbouncer")
+            job_cases.append(
+                {
+                    "name": case.name,
+                    "hook": case.hook,
+                    "env": case.env,
+                    "no_pyc": case.no_pyc,
+                    "model": str(case_dir / "model.json"),
+                    "replay": str(case_dir / "replay"),
+                    "calls": str(case_dir / "calls.log"),
+                    "unit_state_db": str(case_dir / "unit-state.db"),
+                    "mount_location": mount_location,
+                    "mount_snapshot": str(snap),
+                    "mount_work": str(case_dir / "mount"),
+                    "layers": {k: v.to_dict() for k, v in container.layers.items()},
+                    "services": {k: v.value for k, v in container.service_statuses.items()},
+                }
+            )
+        charm_mount = tmp / "charm-mount"
+        (charm_mount / "containers" / "pgbouncer").mkdir(parents=True)
+        job = {
+            "launch": str(launch),
+            "tools_bin": str(bindir),
+            "unit": f"{UNIT_APP}/0",
+            "model_name": model_name,
+            "model_uuid": model_uuid,
+            "juju_version": "3.6.2",
+            "charm_mount": str(charm_mount),
+            "charms": [{"name": "ours", "dir": str(ours)}, {"name": "floor", "dir": str(floor)}],
+            "cases": job_cases,
+            "rounds": settings.jujupath_runs,
+        }
+        (tmp / "job.json").write_text(json.dumps(job))
+        # ops looks for Pebble at /charm/containers/<name>/pebble.socket: the runner bind-mounts
+        # a temporary directory there in its own mount namespace. The mount point must exist.
+        charm_path = Path("/charm")
+        if not charm_path.exists():
+            charm_path.mkdir(mode=0o755)
+            created_charm_dir = True
+        res = subprocess.run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                sys.executable,
+                "-m",
+                "bench.jujupath.runner",
+                str(tmp / "job.json"),
+                str(tmp / "out.json"),
+            ],
+            cwd=ROOT,
+            timeout=1800,
+            check=False,
+        )
+        out = json.loads((tmp / "out.json").read_text()) if (tmp / "out.json").exists() else {}
+        if res.returncode != 0:
+            raise RuntimeError(f"runner exited {res.returncode}")
+    finally:
+        if created_charm_dir:
+            Path("/charm").rmdir()
+        app.close()
+        server.destroy()
+    result = JujuPathResult(out["runs"], out["profiles"], settings.jujupath_runs)
+    for case in result.cases():
+        print(
+            f"  {case[:44]:44s} ours {result.span(case, 'ours', 'wall_ms')} ms"
+            f" {result.median(case, 'ours', 'rss_mib'):.1f} MiB | floor"
+            f" {result.span(case, 'floor', 'wall_ms')} ms"
+            f" {result.median(case, 'floor', 'rss_mib'):.1f} MiB",
+            flush=True,
+        )
+    return result
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "n/a"
+
+
+def section(result: JujuPathResult) -> list[str]:
+    """Markdown of the production-path hook table."""
+    lines = [
+        "## 4a. Hook cost on Juju's real path (dispatch → `src/charm.py` → `ops.main`)",
+        "",
+        f"Charm directory as charmcraft packs it (runtime `requirements.txt` in `venv/`, `src/`,"
+        f" `dispatch`); each hook a fresh process through `dispatch`, stand-in hook tools on"
+        f" `PATH` and a stand-in Pebble API on `/charm/containers/pgbouncer/pebble.socket`"
+        f" (`bench/jujupath/`). {result.rounds} rounds, ours and the floor (`bench/floor_charm`,"
+        " ops only) interleaved; median (min-max). Peak RSS from `wait4` of `dispatch` (the"
+        " charm's python3 included) through a 1 MiB C launcher.",
+        "",
+        "| hook | ours wall (ms) | floor wall (ms) | ratio | ours peak RSS (MiB) | floor peak RSS (MiB) | ratio | hook tool / Pebble calls (ours) | stderr (ours) | status set (ours) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for case in result.cases():
+        o, f = (result.median(case, c, "wall_ms") for c in ("ours", "floor"))
+        ro, rf = (result.median(case, c, "rss_mib") for c in ("ours", "floor"))
+        last = [r for r in result.runs if r["case"] == case and r["charm"] == "ours"][-1]
+        misses = sum(result.values(case, "ours", "tool_misses"))
+        stderr = (
+            "warning text"
+            if last.get("warning_on_stderr")
+            else ("other text" if last.get("stderr") else "empty")
+        )
+        lines.append(
+            f"| {case} | {result.span(case, 'ours', 'wall_ms')} |"
+            f" {result.span(case, 'floor', 'wall_ms')} | {_ratio(o, f)} |"
+            f" {result.span(case, 'ours', 'rss_mib', 1)} | {result.span(case, 'floor', 'rss_mib', 1)}"
+            f" | {_ratio(ro, rf)} | {last['tool_calls']} / {last['pebble_calls']}"
+            f"{f' ({misses} replay misses)' if misses else ''} | {stderr} |"
+            f" {last.get('status', '').replace('|', '/')[:80]} |"
+        )
+    lines += [
+        "",
+        "Import profile of each hook (`PYTHONPROFILEIMPORTTIME=1`, one extra run each, not"
+        " timed): modules imported, and whether psycopg, pydantic and dpcharmlibs were loaded.",
+        "",
+        "| hook | ours modules | floor modules | psycopg | pydantic | dpcharmlibs |",
+        "|---|---:|---:|---|---|---|",
+    ]
+    for case in result.cases():
+        p, fl = result.profile(case, "ours"), result.profile(case, "floor")
+        yes = {True: "**loaded**", False: "no"}
+        lines.append(
+            f"| {case} | {p['modules']} | {fl['modules']} | {yes[p['psycopg']]} |"
+            f" {yes[p['pydantic']]} | {yes[p['dpcharmlibs']]} |"
+        )
+    return lines

@@ -1,0 +1,168 @@
+"""Inside a private mount namespace: serve the stand-in Pebble, run every hook, write the figures.
+
+``python -m bench.jujupath.runner <job.json> <out.json>``, started by :mod:`bench.jujupath` under
+``unshare --mount --propagation private``. It bind-mounts a temporary directory on ``/charm`` (the
+host sees nothing of it), where ops looks for ``containers/pgbouncer/pebble.socket``, then runs
+each hook as Juju does, through the small ``launch`` program: ``./dispatch`` in the charm
+directory, a fresh ``python3 src/charm.py``, ``ops.main``. Before every run the unit's stored
+state (``.unit-state.db``), the container's files and the stand-in's plan are put back as they
+were before the hook. Cases and the two charms are interleaved, round after round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.jujupath.pebble import PebbleStandIn, PebbleState
+
+
+def _drop_pycache(root: Path) -> None:
+    for cache in list(root.rglob("__pycache__")):
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _prepare_run(job: dict[str, Any], case: dict[str, Any], charm: dict[str, Any]) -> None:
+    charm_dir = Path(charm["dir"])
+    shutil.copyfile(case["unit_state_db"], charm_dir / ".unit-state.db")
+    work = Path(case["mount_work"])
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+    subprocess.run(["cp", "-a", case["mount_snapshot"], str(work)], check=True)
+    Path(case["calls"]).write_text("")
+    Path(case["calls"] + ".status").write_text("")
+    Path(case["calls"] + ".secrets").write_text("")
+    shutil.rmtree(case["calls"] + ".secrets.d", ignore_errors=True)
+    if case.get("no_pyc"):
+        _drop_pycache(charm_dir)
+
+
+def _env(job: dict[str, Any], case: dict[str, Any], charm: dict[str, Any]) -> dict[str, str]:
+    env = {
+        "PATH": f"{job['tools_bin']}:/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "JUJU_CHARM_DIR": charm["dir"],
+        "JUJU_UNIT_NAME": job["unit"],
+        "JUJU_MODEL_NAME": job["model_name"],
+        "JUJU_MODEL_UUID": job["model_uuid"],
+        "JUJU_VERSION": job["juju_version"],
+        "JUJU_DISPATCH_PATH": f"hooks/{case['hook']}",
+        "BENCH_JUJU_MODEL": case["model"],
+        "BENCH_JUJU_REPLAY": case["replay"],
+        "BENCH_JUJU_CALLS": case["calls"],
+        "BENCH_PYTHON": sys.executable,
+    }
+    env.update(case.get("env", {}))
+    return env
+
+
+def _run_once(
+    job: dict[str, Any],
+    case: dict[str, Any],
+    charm: dict[str, Any],
+    state: PebbleState,
+    importtime: bool = False,
+) -> dict[str, Any]:
+    _prepare_run(job, case, charm)
+    state.reset()
+    env = _env(job, case, charm)
+    if importtime:
+        env["PYTHONPROFILEIMPORTTIME"] = "1"
+    err_path = Path(case["calls"]).with_suffix(".stderr")
+    with err_path.open("wb") as err:
+        out = subprocess.run(
+            [job["launch"], charm["dir"]],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            check=True,
+            timeout=300,
+        )
+    # The launcher's line is the last one; the hook's own stdout (none expected) comes first.
+    wall_ns, rss_kib, code = out.stdout.decode().split()[-3:]
+    stderr = err_path.read_text(errors="replace")
+    calls = Path(case["calls"]).read_text().splitlines()
+    result: dict[str, Any] = {
+        "wall_ms": int(wall_ns) / 1e6,
+        "rss_mib": int(rss_kib) / 1024,
+        "exit": int(code),
+        "tool_calls": len(calls),
+        "tool_misses": sum(1 for c in calls if c.endswith(" miss")),
+        "pebble_calls": sum(state.calls.values()),
+        "status": (Path(case["calls"] + ".status").read_text().strip().splitlines() or [""])[-1],
+    }
+    if importtime:
+        modules = [
+            line.split("|")[-1].strip()
+            for line in stderr.splitlines()
+            if line.startswith("import time:") and "|" in line and "imported package" not in line
+        ]
+        result["modules"] = len(modules)
+        result["psycopg"] = any(m.split(".")[0] == "psycopg" for m in modules)
+        result["pydantic"] = any(m.split(".")[0] == "pydantic" for m in modules)
+        result["dpcharmlibs"] = any(m.split(".")[0] == "dpcharmlibs" for m in modules)
+    else:
+        text = stderr.strip()
+        result["stderr"] = text[-600:]
+        result["warning_on_stderr"] = "Warning" in text
+    if int(code) != 0:
+        result["error"] = f"exit {code}; stderr ends: {stderr[-3000:]}"
+    return result
+
+
+def main(argv: list[str]) -> int:
+    """Run the job; write per-run figures to the output file."""
+    job = json.loads(Path(argv[1]).read_text())
+    charm_root = Path(job["charm_mount"])
+    subprocess.run(["mount", "--bind", str(charm_root), "/charm"], check=True)
+    socket = Path("/charm/containers/pgbouncer/pebble.socket")
+    states = {
+        case["name"]: PebbleState(
+            mounts={case["mount_location"]: Path(case["mount_work"])},
+            layers=case["layers"],
+            services=case["services"],
+        )
+        for case in job["cases"]
+    }
+    for state in states.values():
+        state.snapshot()
+    first = next(iter(states.values()))
+    server = PebbleStandIn(socket, first)
+    results: dict[str, Any] = {"runs": [], "profiles": []}
+    try:
+        charms = job["charms"]
+        # Warm-up: fills the hook tools' replay files and the .pyc caches; not measured.
+        for case in job["cases"]:
+            server.state = server._server.state = states[case["name"]]
+            for charm in charms:
+                run = _run_once(job, case, charm, states[case["name"]])
+                if run["exit"] != 0:
+                    raise RuntimeError(f"{charm['name']} {case['name']}: {run.get('error')}")
+        for case in job["cases"]:
+            server.state = server._server.state = states[case["name"]]
+            for charm in charms:
+                profile = _run_once(job, case, charm, states[case["name"]], importtime=True)
+                results["profiles"].append(
+                    {"case": case["name"], "charm": charm["name"], **profile}
+                )
+        for rnd in range(job["rounds"]):
+            order = charms if rnd % 2 == 0 else list(reversed(charms))
+            for case in job["cases"]:
+                server.state = server._server.state = states[case["name"]]
+                for charm in order:
+                    run = _run_once(job, case, charm, states[case["name"]])
+                    results["runs"].append({"case": case["name"], "charm": charm["name"], **run})
+    finally:
+        server.close()
+        Path(argv[2]).write_text(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    os.umask(0o022)
+    sys.exit(main(sys.argv))
