@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYS_STAMP := .build/.system-ready
-SRC := $(wildcard src tests bench demo)
+SRC := $(wildcard src tests bench demo harness)
 
 .PHONY: help test demo lint fmt typecheck unit functional e2e bench setup system lock clean
 

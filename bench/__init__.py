@@ -6,7 +6,7 @@ reconfiguration under load, and the cost of one charm hook. Figures go to stdout
 ``bench/results/latest.md`` (``bench/results/tmp/`` in quick mode). See ``bench/README.md``.
 
 The charm's own modules live in ``src/`` (the charm root puts them on ``sys.path``, as Juju's
-dispatch does); the throwaway-server helpers live in ``tests/helpers``. Both are made importable
+dispatch does); the throwaway-server helpers live in ``harness/servers``. Both are made importable
 here so that ``python -m bench`` works from the repository root without installation.
 """
 

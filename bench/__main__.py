@@ -19,7 +19,7 @@ from pathlib import Path
 from bench import incumbent, report, scale, throughput
 from bench.settings import Settings, load
 from bench.stack import Backend, Pooler, Stack, pooler_config, set_max_connections
-from tests.helpers.system import free_port
+from harness.servers.system import free_port
 
 THROUGHPUT_MAX_CONNECTIONS = 200
 """Room for every pooler's idle server connections plus the direct runs, so that part 1

@@ -127,9 +127,9 @@ def _prepare(tmp: Path) -> tuple[list[tuple[str, Path, Path]], Any, Any]:
     from ops import testing
 
     from charm import PgBouncerK8sCharm
-    from tests.e2e.harness.juju import DEFAULT_JUJU_VERSION, Application
-    from tests.e2e.harness.postgresql_charm import FakePostgresqlCharm
-    from tests.helpers.pg import start_postgres
+    from harness.juju import DEFAULT_JUJU_VERSION, Application
+    from harness.postgresql_charm import FakePostgresqlCharm
+    from harness.servers.pg import start_postgres
 
     server = start_postgres(prefix="pgbk8s-bench-hooks-")
     app = None

@@ -25,8 +25,8 @@ import os
 from pathlib import Path
 
 from bench.stack import APP_DB, AUTH_DB, Backend, Pooler, Stack
+from harness.servers.system import service_ids, write_service_file
 from pgbouncer.config import AUTH_DATABASE_KEY, PgBouncerConfig, render_auth_file, run_dir
-from tests.helpers.system import service_ids, write_service_file
 
 
 def pool_sizes(max_db_connections: int, processes: int) -> tuple[int, int, int]:

@@ -21,7 +21,7 @@ def _first_line(cmd: list[str]) -> str:
 
 def describe() -> dict[str, str]:
     """Cores, CPU model, memory, OS, and the versions of what was measured."""
-    from tests.helpers.system import PG_BIN, pgbouncer_version
+    from harness.servers.system import PG_BIN, pgbouncer_version
 
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():

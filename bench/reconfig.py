@@ -1,6 +1,6 @@
 """Part 3: reconfiguration under load, driven through the charm itself.
 
-The charm runs under ``ops.testing`` with the end-to-end harness (``tests/e2e/harness``): each
+The charm runs under ``ops.testing`` with the end-to-end harness (``harness``): each
 hook's Pebble calls are replayed on real PgBouncer processes started from the plan the charm
 produced, in front of a real PostgreSQL that plays the PostgreSQL charm. While pgbench
 (transaction pool, TPC-B-like, ``--aggregate-interval=1``) runs through those processes, the
@@ -168,10 +168,10 @@ def child_main(out_path: Path) -> None:
     from ops import testing
 
     from charm import PgBouncerK8sCharm
-    from tests.e2e.harness.juju import Application
-    from tests.e2e.harness.postgresql_charm import FakePostgresqlCharm
-    from tests.helpers.pg import start_postgres
-    from tests.helpers.system import free_port, service_tempdir
+    from harness.juju import Application
+    from harness.postgresql_charm import FakePostgresqlCharm
+    from harness.servers.pg import start_postgres
+    from harness.servers.system import free_port, service_tempdir
 
     settings = load()
     work = Path(service_tempdir("pgbk8s-bench-rc-"))
@@ -350,7 +350,7 @@ def child_main(out_path: Path) -> None:
         result.baseline_worst_ms = max((per_second[s][2] for s in quiet), default=0) / 1000
         tx = sum(per_second[s][0] for s in quiet)
         result.baseline_mean_ms = sum(per_second[s][1] for s in quiet) / tx / 1000 if tx else 0.0
-        result.note = "charm-driven (ops.testing + tests/e2e/harness), real PgBouncer processes"
+        result.note = "charm-driven (ops.testing + harness), real PgBouncer processes"
         out_path.write_text(json.dumps(dataclasses.asdict(result)))
     finally:
         if app is not None:

@@ -21,7 +21,7 @@ from bench.loadgen import LoadResult, run_load
 from bench.pgbench import PgbenchResult, Target, run_pgbench
 from bench.settings import Settings
 from bench.stack import APP_DB, Backend, Stack, pooler_config
-from tests.helpers.system import free_port
+from harness.servers.system import free_port
 
 
 @dataclass

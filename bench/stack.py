@@ -23,6 +23,15 @@ from pathlib import Path
 from psycopg import sql
 
 from bench.pgbench import Target, pgbench_command, pgbench_env
+from harness.servers.pg import PostgresServer, start_postgres
+from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess
+from harness.servers.system import (
+    PG_BIN,
+    as_service_user,
+    free_port,
+    service_ids,
+    write_service_file,
+)
 from pgbouncer.config import (
     AUTH_DATABASE_KEY,
     AuthSettings,
@@ -35,15 +44,6 @@ from pgbouncer.config import (
 from postgres.auth import auth_username_for, install_auth
 from postgres.connection import BackendCredentials
 from postgres.passwords import generate_password
-from tests.helpers.pg import PostgresServer, start_postgres
-from tests.helpers.pgb import PgBouncerFactory, PgBouncerProcess
-from tests.helpers.system import (
-    PG_BIN,
-    as_service_user,
-    free_port,
-    service_ids,
-    write_service_file,
-)
 
 APP_USER = "bench_app"
 APP_DB = "bench"

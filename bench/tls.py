@@ -17,10 +17,10 @@ from pathlib import Path
 from bench.pgbench import PgbenchResult, Target, run_pgbench
 from bench.settings import Settings
 from bench.stack import Stack, pooler_config
+from harness.servers.system import free_port, write_service_file
+from harness.servers.tls import make_ca
 from pgbouncer.config import ClientTLS, render_tls_files
 from state.tls import ClientTLSMaterial
-from tests.helpers.system import free_port, write_service_file
-from tests.helpers.tls import make_ca
 
 MODES = {"persistent": [], "connect (-C)": ["-C"]}
 LABELS = ("plain", "TLS verify-full")

@@ -77,7 +77,7 @@ def show_statuses(d) -> dict[str, str]:
 
 def show_roles(server, title: str) -> list[str]:
     """Print PostgreSQL's login and group roles (not its built-in pg_* roles)."""
-    from tests.e2e.harness.story import role_names
+    from harness.story import role_names
 
     names = role_names(server)
     say(f"   {title}: {', '.join(names)}")
@@ -160,9 +160,11 @@ def run() -> None:
     from ops import testing
 
     from charm import PgBouncerK8sCharm
-    from tests.e2e.harness.juju import Application
-    from tests.e2e.harness.postgresql_charm import FakePostgresqlCharm, server_version
-    from tests.e2e.harness.story import (
+    from harness.juju import Application
+    from harness.postgresql_charm import FakePostgresqlCharm, server_version
+    from harness.servers.pg import start_postgres
+    from harness.servers.system import free_port, pgbouncer_version
+    from harness.story import (
         Deployment,
         auth_functions,
         auth_roles,
@@ -170,13 +172,11 @@ def run() -> None:
         databag_table,
         hot_standby,
     )
-    from tests.helpers.pg import start_postgres
-    from tests.helpers.system import free_port, pgbouncer_version
 
     say("pgbouncer-k8s: the charm's life story")
     say()
     say("SIMULATED: Juju (hooks, relation databags, secrets, leadership) and Pebble's process")
-    say("  management, by ops.testing (Scenario) and the harness in tests/e2e/harness: it records")
+    say("  management, by ops.testing (Scenario) and the harness in harness: it records")
     say("  what the charm asks Pebble for and replays it on real processes.")
     say("REAL: PostgreSQL 15 and PgBouncer 1.24 processes, the SQL the charm runs, the files it")
     say("  writes, and the client's connection through the pooler. Each unit's PgBouncer runs in")
@@ -334,7 +334,7 @@ def tls_step(d, pg_port: int) -> None:
     from cryptography import x509
     from ops import testing
 
-    from tests.helpers.tls import make_ca, peer_certificate_serial
+    from harness.servers.tls import make_ca, peer_certificate_serial
 
     app = d.app
     step(3, "(b) juju integrate pgbouncer-k8s:certificates self-signed-certificates")
@@ -462,7 +462,7 @@ def main() -> int:
     quiet()
     signal.signal(signal.SIGTERM, _on_sigterm)
 
-    from tests.helpers.system import is_root
+    from harness.servers.system import is_root
 
     if not is_root():
         say("The demo needs root: PostgreSQL and PgBouncer run as the postgres OS user, and")

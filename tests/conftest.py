@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers.pg import PostgresServer, start_postgres
-from tests.helpers.pgb import PgBouncerFactory
-from tests.helpers.system import is_root, pgbouncer_version
+from harness.servers.pg import PostgresServer, start_postgres
+from harness.servers.pgb import PgBouncerFactory
+from harness.servers.system import is_root, pgbouncer_version
 
 ROOT_REASON = "needs root: starts PostgreSQL and PgBouncer as the postgres OS user"
 

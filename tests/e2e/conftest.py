@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from charm import PgBouncerK8sCharm
+from harness.juju import Application
+from harness.postgresql_charm import FakePostgresqlCharm
+from harness.servers.pg import PostgresServer, start_postgres
+from harness.servers.system import free_port, is_root
+from harness.story import Deployment
 from tests.conftest import ROOT_REASON
-from tests.e2e.harness.juju import Application
-from tests.e2e.harness.postgresql_charm import FakePostgresqlCharm
-from tests.e2e.harness.story import Deployment
-from tests.helpers.pg import PostgresServer, start_postgres
-from tests.helpers.system import free_port, is_root
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from demo import __main__ as demo
-from tests.e2e.harness.story import Deployment
-from tests.helpers.system import PROJECT_ROOT
+from harness.servers.system import PROJECT_ROOT
+from harness.story import Deployment
 
 pytestmark = pytest.mark.needs_root
 

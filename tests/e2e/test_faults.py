@@ -23,8 +23,8 @@ from ops import testing
 from psycopg import sql
 
 import postgres.connection as connection_module
-from tests.e2e.harness.story import POSTGRESQL_APP, Deployment, auth_roles
-from tests.helpers.pg import PostgresServer
+from harness.servers.pg import PostgresServer
+from harness.story import POSTGRESQL_APP, Deployment, auth_roles
 
 pytestmark = pytest.mark.needs_root
 

@@ -9,7 +9,7 @@ import ops
 import pytest
 from ops import testing
 
-from tests.e2e.harness.juju import Application
+from harness.juju import Application
 
 pytestmark = pytest.mark.needs_root
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.e2e.harness.postgresql_charm import FakePostgresqlCharm
-from tests.helpers.pg import PostgresServer, start_postgres
+from harness.postgresql_charm import FakePostgresqlCharm
+from harness.servers.pg import PostgresServer, start_postgres
 
 pytestmark = pytest.mark.needs_root
 
@@ -136,7 +136,7 @@ def test_dpcharmlibs_provider_answers_with_secret_user_and_working_credentials(
 def test_a_hot_standby_replica_gets_users_by_replication_and_refuses_writes(
     postgres: PostgresServer,
 ):
-    from tests.e2e.harness.story import hot_standby
+    from harness.story import hot_standby
 
     standby = hot_standby(postgres)
     charm = FakePostgresqlCharm(postgres, read_only=standby)

@@ -24,15 +24,15 @@ import pytest
 from ops import testing
 from psycopg import sql
 
-from tests.e2e.harness.juju import Application
-from tests.e2e.harness.processes import (
+from harness.juju import Application
+from harness.processes import (
     PebbleCall,
     PebbleProcessRunner,
     PebbleRecorder,
     ProcessError,
 )
-from tests.helpers.pg import PostgresServer
-from tests.helpers.system import free_port, pgbouncer_binary
+from harness.servers.pg import PostgresServer
+from harness.servers.system import free_port, pgbouncer_binary
 
 pytestmark = pytest.mark.needs_root
 
@@ -311,7 +311,7 @@ def test_a_service_dies_with_the_process_that_started_it(tmp_path: Path):
     child = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from tests.e2e.harness.processes import PebbleProcessRunner, ServiceSpec
+        from harness.processes import PebbleProcessRunner, ServiceSpec
         runner = PebbleProcessRunner(
             {{"{LOCATION}": Path("{tmp_path}")}}, workdir=Path("{tmp_path}")
         )

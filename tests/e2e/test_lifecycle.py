@@ -1,10 +1,10 @@
 """The charm's whole life, end to end: real PostgreSQL 15, real PgBouncer 1.24, Juju by Scenario.
 
-Every scenario deploys two units of pgbouncer-k8s (:class:`~tests.e2e.harness.story.Deployment`),
+Every scenario deploys two units of pgbouncer-k8s (:class:`~harness.story.Deployment`),
 each running its real PgBouncer processes from the Pebble plan it produced, in a network
 namespace of its own (as each pod has), so that a client can query through *each* unit on the
 same ``listen_port``. The PostgreSQL charm is played by
-:class:`~tests.e2e.harness.postgresql_charm.FakePostgresqlCharm` on a real server, answering in
+:class:`~harness.postgresql_charm.FakePostgresqlCharm` on a real server, answering in
 one of three ways: the seed's plain ``username``/``password`` fields (``plain``), a hand-written
 ``secret-user`` (``secret``) or dpcharmlibs-interfaces' real provider (``dpcharmlibs``).
 
@@ -23,8 +23,9 @@ import psycopg
 import pytest
 from ops import testing
 
-from tests.e2e.harness.network import host_listeners
-from tests.e2e.harness.story import (
+from harness.network import host_listeners
+from harness.servers.pg import PostgresServer
+from harness.story import (
     ClientCredentials,
     Deployment,
     auth_functions,
@@ -33,7 +34,6 @@ from tests.e2e.harness.story import (
     promoted_copy,
     role_names,
 )
-from tests.helpers.pg import PostgresServer
 
 pytestmark = pytest.mark.needs_root
 

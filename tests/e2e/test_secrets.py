@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 from ops import testing
 
-from tests.e2e.harness.story import Deployment
-from tests.helpers.pg import PostgresServer
+from harness.servers.pg import PostgresServer
+from harness.story import Deployment
 
 pytestmark = pytest.mark.needs_root
 

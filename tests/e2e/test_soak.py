@@ -24,8 +24,8 @@ import psycopg
 import pytest
 from ops import testing
 
-from tests.e2e.harness.story import Deployment, auth_roles
-from tests.helpers.pg import PostgresServer
+from harness.servers.pg import PostgresServer
+from harness.story import Deployment, auth_roles
 
 pytestmark = pytest.mark.needs_root
 

@@ -10,6 +10,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from harness.servers.backend import create_relation_user
+from harness.servers.pg import PostgresServer, start_postgres
+from harness.servers.system import free_port
 from postgres.auth import (
     AuthQuery,
     auth_username_for,
@@ -31,9 +34,6 @@ from postgres.connection import (
     connect,
 )
 from state.tenants import app_hash, group_role_for, owner_role_for
-from tests.helpers.backend import create_relation_user
-from tests.helpers.pg import PostgresServer, start_postgres
-from tests.helpers.system import free_port
 
 pytestmark = pytest.mark.needs_root
 

@@ -1,6 +1,6 @@
 """Our requirer against real providers: dpcharmlibs' own provider, and the seed's plain fields.
 
-The PostgreSQL charm is played on a real PostgreSQL 15 (tests/e2e/harness/postgresql_charm.py);
+The PostgreSQL charm is played on a real PostgreSQL 15 (harness/postgresql_charm.py);
 our charm runs one relation-changed in Scenario with the real SQL (no fake), so the created
 chart's effects are checked in the real catalog and in the files the charm wrote.
 """
@@ -11,9 +11,9 @@ import pytest
 from ops import testing
 
 from charm import PgBouncerK8sCharm
+from harness.postgresql_charm import FakePostgresqlCharm
 from postgres.auth import remove_auth
 from postgres.connection import BackendCredentials
-from tests.e2e.harness.postgresql_charm import FakePostgresqlCharm
 from tests.unit.conftest import OUR_REQUEST, Dirs, make_container, peer_relation
 
 pytestmark = pytest.mark.needs_root

@@ -19,6 +19,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from harness.servers.backend import create_relation_user
+from harness.servers.pg import PostgresServer, start_postgres
+from harness.servers.pgb import PgBouncerFactory
+from harness.servers.system import free_port, service_ids
 from pgbouncer.config import (
     AUTH_DATABASE_KEY,
     READONLY_SUFFIX,
@@ -35,10 +39,6 @@ from postgres.connection import BackendCredentials
 from postgres.passwords import generate_password
 from relations.client_database import client_username
 from state.tenants import app_hash, owner_role_for
-from tests.helpers.backend import create_relation_user
-from tests.helpers.pg import PostgresServer, start_postgres
-from tests.helpers.pgb import PgBouncerFactory
-from tests.helpers.system import free_port, service_ids
 
 pytestmark = pytest.mark.needs_root
 

@@ -9,6 +9,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from harness.servers.pg import PostgresServer
+from harness.servers.system import free_port
 from postgres.auth import generate_password
 from postgres.clients import (
     ForbiddenRoleError,
@@ -22,8 +24,6 @@ from postgres.connection import BackendCredentials, ForeignObjectError
 from state.names import InvalidNameError
 from state.tenants import TenantRecord, owner_role_for
 from tests.functional.test_auth_sql import Backend, cleanup, make_backend, role_connect
-from tests.helpers.pg import PostgresServer
-from tests.helpers.system import free_port
 
 pytestmark = pytest.mark.needs_root
 

@@ -27,6 +27,18 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from harness.servers.pg import PostgresServer
+from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess
+from harness.servers.system import (
+    PG_BIN,
+    PROJECT_ROOT,
+    as_service_user,
+    free_port,
+    service_ids,
+    stop_process,
+    wait_for_port,
+    write_service_file,
+)
 from pgbouncer.config import (
     DatabaseTarget,
     PgBouncerConfig,
@@ -46,18 +58,6 @@ from pgbouncer.exporter import (
 )
 from pgbouncer.workload import build_layer
 from postgres.passwords import generate_password
-from tests.helpers.pg import PostgresServer
-from tests.helpers.pgb import PgBouncerFactory, PgBouncerProcess
-from tests.helpers.system import (
-    PG_BIN,
-    PROJECT_ROOT,
-    as_service_user,
-    free_port,
-    service_ids,
-    stop_process,
-    wait_for_port,
-    write_service_file,
-)
 
 pytestmark = pytest.mark.needs_root
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.servers.system import as_service_user, pgbouncer_binary, service_ids, service_tempdir
 from pgbouncer.image import contract_command, parse_report, problems
-from tests.helpers.system import as_service_user, pgbouncer_binary, service_ids, service_tempdir
 
 pytestmark = pytest.mark.needs_root
 

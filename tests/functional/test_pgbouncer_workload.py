@@ -22,6 +22,9 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
+from harness.servers.pg import PostgresServer, start_postgres
+from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess
+from harness.servers.system import free_port, service_ids, stop_process
 from pgbouncer.config import (
     AUTH_DATABASE_KEY,
     NO_RELOAD_KEYS,
@@ -33,9 +36,6 @@ from pgbouncer.config import (
     run_dir,
 )
 from pgbouncer.workload import KILL_DELAY, PAUSE_SETTLE_S, RESUME_AFTER_S, drain_reason
-from tests.helpers.pg import PostgresServer, start_postgres
-from tests.helpers.pgb import PgBouncerFactory, PgBouncerProcess
-from tests.helpers.system import free_port, service_ids, stop_process
 
 pytestmark = pytest.mark.needs_root
 

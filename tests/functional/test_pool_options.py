@@ -12,6 +12,7 @@ import dataclasses
 import psycopg
 import pytest
 
+from harness.servers.system import pgbouncer_version
 from pgbouncer.config import NO_RELOAD_KEYS, PoolSettings, render_files
 from tests.functional.test_pgbouncer_workload import (
     config,
@@ -20,7 +21,6 @@ from tests.functional.test_pgbouncer_workload import (
     wait_until,
     with_admin,
 )
-from tests.helpers.system import pgbouncer_version
 
 pytestmark = pytest.mark.needs_root
 

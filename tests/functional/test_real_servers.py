@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.helpers.system import free_port, pgbouncer_version
+from harness.servers.system import free_port, pgbouncer_version
 
 pytestmark = pytest.mark.needs_root
 

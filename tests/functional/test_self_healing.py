@@ -18,11 +18,11 @@ from ops import testing
 from psycopg import sql
 
 from charm import PgBouncerK8sCharm
+from harness.servers.pg import PostgresServer
 from postgres.auth import check_auth
 from postgres.connection import BackendCredentials
 from postgres.passwords import generate_password
 from state.tenants import group_role_for
-from tests.helpers.pg import PostgresServer
 from tests.unit.conftest import Dirs, backend_relation, make_container, peer_relation
 
 pytestmark = pytest.mark.needs_root

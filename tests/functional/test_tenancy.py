@@ -16,6 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from harness.servers.pg import PostgresServer
+from harness.servers.system import free_port
 from postgres.auth import install_auth
 from postgres.clients import RefusedDatabaseError, TrapError, grant_database, revoke_client
 from postgres.connection import ForeignObjectError
@@ -33,8 +35,6 @@ from tests.functional.test_auth_sql import (
     make_backend,
     role_connect,
 )
-from tests.helpers.pg import PostgresServer
-from tests.helpers.system import free_port
 
 pytestmark = pytest.mark.needs_root
 

@@ -18,6 +18,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from harness.servers.pg import PostgresServer, start_postgres
+from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess
+from harness.servers.system import free_port, service_ids, write_service_file
+from harness.servers.tls import CertAuthority, make_ca, peer_certificate_serial, write_server_files
 from pgbouncer.config import (
     ClientTLS,
     DatabaseTarget,
@@ -31,10 +35,6 @@ from postgres.connection import BackendCredentials, BackendUnreachable
 from postgres.connection import connect as backend_connect
 from postgres.tls import write_backend_ca
 from state.tls import BackendTLS, ClientTLSMaterial, backend_tls_problem, libpq_tls_params
-from tests.helpers.pg import PostgresServer, start_postgres
-from tests.helpers.pgb import PgBouncerFactory, PgBouncerProcess
-from tests.helpers.system import free_port, service_ids, write_service_file
-from tests.helpers.tls import CertAuthority, make_ca, peer_certificate_serial, write_server_files
 
 pytestmark = pytest.mark.needs_root
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import psycopg
 import pytest
 
+from harness.servers.pg import PostgresServer
 from tests.functional.test_pgbouncer_workload import (
     config,
     connect,
@@ -23,7 +24,6 @@ from tests.functional.test_pgbouncer_workload import (
     wait_until,
     with_admin,
 )
-from tests.helpers.pg import PostgresServer
 
 pytestmark = pytest.mark.needs_root
 

@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 from ops import testing
 
-from tests.helpers.tls import make_ca
+from harness.servers.tls import make_ca
 from tests.unit.conftest import SEED_PROVIDER, backend_relation
 from tests.unit.test_client_database import (
     MODEL,

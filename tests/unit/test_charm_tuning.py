@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 from ops import testing
 
-from tests.e2e.harness.processes import PebbleRecorder
+from harness.processes import PebbleRecorder
 from tests.unit.conftest import make_container, peer_relation
 
 

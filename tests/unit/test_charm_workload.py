@@ -12,7 +12,7 @@ import stat
 import pytest
 from ops import testing
 
-from tests.e2e.harness.processes import PebbleRecorder
+from harness.processes import PebbleRecorder
 from tests.unit.conftest import make_container, peer_relation
 
 

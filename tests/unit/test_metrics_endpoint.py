@@ -26,6 +26,7 @@ import jsonschema
 import pytest
 from ops import pebble, testing
 
+from harness.processes import PebbleRecorder
 from pgbouncer.exporter import EXPORTER_PORT, EXPORTER_SERVICE, STATS_USER
 from pgbouncer.workload import build_layer
 from relations.metrics import (
@@ -36,7 +37,6 @@ from relations.metrics import (
     load_alert_rules,
     unit_databag,
 )
-from tests.e2e.harness.processes import PebbleRecorder
 from tests.unit.conftest import make_container, peer_relation
 
 SCHEMA = json.loads(

@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from ops import testing
 
+from harness.servers.tls import CertAuthority, cert_pem, make_ca, now
 from relations.tls import (
     CERTIFICATES_RELATION,
     CertificatesRelation,
@@ -30,7 +31,6 @@ from state.tls import (
     ClientTLSMaterial,
     TLSMaterialError,
 )
-from tests.helpers.tls import CertAuthority, cert_pem, make_ca, now
 
 # -- the published schemas, as a checker of our own ------------------------------------------
 REQUIRER_SCHEMA = {

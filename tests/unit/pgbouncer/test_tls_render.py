@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from ops import testing
 
+from harness.servers.tls import make_ca
 from pgbouncer.config import (
     AUTH_FILE,
     ClientTLS,
@@ -27,7 +28,6 @@ from pgbouncer.config import (
     server_tls_ca_path,
 )
 from state.tls import BackendTLS, ClientTLSMaterial
-from tests.helpers.tls import make_ca
 from tests.unit.pgbouncer.test_workload_scenario import PGB, run
 
 CA = make_ca("render CA")

@@ -10,6 +10,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.servers.tls import (
+    CertAuthority,
+    cert_pem,
+    intermediate,
+    key_pem,
+    make_ca,
+    new_key,
+    now,
+)
 from state.config import InvalidConfigError
 from state.tls import (
     BackendTLS,
@@ -28,7 +37,6 @@ from state.tls import (
     libpq_tls_params,
     parse_certificates,
 )
-from tests.helpers.tls import CertAuthority, cert_pem, intermediate, key_pem, make_ca, new_key, now
 
 CA = make_ca("unit CA")
 OTHER_CA = make_ca("another CA")

@@ -1,6 +1,6 @@
 """The charm's life as Juju would drive it, in steps a test or the demo can call one by one.
 
-:class:`Deployment` holds a pgbouncer-k8s :class:`~tests.e2e.harness.juju.Application` (units in
+:class:`Deployment` holds a pgbouncer-k8s :class:`~harness.juju.Application` (units in
 their own pod networks, real PgBouncer processes), a :class:`FakePostgresqlCharm` on a real
 PostgreSQL, and the client applications related to us. Each method runs the hooks Juju would run
 for one operator action (``juju integrate``, ``juju remove-relation``, ``juju scale-application``,
@@ -29,10 +29,10 @@ from typing import Literal
 import psycopg
 from ops import testing
 
-from tests.e2e.harness.juju import Application, Unit
-from tests.e2e.harness.postgresql_charm import FakePostgresqlCharm
-from tests.helpers.pg import PostgresServer
-from tests.helpers.system import (
+from harness.juju import Application, Unit
+from harness.postgresql_charm import FakePostgresqlCharm
+from harness.servers.pg import PostgresServer
+from harness.servers.system import (
     PG_BIN,
     as_service_user,
     free_port,

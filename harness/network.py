@@ -30,7 +30,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 
-from tests.helpers.system import free_port
+from harness.servers.system import free_port
 
 logger = logging.getLogger(__name__)
 

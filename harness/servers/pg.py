@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.helpers.system import (
+from harness.servers.system import (
     PG_BIN,
     as_service_user,
     free_port,

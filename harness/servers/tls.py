@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.helpers.system import service_tempdir, write_service_file
+from harness.servers.system import service_tempdir, write_service_file
 
 UTC = datetime.UTC
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.helpers.system import (
+from harness.servers.system import (
     as_service_user,
     pgbouncer_binary,
     service_tempdir,

@@ -16,7 +16,7 @@ what this module keeps for the tests:
   other applications (``owner=None``) are added with :meth:`Application.add_secret`;
 - each unit's ``/var/lib/pgbouncer`` is a real directory of its own (a ``testing.Mount``), owned
   by ``postgres``, and, when processes are enabled, each unit has a
-  :class:`~tests.e2e.harness.processes.PebbleProcessRunner` that replays what the charm asked
+  :class:`~harness.processes.PebbleProcessRunner` that replays what the charm asked
   Pebble for after every hook (see ``processes.py`` for how calls are recorded).
 
 Without ``pod_network``, every unit shares the host's network: PgBouncer processes of two units
@@ -41,16 +41,17 @@ from typing import Any
 
 from ops import testing
 
-from pgbouncer.image import VERSION_MARKER
-from tests.e2e.harness.network import PodNetwork
-from tests.e2e.harness.processes import (
+from harness.network import PodNetwork
+from harness.ops_internals import runtime_class
+from harness.processes import (
     CONTAINER_PATH,
     PebbleCall,
     PebbleProcessRunner,
     PebbleRecorder,
     SyncReport,
 )
-from tests.helpers.system import pgbouncer_binary, service_tempdir
+from harness.servers.system import pgbouncer_binary, service_tempdir
+from pgbouncer.image import VERSION_MARKER
 
 EventFactory = Callable[[Any, testing.State], Any]
 """Builds the event to run from ``ctx.on`` and the unit's current state."""
@@ -71,20 +72,19 @@ def juju_env(overrides: Mapping[str, str] | None) -> Iterator[None]:
     if not overrides:
         yield
         return
-    from scenario import _runtime  # private module, imported only here
-
-    original = _runtime.Runtime._get_event_env
+    runtime = runtime_class()  # a private part of Scenario: harness/ops_internals.py
+    original = runtime._get_event_env
 
     def patched(self: Any, *args: Any, **kwargs: Any) -> dict[str, str]:
         env = original(self, *args, **kwargs)
         env.update(overrides)
         return env
 
-    _runtime.Runtime._get_event_env = patched  # type: ignore[method-assign]
+    runtime._get_event_env = patched
     try:
         yield
     finally:
-        _runtime.Runtime._get_event_env = original  # type: ignore[method-assign]
+        runtime._get_event_env = original
 
 
 def pgbouncer_version_exec() -> testing.Exec:

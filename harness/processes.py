@@ -63,7 +63,8 @@ from typing import Any
 
 from ops import pebble
 
-from tests.helpers.system import pgbouncer_binary
+from harness.ops_internals import mock_pebble_client_class
+from harness.servers.system import pgbouncer_binary
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +108,7 @@ class PebbleCall:
 
 
 def _scenario_client_class() -> type:
-    from scenario import mocking  # private module, imported only here
-
-    return mocking._MockPebbleClient
+    return mock_pebble_client_class()  # a private part of Scenario: harness/ops_internals.py
 
 
 def _owner_ids(kwargs: Mapping[str, Any]) -> tuple[int, int]:
@@ -344,7 +343,7 @@ class PebbleProcessRunner:
             the PgBouncer the tests use.
         workdir: where logs and the namespace scratch directory go; a fresh temp dir by default.
         enter_argv: a command prefix that execs its command somewhere else, e.g.
-            ``nsenter --net=<pod namespace> --`` (:class:`~tests.e2e.harness.network.PodNetwork`);
+            ``nsenter --net=<pod namespace> --`` (:class:`~harness.network.PodNetwork`);
             empty for the host's network.
     """
 

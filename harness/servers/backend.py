@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from harness.servers.pg import PostgresServer
 from postgres.connection import BackendCredentials
 from postgres.passwords import generate_password
-from tests.helpers.pg import PostgresServer
 
 
 def create_relation_user(server: PostgresServer, suffix: str) -> BackendCredentials:

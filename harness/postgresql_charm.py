@@ -33,7 +33,7 @@ import ops
 from ops import testing
 from psycopg import sql
 
-from tests.helpers.pg import PostgresServer
+from harness.servers.pg import PostgresServer
 
 APP_NAME = "postgresql-k8s"
 ENDPOINT = "database"
