@@ -421,8 +421,19 @@ class Workload:
             WorkloadUnreachable: Pebble cannot be reached (guessing would change the process
                 count, and so restart PgBouncer, on a passing fault).
         """
-        files = {name: self._read(path, "read the cgroup") for name, path in _CGROUP_FILES.items()}
-        return cpu_count_from_cgroup(files) or DEFAULT_CPUS
+        # Read on demand, in the order cpu_count_from_cgroup asks: on cgroup v2 with a quota,
+        # one file (a hook pays only for what it uses).
+        cache: dict[str, str | None] = {}
+
+        class _Lazy(dict):
+            def get(inner, name: str, default: str | None = None) -> str | None:  # noqa: N805
+                if name not in cache:
+                    path = _CGROUP_FILES.get(name)
+                    cache[name] = self._read(path, "read the cgroup") if path else None
+                value = cache[name]
+                return default if value is None else value
+
+        return cpu_count_from_cgroup(_Lazy()) or DEFAULT_CPUS
 
     def is_running(self) -> bool:
         """Whether every enabled PgBouncer service in the plan is active (False if none)."""
