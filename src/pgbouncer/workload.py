@@ -175,6 +175,25 @@ def parse_version(output: str) -> str | None:
     return match.group(1) if match else None
 
 
+class _CgroupFiles(Mapping[str, "str | None"]):
+    """The cgroup files of :data:`_CGROUP_FILES`, each read (once) when first asked for."""
+
+    def __init__(self, read: Callable[[str], str | None]):
+        self._read = read
+        self._cache: dict[str, str | None] = {}
+
+    def __getitem__(self, name: str) -> str | None:
+        if name not in self._cache:
+            self._cache[name] = self._read(_CGROUP_FILES[name])
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_CGROUP_FILES)
+
+    def __len__(self) -> int:
+        return len(_CGROUP_FILES)
+
+
 def cpu_count_from_cgroup(files: Mapping[str, str | None]) -> int | None:
     """CPUs the container may use, from the text of its cgroup files.
 
@@ -423,17 +442,8 @@ class Workload:
         """
         # Read on demand, in the order cpu_count_from_cgroup asks: on cgroup v2 with a quota,
         # one file (a hook pays only for what it uses).
-        cache: dict[str, str | None] = {}
-
-        class _Lazy(dict):
-            def get(inner, name: str, default: str | None = None) -> str | None:  # noqa: N805
-                if name not in cache:
-                    path = _CGROUP_FILES.get(name)
-                    cache[name] = self._read(path, "read the cgroup") if path else None
-                value = cache[name]
-                return default if value is None else value
-
-        return cpu_count_from_cgroup(_Lazy()) or DEFAULT_CPUS
+        files = _CgroupFiles(lambda path: self._read(path, "read the cgroup"))
+        return cpu_count_from_cgroup(files) or DEFAULT_CPUS
 
     def is_running(self) -> bool:
         """Whether every enabled PgBouncer service in the plan is active (False if none)."""
