@@ -513,8 +513,11 @@ class Workload:
         for path, index in inis.items():
             if index >= processes:
                 wanted[path] = None
+        # One listing, then a read only of the files that exist: a hook pays for the files in
+        # use, not for every file the charm might write (TLS, exporter, inis of 4 processes).
+        present = self._present_files()
         for path, content in sorted(wanted.items()):
-            old = self._read(path, "read the current files")
+            old = self._read(path, "read the current files") if path in present else None
             if content is None:
                 if old is not None:
                     self._remove(path)
@@ -608,6 +611,20 @@ class Workload:
         except RenderError:
             return None
         return int(port) if port and port.isdigit() else None
+
+    def _present_files(self) -> set[str]:
+        """The paths of the files now in the base directory (one Pebble call)."""
+        try:
+            with _pebble_errors("list the files"):
+                entries = self._container.list_files(self._base_dir)
+        except WorkloadError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, pebble.APIError) and cause.code == 404:
+                return set()
+            if isinstance(cause, pebble.PathError) and cause.kind == "not-found":
+                return set()
+            raise
+        return {str(PurePosixPath(self._base_dir) / entry.name) for entry in entries}
 
     def _read(self, path: str, what: str) -> str | None:
         try:
