@@ -8,6 +8,7 @@ parent measures the process's wall time.
 
 from __future__ import annotations
 
+import importlib
 import json
 import pickle
 import sys
@@ -40,9 +41,12 @@ def main() -> None:
 
     if which == "floor":
         sys.path.insert(0, str(Path(__file__).parent / "floor_charm" / "src"))
-    import charm
+        # The floor charm's own ``charm`` module, first on the path now: not the one under src/.
+        charm_type = importlib.import_module("charm").FloorCharm
+    else:
+        import charm
 
-    charm_type = charm.FloorCharm if which == "floor" else charm.PgBouncerK8sCharm
+        charm_type = charm.PgBouncerK8sCharm
     t_import = time.perf_counter()
     spec = pickle.loads(state_path.read_bytes())  # noqa: S301 - our own file
     state, event, ctx_kwargs = spec["state"], spec["event"], spec["ctx"]

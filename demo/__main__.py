@@ -146,7 +146,7 @@ def show_metrics(app, d) -> None:
         say(f"   {unit.name} /metrics (a few lines, after the client's query):")
         say(indent(indent("\n".join(lines))))
         up = [ln for ln in lines if ln.startswith("pgbouncer_up")]
-        expect(up and all(ln.endswith(" 1.0") for ln in up), f"{unit.name}: {up}")
+        expect(bool(up) and all(ln.endswith(" 1.0") for ln in up), f"{unit.name}: {up}")
         queries = sum(
             float(ln.rsplit(" ", 1)[1])
             for ln in lines

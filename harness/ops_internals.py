@@ -7,6 +7,10 @@ Scenario is our Juju; two things it cannot express need its internals:
 - ``scenario.mocking._MockPebbleClient``: its fake Pebble client, wrapped to record the calls the
   charm makes so that real processes can replay them (``processes.PebbleRecorder``).
 
+One more is named for the type checker only, never imported at run time:
+``scenario.state._EntityStatus``, what ``testing.State.unit_status`` is declared as
+(``story.Deployment.statuses``).
+
 These are not public API: they may change in any release. The versions they were read from are
 pinned in ``requirements-dev.lock``; ``tests/unit/test_ops_internals.py`` fails loudly, naming
 what moved, when the installed versions or these internals change.

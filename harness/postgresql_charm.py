@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import time
-from typing import Any
+from typing import Any, LiteralString
 from urllib.parse import quote
 
 import ops
@@ -37,7 +37,10 @@ from harness.servers.pg import PostgresServer
 
 APP_NAME = "postgresql-k8s"
 ENDPOINT = "database"
-ROLE_ATTRIBUTES = {"SUPERUSER", "CREATEDB", "CREATEROLE", "REPLICATION", "BYPASSRLS"}
+ROLE_ATTRIBUTES: dict[str, LiteralString] = {
+    a: a for a in ("SUPERUSER", "CREATEDB", "CREATEROLE", "REPLICATION", "BYPASSRLS")
+}
+"""The role attributes a client may ask for, each as the SQL keyword it is."""
 
 PROVIDER_META: dict[str, Any] = {
     "name": APP_NAME,
@@ -131,7 +134,9 @@ class FakePostgresqlCharm:
         )
         creds.database = database
         roles = [r.strip().upper() for r in (extra_user_roles or "").split(",") if r.strip()]
-        attributes = [r for r in roles if r in ROLE_ATTRIBUTES]
+        attributes: list[LiteralString] = [
+            ROLE_ATTRIBUTES[r] for r in roles if r in ROLE_ATTRIBUTES
+        ]
         granted = [r.lower() for r in roles if r not in ROLE_ATTRIBUTES]
         user = sql.Identifier(creds.username)
         db = sql.Identifier(database)

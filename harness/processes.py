@@ -59,7 +59,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 from ops import pebble
 
@@ -255,7 +255,11 @@ class ServiceSpec:
     @classmethod
     def from_service(cls, service: pebble.Service | Mapping[str, Any]) -> ServiceSpec:
         """Build from an ``ops.pebble.Service`` (a plan's) or a layer-style dict."""
-        data = service.to_dict() if isinstance(service, pebble.Service) else dict(service)
+        data: Mapping[str, Any] = (
+            cast(Mapping[str, Any], service.to_dict())
+            if isinstance(service, pebble.Service)
+            else dict(service)
+        )
         user = data.get("user")
         if user is None and data.get("user-id") is not None:
             user = pwd.getpwuid(int(data["user-id"])).pw_name

@@ -24,12 +24,16 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import psycopg
 from ops import testing
 
 from harness.juju import Application, Unit
+
+if TYPE_CHECKING:
+    # What ``testing.State.unit_status`` is declared as; for annotations only, never imported.
+    from scenario.state import _EntityStatus
 from harness.postgresql_charm import FakePostgresqlCharm
 from harness.servers.pg import PostgresServer
 from harness.servers.system import (
@@ -290,7 +294,7 @@ class Deployment:
         return leaving
 
     # -- looking ------------------------------------------------------------------------------
-    def statuses(self) -> dict[str, testing.StatusBase]:
+    def statuses(self) -> dict[str, _EntityStatus]:
         """Each unit's status after its last hook."""
         return {unit.name: unit.state.unit_status for unit in self.app.units}
 

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -109,8 +109,12 @@ def _change(change_id: str, kind: str) -> dict[str, Any]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
     protocol_version = "HTTP/1.0"
+
+    @property
+    def _server(self) -> _Server:
+        """The server this handler serves: only ever a :class:`_Server`."""
+        return cast(_Server, self.server)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: no access log on stderr."""
@@ -141,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Read-only calls."""
         url = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
-        state = self.server.state
+        state = self._server.state
         state.calls[f"GET {url.path}"] += 1
         if url.path == "/v1/system-info":
             self._send(_sync({"version": "1.19.0-standin"}))
@@ -171,7 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(_error(f"not in the stand-in: GET {url.path}", 404))
 
     def _read_file(self, path: str) -> None:
-        host = self.server.state.host_path(path)
+        host = self._server.state.host_path(path)
         boundary = "standin-boundary"
         if host is None or not host.is_file():
             meta = {
@@ -206,7 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _list(self, path: str, itself: bool) -> None:
-        host = self.server.state.host_path(path)
+        host = self._server.state.host_path(path)
         if host is None or not host.exists():
             self._send(_error(f"stat {path}: no such file or directory", 404, "not-found"))
             return
@@ -231,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         """Calls that change something."""
         url = urllib.parse.urlsplit(self.path)
-        state = self.server.state
+        state = self._server.state
         state.calls[f"POST {url.path}"] += 1
         raw = self._body()
         if url.path == "/v1/files" and self.headers.get_content_type() == "multipart/form-data":
@@ -257,13 +261,13 @@ class _Handler(BaseHTTPRequestHandler):
                 names = [n for n, s in plan.items() if s.get("startup") == "enabled"]
             for name in names:
                 state.services[name] = "inactive" if action == "stop" else "active"
-            self.server.next_change += 1
+            self._server.next_change += 1
             self._send(
                 {
                     "type": "async",
                     "status-code": 202,
                     "status": "Accepted",
-                    "change": str(self.server.next_change),
+                    "change": str(self._server.next_change),
                     "result": None,
                 }
             )
@@ -275,7 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _file_action(self, body: dict[str, Any]) -> None:
         results = []
         for item in body.get("dirs") or body.get("paths") or []:
-            host = self.server.state.host_path(item["path"])
+            host = self._server.state.host_path(item["path"])
             if host is None:
                 results.append({"path": item["path"], "error": {"kind": "permission-denied"}})
                 continue
@@ -303,7 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
                 contents[filename] = data
         results = []
         for item in metadata.get("files", []):
-            host = self.server.state.host_path(item["path"])
+            host = self._server.state.host_path(item["path"])
             if host is None:
                 results.append(
                     {"path": item["path"], "error": {"kind": "permission-denied", "message": ""}}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from harness.servers.system import (
     PG_BIN,
@@ -66,7 +67,9 @@ class PostgresServer:
         """An autocommit superuser connection over TCP."""
         return psycopg.connect(self.conninfo(dbname), autocommit=True, **kwargs)
 
-    def execute(self, query: str, params: tuple = (), dbname: str = "postgres") -> list[tuple]:
+    def execute(
+        self, query: str | sql.SQL | sql.Composed, params: tuple = (), dbname: str = "postgres"
+    ) -> list[tuple]:
         """Run one statement as superuser; the rows it returned (empty when none)."""
         with self.connect(dbname) as conn:
             cur = conn.execute(query, params)  # type: ignore[arg-type]

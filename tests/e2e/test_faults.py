@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import LiteralString
 
 import psycopg
 import pytest
@@ -131,7 +132,11 @@ def test_server_stopped_during_created_defers_then_converges(
     ids=["password-changed", "nologin"],
 )
 def test_server_refusing_our_user_defers_then_converges(
-    make_deployment: MakeDeployment, pg: PostgresServer, fault: str, undo: str, says: str
+    make_deployment: MakeDeployment,
+    pg: PostgresServer,
+    fault: LiteralString,
+    undo: LiteralString,
+    says: str,
 ):
     d = make_deployment(num_units=1)
     d.deploy()

@@ -80,6 +80,7 @@ def test_peer_data_and_app_secrets_reach_the_follower(app: Application):
     leader.leader_elected()
 
     seen_by_follower = follower.relation(peer_id)
+    assert isinstance(seen_by_follower, testing.PeerRelation)
     assert seen_by_follower.local_app_data["k"] == "v"
     assert seen_by_follower.peers_data[0]["unit"] == "peerish/0"
     secret_id = seen_by_follower.local_app_data["auth_secret_id"]
@@ -95,7 +96,9 @@ def test_peer_data_and_app_secrets_reach_the_follower(app: Application):
         "peers": {"peerish/0": "peerish/0"},
         "tracked": "first-revision",
     }
-    assert "seen" in leader.relation(peer_id).peers_data[1]
+    seen_by_leader = leader.relation(peer_id)
+    assert isinstance(seen_by_leader, testing.PeerRelation)
+    assert "seen" in seen_by_leader.peers_data[1]
 
     # A new revision: the follower keeps tracking the old one until it refreshes, as in Juju.
     leader.config_changed()

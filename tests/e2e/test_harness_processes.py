@@ -82,14 +82,22 @@ def make_standin(server: PostgresServer) -> type[ops.CharmBase]:
 
         def _write(self, container: ops.Container) -> None:
             owner = str(self.config["file_owner"]) or None
-            kwargs = {"user": owner, "group": owner} if owner else {}
-            container.make_dir(f"{LOCATION}/run/0", make_parents=True, permissions=0o700, **kwargs)
-            container.push(f"{LOCATION}/pgbouncer_0.ini", self._ini(), permissions=0o600, **kwargs)
+            container.make_dir(
+                f"{LOCATION}/run/0", make_parents=True, permissions=0o700, user=owner, group=owner
+            )
+            container.push(
+                f"{LOCATION}/pgbouncer_0.ini",
+                self._ini(),
+                permissions=0o600,
+                user=owner,
+                group=owner,
+            )
             container.push(
                 f"{LOCATION}/userlist.txt",
                 f'"{server.user}" "{server.password}"\n',
                 permissions=0o600,
-                **kwargs,
+                user=owner,
+                group=owner,
             )
 
         def _on_pebble_ready(self, event: ops.PebbleReadyEvent) -> None:

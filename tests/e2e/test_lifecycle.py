@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import ops
 import psycopg
 import pytest
 from ops import testing
@@ -48,7 +49,7 @@ def ini(unit) -> str:
     return (unit.mount_dir / "pgbouncer_0.ini").read_text()
 
 
-def assert_all(d: Deployment, status: testing.StatusBase) -> None:
+def assert_all(d: Deployment, status: ops.StatusBase) -> None:
     """Every unit shows ``status``."""
     assert d.statuses() == {u.name: status for u in d.app.units}
 

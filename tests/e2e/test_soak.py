@@ -91,6 +91,7 @@ def test_twenty_relate_unrelate_cycles_leave_the_catalog_as_it_was(
     def run_steady() -> None:
         while not stop.is_set():
             related_at_start = steady.related.is_set()
+            error = ""
             try:
                 d.query(unit, steady_creds, "SELECT 1")
                 good = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import LiteralString
 
 import psycopg
 import pytest
@@ -114,7 +115,7 @@ def role_connect(
 def catalog_snapshot(b: Backend, roles: list[str]) -> dict[str, list[tuple]]:
     """Everything install_auth may touch, as the superuser sees it in the auth database."""
     with b.server.connect(b.creds.dbname) as conn:
-        q = {
+        q: dict[str, LiteralString] = {
             "roles": """SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb,
                                rolcanlogin, rolreplication, rolbypassrls, rolconnlimit,
                                rolpassword, rolvaliduntil, shobj_description(oid, 'pg_authid'),

@@ -218,7 +218,10 @@ def exporter(rig: Rig) -> Iterator[Exporter]:
         render_exporter_config(2, rig.port, base, host="127.0.0.1", port=port),
     )
     write_service_file(Path(passfile_path(base)), render_passfile(rig.stats_password))
-    service = build_layer(2, rig.port, base, exporter=True)["services"][EXPORTER_SERVICE]
+    layer = build_layer(2, rig.port, base, exporter=True)
+    assert "services" in layer
+    service = layer["services"][EXPORTER_SERVICE]
+    assert "command" in service
     assert service.get("user") == "postgres"
     assert "environment" not in service
     argv = shlex.split(service["command"])
@@ -267,6 +270,8 @@ def test_metrics_match_show_pools_over_both_processes_under_load(rig: Rig, expor
                 break
             time.sleep(0.3)
         matched = None
+        seen: dict[int, tuple[int, int]] = {}
+        truth: dict[int, tuple[int, int]] = {}
         for _attempt in range(10):
             before = parse_metrics(exporter.scrape())
             truth = {i: pools_of(rig, i) for i in CLIENTS}

@@ -218,7 +218,8 @@ def run_cancels(port: int, password: str, postgres: PostgresServer, count: int =
 
     def sleep(k: int) -> None:
         try:
-            conns[k].execute(f"SELECT pg_sleep(8) /* {marker}-{k} */")
+            # As bytes: the marker is not a literal string, and holds no SQL of its own.
+            conns[k].execute(f"SELECT pg_sleep(8) /* {marker}-{k} */".encode())
             outcomes[k] = "finished"
         except errors.QueryCanceled:
             outcomes[k] = "cancelled"

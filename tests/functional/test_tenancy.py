@@ -461,6 +461,7 @@ def test_a_connection_to_a_stopped_server_gives_up_within_the_deadline(t, monkey
     import postgres.connection as connection
 
     monkeypatch.setattr(connection, "CONNECTION_DEADLINE_SECONDS", 3.0)
+    elapsed: float | None = None
     with (
         pytest.raises(connection.BackendUnreachable, match="did not answer in time"),
         connection.connect(t.b.creds) as conn,
@@ -473,7 +474,7 @@ def test_a_connection_to_a_stopped_server_gives_up_within_the_deadline(t, monkey
         finally:
             elapsed = time.monotonic() - start
             os.kill(pid, signal.SIGCONT)
-    assert elapsed < 6
+    assert elapsed is not None and elapsed < 6
 
 
 def test_a_stopped_postmaster_fails_the_grant_within_the_deadline(t, monkeypatch):

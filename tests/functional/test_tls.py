@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from harness.servers.pg import PostgresServer, start_postgres
 from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess
@@ -287,7 +288,7 @@ def test_a_server_certificate_from_another_ca_makes_the_backend_unreachable(tls_
     ca_file = factory.write(factory.workdir(), "backend-ca.crt", other.ca_pem)
     params = libpq_tls_params(str(ca_file))
     with pytest.raises(psycopg.OperationalError) as err:
-        psycopg.connect(tls_postgres.server.conninfo(), **params)
+        psycopg.connect(make_conninfo(tls_postgres.server.conninfo(), **params))
     assert backend_tls_problem(str(err.value)) == (
         "the backend's certificate is not signed by its tls-ca"
     )
@@ -326,13 +327,13 @@ def test_verify_full_refuses_a_server_certificate_for_another_name(
     ca_file = factory.write(factory.workdir(), "backend-ca.crt", pg.ca.pem)
     params = libpq_tls_params(str(ca_file))
     with pytest.raises(psycopg.OperationalError) as err:
-        psycopg.connect(pg.server.conninfo(), **params)
+        psycopg.connect(make_conninfo(pg.server.conninfo(), **params))
     assert backend_tls_problem(str(err.value)) == (
         "the backend's certificate does not name the host connected to"
     )
     # Under the name the certificate carries, the charm's own connection is verified.
     conninfo = pg.server.conninfo().replace("host=127.0.0.1", "host=db.example.internal")
-    with psycopg.connect(f"{conninfo} hostaddr=127.0.0.1", **params) as conn:
+    with psycopg.connect(make_conninfo(f"{conninfo} hostaddr=127.0.0.1", **params)) as conn:
         assert conn.info.pgconn.ssl_in_use
     # What verify-ca would have allowed:
     with psycopg.connect(pg.server.conninfo(), sslmode="verify-ca", sslrootcert=str(ca_file)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 from ops import pebble, testing
@@ -87,13 +88,17 @@ def make_container(
     )
 
 
+class _RelationId(TypedDict, total=False):
+    id: int
+
+
 def backend_relation(
     remote: dict[str, str] | None = None,
     local: dict[str, str] | None = None,
     remote_units: tuple[int, ...] = (0,),
     relation_id: int | None = None,
 ) -> testing.Relation:
-    kwargs = {} if relation_id is None else {"id": relation_id}
+    kwargs: _RelationId = {} if relation_id is None else {"id": relation_id}
     return testing.Relation(
         "backend-database",
         remote_app_name="postgresql-k8s",

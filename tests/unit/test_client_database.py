@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pytest
@@ -199,7 +200,7 @@ def assert_no_password_in_databags(out: testing.State, password: str) -> None:
             assert password not in json.dumps(dict(databag))
 
 
-def assert_valid_v0_answer(databag: dict[str, str], secret_content: dict[str, str]) -> None:
+def assert_valid_v0_answer(databag: Mapping[str, str], secret_content: Mapping[str, str]) -> None:
     """Our databag, with the ``secret-user`` content merged in, as provider.json requires."""
     merged = {**databag, **secret_content}
     for key in PROVIDER_REQUIRED:

@@ -171,7 +171,11 @@ def _everything_in_databags(out: testing.State) -> str:
     return json.dumps(
         [
             [dict(r.local_app_data), dict(r.local_unit_data)]
-            + ([dict(r.remote_app_data)] if hasattr(r, "remote_app_data") else [])
+            + (
+                [dict(r.remote_app_data)]
+                if isinstance(r, testing.Relation | testing.SubordinateRelation)
+                else []
+            )
             for r in out.relations
         ]
     )

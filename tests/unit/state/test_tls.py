@@ -207,7 +207,9 @@ def test_any_garbage_raises_only_a_typed_error(garbage, which):
     args = {"certificate": LEAF.cert_pem, "private_key": LEAF.key_pem, "ca": CA.pem}
     args[which] = garbage
     with pytest.raises(TLSMaterialError):
-        ClientTLSMaterial.from_pem(**args)
+        ClientTLSMaterial.from_pem(
+            certificate=args["certificate"], private_key=args["private_key"], ca=args["ca"]
+        )
 
 
 @settings(max_examples=100, deadline=None)
