@@ -540,8 +540,7 @@ def test_listen_port_change_rolls_one_process_at_a_time(postgres, pgbouncer_fact
                 settled_from = time.monotonic()
                 wait_until(
                     lambda i=index, t0=settled_from: (
-                        loop.successes(f"settling {i}") >= 20
-                        and time.monotonic() - t0 >= 1.0
+                        loop.successes(f"settling {i}") >= 20 and time.monotonic() - t0 >= 1.0
                     ),
                     "the old port",
                 )
