@@ -201,13 +201,18 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if not with_backend:
             self._state = state
             return
-        if state.leader and not state.running and self.workload.can_connect():
+        if state.leader and not state.running and state.can_connect:
             # The apply above may just have started PgBouncer: the set-up waits for nothing.
             state = self._load_state()
         outcome = LeaderOutcome()
         if state.leader:
             ensure_auth(
-                state, self.peers, owner_tag=self.owner_tag, verify=verify, outcome=outcome
+                state,
+                self.peers,
+                owner_tag=self.owner_tag,
+                verify=verify,
+                outcome=outcome,
+                ca_dir=self._ca_dir(),
             )
             if outcome.set_up:
                 state = self._load_state()
@@ -222,9 +227,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
             gone=gone,
             outcome=outcome,
         )
-        if state.leader and served != dict(state.peer.databases):
+        databases_changed = state.leader and served != dict(state.peer.databases)
+        if databases_changed:
             self.peers.set_databases(served)
-        if outcome.set_up or (state.leader and served != dict(state.peer.databases)):
+        if outcome.set_up or databases_changed:
             state = self._load_state()
             self._apply(state, with_backend)
         if state.leader:
@@ -335,7 +341,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
             event.defer()
             return
         if decision == CREATED_SET_UP:
-            problem = check_backend(state)
+            problem = check_backend(state, self._ca_dir())
             if problem is not None:
                 logger.warning("backend refuses connections (%s); deferring", problem)
                 self.peers.set_backend_problem(problem)
@@ -360,11 +366,12 @@ class PgBouncerK8sCharm(ops.CharmBase):
             planned_units=self.app.planned_units(),
             remaining_remote_units=len(remaining),
         )
-        if decision in (DEPARTED_REMOVE, DEPARTED_REMOVE_AND_MARK):
-            outcome = LeaderOutcome()
-            if remove_auth_plumbing(state, self.peers, owner_tag=self.owner_tag, outcome=outcome):
-                # Nothing may use (or re-create clients for) the plumbing that just went.
-                self.peers.drop_auth()
+        removing = decision in (DEPARTED_REMOVE, DEPARTED_REMOVE_AND_MARK)
+        if removing and remove_auth_plumbing(
+            state, self.peers, owner_tag=self.owner_tag, ca_dir=self._ca_dir()
+        ):
+            # Nothing may use (or re-create clients for) the plumbing that just went.
+            self.peers.drop_auth()
         if decision in (DEPARTED_MARK, DEPARTED_REMOVE_AND_MARK):
             self.peers.mark_departing(event.relation.id)
         self._state = self._load_state()  # the status tells what the chart just did

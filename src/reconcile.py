@@ -69,14 +69,18 @@ class Answer:
     tls_fields: dict[str, object]
 
 
-def credentials(state: CharmState, ca_dir: str | None = None) -> BackendCredentials:
-    """How to reach the backend's primary as the relation user (verified when it has TLS)."""
+def credentials(state: CharmState, ca_dir: str) -> BackendCredentials:
+    """How to reach the backend's primary as the relation user (verified when it has TLS).
+
+    ``ca_dir`` is required, so that no connection of ours can skip the verification: when the
+    backend announces TLS its CA is kept there and every connection checks the server with it.
+    """
     from postgres.connection import BackendCredentials
 
     backend = state.backend
     assert backend is not None  # noqa: S101 (callers check)
     sslrootcert = None
-    if state.backend_tls is not None and ca_dir is not None:
+    if state.backend_tls is not None:
         from postgres.tls import write_backend_ca
 
         sslrootcert = write_backend_ca(state.backend_tls, ca_dir)  # type: ignore[arg-type]
@@ -97,7 +101,7 @@ def ensure_auth(
     owner_tag: str,
     verify: bool,
     outcome: LeaderOutcome,
-    ca_dir: str | None = None,
+    ca_dir: str,
 ) -> None:
     """Set up the auth plumbing when it is missing, or check (and repair) it when ``verify``.
 
@@ -161,10 +165,13 @@ def serve_clients(
     endpoint: str | None,
     gone: int | None,
     outcome: LeaderOutcome,
+    ca_dir: str,
     tls_fields: dict[str, object] | None = None,
-    ca_dir: str | None = None,
 ) -> dict[str, int]:
-    """Drop what is gone, give every request its database, publish the answers (leader only).
+    """Drop what is gone, give every request its database (leader only).
+
+    The answers are queued in ``outcome.answers`` and published after the final apply
+    (:func:`publish_answers`).
 
     Returns:
         The ``[databases]`` every unit must pool (database → lowest live relation holding it).
@@ -184,7 +191,8 @@ def serve_clients(
     if backend is not None:
         creds = credentials(state, ca_dir)
         record = _drop_gone(creds, record, live, owner_tag)
-        version = _version(backend, creds)
+        # Read from the server only when an answer needs it (not in every leader hook).
+        version = _version(backend, creds) if any(requests.values()) else None
         for relation in relations:
             if relation.id in requests and relation.app is not None and endpoint is not None:
                 record = _answer(
@@ -202,9 +210,7 @@ def serve_clients(
     return record.served(live)
 
 
-def drop_all_clients(
-    state: CharmState, peers: Peers, *, owner_tag: str, outcome: LeaderOutcome
-) -> bool:
+def drop_all_clients(state: CharmState, peers: Peers, *, owner_tag: str, ca_dir: str) -> bool:
     """Drop every client login role we created (the backend relation is going).
 
     Their databases and data stay with the owner roles; a later backend gives each live relation
@@ -213,16 +219,14 @@ def drop_all_clients(
     """
     if state.backend is None:
         return not state.tenants.roles
-    record = _drop_gone(credentials(state), state.tenants, set(), owner_tag)
+    record = _drop_gone(credentials(state, ca_dir), state.tenants, set(), owner_tag)
     if record != state.tenants:
         peers.set_tenants(record)
     peers.set_databases({})
     return not record.roles
 
 
-def remove_auth_plumbing(
-    state: CharmState, peers: Peers, *, owner_tag: str, outcome: LeaderOutcome
-) -> bool:
+def remove_auth_plumbing(state: CharmState, peers: Peers, *, owner_tag: str, ca_dir: str) -> bool:
     """The departed chart's removal: client roles first, then the auth role and its function.
 
     Returns:
@@ -235,10 +239,10 @@ def remove_auth_plumbing(
     from postgres.auth import remove_auth
     from postgres.connection import BackendError
 
-    if not drop_all_clients(state, peers, owner_tag=owner_tag, outcome=outcome):
+    if not drop_all_clients(state, peers, owner_tag=owner_tag, ca_dir=ca_dir):
         logger.error("some client users could not be dropped; they stay in the record")
     try:
-        remove_auth(credentials(state), auth_user=auth.username, owner_tag=owner_tag)
+        remove_auth(credentials(state, ca_dir), auth_user=auth.username, owner_tag=owner_tag)
     except BackendError as exc:
         logger.error("failed to remove the auth user: %s", exc)
         peers.set_auth_removal_failed(True)
@@ -248,14 +252,14 @@ def remove_auth_plumbing(
     return True
 
 
-def check_backend(state: CharmState) -> str | None:
+def check_backend(state: CharmState, ca_dir: str) -> str | None:
     """Whether the backend accepts a connection as the relation user: the problem, if not."""
     if state.backend is None:
         return None
     from postgres.connection import BackendError, connect
 
     try:
-        with connect(credentials(state)):
+        with connect(credentials(state, ca_dir)):
             return None
     except BackendError as exc:
         return str(exc)

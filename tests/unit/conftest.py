@@ -143,26 +143,31 @@ class FakeBackendSQL:
     connects: int = 0
     checked: list[str] = field(default_factory=list)
     broken: list[str] = field(default_factory=list)
+    creds_seen: list = field(default_factory=list)
 
     def _maybe_fail(self) -> None:
         if self.fail:
             raise BackendUnreachable("connection to the backend refused")
 
     def connect(self, creds, dbname=None):
+        self.creds_seen.append(creds)
         self.connects += 1
         self._maybe_fail()
         return _NullConnection()
 
     def install_auth(self, creds, *, auth_user, auth_password, owner_tag):
+        self.creds_seen.append(creds)
         self._maybe_fail()
         self.installed[auth_user] = auth_password
         return f"SELECT usename, passwd FROM {auth_user}.get_auth($1)"  # noqa: S608
 
     def remove_auth(self, creds, *, auth_user, owner_tag=None):
+        self.creds_seen.append(creds)
         self._maybe_fail()
         self.removed.append(auth_user)
 
     def check_auth(self, creds, *, auth_user, auth_password, owner_tag):
+        self.creds_seen.append(creds)
         self._maybe_fail()
         self.checked.append(auth_user)
         return self.broken.pop(0) if self.broken else None

@@ -167,6 +167,17 @@ def test_backend_tls_is_verified_with_its_ca(tls_ctx, dirs):
     assert stat.S_IMODE((dirs.pgb / "server-tls-ca.crt").stat().st_mode) == 0o600
 
 
+def test_the_charms_own_connections_verify_the_backend_too(tls_ctx, dirs, fake_sql):
+    """update-status checks the plumbing; that connection checks the server with its CA."""
+    backend = backend_relation({**SEED_PROVIDER, "tls": "True", "tls-ca": PG_CA.pem})
+    tls_ctx.run(tls_ctx.on.update_status(), base_state(dirs, backend=backend))
+    assert fake_sql.checked, "the plumbing was not checked"
+    for creds in fake_sql.creds_seen:
+        assert creds.sslrootcert is not None, "a connection without the backend's CA"
+        with open(creds.sslrootcert) as ca:
+            assert ca.read() == PG_CA.pem
+
+
 @pytest.mark.parametrize(
     ("fields", "status", "words"),
     [
