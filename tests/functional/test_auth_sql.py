@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import LiteralString
 
@@ -13,6 +13,7 @@ from psycopg import sql
 
 from harness.servers.backend import create_relation_user
 from harness.servers.pg import PostgresServer, start_postgres
+from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess
 from harness.servers.system import free_port
 from postgres.auth import (
     AuthQuery,
@@ -146,6 +147,60 @@ def enroll(b: Backend, role: str) -> None:
         .format(sql.Identifier(group_role_for(b.owner_tag)), sql.Identifier(role))
         .as_string()
     )
+
+
+def start_auth_pooler(
+    factory: PgBouncerFactory,
+    b: Backend,
+    aq: AuthQuery,
+    auth_password: str,
+    databases: dict[str, str],
+) -> tuple[PgBouncerProcess, Callable[[str, str, str], psycopg.Connection]]:
+    """A real PgBouncer logging users in through ``aq`` (hand-written ini: the SQL under test).
+
+    Args:
+        factory: the PgBouncer process factory fixture.
+        b: the test's backend.
+        aq: the installed lookup.
+        auth_password: the auth role's plain password (the auth file's only line).
+        databases: ``[databases]`` key → database name on the backend.
+
+    Returns:
+        The process, and ``connect(user, password, key)`` through it.
+    """
+    host, port, listen = b.server.host, b.server.port, free_port()
+    workdir = factory.workdir()
+    factory.write(workdir, "userlist.txt", f'"{aq.auth_user}" "{auth_password}"\n')
+    entries = "".join(
+        f"{key} = host={host} port={port} dbname={name}\n" for key, name in databases.items()
+    )
+    ini = f"""[databases]
+pgb_authdb = host={host} port={port} dbname={aq.dbname}
+{entries}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {listen}
+unix_socket_dir = {workdir}
+auth_type = scram-sha-256
+auth_file = {workdir}/userlist.txt
+auth_user = {aq.auth_user}
+auth_query = {aq.auth_query}
+auth_dbname = pgb_authdb
+"""
+    pgb = factory.start(ini, listen, workdir)
+
+    def connect(user: str, password: str, dbname: str) -> psycopg.Connection:
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=listen,
+            user=user,
+            password=password,
+            dbname=dbname,
+            connect_timeout=5,
+            autocommit=True,
+        )
+
+    return pgb, connect
 
 
 def install(b: Backend, password: str | None = None) -> tuple[AuthQuery, str]:
@@ -555,38 +610,10 @@ def test_pgbouncer_logs_users_in_through_the_auth_query(backend, pgbouncer_facto
         .format(sql.Identifier(su), sql.Literal(client_pw))
         .as_string()
     )
-    host, port = backend.server.host, backend.server.port
-    listen = free_port()
-    workdir = pgbouncer_factory.workdir()
-    pgbouncer_factory.write(workdir, "userlist.txt", f'"{aq.auth_user}" "{auth_password}"\n')
-    # Hand-written until src/pgbouncer/config.py renders it.
-    ini = f"""[databases]
-pgb_authdb = host={host} port={port} dbname={aq.dbname}
-{client_db} = host={host} port={port} dbname={client_db}
-{su} = host={host} port={port} dbname=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {listen}
-unix_socket_dir = {workdir}
-auth_type = scram-sha-256
-auth_file = {workdir}/userlist.txt
-auth_user = {aq.auth_user}
-auth_query = {aq.auth_query}
-auth_dbname = pgb_authdb
-"""
-    pgb = pgbouncer_factory.start(ini, listen, workdir)
-
-    def via_pgbouncer(user: str, password: str, dbname: str) -> psycopg.Connection:
-        return psycopg.connect(
-            host="127.0.0.1",
-            port=listen,
-            user=user,
-            password=password,
-            dbname=dbname,
-            connect_timeout=5,
-            autocommit=True,
-        )
+    port = backend.server.port
+    pgb, via_pgbouncer = start_auth_pooler(
+        pgbouncer_factory, backend, aq, auth_password, {client_db: client_db, su: "postgres"}
+    )
 
     with via_pgbouncer(client, client_pw, client_db) as conn:
         row = conn.execute(

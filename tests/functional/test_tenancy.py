@@ -17,7 +17,6 @@ import pytest
 from psycopg import sql
 
 from harness.servers.pg import PostgresServer
-from harness.servers.system import free_port
 from postgres.auth import install_auth
 from postgres.clients import RefusedDatabaseError, TrapError, grant_database, revoke_client
 from postgres.connection import ForeignObjectError
@@ -34,6 +33,7 @@ from tests.functional.test_auth_sql import (
     cleanup,
     make_backend,
     role_connect,
+    start_auth_pooler,
 )
 
 pytestmark = pytest.mark.needs_root
@@ -258,30 +258,10 @@ def test_pooler_refuses_roles_that_reach_files_programs_or_superusers(t, pgbounc
                 .format(sql.Identifier(group), sql.Identifier(role))
                 .as_string(),
             )
-    host, port, listen = t.b.server.host, t.b.server.port, free_port()
-    workdir = pgbouncer_factory.workdir()
-    pgbouncer_factory.write(workdir, "userlist.txt", f'"{aq.auth_user}" "{auth_password}"\n')
-    ini = f"""[databases]
-pgb_authdb = host={host} port={port} dbname={aq.dbname}
-{db} = host={host} port={port} dbname={db}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {listen}
-unix_socket_dir = {workdir}
-auth_type = scram-sha-256
-auth_file = {workdir}/userlist.txt
-auth_user = {aq.auth_user}
-auth_query = {aq.auth_query}
-auth_dbname = pgb_authdb
-"""
-    pgb = pgbouncer_factory.start(ini, listen, workdir)
+    pgb, through = start_auth_pooler(pgbouncer_factory, t.b, aq, auth_password, {db: db})
 
     def via(user: str, password: str) -> psycopg.Connection:
-        return psycopg.connect(
-            host="127.0.0.1", port=listen, user=user, password=password, dbname=db,
-            connect_timeout=5, autocommit=True,
-        )  # fmt: skip
+        return through(user, password, db)
 
     with via(client_username(1, t.b.owner_tag), password) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
