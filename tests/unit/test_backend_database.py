@@ -97,17 +97,21 @@ def test_a_set_up_lost_by_an_earlier_hook_completes_on_update_status(ctx, dirs, 
     assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
 
 
-def test_update_status_repairs_broken_plumbing_and_says_so(ctx, dirs, fake_sql):
-    """Issue 15's defect 3: the check (a real login as the auth role, faked here) fails."""
+def _set_up_leader(dirs) -> testing.State:
+    """A leader whose auth plumbing was set up for the seed's backend."""
     secret = auth_secret()
-    fake_sql.broken.append("the lookup fails: function does not exist")
-    state = testing.State(
+    return testing.State(
         leader=True,
         relations={backend_relation(), peer_relation(secret)},
         containers={make_container(dirs)},
         secrets={secret},
     )
-    out = ctx.run(ctx.on.update_status(), state)
+
+
+def test_update_status_repairs_broken_plumbing_and_says_so(ctx, dirs, fake_sql):
+    """Issue 15's defect 3: the check (a real login as the auth role, faked here) fails."""
+    fake_sql.broken.append("the lookup fails: function does not exist")
+    out = ctx.run(ctx.on.update_status(), _set_up_leader(dirs))
     assert fake_sql.checked == [AUTH_USER]
     assert fake_sql.installed == {AUTH_USER: AUTH_PASSWORD}  # same password: nothing rotates
     assert out.unit_status == testing.ActiveStatus(
@@ -117,14 +121,7 @@ def test_update_status_repairs_broken_plumbing_and_says_so(ctx, dirs, fake_sql):
 
 
 def test_update_status_with_working_plumbing_changes_nothing(ctx, dirs, fake_sql):
-    secret = auth_secret()
-    state = testing.State(
-        leader=True,
-        relations={backend_relation(), peer_relation(secret)},
-        containers={make_container(dirs)},
-        secrets={secret},
-    )
-    out = ctx.run(ctx.on.update_status(), state)
+    out = ctx.run(ctx.on.update_status(), _set_up_leader(dirs))
     assert fake_sql.checked == [AUTH_USER]
     assert fake_sql.installed == {}
     assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")

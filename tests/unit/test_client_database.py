@@ -135,6 +135,15 @@ def peer_tenants(out: testing.State) -> TenantRecord:
     return TenantRecord.from_json(peers.local_app_data.get("tenants"))
 
 
+def two_clients_peers(secret: testing.Secret) -> testing.PeerRelation:
+    """Peer data after answering relations 11 (alpha, app-one) and 12 (beta, app-two)."""
+    return peer_relation(
+        secret,
+        {"alpha": 11, "beta": 12},
+        tenants=tenants({"alpha": (11, "app-one"), "beta": (12, "app-two")}),
+    )
+
+
 def client_relation(remote: dict[str, str], app: str = "myapp", **kwargs) -> testing.Relation:
     return testing.Relation(
         "database",
@@ -594,16 +603,7 @@ def test_backend_endpoint_change_reaches_every_client(ctx, dirs, fake_clients, f
     state = testing.State(
         leader=True,
         model=MODEL,
-        relations={
-            one,
-            two,
-            backend,
-            peer_relation(
-                secret,
-                {"alpha": 11, "beta": 12},
-                tenants=tenants({"alpha": (11, "app-one"), "beta": (12, "app-two")}),
-            ),
-        },
+        relations={one, two, backend, two_clients_peers(secret)},
         containers={make_container(dirs)},
         secrets={secret, *one_secrets, *two_secrets},
     )
@@ -631,16 +631,7 @@ def test_config_change_of_listen_port_reaches_every_client(ctx, dirs, fake_clien
         leader=True,
         model=MODEL,
         config={"listen_port": 7000},
-        relations={
-            one,
-            two,
-            backend_relation(),
-            peer_relation(
-                secret,
-                {"alpha": 11, "beta": 12},
-                tenants=tenants({"alpha": (11, "app-one"), "beta": (12, "app-two")}),
-            ),
-        },
+        relations={one, two, backend_relation(), two_clients_peers(secret)},
         containers={make_container(dirs)},
         secrets={secret, *one_secrets, *two_secrets},
     )
@@ -669,16 +660,7 @@ def test_broken_drops_its_own_user_and_database_entry_only(ctx, dirs, fake_clien
     state = testing.State(
         leader=True,
         model=MODEL,
-        relations={
-            one,
-            two,
-            backend_relation(),
-            peer_relation(
-                secret,
-                {"alpha": 11, "beta": 12},
-                tenants=tenants({"alpha": (11, "app-one"), "beta": (12, "app-two")}),
-            ),
-        },
+        relations={one, two, backend_relation(), two_clients_peers(secret)},
         containers={make_container(dirs)},
         secrets={secret, *one_secrets, *two_secrets},
     )
