@@ -38,6 +38,20 @@ fi
 command -v pgbench >/dev/null || [ -x "$PG_BIN/pgbench" ] || apt_install postgresql-contrib
 id postgres >/dev/null 2>&1 || { log "user postgres missing after install"; exit 1; }
 
+# ---- the checkout must be reachable by the postgres user --------------------------------
+# The servers run as postgres (they refuse root) from binaries under .build/ (the exporter's
+# venv, PgBouncer). A checkout inside a 0700 directory (mktemp -d, /root) hides them from it.
+# Each ancestor that postgres cannot traverse gets the search bit for others (o+x): no one can
+# list it; nothing else changes.
+dir="$ROOT"
+while [ "$dir" != "/" ]; do
+  if ! setpriv --reuid=postgres --regid=postgres --clear-groups test -x "$dir" 2>/dev/null; then
+    log "letting the postgres user traverse $dir (chmod o+x)"
+    chmod o+x "$dir"
+  fi
+  dir="$(dirname "$dir")"
+done
+
 # ---- promtool (alert rule tests) -------------------------------------------------------
 # Debian's prometheus package ships promtool. Its post-install tries to start the Prometheus
 # service; where a policy-rc.d forbids that (containers, CI) nothing starts, and elsewhere a
