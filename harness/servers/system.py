@@ -63,11 +63,18 @@ def service_tempdir(prefix: str) -> Path:
 
 
 def write_service_file(path: Path, content: str, mode: int = 0o600) -> None:
-    """Write a file the ``postgres`` user owns and can read."""
-    path.write_text(content)
+    """Write a file the ``postgres`` user owns and can read, atomically as Pebble's push does.
+
+    The content goes to a temporary file in the same directory, which is renamed over ``path``:
+    a reader (PgBouncer on reload, a client reading a CA file) sees the old file or the new one,
+    never a half-written one.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(content)
     uid, gid = service_ids()
-    os.chown(path, uid, gid)
-    path.chmod(mode)
+    os.chown(tmp, uid, gid)
+    tmp.chmod(mode)
+    os.replace(tmp, path)
 
 
 def as_service_user(cmd: list[str]) -> list[str]:

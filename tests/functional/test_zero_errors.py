@@ -70,10 +70,11 @@ def finish(clients: list[Client], stop: threading.Event, threads: list[threading
 
 
 def server_connections(postgres: PostgresServer) -> int:
-    """Connections PgBouncer holds to ``postgres`` (TCP; our own check comes by unix socket)."""
+    """Connections PgBouncer holds to ``postgres`` (TCP), not counting this check's own."""
     rows = postgres.execute(
         "SELECT count(*) FROM pg_stat_activity"
         " WHERE backend_type = 'client backend' AND client_addr IS NOT NULL"
+        " AND pid <> pg_backend_pid()"
     )
     return rows[0][0]
 
