@@ -18,8 +18,8 @@ So the output state cannot tell a reload from nothing, nor a restart from nothin
 therefore *records* the calls: :class:`PebbleRecorder` wraps those methods of Scenario's mock
 Pebble client for the duration of a run and keeps each call in order (container, action,
 services, signal). :class:`PebbleProcessRunner` then replays them on real processes with real
-Pebble semantics: ``replan`` starts enabled services and restarts the running ones whose
-definition changed, ``restart`` stops (SIGTERM, kill-delay, SIGKILL) then starts, one service
+Pebble semantics: ``replan`` starts enabled services and restarts the ones whose definition
+changed since it ran them (running or stopped, enabled or not: ``servstate.Replan``), ``restart`` stops (SIGTERM, kill-delay, SIGKILL) then starts, one service
 at a time in the order given, ``send_signal`` signals the process. The recorder also applies the
 ownership Pebble would give pushed files and made directories (``user``/``group``, else root),
 so a charm that forgets ``user="postgres"`` fails here as it would in a pod.
@@ -373,6 +373,9 @@ class PebbleProcessRunner:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pgbk8s-runner-"))
         self.processes: dict[str, ServiceProcess] = {}
         self.history: list[tuple[str, str]] = []
+        self.known: dict[str, ServiceSpec] = {}
+        """Every service this runner has started, with its definition at its last start: Pebble
+        keeps the same record (until pruned) and its replan acts on it (see :meth:`apply`)."""
 
     # -- context management ----------------------------------------------------------------
 
@@ -485,6 +488,7 @@ class PebbleProcessRunner:
         service = ServiceProcess(name=name, spec=spec, proc=proc, log_path=log_path)
         self.processes[name] = service
         self.history.append(("start", name))
+        self.known[name] = spec
         logger.info("started %s (pid %s): %s", name, proc.pid, spec.command)
         return service
 
@@ -625,6 +629,19 @@ class PebbleProcessRunner:
                 last_signal = call.at or None
             if call.action in ("replan", "autostart"):
                 for name, spec in specs.items():
+                    known = self.known.get(name)
+                    if (
+                        call.action == "replan"
+                        and spec.startup != "enabled"
+                        and known is not None
+                        and known != spec
+                        and name not in self.running()
+                    ):
+                        # Pebble's replan restarts every service it has run whose definition
+                        # changed, a stopped one made ``startup: disabled`` included.
+                        self.processes.pop(name, None)
+                        start(name)
+                        report.started.append(name)
                     if spec.startup != "enabled":
                         continue
                     current = self.processes.get(name)

@@ -320,7 +320,7 @@ def ini_path(index: int, base_dir: str = DEFAULT_BASE_DIR) -> str:
 
 
 def run_dir(index: int, base_dir: str = DEFAULT_BASE_DIR) -> str:
-    """Unix socket directory (and pidfile directory) of process ``index``."""
+    """Unix socket directory of process ``index``."""
     return str(PurePosixPath(base_dir) / "run" / str(index))
 
 
@@ -543,7 +543,8 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str) -> str:
         f"listen_port = {cfg.listen_port}",
         "so_reuseport = 1",
         f"unix_socket_dir = {run_dir(index, base_dir)}",
-        f"pidfile = {run_dir(index, base_dir)}/pgbouncer.pid",
+        # No pidfile: Pebble tracks the process, and during a port change two processes of one
+        # index run side by side (docs/workload.md), which a shared pidfile would forbid.
         f"peer_id = {index + 1}",
         "auth_type = scram-sha-256",
         f"auth_file = {auth_file_path(base_dir)}",

@@ -3,9 +3,13 @@
 This module owns what happens inside the ``pgbouncer`` container: N services
 ``pgbouncer_0`` … ``pgbouncer_<N-1>`` sharing one port, the files they read (written only when
 their content changed), and how a change reaches the running processes: a reload (SIGHUP) when
-PgBouncer can apply it in place, clients staying connected, and a restart one process at a time
-only for keys a reload ignores. It knows nothing of relations or config options: the charm
-renders the files with :mod:`pgbouncer.config` and hands them over.
+PgBouncer can apply it in place, clients staying connected, and otherwise a replacement that
+starts the new process before the old one stops. A ``listen_port`` change hands each process
+over to its *twin* service (``pgbouncer_<i>_twin``, the same command and files): the twin
+listens on the new port, then the old process drains (SIGTERM: it stops listening and serves its
+connected clients until they leave or :data:`KILL_DELAY` ends). The two services of an index take
+turns from one port change to the next. It knows nothing of relations or config options: the
+charm renders the files with :mod:`pgbouncer.config` and hands them over.
 """
 
 from __future__ import annotations
@@ -97,15 +101,40 @@ class WorkloadUnreachable(WorkloadError):  # noqa: N818 (reads as a state, like 
     """Pebble in the workload container cannot be reached (not started yet, or gone)."""
 
 
+TWIN_SUFFIX = "_twin"
+
+
 def service_name(index: int) -> str:
     """The Pebble service of process ``index``."""
     return f"{SERVICE_PREFIX}{index}"
 
 
-def _service(index: int, base_dir: str) -> pebble.ServiceDict:
+def twin_name(index: int) -> str:
+    """The service that takes over process ``index`` across a port change (same command)."""
+    return f"{SERVICE_PREFIX}{index}{TWIN_SUFFIX}"
+
+
+def service_index(name: str) -> int | None:
+    """The process index a PgBouncer service (or its twin) runs; None for other services."""
+    if not name.startswith(SERVICE_PREFIX):
+        return None
+    suffix = name.removeprefix(SERVICE_PREFIX).removesuffix(TWIN_SUFFIX)
+    return int(suffix) if suffix.isdigit() else None
+
+
+def other_slot(name: str) -> str:
+    """The other service of the same index: the twin of a service, the service of a twin."""
+    index = service_index(name)
+    if index is None:
+        raise ValueError(f"{name} is not a PgBouncer service")
+    return service_name(index) if name.endswith(TWIN_SUFFIX) else twin_name(index)
+
+
+def _service(index: int, base_dir: str, name: str | None = None) -> pebble.ServiceDict:
+    twin = name is not None and name.endswith(TWIN_SUFFIX)
     return {
         "override": "replace",
-        "summary": f"PgBouncer process {index}",
+        "summary": f"PgBouncer process {index}" + (" (twin)" if twin else ""),
         "command": f"pgbouncer {ini_path(index, base_dir)}",
         "user": WORKLOAD_USER,
         "group": WORKLOAD_USER,
@@ -120,6 +149,7 @@ def build_layer(
     listen_port: int | None = None,
     base_dir: str = DEFAULT_BASE_DIR,
     exporter: bool = False,
+    serving: Mapping[int, str] | None = None,
 ) -> pebble.LayerDict:
     """The Pebble layer running ``processes`` PgBouncer processes.
 
@@ -139,9 +169,12 @@ def build_layer(
         listen_port: the port the check connects to; None for no check.
         base_dir: where the ini files are.
         exporter: whether to run the metrics exporter (:mod:`pgbouncer.exporter`) too.
+        serving: the service each process index runs as (``pgbouncer_<i>`` or its twin);
+            indices left out run as ``pgbouncer_<i>``.
 
     Returns:
-        The layer, every entry with ``override: replace``.
+        The layer, every entry with ``override: replace``: the serving service of each index,
+        enabled. (The other service of an index is the caller's to keep, disabled.)
 
     Raises:
         ValueError: ``processes`` outside 1 to 4.
@@ -151,8 +184,13 @@ def build_layer(
     layer: pebble.LayerDict = {
         "summary": "PgBouncer",
         "description": f"{processes} PgBouncer processes sharing one port (so_reuseport)",
-        "services": {service_name(i): _service(i, base_dir) for i in range(processes)},
+        "services": {},
     }
+    for i in range(processes):
+        name = (serving or {}).get(i, service_name(i))
+        if service_index(name) != i:
+            raise ValueError(f"{name} does not run process {i}")
+        layer["services"][name] = _service(i, base_dir, name)
     if exporter:
         layer["services"][EXPORTER_SERVICE] = exporter_service(base_dir)
     if listen_port is not None:
@@ -309,8 +347,10 @@ class ApplyResult:
         started: services Pebble started (new, or not running before).
         reloaded: services sent SIGHUP: they re-read their files, clients stay connected.
         restarted: services restarted, one at a time, for a change a reload ignores.
-        stopped: services of processes no longer wanted.
+        stopped: services of processes no longer wanted, and those handed over.
         paused: services held in PAUSE around their reload, and why (``drain_reason``).
+        handed_over: ``"<old> -> <new>"`` for each process replaced across a port change: the
+            new service was started (listening on the new port) before the old one drained.
     """
 
     written: tuple[str, ...] = ()
@@ -321,6 +361,7 @@ class ApplyResult:
     stopped: tuple[str, ...] = ()
     paused: tuple[str, ...] = ()
     pause_reason: str | None = None
+    handed_over: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -339,6 +380,7 @@ class ApplyResult:
                 ("reloaded", self.reloaded),
                 ("restarted", self.restarted),
                 ("stopped", self.stopped),
+                ("handed over", self.handed_over),
                 (f"paused ({self.pause_reason})", self.paused),
             )
             if values
@@ -353,6 +395,7 @@ class _Plan:
     written: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     restart: set[int] = field(default_factory=set)
+    handover: set[int] = field(default_factory=set)
     drain: dict[int, str] = field(default_factory=dict)
     reload_all: bool = False
 
@@ -467,11 +510,16 @@ class Workload:
         1. Write each file whose content differs (0600, owned by ``postgres``); delete files
            mapped to None and the inis of processes ``>= processes``.
         2. Create each process's run directory (0700, ``postgres``).
-        3. Stop the services of processes no longer wanted, then add the layer and replan:
-           Pebble starts the services that are not running.
-        4. For services that were already running: restart, one at a time, those whose ini
-           changed a key a reload ignores (:func:`pgbouncer.config.needs_restart`); send SIGHUP
-           to the others when any of their files changed. Nothing changed: nothing is done.
+        3. Stop the services of processes no longer wanted, add the layer (each process's
+           serving service enabled, every other PgBouncer service disabled) and start the
+           serving services that are not running. No replan: Pebble's replan restarts every
+           service it has run whose definition changed, a stopped and disabled one included.
+        4. A process whose ini changed ``listen_port`` is handed over: its twin (same command and
+           files) starts on the new port first, then the old service is stopped (SIGTERM: it
+           stops listening and drains for up to :data:`KILL_DELAY`). Other running processes
+           whose ini changed a key a reload ignores (:func:`pgbouncer.config.needs_restart`) are
+           restarted in place one at a time, the other processes keeping the port; the others get
+           SIGHUP when any of their files changed. Nothing changed: nothing is done.
         5. A reload that moves a pool's target, changes ``pool_mode`` or lowers a pool limit
            (:func:`drain_reason`) is wrapped in PAUSE … RESUME (:meth:`_reload`), so that no
            client sees an error and no server connection outlives the change.
@@ -507,6 +555,7 @@ class Workload:
         with _pebble_errors("list the services"):
             before = self._container.get_services()
         running = {name for name, info in before.items() if info.is_running()}
+        live = _live_services(running)
 
         plan = _Plan()
         wanted: dict[str, str | None] = dict(files)
@@ -533,20 +582,36 @@ class Workload:
             if index is None:
                 plan.reload_all = True  # the auth file: every process re-reads it on reload
             elif needs_restart(old, content):
-                plan.restart.add(index)
+                before, after = self._listen_port(old or ""), self._listen_port(content)
+                moved = None not in (before, after) and before != after
+                (plan.handover if moved and index in live else plan.restart).add(index)
             else:
                 reason = drain_reason(old, content)
                 if reason:
                     plan.drain[index] = reason
         self._make_run_dirs(processes)
 
+        serving = {i: live.get(i, service_name(i)) for i in range(processes)}
+        handover = {i: other_slot(live[i]) for i in sorted(plan.handover) if i < processes}
+        serving.update(handover)
         stopped = self._stop_unwanted(processes, running)
-        started, restarted = self._replan(processes, listen_port, running, exporter)
+        started, restarted = self._start_serving(serving, listen_port, running, exporter)
+        # The twins listen on the new port (started above); now the old processes drain, with
+        # any second service of an index still running (a hand-over cut short by a failure).
+        old = [live[i] for i in handover] + sorted(
+            name
+            for name in running - set(serving.values()) - set(stopped)
+            if service_index(name) is not None and name not in live.values()
+        )
+        if old:
+            with _pebble_errors("stop the processes handed over"):
+                self._container.stop(*old)
+            stopped += old
 
         reloaded: list[str] = []
         written = set(plan.written)
         for i in range(processes):
-            name = service_name(i)
+            name = serving[i]
             if name not in running or name in started or name in restarted:
                 continue
             if i in plan.restart:
@@ -556,7 +621,7 @@ class Workload:
                 restarted.append(name)
             elif plan.reload_all or ini_path(i, self._base_dir) in written:
                 reloaded.append(name)
-        paused = [service_name(i) for i in sorted(plan.drain) if service_name(i) in reloaded]
+        paused = [serving[i] for i in sorted(plan.drain) if serving.get(i) in reloaded]
         if reloaded:
             self._reload(reloaded, paused)
         if (
@@ -578,6 +643,7 @@ class Workload:
             stopped=tuple(stopped),
             paused=tuple(paused),
             pause_reason=", ".join(sorted(set(plan.drain.values()))) if paused else None,
+            handed_over=tuple(f"{live[i]} -> {new}" for i, new in handover.items()),
         )
 
     def _reload(self, reloaded: list[str], paused: list[str]) -> None:
@@ -665,23 +731,34 @@ class Workload:
                     )
 
     def _stop_unwanted(self, processes: int, running: set[str]) -> list[str]:
-        unwanted = [service_name(i) for i in range(processes, MAX_PROCESSES)]
-        stop = [name for name in unwanted if name in running]
+        stop = sorted(
+            name
+            for name in running
+            if (index := service_index(name)) is not None and index >= processes
+        )
         if stop:
             with _pebble_errors("stop the processes no longer wanted"):
                 self._container.stop(*stop)
         return stop
 
-    def _replan(
-        self, processes: int, listen_port: int | None, running: set[str], exporter: bool = False
+    def _start_serving(
+        self,
+        serving: Mapping[int, str],
+        listen_port: int | None,
+        running: set[str],
+        exporter: bool = False,
     ) -> tuple[list[str], list[str]]:
-        """Add the layer (disabling services no longer wanted) and start what is not running.
+        """Add the layer and start what should serve; restart what the layer redefined.
+
+        The layer enables the service ``serving`` names for each process and disables every
+        other PgBouncer service the plan holds (a layer cannot delete a service). Services are
+        then started and restarted by name, never by replan (see :meth:`apply`).
 
         Returns:
-            The services Pebble started, and the running ones it restarted because their
-            definition in the plan changed (a charm upgrade changing the layer).
+            The services started, and the running ones restarted because their definition in
+            the plan changed (a charm upgrade changing the layer).
         """
-        layer = build_layer(processes, listen_port, self._base_dir, exporter)
+        layer = build_layer(len(serving), listen_port, self._base_dir, exporter, serving)
         with _pebble_errors("read the plan"):
             current = self._container.get_plan()
         services = layer.setdefault("services", {})
@@ -695,16 +772,13 @@ class Workload:
                 with _pebble_errors(f"stop {EXPORTER_SERVICE}"):
                     self._container.stop(EXPORTER_SERVICE)
         for name in current.services:
-            suffix = name.removeprefix(SERVICE_PREFIX)
-            if name != suffix and suffix.isdigit() and name not in services:
-                # A layer cannot delete a service: keep it in the plan, never started.
-                services[name] = {**_service(int(suffix), self._base_dir), "startup": "disabled"}
+            index = service_index(name)
+            if index is not None and name not in services:
+                services[name] = {**_service(index, self._base_dir, name), "startup": "disabled"}
         with _pebble_errors("add the layer"):
             self._container.add_layer(LAYER_LABEL, layer, combine=True)
             after = self._container.get_plan()
-        wanted = [service_name(i) for i in range(processes)]
-        if exporter:
-            wanted.append(EXPORTER_SERVICE)
+        wanted = list(serving.values()) + ([EXPORTER_SERVICE] if exporter else [])
         if after.to_dict() == current.to_dict() and all(name in running for name in wanted):
             return [], []
         changed = [
@@ -714,6 +788,21 @@ class Workload:
             and name in current.services
             and current.services[name].to_dict() != after.services[name].to_dict()
         ]
-        with _pebble_errors("replan"):
-            self._container.replan()
-        return [name for name in wanted if name not in running], changed
+        start = [name for name in wanted if name not in running]
+        if start:
+            with _pebble_errors("start " + ", ".join(start)):
+                self._container.start(*start)
+        for name in changed:
+            with _pebble_errors(f"restart {name}"):
+                self._container.restart(name)
+        return start, changed
+
+
+def _live_services(running: set[str]) -> dict[int, str]:
+    """The running service of each process index (``pgbouncer_<i>`` if both of it run)."""
+    live: dict[int, str] = {}
+    for name in sorted(running, key=lambda n: n.endswith(TWIN_SUFFIX)):
+        index = service_index(name)
+        if index is not None:
+            live.setdefault(index, name)
+    return live

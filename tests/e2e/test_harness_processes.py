@@ -345,3 +345,21 @@ def test_a_service_dies_with_the_process_that_started_it(tmp_path: Path):
     while Path(f"/proc/{pid}").exists() and proc_status(pid).get("State", "")[:1] != "Z":
         assert time.monotonic() < deadline, "the orphaned service is still running"
         time.sleep(0.05)
+
+
+def test_replan_restarts_a_stopped_service_whose_definition_changed_like_pebble(tmp_path: Path):
+    """Pebble's replan acts on every service it has run, a stopped and disabled one included.
+
+    One stopped, then redefined as ``startup: disabled``, is started again. Hence the charm
+    stops and starts by name and never replans (``pgbouncer.workload``).
+    """
+    first = {"command": "sleep 300", "user": "postgres", "startup": "enabled"}
+    disabled = {**first, "startup": "disabled", "summary": "no longer wanted"}
+    with PebbleProcessRunner({LOCATION: tmp_path}) as runner:
+        runner.apply([PebbleCall("pgbouncer", "replan")], {"old": first})
+        runner.apply([PebbleCall("pgbouncer", "stop", ("old",))], {"old": first})
+        assert runner.running() == set()
+        runner.apply([], {"old": disabled})  # a new layer alone starts nothing
+        assert runner.running() == set()
+        report = runner.apply([PebbleCall("pgbouncer", "replan")], {"old": disabled})
+        assert report.started == ["old"] and runner.running() == {"old"}

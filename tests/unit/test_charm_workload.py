@@ -57,15 +57,28 @@ def test_config_change_that_reload_can_apply_reloads_without_restart(ctx, dirs):
     assert not [c for c in calls if c[0] == "restart"]
 
 
-def test_listen_port_change_restarts_one_process_at_a_time(ctx, dirs):
+def test_listen_port_change_starts_the_twins_before_the_old_processes_stop(ctx, dirs):
     first = _ready(ctx, dirs)
     state = dataclasses.replace(first, config={"listen_port": 7432})
     out, calls = _calls(ctx, state, ctx.on.config_changed())
-    restarts = [c for c in calls if c[0] == "restart"]
-    assert restarts == [("restart", ("pgbouncer_0",), None), ("restart", ("pgbouncer_1",), None)]
+    twins = ("pgbouncer_0_twin", "pgbouncer_1_twin")
+    moves = [c for c in calls if c[0] in ("start", "stop", "restart", "replan")]
+    assert moves == [("start", twins, None), ("stop", ("pgbouncer_0", "pgbouncer_1"), None)]
     assert not [c for c in calls if c[0] == "signal"]
     assert testing.TCPPort(7432) in out.opened_ports
     assert testing.TCPPort(6432) not in out.opened_ports
+    plan = out.get_container("pgbouncer").plan
+    assert {n: s.startup for n, s in plan.services.items() if n.startswith("pgbouncer_")} == {
+        "pgbouncer_0": "disabled",
+        "pgbouncer_1": "disabled",
+        "pgbouncer_0_twin": "enabled",
+        "pgbouncer_1_twin": "enabled",
+    }
+    # The next port change hands back to the first services.
+    state = dataclasses.replace(out, config={"listen_port": 8432})
+    out, calls = _calls(ctx, state, ctx.on.config_changed())
+    moves = [c for c in calls if c[0] in ("start", "stop", "restart", "replan")]
+    assert moves == [("start", ("pgbouncer_0", "pgbouncer_1"), None), ("stop", twins, None)]
 
 
 def test_unchanged_config_changes_nothing(ctx, dirs):

@@ -7,6 +7,7 @@ reloads, a listen_port change restarts, fewer processes stop and disable the ext
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from pgbouncer.config import AUTH_FILE, DatabaseTarget, PgBouncerConfig, render_
 from pgbouncer.workload import ApplyResult, UnsupportedVersion, Workload
 
 PGB = "/var/lib/pgbouncer"
+ACTIVE = ops.pebble.ServiceStatus.ACTIVE
 
 
 class WorkloadCharm(ops.CharmBase):
@@ -123,13 +125,54 @@ def test_an_auth_file_change_reloads(state):
     assert result.reloaded == ("pgbouncer_0", "pgbouncer_1")
 
 
-def test_a_listen_port_change_restarts_each_process(state):
+def test_a_listen_port_change_hands_each_process_over_to_its_twin(state):
     _, out = run(state, files_for(cfg()), 2)
     result, out = run(out, files_for(cfg(port=7000)), 2)
-    assert result.restarted == ("pgbouncer_0", "pgbouncer_1")
-    assert result.reloaded == ()
-    check = out.get_container("pgbouncer").plan.checks["pgbouncer-listening"]
-    assert check.tcp == {"host": "127.0.0.1", "port": 7000}
+    assert result.started == ("pgbouncer_0_twin", "pgbouncer_1_twin")
+    assert result.stopped == ("pgbouncer_0", "pgbouncer_1")
+    assert result.handed_over == (
+        "pgbouncer_0 -> pgbouncer_0_twin",
+        "pgbouncer_1 -> pgbouncer_1_twin",
+    )
+    assert result.reloaded == result.restarted == ()
+    container = out.get_container("pgbouncer")
+    assert container.plan.checks["pgbouncer-listening"].tcp == {"host": "127.0.0.1", "port": 7000}
+    statuses = container.service_statuses
+    assert statuses["pgbouncer_0_twin"] == statuses["pgbouncer_1_twin"] == ACTIVE
+    assert statuses["pgbouncer_0"] != ACTIVE and statuses["pgbouncer_1"] != ACTIVE
+    # Later changes reach the twins: a reload, then fewer processes, then the way back.
+    result, out = run(out, files_for(cfg(port=7000, host="10.0.0.9")), 2)
+    assert result.reloaded == ("pgbouncer_0_twin", "pgbouncer_1_twin")
+    result, out = run(out, files_for(cfg(port=7000, processes=1)), 1)
+    assert result.stopped == ("pgbouncer_1_twin",)
+    assert out.get_container("pgbouncer").plan.services["pgbouncer_1_twin"].startup == "disabled"
+    result, out = run(out, files_for(cfg(port=6432, processes=1)), 1)
+    assert result.handed_over == ("pgbouncer_0_twin -> pgbouncer_0",)
+    assert not _both_services_of_an_index_run(out)
+
+
+def _both_services_of_an_index_run(out: testing.State) -> bool:
+    """Whether any process index has both of its services active."""
+    active = {
+        name
+        for name, status in out.get_container("pgbouncer").service_statuses.items()
+        if status == ACTIVE
+    }
+    return any(f"{name}_twin" in active for name in active)
+
+
+def test_a_restart_that_keeps_the_port_is_in_place(state, tmp_path):
+    """A no-reload key other than the port (here: the pidfile of an older rendering)."""
+    files = files_for(cfg())
+    ini = f"{PGB}/pgbouncer_0.ini"
+    old = {
+        **files,
+        ini: str(files[ini]).replace("[pgbouncer]\n", "[pgbouncer]\npidfile = /x.pid\n"),
+    }
+    _, out = run(state, old, 2)
+    result, _ = run(out, files, 2)
+    assert result.restarted == ("pgbouncer_0",)
+    assert result.handed_over == result.started == ()
 
 
 def test_fewer_processes_stop_and_disable_the_extra_ones(state, tmp_path):
@@ -239,11 +282,11 @@ def test_resume_is_sent_even_when_the_reload_fails(state, monkeypatch):
     assert sent == ["SIGUSR1", "SIGHUP", "SIGUSR2"]
 
 
-def test_a_restart_is_never_paused(state, signals):
-    """A listen_port change restarts; PAUSE would only stall the process about to stop."""
+def test_a_hand_over_is_never_paused(state, signals):
+    """A listen_port change starts new processes; PAUSE would only stall the ones that stop."""
     _, out = run(state, files_for(cfg()), 2)
     result, _ = run(out, files_for(cfg(port=7000, host="10.0.0.2")), 2)
-    assert result.restarted == BOTH
+    assert result.stopped == BOTH
     assert WorkloadCharm.calls == []
 
 
@@ -286,3 +329,42 @@ def test_an_image_below_1_21_is_refused_before_anything_stops(stdout, outcome):
     assert VersionCharm.outcome == outcome
     # Only the version was asked: nothing was stopped, restarted or replanned.
     assert [e.command for e in ctx.exec_history["pgbouncer"]] == [["pgbouncer", "--version"]]
+
+
+def test_apply_never_replans(state, monkeypatch):
+    """Scale-down and hand-over never replan.
+
+    Pebble's replan restarts a stopped service that a later layer made ``disabled``
+    (``tests/e2e/test_harness_processes.py``).
+    """
+
+    def replan(self: ops.Container) -> None:
+        raise AssertionError("replan called")
+
+    monkeypatch.setattr(ops.Container, "replan", replan)
+    _, out = run(state, files_for(cfg(processes=2)), 2)
+    _, out = run(out, files_for(cfg(processes=1)), 1)
+    result, out = run(out, files_for(cfg(processes=1, port=7000)), 1)
+    assert result.handed_over == ("pgbouncer_0 -> pgbouncer_0_twin",)
+    result, _ = run(out, files_for(cfg(processes=2, port=7000)), 2)
+    assert result.started == ("pgbouncer_1",)
+
+
+def test_a_hand_over_cut_short_is_finished_by_the_next_apply(state):
+    """Both services of process 0 run: the next apply stops the one that does not serve.
+
+    As after a hand-over whose old process was never stopped (a failed hook).
+    """
+    _, out = run(state, files_for(cfg(processes=1)), 1)
+    container = out.get_container("pgbouncer")
+    statuses = {**container.service_statuses, "pgbouncer_0_twin": ACTIVE}
+    layer = ops.pebble.Layer(
+        {"services": {"pgbouncer_0_twin": {"override": "replace", "command": "pgbouncer x"}}}
+    )
+    both = dataclasses.replace(
+        container, service_statuses=statuses, layers={**container.layers, "twin": layer}
+    )
+    out = dataclasses.replace(out, containers={both})
+    result, out = run(out, files_for(cfg(processes=1)), 1)
+    assert result.stopped == ("pgbouncer_0_twin",)
+    assert out.get_container("pgbouncer").service_statuses["pgbouncer_0"] == ACTIVE
