@@ -55,7 +55,7 @@ from relations.client_database import CLIENT_RELATION, ClientDatabaseRelation, c
 from relations.metrics import METRICS_RELATION, Monitoring
 from relations.peers import PEER_RELATION, Peers
 from state.backend import InvalidBackendDataError
-from state.charm_state import MIN_PGBOUNCER_VERSION, CharmState
+from state.charm_state import MIN_PGBOUNCER_VERSION, UNKNOWN_VERSION, CharmState
 from state.config import CharmConfig, InvalidConfigError
 
 logger = logging.getLogger(__name__)
@@ -312,9 +312,11 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self._reconcile(verify=True)
 
     def _on_version_source(self, _: ops.EventBase) -> None:
+        # Before anything is applied: an image whose PgBouncer is too old, or names no version,
+        # blocks here and the running processes are left as they are (docs/workload.md).
         try:
-            version = self.workload.version()
-        except WorkloadError as exc:
+            version = self.workload.version() or UNKNOWN_VERSION
+        except WorkloadError as exc:  # Pebble not there (yet): keep what was read before
             logger.warning("could not read the PgBouncer version: %s", exc)
             version = None
         if version:
@@ -414,9 +416,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
             return [ops.BlockedStatus(state.config_error)]
         if state.version_too_old:
             need = ".".join(map(str, MIN_PGBOUNCER_VERSION))
-            return [
-                ops.BlockedStatus(f"PgBouncer {state.pgb_version} found; {need} or newer needed")
-            ]
+            found = f"PgBouncer {state.pgb_version} found"
+            if state.pgb_version == UNKNOWN_VERSION:
+                found = "pgbouncer --version named no version"
+            return [ops.BlockedStatus(f"{found}; {need} or newer needed")]
         if self._stored.image_missing:
             return [ops.BlockedStatus(f"pgbouncer-image lacks: {self._stored.image_missing}")]
         if self._render_error:

@@ -29,7 +29,6 @@ from pgbouncer.config import (
     DEFAULT_BASE_DIR,
     MAX_PROCESSES,
     MIN_PROCESSES,
-    MIN_SUPPORTED_VERSION,
     RenderError,
     ini_path,
     needs_restart,
@@ -91,10 +90,6 @@ _VERSION = re.compile(r"^PgBouncer (\d+\.\d+(?:\.\d+)?)\b", re.MULTILINE)
 
 class WorkloadError(Exception):
     """Pebble refused or failed an operation on the workload container."""
-
-
-class UnsupportedVersion(WorkloadError):  # noqa: N818 (reads as a state)
-    """The image's PgBouncer is older than the charm supports; nothing was stopped."""
 
 
 class WorkloadUnreachable(WorkloadError):  # noqa: N818 (reads as a state, like BackendUnreachable)
@@ -450,27 +445,6 @@ class Workload:
         if version is None:
             logger.warning("no version in the output of pgbouncer --version")
         return version
-
-    def refuse_old_version(self) -> str:
-        """Check the image's PgBouncer before anything is stopped or restarted.
-
-        Call before a change that replaces processes (a refresh, a new image, a port change):
-        an image below :data:`pgbouncer.config.MIN_SUPPORTED_VERSION` must not take over from
-        processes that work.
-
-        Returns:
-            The version found.
-
-        Raises:
-            UnsupportedVersion: the version is older, or ``pgbouncer --version`` names none.
-            WorkloadUnreachable: Pebble cannot be reached.
-            WorkloadError: the command could not run.
-        """
-        found = self.version()
-        need = ".".join(map(str, MIN_SUPPORTED_VERSION))
-        if found is None or version_tuple(found) < MIN_SUPPORTED_VERSION:
-            raise UnsupportedVersion(f"PgBouncer >= {need} needed, found {found or 'no version'}")
-        return found
 
     def cpu_limit(self) -> int:
         """CPUs the workload container may use, from its cgroup (read through Pebble).

@@ -18,6 +18,8 @@ from state.peers import AuthData, PeerAppData
 from state.tenants import TenantRecord
 
 MIN_PGBOUNCER_VERSION = (1, 21)
+UNKNOWN_VERSION = "unknown"
+"""Recorded when the image's ``pgbouncer --version`` ran but named no version: not driven."""
 
 
 def parse_version(text: str | None) -> tuple[int, ...]:
@@ -95,6 +97,10 @@ class CharmState:
 
     @property
     def version_too_old(self) -> bool:
-        """A PgBouncer the charm cannot drive (below :data:`MIN_PGBOUNCER_VERSION`)."""
+        """A PgBouncer the charm cannot drive: below :data:`MIN_PGBOUNCER_VERSION`, or one
+        whose ``--version`` named no version (:data:`UNKNOWN_VERSION`). Not read yet: False.
+        """
+        if not self.pgb_version:
+            return False
         version = parse_version(self.pgb_version)
-        return bool(version) and version < MIN_PGBOUNCER_VERSION
+        return not version or version < MIN_PGBOUNCER_VERSION

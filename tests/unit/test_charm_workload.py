@@ -98,6 +98,49 @@ def test_too_old_pgbouncer_blocks_naming_both_versions(ctx, dirs):
 
 
 @pytest.mark.parametrize(
+    ("stdout", "status"),
+    [
+        ("PgBouncer 1.20.1\n", "PgBouncer 1.20.1 found; 1.21 or newer needed"),
+        (
+            "pgbouncer: something else\n",
+            "pgbouncer --version named no version; 1.21 or newer needed",
+        ),
+    ],
+)
+def test_a_refresh_to_an_image_pgbouncer_cannot_run_blocks_before_anything_stops(
+    ctx, dirs, stdout, status
+):
+    """upgrade-charm with a new image: the version is read first; nothing is stopped,
+    restarted or rewritten, and the processes of the old image keep serving.
+    """
+    first = _ready(ctx, dirs, config={"listen_port": 7432})
+    before = {p.name: p.read_text() for p in dirs.pgb.iterdir() if p.is_file()}
+    container = first.get_container("pgbouncer")
+    new_image = dataclasses.replace(
+        container,
+        execs={
+            testing.Exec(["pgbouncer", "--version"], stdout=stdout),
+            *(e for e in container.execs if list(e.command_prefix) != ["pgbouncer", "--version"]),
+        },
+    )
+    # A port change arrives with the refresh: it must not be applied either.
+    state = dataclasses.replace(first, containers={new_image}, config={"listen_port": 8432})
+    out, calls = _calls(ctx, state, ctx.on.upgrade_charm())
+    assert out.unit_status == testing.BlockedStatus(status)
+    assert calls == []
+    assert {p.name: p.read_text() for p in dirs.pgb.iterdir() if p.is_file()} == before
+    statuses = out.get_container("pgbouncer").service_statuses
+    assert statuses == container.service_statuses
+
+
+def test_a_refresh_with_a_supported_image_and_nothing_changed_touches_nothing(ctx, dirs):
+    first = _ready(ctx, dirs)
+    out, calls = _calls(ctx, first, ctx.on.upgrade_charm())
+    assert calls == []
+    assert out.workload_version == "1.24.1"
+
+
+@pytest.mark.parametrize(
     ("config", "message"),
     [
         ({"pool_mode": "sessions"}, "invalid config pool_mode"),

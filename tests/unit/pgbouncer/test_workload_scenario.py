@@ -16,7 +16,7 @@ import pytest
 from ops import testing
 
 from pgbouncer.config import AUTH_FILE, DatabaseTarget, PgBouncerConfig, render_files
-from pgbouncer.workload import ApplyResult, UnsupportedVersion, Workload
+from pgbouncer.workload import ApplyResult, Workload
 
 PGB = "/var/lib/pgbouncer"
 ACTIVE = ops.pebble.ServiceStatus.ACTIVE
@@ -288,47 +288,6 @@ def test_a_hand_over_is_never_paused(state, signals):
     result, _ = run(out, files_for(cfg(port=7000, host="10.0.0.2")), 2)
     assert result.stopped == BOTH
     assert WorkloadCharm.calls == []
-
-
-# -- the version guard before anything stops ---------------------------------------------------
-class VersionCharm(ops.CharmBase):
-    outcome: str = ""
-
-    def __init__(self, framework: ops.Framework):
-        super().__init__(framework)
-        framework.observe(self.on.config_changed, self._check)
-
-    def _check(self, _: ops.EventBase) -> None:
-        try:
-            VersionCharm.outcome = Workload(
-                self.unit.get_container("pgbouncer")
-            ).refuse_old_version()
-        except UnsupportedVersion as exc:
-            VersionCharm.outcome = f"refused: {exc}"
-
-
-@pytest.mark.parametrize(
-    ("stdout", "outcome"),
-    [
-        ("PgBouncer 1.24.1\nlibevent 2.1.12\n", "1.24.1"),
-        ("PgBouncer 1.21.0\n", "1.21.0"),
-        ("PgBouncer 1.20.1\n", "refused: PgBouncer >= 1.21 needed, found 1.20.1"),
-        ("PgBouncer 1.9.0\n", "refused: PgBouncer >= 1.21 needed, found 1.9.0"),
-        ("pgbouncer: something else\n", "refused: PgBouncer >= 1.21 needed, found no version"),
-    ],
-)
-def test_an_image_below_1_21_is_refused_before_anything_stops(stdout, outcome):
-    container = testing.Container(
-        "pgbouncer",
-        can_connect=True,
-        execs={testing.Exec(["pgbouncer", "--version"], stdout=stdout)},
-        service_statuses={},
-    )
-    ctx = testing.Context(VersionCharm, meta=META)
-    ctx.run(ctx.on.config_changed(), testing.State(containers={container}))
-    assert VersionCharm.outcome == outcome
-    # Only the version was asked: nothing was stopped, restarted or replanned.
-    assert [e.command for e in ctx.exec_history["pgbouncer"]] == [["pgbouncer", "--version"]]
 
 
 def test_apply_never_replans(state, monkeypatch):
