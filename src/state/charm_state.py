@@ -97,8 +97,10 @@ class CharmState:
 
     @property
     def version_too_old(self) -> bool:
-        """A PgBouncer the charm cannot drive: below :data:`MIN_PGBOUNCER_VERSION`, or one
-        whose ``--version`` named no version (:data:`UNKNOWN_VERSION`). Not read yet: False.
+        """A PgBouncer the charm cannot drive (False while the version was never read).
+
+        Below :data:`MIN_PGBOUNCER_VERSION`, or one whose ``--version`` named no version
+        (:data:`UNKNOWN_VERSION`).
         """
         if not self.pgb_version:
             return False

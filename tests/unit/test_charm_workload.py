@@ -110,8 +110,9 @@ def test_too_old_pgbouncer_blocks_naming_both_versions(ctx, dirs):
 def test_a_refresh_to_an_image_pgbouncer_cannot_run_blocks_before_anything_stops(
     ctx, dirs, stdout, status
 ):
-    """upgrade-charm with a new image: the version is read first; nothing is stopped,
-    restarted or rewritten, and the processes of the old image keep serving.
+    """upgrade-charm with a new image: the version is read before anything is applied.
+
+    Nothing is stopped, restarted or rewritten; the processes of the old image keep serving.
     """
     first = _ready(ctx, dirs, config={"listen_port": 7432})
     before = {p.name: p.read_text() for p in dirs.pgb.iterdir() if p.is_file()}
