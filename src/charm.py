@@ -24,7 +24,7 @@ from pgbouncer.config import (
     left_out_settings,
     render_files,
 )
-from pgbouncer.exporter import STATS_USER
+from pgbouncer.exporter import EXPORTER_COMMAND, STATS_USER
 from pgbouncer.image import check_image
 from pgbouncer.workload import Workload, WorkloadError
 from postgres.deadline import start_hook_budget
@@ -80,7 +80,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         super().__init__(framework)
         start_hook_budget()
         # The PgBouncer version is a fact of this unit's container, not of the application.
-        self._stored.set_default(pgb_version="", image_missing="")
+        self._stored.set_default(pgb_version="", image_missing="", exporter_absent=False)
         self.workload = Workload(self.unit.get_container(CONTAINER))
         self.peers = Peers(self)
         self.backend = BackendDatabaseRequirer(self)
@@ -197,7 +197,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
             self.monitoring.ensure_stats_secret(_new_password)
         state = self._load_state()
         self._apply(state, with_backend)
-        self.monitoring.publish()
+        self.monitoring.publish(serving=not self._stored.exporter_absent)
         if not with_backend:
             self._state = state
             return
@@ -252,7 +252,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
             stats_line = self.monitoring.stats_auth_line()
             if stats_line:
                 cfg = dataclasses.replace(cfg, stats_user=STATS_USER)
-            exporter_files = self.monitoring.exporter_files(cfg.processes, cfg.listen_port)
+            exporter_files = self.monitoring.exporter_files(
+                cfg.processes, cfg.listen_port, runnable=not self._stored.exporter_absent
+            )
             files: dict[str, str | None] = {
                 **render_files(cfg),
                 AUTH_FILE: auth_file + stats_line,
@@ -312,20 +314,19 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self._reconcile(verify=True)
 
     def _on_version_source(self, _: ops.EventBase) -> None:
-        # Before anything is applied: an image whose PgBouncer is too old, or names no version,
-        # blocks here and the running processes are left as they are (docs/workload.md).
-        try:
-            version = self.workload.version() or UNKNOWN_VERSION
-        except WorkloadError as exc:  # Pebble not there (yet): keep what was read before
-            logger.warning("could not read the PgBouncer version: %s", exc)
-            version = None
-        if version:
+        # One exec (docs/image.md), before anything is applied: the image contract, PgBouncer's
+        # version and the optional exporter. What is missing, a PgBouncer below 1.21 or one that
+        # names no version blocks here, and the running processes are left as they are.
+        check = check_image(self.unit.get_container(CONTAINER))
+        if check is None:  # Pebble not there (yet): keep what was read before
+            logger.warning("could not check the pgbouncer-image: Pebble does not answer")
+        else:
+            self._stored.image_missing = "; ".join(check.problems)
+            self._stored.exporter_absent = EXPORTER_COMMAND in check.absent
+            version = check.version or (UNKNOWN_VERSION if check.ran else "")
             self._stored.pgb_version = version
-            self.unit.set_workload_version(version)
-        # The image contract (docs/image.md): one exec; what is missing blocks, nothing runs.
-        missing = check_image(self.unit.get_container(CONTAINER))
-        if missing is not None:
-            self._stored.image_missing = "; ".join(missing)
+            if version:
+                self.unit.set_workload_version(version)
         self._reconcile()
 
     # -- the seed's charts -----------------------------------------------------------------------
@@ -457,6 +458,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
             message += f"; {', '.join(left_out)} ignored: needs PgBouncer 1.24"
         if outcome.repaired:
             message += f"; repaired the auth plumbing ({outcome.repaired[0]})"
+        if self._stored.exporter_absent and self.model.relations.get(METRICS_RELATION):
+            message += f"; no metrics: pgbouncer-image has no {EXPORTER_COMMAND}"
         statuses.append(ops.ActiveStatus(message))
         return statuses
 

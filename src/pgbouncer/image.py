@@ -17,6 +17,7 @@ import ops
 from ops import pebble
 
 from pgbouncer.config import DEFAULT_BASE_DIR, MIN_SUPPORTED_VERSION
+from pgbouncer.exporter import EXPORTER_COMMAND
 from pgbouncer.workload import WORKLOAD_USER, parse_version
 
 MIN_VERSION = MIN_SUPPORTED_VERSION
@@ -30,6 +31,7 @@ for dir in "$@"; do
   [ -d "$dir" ] && [ -w "$dir" ] && [ -x "$dir" ] || missing "writable $dir"
 done
 command -v pgbouncer >/dev/null 2>&1 || missing "pgbouncer on PATH"
+command -v {EXPORTER_COMMAND} >/dev/null 2>&1 || printf 'absent %s\\n' {EXPORTER_COMMAND}
 printf '%s\\n' '{VERSION_MARKER}'
 pgbouncer --version 2>&1
 exit 0
@@ -44,10 +46,30 @@ class ImageReport:
     Attributes:
         missing: the failed items, in the script's order (``"pgbouncer on PATH"`` …).
         version: PgBouncer's version (``"1.21.0"``), or None when it did not say.
+        absent: optional pieces the image does not carry (``"pgbouncer-exporter"``: no metrics).
     """
 
     missing: tuple[str, ...]
     version: str | None
+    absent: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """The outcome of :func:`check_image`, for the charm.
+
+    Attributes:
+        problems: every way the image breaks the contract (empty when it fits).
+        version: PgBouncer's version, when the image's ``pgbouncer --version`` named one.
+        ran: whether ``pgbouncer --version`` ran (the script got to it with ``pgbouncer`` on
+            PATH): a None ``version`` then means the binary named none.
+        absent: optional pieces the image lacks (see :class:`ImageReport`).
+    """
+
+    problems: tuple[str, ...]
+    version: str | None = None
+    ran: bool = False
+    absent: tuple[str, ...] = ()
 
 
 def contract_command(base_dir: str = DEFAULT_BASE_DIR) -> list[str]:
@@ -68,12 +90,12 @@ def parse_report(stdout: str) -> ImageReport:
     head, marker, tail = stdout.partition(VERSION_MARKER + "\n")
     if not marker:
         return ImageReport(("a complete image check run",), None)
+    lines = head.splitlines()
     missing = tuple(
-        line.removeprefix("missing ").strip()
-        for line in head.splitlines()
-        if line.startswith("missing ")
+        line.removeprefix("missing ").strip() for line in lines if line[:8] == "missing "
     )
-    return ImageReport(missing, parse_version(tail))
+    absent = tuple(line.removeprefix("absent ").strip() for line in lines if line[:7] == "absent ")
+    return ImageReport(missing, parse_version(tail), absent)
 
 
 def problems(report: ImageReport) -> tuple[str, ...]:
@@ -83,28 +105,25 @@ def problems(report: ImageReport) -> tuple[str, ...]:
         need = ".".join(map(str, MIN_VERSION))
         if report.version is None:
             found.append(f"PgBouncer >= {need} (no version reported)")
-        elif _version_tuple(report.version) < MIN_VERSION:
+        elif tuple(map(int, report.version.split("."))) < MIN_VERSION:  # digits and dots
             found.append(f"PgBouncer >= {need} (found {report.version})")
     return tuple(found)
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(".") if part.isdigit())
-
-
-def check_image(
-    container: ops.Container, base_dir: str = DEFAULT_BASE_DIR
-) -> tuple[str, ...] | None:
+def check_image(container: ops.Container, base_dir: str = DEFAULT_BASE_DIR) -> ImageCheck | None:
     """Run the contract check in the container: one exec, as the workload user.
+
+    The same exec reads PgBouncer's version and which optional pieces the image carries, so a
+    ``pebble-ready`` or a refresh costs one exec for all of it.
 
     Args:
         container: the ``pgbouncer`` container (Pebble must answer).
         base_dir: the directory PgBouncer's files live in.
 
     Returns:
-        What is missing, empty when the image fits; None when Pebble cannot be reached (nothing
-        is known: check again at the next ``pebble-ready``). An exec Pebble refuses because the
-        user does not exist, or because there is no ``sh``, is reported as that missing piece.
+        What was found; None when Pebble cannot be reached (nothing is known: check again at
+        the next ``pebble-ready``). An exec Pebble refuses because the user does not exist, or
+        because there is no ``sh``, is reported as that missing piece.
     """
     try:
         process = container.exec(
@@ -115,12 +134,14 @@ def check_image(
         return None
     except pebble.APIError as exc:
         if "user" in exc.message.lower() or "group" in exc.message.lower():
-            return (f"user {WORKLOAD_USER}",)
-        return (f"sh ({exc.message})",)
+            return ImageCheck((f"user {WORKLOAD_USER}",))
+        return ImageCheck((f"sh ({exc.message})",))
     except pebble.ExecError as exc:
-        return (f"a complete image check run (exit {exc.exit_code})",)
+        return ImageCheck((f"a complete image check run (exit {exc.exit_code})",))
     except pebble.ChangeError as exc:
-        return (f"a complete image check run ({exc.err})",)
+        return ImageCheck((f"a complete image check run ({exc.err})",))
     except pebble.TimeoutError:
-        return ("a complete image check run (timed out)",)
-    return problems(parse_report(stdout))
+        return ImageCheck(("a complete image check run (timed out)",))
+    report = parse_report(stdout)
+    ran = VERSION_MARKER in stdout and "pgbouncer on PATH" not in report.missing
+    return ImageCheck(problems(report), report.version, ran, report.absent)

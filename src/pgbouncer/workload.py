@@ -327,11 +327,6 @@ def drain_reason(old_ini: str | None, new_ini: str) -> str | None:
     return None
 
 
-def version_tuple(text: str) -> tuple[int, ...]:
-    """``"1.24.1"`` → ``(1, 24, 1)``; parts that are not numbers are left out."""
-    return tuple(int(part) for part in text.split(".") if part.isdigit())
-
-
 @dataclass(frozen=True)
 class ApplyResult:
     """What :meth:`Workload.apply` did, for the charm's log.
@@ -427,24 +422,6 @@ class Workload:
     def can_connect(self) -> bool:
         """Whether Pebble in the container answers."""
         return self._container.can_connect()
-
-    def version(self) -> str | None:
-        """PgBouncer's version (``"1.24.1"``) from ``pgbouncer --version`` in the container.
-
-        Returns:
-            The version, or None when the output does not say it.
-
-        Raises:
-            WorkloadUnreachable: Pebble cannot be reached.
-            WorkloadError: the command could not run or failed.
-        """
-        with _pebble_errors("pgbouncer --version"):
-            process = self._container.exec(["pgbouncer", "--version"], timeout=30)
-            stdout, _ = process.wait_output()
-        version = parse_version(stdout)
-        if version is None:
-            logger.warning("no version in the output of pgbouncer --version")
-        return version
 
     def cpu_limit(self) -> int:
         """CPUs the workload container may use, from its cgroup (read through Pebble).

@@ -238,14 +238,19 @@ class Monitoring:
         return render_stats_auth_line(password) if password else ""
 
     def exporter_files(
-        self, processes: int, listen_port: int, base_dir: str = DEFAULT_BASE_DIR
+        self,
+        processes: int,
+        listen_port: int,
+        base_dir: str = DEFAULT_BASE_DIR,
+        runnable: bool = True,
     ) -> dict[str, str | None]:
         """The exporter's files for ``Workload.apply``.
 
-        Without a stats password, each mapped to None: ``apply`` deletes any left from before
-        (no stale password file stays behind) and the exporter does not run.
+        Without a stats password, or when the image cannot run the exporter (``runnable``
+        False), each mapped to None: ``apply`` deletes any left from before (no stale password
+        file stays behind) and the exporter does not run.
         """
-        password = self.stats_password()
+        password = self.stats_password() if runnable else None
         if not password:
             return dict.fromkeys((exporter_config_path(base_dir), passfile_path(base_dir)))
         return dict(render_exporter_files(processes, listen_port, password, base_dir))
@@ -261,8 +266,14 @@ class Monitoring:
             unit=self._charm.unit.name,
         )
 
-    def publish(self) -> None:
-        """Write the scrape job, rules (leader) and this unit's address on every relation."""
+    def publish(self, serving: bool = True) -> None:
+        """Write the scrape job, rules (leader) and this unit's address on every relation.
+
+        Args:
+            serving: whether this unit can run the exporter; a unit whose image cannot leaves
+                its address out (and takes back one published before), so that Prometheus
+                does not scrape a port where nothing listens.
+        """
         relations = self._charm.model.relations.get(METRICS_RELATION, [])
         if not relations:
             return
@@ -274,8 +285,11 @@ class Monitoring:
         for relation in relations:
             binding = self._charm.model.get_binding(relation)
             address = binding.network.ingress_address if binding else None
-            if address is not None:
-                unit_bag = relation.data[self._charm.unit]
+            unit_bag = relation.data[self._charm.unit]
+            if not serving:
+                for key in unit_databag(self._charm.unit.name, "").keys() & unit_bag.keys():
+                    del unit_bag[key]
+            elif address is not None:
                 for key, value in unit_databag(self._charm.unit.name, str(address)).items():
                     if unit_bag.get(key) != value:
                         unit_bag[key] = value

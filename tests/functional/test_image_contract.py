@@ -57,6 +57,21 @@ def test_a_complete_image_passes(image):
     assert run_check(image, image / "base") == ()
 
 
+def test_the_exporter_is_reported_absent_until_the_image_carries_one(image):
+    def absent() -> tuple[str, ...]:
+        argv = as_service_user(contract_command(str(image / "base")))
+        env = {"PATH": f"{image / 'bin'}:/usr/bin:/bin"}
+        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=True)
+        return parse_report(out.stdout).absent
+
+    assert shutil.which("pgbouncer-exporter", path="/usr/bin:/bin") is None
+    assert absent() == ("pgbouncer-exporter",)
+    exporter = image / "bin" / "pgbouncer-exporter"
+    exporter.write_text("#!/bin/sh\nexit 0\n")
+    exporter.chmod(0o755)
+    assert absent() == ()
+
+
 def test_no_pgbouncer_on_path(image):
     (image / "bin" / "pgbouncer").unlink()
     assert run_check(image, image / "base") == ("pgbouncer on PATH",)

@@ -13,6 +13,7 @@ import pytest
 from ops import testing
 
 from harness.processes import PebbleRecorder
+from pgbouncer.image import VERSION_MARKER
 from tests.unit.conftest import make_container, peer_relation
 
 
@@ -117,12 +118,10 @@ def test_a_refresh_to_an_image_pgbouncer_cannot_run_blocks_before_anything_stops
     first = _ready(ctx, dirs, config={"listen_port": 7432})
     before = {p.name: p.read_text() for p in dirs.pgb.iterdir() if p.is_file()}
     container = first.get_container("pgbouncer")
+    check = testing.Exec(["sh", "-c"], stdout=f"{VERSION_MARKER}\n{stdout}")
     new_image = dataclasses.replace(
         container,
-        execs={
-            testing.Exec(["pgbouncer", "--version"], stdout=stdout),
-            *(e for e in container.execs if list(e.command_prefix) != ["pgbouncer", "--version"]),
-        },
+        execs={check, *(e for e in container.execs if list(e.command_prefix) != ["sh", "-c"])},
     )
     # A port change arrives with the refresh: it must not be applied either.
     state = dataclasses.replace(first, containers={new_image}, config={"listen_port": 8432})

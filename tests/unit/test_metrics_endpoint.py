@@ -28,6 +28,7 @@ from ops import pebble, testing
 
 from harness.processes import PebbleRecorder
 from pgbouncer.exporter import EXPORTER_PORT, EXPORTER_SERVICE, STATS_USER
+from pgbouncer.image import VERSION_MARKER
 from pgbouncer.workload import build_layer
 from relations.metrics import (
     STATS_SECRET_KEY,
@@ -37,7 +38,7 @@ from relations.metrics import (
     load_alert_rules,
     unit_databag,
 )
-from tests.unit.conftest import make_container, peer_relation
+from tests.unit.conftest import backend_relation, make_container, peer_relation
 
 SCHEMA = json.loads(
     (Path(__file__).parent / "data" / "prometheus_scrape_v0_provider.schema.json").read_text()
@@ -327,3 +328,48 @@ def test_an_exporter_without_a_usable_password_is_stopped_and_disabled(ctx, dirs
     assert ("stop", (EXPORTER_SERVICE,), None) in calls
     assert not (dirs.pgb / "exporter.pgpass").exists()
     assert not (dirs.pgb / "exporter.yaml").exists()
+
+
+# -- an image without the exporter (the default image: docs/image.md) ----------------------------
+def _image(container: testing.Container, *, exporter: bool) -> testing.Container:
+    """The container as the image check sees it, with or without ``pgbouncer-exporter``."""
+    absent = "" if exporter else "absent pgbouncer-exporter\n"
+    check = testing.Exec(["sh", "-c"], stdout=f"{absent}{VERSION_MARKER}\nPgBouncer 1.21.0\n")
+    others = {e for e in container.execs if list(e.command_prefix) != ["sh", "-c"]}
+    return dataclasses.replace(container, execs={check, *others})
+
+
+def test_an_image_without_the_exporter_runs_none_publishes_no_address_and_says_so(
+    ctx, dirs, fake_sql
+):
+    rel = metrics_relation()
+    state = _state(dirs, {peer_relation(), rel, backend_relation()})
+    container = _image(state.get_container("pgbouncer"), exporter=False)
+    out = ctx.run(
+        ctx.on.pebble_ready(container), dataclasses.replace(state, containers={container})
+    )
+    services = out.get_container("pgbouncer").plan.services
+    assert EXPORTER_SERVICE not in services or services[EXPORTER_SERVICE].startup == "disabled"
+    assert not (dirs.pgb / "exporter.pgpass").exists()
+    assert not (dirs.pgb / "exporter.yaml").exists()
+    published = out.get_relation(rel.id)
+    assert "prometheus_scrape_unit_address" not in published.local_unit_data
+    assert out.unit_status.message.endswith(
+        "no metrics: pgbouncer-image has no pgbouncer-exporter"
+    )
+    assert out.workload_version == "1.21.0"  # read by the same exec
+
+    # A refresh to an image that carries it: the exporter starts and the address is published.
+    fixed = _image(out.get_container("pgbouncer"), exporter=True)
+    after = ctx.run(ctx.on.upgrade_charm(), dataclasses.replace(out, containers={fixed}))
+    assert after.get_container("pgbouncer").plan.services[EXPORTER_SERVICE].startup == "enabled"
+    unit = after.get_relation(rel.id).local_unit_data
+    assert unit["prometheus_scrape_unit_address"] == "10.1.2.3"
+    assert after.unit_status == testing.ActiveStatus("1 PgBouncer process")
+
+    # And back: the address published before is taken back, the exporter stops.
+    gone = _image(after.get_container("pgbouncer"), exporter=False)
+    back = ctx.run(ctx.on.upgrade_charm(), dataclasses.replace(after, containers={gone}))
+    assert "prometheus_scrape_unit_address" not in back.get_relation(rel.id).local_unit_data
+    assert back.get_container("pgbouncer").plan.services[EXPORTER_SERVICE].startup == "disabled"
+    assert not (dirs.pgb / "exporter.pgpass").exists()

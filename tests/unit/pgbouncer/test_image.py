@@ -38,6 +38,15 @@ def test_the_binary_cannot_forge_or_hide_a_missing_line():
     assert parse_report(hidden).missing == ("pgbouncer on PATH",)
 
 
+def test_an_absent_exporter_is_reported_apart_from_the_contract():
+    report = parse_report(f"absent pgbouncer-exporter\n{VERSION_MARKER}\nPgBouncer 1.21.0\n")
+    assert report == ImageReport((), "1.21.0", ("pgbouncer-exporter",))
+    assert problems(report) == ()  # not a block: the unit runs, without metrics
+    # PgBouncer's own output cannot claim the exporter is absent (or present).
+    forged = parse_report(f"{VERSION_MARKER}\nabsent pgbouncer-exporter\nPgBouncer 1.24.1\n")
+    assert forged.absent == ()
+
+
 def test_output_without_the_marker_is_a_failed_check():
     assert parse_report("missing user postgres\n").missing == ("a complete image check run",)
     assert parse_report("").missing == ("a complete image check run",)
