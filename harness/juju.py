@@ -87,14 +87,6 @@ def juju_env(overrides: Mapping[str, str] | None) -> Iterator[None]:
         runtime._get_event_env = original
 
 
-def pgbouncer_version_exec() -> testing.Exec:
-    """``pgbouncer --version`` answering with what our real binary prints."""
-    out = subprocess.run(
-        [pgbouncer_binary(), "--version"], capture_output=True, text=True, check=True
-    ).stdout
-    return testing.Exec(["pgbouncer", "--version"], stdout=out)
-
-
 def image_check_exec() -> testing.Exec:
     """The image contract check (``pgbouncer.image``) answering for a complete image."""
     out = subprocess.run(
@@ -344,7 +336,7 @@ class Application:
         self.units: list[Unit] = []
         self._app_secrets: dict[str, testing.Secret] = {}
         self._meta = dict(meta) if meta is not None else None
-        execs = set(execs) if execs is not None else {pgbouncer_version_exec(), image_check_exec()}
+        execs = set(execs) if execs is not None else {image_check_exec()}
         peer = testing.PeerRelation(peer_endpoint) if peer_endpoint else None
         process_units = set(processes)
         self._reach = list(reach)
