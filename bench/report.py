@@ -433,7 +433,7 @@ def _merge(
         f" alone (`BENCH_PARTS={','.join(parts_run)}`) on {when}; every other section is"
         " from the run above."
     )
-    head = [line for line in old_head if not line.startswith("Sections ")]
+    head = [line for line in old_head if not line.startswith(("Section ", "Sections "))]
     machine_at = next(
         (i for i, line in enumerate(head) if line.startswith("| machine")), len(head)
     )
