@@ -433,7 +433,11 @@ def _merge(
         f" alone (`BENCH_PARTS={','.join(parts_run)}`) on {when}; every other section is"
         " from the run above."
     )
-    head = [line for line in old_head if not line.startswith(("Section ", "Sections "))]
+    head: list[str] = []
+    for line in old_head:
+        if line.startswith(("Section ", "Sections ")) or (line == "" and head[-1:] == [""]):
+            continue
+        head.append(line)
     machine_at = next(
         (i for i, line in enumerate(head) if line.startswith("| machine")), len(head)
     )
