@@ -112,6 +112,13 @@ def main() -> int:
             results.reconfig = _guard(
                 results, "3. Reconfiguration", lambda: reconfig.run(settings, work)
             )
+        if "changes" in settings.parts:
+            from bench import changes
+
+            print("part 6: planned changes through the charm, under load", flush=True)
+            results.changes = _guard(
+                results, "6. Planned changes", lambda: changes.run(settings, work)
+            )
         if "tls" in settings.parts:
             from bench import tls
 

@@ -25,6 +25,7 @@ class Results:
     hooks: Any = None
     tls: Any = None
     jujupath: Any = None
+    changes: Any = None
     failures: dict[str, str] = field(default_factory=dict)
 
 
@@ -253,6 +254,10 @@ def targets_section(results: Results) -> list[str]:
         rc = results.reconfig
         failed = rc.failed + rc.aborted_clients
         rows.append(("0 failed transactions during reconfiguration", str(failed), failed == 0))
+    if results.changes is not None:
+        from bench.changes import target_rows
+
+        rows += target_rows(results.changes)
     if results.hooks is not None:
         worst = max(results.hooks.costs, key=lambda c: c.ratio("wall_ms"))
         rows.append(
@@ -340,12 +345,116 @@ def chart(tput, path: Path) -> Path | None:
     return path
 
 
+SECTION_OF_PART = {
+    "throughput": "## 1. ",
+    "scale": "## 2. ",
+    "reconfig": "## 3. ",
+    "hooks": "## 4. ",
+    "jujupath": "## 4a. ",
+    "tls": "## 5. ",
+    "changes": "## 6. ",
+}
+"""The heading each part's section (or its "did not complete" note) starts with."""
+TARGETS_HEADING = "## Targets of the issue"
+
+
+def _split(text: str) -> tuple[list[str], list[list[str]]]:
+    """A report's lines before the first ``## `` heading, and each ``## `` section's lines."""
+    head: list[str] = []
+    sections: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            sections.append([line])
+        elif sections:
+            sections[-1].append(line)
+        else:
+            head.append(line)
+    return head, sections
+
+
+def _target_name(line: str) -> str | None:
+    cells = line.split("|")
+    if len(cells) < 4 or cells[1].strip() in ("target", "") or set(cells[1].strip()) <= {"-"}:
+        return None
+    return cells[1].strip()
+
+
+def _merge_targets(old: list[str], new: list[str]) -> list[str]:
+    """The new targets table plus the old rows of targets this run did not measure."""
+    if not new:
+        return old
+    fresh = {_target_name(line) for line in new} - {None}
+    kept = [line for line in old if _target_name(line) not in (None, *fresh)]
+    if not kept:
+        return new
+    rows = [i for i, line in enumerate(new) if _target_name(line) is not None]
+    return [*new[: rows[0]], *kept, *new[rows[0] :]]
+
+
+def _merge(
+    old_text: str, parts_run: tuple[str, ...], when: str, sections: list[list[str]]
+) -> list[str]:
+    """A partial run's report: its own sections, every other section kept from ``old_text``.
+
+    Sections of parts not run keep their place and text; the targets table keeps the old rows of
+    targets this run did not measure; the old header (date and length of the full run) stays,
+    with a line saying which parts this run replaced.
+    """
+    old_head, old_sections = _split(old_text)
+    run_prefixes = tuple(SECTION_OF_PART[p] for p in parts_run)
+
+    def owner(section: list[str]) -> str:
+        if section[0].startswith(TARGETS_HEADING):
+            return TARGETS_HEADING
+        return next((pre for pre in SECTION_OF_PART.values() if section[0].startswith(pre)), "")
+
+    new_by_owner: dict[str, list[list[str]]] = {}
+    for section in sections:
+        new_by_owner.setdefault(owner(section), []).append(section)
+    merged: list[list[str]] = []
+    for section in old_sections:
+        key = owner(section)
+        if key == TARGETS_HEADING:
+            new = new_by_owner.pop(key, [[]])[0]
+            merged.append(_merge_targets(section, new))
+        elif key in run_prefixes or (key == "" and key in new_by_owner):
+            merged += new_by_owner.pop(key, [])
+        else:
+            merged.append(section)
+    targets_at = next(
+        (i for i, s in enumerate(merged) if s[0].startswith(TARGETS_HEADING)), len(merged)
+    )
+    rest = [s for group in new_by_owner.values() for s in group]
+    merged[targets_at:targets_at] = rest
+    numbers = [p.strip("# ").rstrip(".") for p in run_prefixes]
+    note = (
+        f"{'Sections' if len(numbers) > 1 else 'Section'} {', '.join(numbers)}"
+        f" {'were' if len(numbers) > 1 else 'was'} re-run"
+        f" alone (`BENCH_PARTS={','.join(parts_run)}`) on {when}; every other section is"
+        " from the run above."
+    )
+    head: list[str] = []
+    for line in old_head:
+        if line.startswith(("Section ", "Sections ")) or (line == "" and head[-1:] == [""]):
+            continue
+        head.append(line)
+    machine_at = next(
+        (i for i, line in enumerate(head) if line.startswith("| machine")), len(head)
+    )
+    head[machine_at:machine_at] = [note, ""]
+    return [*head, *[line for s in merged for line in s], ""]
+
+
 def write(results: Results) -> Path:
-    """Write ``latest.md`` (and the chart) into the settings' results directory."""
+    """Write ``latest.md`` (and the chart) into the settings' results directory.
+
+    A run of some parts only (``BENCH_PARTS``) replaces those parts' sections in an existing
+    ``latest.md`` and keeps every other section (see :func:`_merge`).
+    """
     out = results.settings.results_dir
     out.mkdir(parents=True, exist_ok=True)
     machine = describe()
-    lines = [
+    header = [
         "# pgbouncer-k8s benchmark results",
         "",
         f"Run {results.started:%Y-%m-%d %H:%M} UTC, {results.seconds:.0f} s in all"
@@ -361,34 +470,48 @@ def write(results: Results) -> Path:
         *[f"| {k} | {v} |" for k, v in machine.items()],
         "",
     ]
+    sections: list[list[str]] = []
     if results.throughput is not None:
-        lines += throughput_section(results.throughput)
+        lines = throughput_section(results.throughput)
         png = chart(results.throughput, out / "throughput.png")
         if png is not None:
             lines += ["", f"![throughput]({png.name})"]
-        lines.append("")
+        sections.append([*lines, ""])
     if results.scale is not None:
-        lines += [*scale_section(results.scale), ""]
+        sections.append([*scale_section(results.scale), ""])
     if results.reconfig is not None:
         from bench.reconfig import section
 
-        lines += [*section(results.reconfig), ""]
+        sections.append([*section(results.reconfig), ""])
     if results.tls is not None:
         from bench.tls import section as tls_section
 
-        lines += [*tls_section(results.tls), ""]
+        sections.append([*tls_section(results.tls), ""])
     if results.hooks is not None:
         from bench.hooks import section as hook_section
 
-        lines += [*hook_section(results.hooks), ""]
+        sections.append([*hook_section(results.hooks), ""])
     if results.jujupath is not None:
         from bench.jujupath import section as jujupath_section
 
-        lines += [*jujupath_section(results.jujupath), ""]
-    lines += [*targets_section(results), ""]
+        sections.append([*jujupath_section(results.jujupath), ""])
+    if results.changes is not None:
+        from bench.changes import section as changes_section
+
+        sections.append([*changes_section(results.changes), ""])
+    targets = targets_section(results)
+    if targets:
+        sections.append([*targets, ""])
     for part, error in results.failures.items():
-        lines += [f"## {part}: did not complete", "", f"```\n{error}\n```", ""]
+        sections.append([f"## {part}: did not complete", "", f"```\n{error}\n```", ""])
     path = out / "latest.md"
+    from bench.settings import PARTS
+
+    if set(results.settings.parts) != set(PARTS) and path.exists():
+        when = f"{results.started:%Y-%m-%d %H:%M} UTC ({results.seconds:.0f} s)"
+        lines = _merge(path.read_text(), results.settings.parts, when, sections)
+    else:
+        lines = [*header, *[line for s in sections for line in s]]
     path.write_text("\n".join(lines))
     return path
 

@@ -2,7 +2,7 @@
 
 ``BENCH_QUICK=1`` shrinks every duration and repetition so that a run takes about a minute and
 writes to ``bench/results/tmp/`` (git-ignored) instead of ``bench/results/latest.md``.
-``BENCH_PARTS=throughput,scale,reconfig,hooks,jujupath,tls`` runs only the parts named.
+``BENCH_PARTS=throughput,scale,reconfig,hooks,jujupath,tls,changes`` runs only the parts named.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bench import ROOT
 
-PARTS = ("throughput", "scale", "reconfig", "hooks", "jujupath", "tls")
+PARTS = ("throughput", "scale", "reconfig", "hooks", "jujupath", "tls", "changes")
 
 
 @dataclass(frozen=True)
