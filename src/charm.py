@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any
 
 import ops
@@ -26,7 +27,7 @@ from pgbouncer.config import (
 )
 from pgbouncer.exporter import EXPORTER_COMMAND, STATS_USER
 from pgbouncer.image import check_image
-from pgbouncer.workload import Workload, WorkloadError
+from pgbouncer.workload import DRAIN_GRACE_S, Workload, WorkloadError
 from postgres.deadline import start_hook_budget
 from reconcile import (
     WAITING_FOR_BACKEND,
@@ -80,7 +81,14 @@ class PgBouncerK8sCharm(ops.CharmBase):
         super().__init__(framework)
         start_hook_budget()
         # The PgBouncer version is a fact of this unit's container, not of the application.
-        self._stored.set_default(pgb_version="", image_missing="", exporter_absent=False)
+        self._stored.set_default(
+            pgb_version="",
+            image_missing="",
+            exporter_absent=False,
+            # A port change: when the old processes were left draining, and their port.
+            handover_at=0.0,
+            draining_port=0,
+        )
         self.workload = Workload(self.unit.get_container(CONTAINER))
         self.peers = Peers(self)
         self.backend = BackendDatabaseRequirer(self)
@@ -271,15 +279,24 @@ class PgBouncerK8sCharm(ops.CharmBase):
             self._tls_required = True
             return
         self._processes, self._cfg = cfg.processes, cfg
+        # After a port change the old processes serve their clients on the old port for a grace
+        # period, so that clients can move once the new endpoints are published (docs/workload.md).
+        since = time.time() - self._stored.handover_at
+        drain_old = not self._stored.draining_port or not 0 <= since < DRAIN_GRACE_S
         try:
-            result = self.workload.apply(files, cfg.processes)
+            result = self.workload.apply(files, cfg.processes, drain_old=drain_old)
         except WorkloadError as exc:
             logger.warning("could not apply the configuration: %s", exc)
             self._apply_error = str(exc)
             return
         if result.changed:
             logger.info("workload: %s", result)
-        self.unit.set_ports(cfg.listen_port)
+        if result.moved_from is not None:
+            self._stored.handover_at, self._stored.draining_port = time.time(), result.moved_from
+        elif not result.draining:
+            self._stored.draining_port = 0
+        ports = {cfg.listen_port, self._stored.draining_port} - {0}
+        self.unit.set_ports(*sorted(ports))
         # The publish barrier: the leader answers a client once every unit reports its entry.
         self.peers.set_applied([t.key for t in cfg.databases if t.key in state.peer.databases])
 
@@ -458,6 +475,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
             message += f"; {', '.join(left_out)} ignored: needs PgBouncer 1.24"
         if outcome.repaired:
             message += f"; repaired the auth plumbing ({outcome.repaired[0]})"
+        if self._stored.draining_port:
+            message += f"; port {self._stored.draining_port} draining"
         if self._stored.exporter_absent and self.model.relations.get(METRICS_RELATION):
             message += f"; no metrics: pgbouncer-image has no {EXPORTER_COMMAND}"
         statuses.append(ops.ActiveStatus(message))

@@ -55,6 +55,13 @@ KILL_DELAY = "10s"
 on SIGTERM (new clients go to the other processes) and then waits for its clients with no time
 limit; Pebble sends SIGKILL after this delay. In-flight transactions get this long to finish."""
 
+DRAIN_GRACE_S = 60.0
+"""After a port change, how long the old processes keep serving their clients on the old port
+at least: the first hook after this stops them (SIGTERM, then :data:`KILL_DELAY`). Clients learn
+the new port only once the hook that changed it has ended (Juju publishes relation data then),
+so the old processes cannot be stopped in that hook without cutting every client still on them.
+Without another hook they run until update-status."""
+
 PAUSE_SETTLE_S = 1.0
 """How long the processes stay paused (SIGUSR1) before the reload that changes a pool's target,
 mode or cap. PAUSE closes each idle server connection and each server login in flight at once,
@@ -340,7 +347,10 @@ class ApplyResult:
         stopped: services of processes no longer wanted, and those handed over.
         paused: services held in PAUSE around their reload, and why (``drain_reason``).
         handed_over: ``"<old> -> <new>"`` for each process replaced across a port change: the
-            new service was started (listening on the new port) before the old one drained.
+            new service was started, listening on the new port.
+        draining: old services left running on the old port for their clients (stopped by a
+            later apply with ``drain_old``).
+        moved_from: the old port, when processes were handed over.
     """
 
     written: tuple[str, ...] = ()
@@ -352,6 +362,8 @@ class ApplyResult:
     paused: tuple[str, ...] = ()
     pause_reason: str | None = None
     handed_over: tuple[str, ...] = ()
+    draining: tuple[str, ...] = ()
+    moved_from: int | None = None
 
     @property
     def changed(self) -> bool:
@@ -371,6 +383,7 @@ class ApplyResult:
                 ("restarted", self.restarted),
                 ("stopped", self.stopped),
                 ("handed over", self.handed_over),
+                ("left draining", self.draining),
                 (f"paused ({self.pause_reason})", self.paused),
             )
             if values
@@ -455,7 +468,9 @@ class Workload:
             return False
         return len(services) == len(wanted) and all(s.is_running() for s in services.values())
 
-    def apply(self, files: Mapping[str, str | None], processes: int) -> ApplyResult:
+    def apply(
+        self, files: Mapping[str, str | None], processes: int, drain_old: bool = True
+    ) -> ApplyResult:
         """Bring the container to ``files`` and ``processes`` with the least disruption.
 
         1. Write each file whose content differs (0600, owned by ``postgres``); delete files
@@ -466,8 +481,10 @@ class Workload:
            serving services that are not running. No replan: Pebble's replan restarts every
            service it has run whose definition changed, a stopped and disabled one included.
         4. A process whose ini changed ``listen_port`` is handed over: its twin (same command and
-           files) starts on the new port first, then the old service is stopped (SIGTERM: it
-           stops listening and drains for up to :data:`KILL_DELAY`). Other running processes
+           files) starts on the new port, and the old service keeps serving its clients on the
+           old port (*draining*) until a later apply with ``drain_old`` stops it (SIGTERM: it
+           stops listening and serves its clients for up to :data:`KILL_DELAY`). A draining
+           process still in the way of the next hand-over is stopped first. Other running processes
            whose ini changed a key a reload ignores (:func:`pgbouncer.config.needs_restart`) are
            restarted in place one at a time, the other processes keeping the port; the others get
            SIGHUP when any of their files changed. Nothing changed: nothing is done.
@@ -479,6 +496,8 @@ class Workload:
             files: container path → content, or None to delete it. Paths must be under the base
                 directory; the ini of process ``i`` is ``pgbouncer_<i>.ini`` there.
             processes: how many PgBouncer processes to run (1 to 4).
+            drain_old: stop the processes left draining by an earlier hand-over (the caller
+                decides when clients have had time to move to the new port).
 
         Returns:
             What was done.
@@ -506,7 +525,16 @@ class Workload:
         with _pebble_errors("list the services"):
             before = self._container.get_services()
         running = {name for name, info in before.items() if info.is_running()}
-        live = _live_services(running)
+        enabled = {
+            n for n, info in before.items() if info.startup == pebble.ServiceStartup.ENABLED
+        }
+        live = _live_services(running, enabled)
+        strays = {
+            name
+            for name in running - set(live.values())
+            if (index := service_index(name)) is not None and index < processes
+        }
+        moved_from: int | None = None
 
         plan = _Plan()
         wanted: dict[str, str | None] = dict(files)
@@ -533,8 +561,9 @@ class Workload:
             if index is None:
                 plan.reload_all = True  # the auth file: every process re-reads it on reload
             elif needs_restart(old, content):
-                before, after = self._listen_port(old or ""), self._listen_port(content)
-                moved = None not in (before, after) and before != after
+                before_port, after_port = self._listen_port(old or ""), self._listen_port(content)
+                moved = None not in (before_port, after_port) and before_port != after_port
+                moved_from = before_port if moved else moved_from
                 (plan.handover if moved and index in live else plan.restart).add(index)
             else:
                 reason = drain_reason(old, content)
@@ -546,18 +575,19 @@ class Workload:
         handover = {i: other_slot(live[i]) for i in sorted(plan.handover) if i < processes}
         serving.update(handover)
         stopped = self._stop_unwanted(processes, running)
+        # A hand-over needs its slot: a process still draining there from the port change
+        # before is stopped first (its remaining clients are cut).
+        busy = sorted(set(handover.values()) & strays)
+        if drain_old:
+            busy = sorted(strays)
+        if busy:
+            with _pebble_errors("stop the processes left draining"):
+                self._container.stop(*busy)
+            stopped += busy
+        running = running - set(busy)
         started, restarted = self._start_serving(serving, listen_port, running, exporter)
-        # The twins listen on the new port (started above); now the old processes drain, with
-        # any second service of an index still running (a hand-over cut short by a failure).
-        old = [live[i] for i in handover] + sorted(
-            name
-            for name in running - set(serving.values()) - set(stopped)
-            if service_index(name) is not None and name not in live.values()
-        )
-        if old:
-            with _pebble_errors("stop the processes handed over"):
-                self._container.stop(*old)
-            stopped += old
+        # The old processes keep their clients on the old port; a later apply stops them.
+        draining = sorted((strays - set(busy)) | {live[i] for i in handover})
 
         reloaded: list[str] = []
         written = set(plan.written)
@@ -572,7 +602,15 @@ class Workload:
                 restarted.append(name)
             elif plan.reload_all or ini_path(i, self._base_dir) in written:
                 reloaded.append(name)
-        paused = [serving[i] for i in sorted(plan.drain) if serving.get(i) in reloaded]
+        # Processes draining since an earlier hook re-read their files too (a removed database
+        # or user leaves them as well); the old port stays theirs (a reload ignores it).
+        for name in sorted(strays & set(draining)):
+            index = service_index(name)
+            if plan.reload_all or (
+                index is not None and ini_path(index, self._base_dir) in written
+            ):
+                reloaded.append(name)
+        paused = [name for name in reloaded if (index := service_index(name)) in plan.drain]
         if reloaded:
             self._reload(reloaded, paused)
         if (
@@ -595,6 +633,8 @@ class Workload:
             paused=tuple(paused),
             pause_reason=", ".join(sorted(set(plan.drain.values()))) if paused else None,
             handed_over=tuple(f"{live[i]} -> {new}" for i, new in handover.items()),
+            draining=tuple(draining),
+            moved_from=moved_from if handover else None,
         )
 
     def _reload(self, reloaded: list[str], paused: list[str]) -> None:
@@ -749,10 +789,15 @@ class Workload:
         return start, changed
 
 
-def _live_services(running: set[str]) -> dict[int, str]:
-    """The running service of each process index (``pgbouncer_<i>`` if both of it run)."""
+def _live_services(running: set[str], enabled: set[str] | None = None) -> dict[int, str]:
+    """The serving service of each running process index.
+
+    When both services of an index run (one draining after a port change), the one the plan
+    enables serves; failing that, ``pgbouncer_<i>``.
+    """
     live: dict[int, str] = {}
-    for name in sorted(running, key=lambda n: n.endswith(TWIN_SUFFIX)):
+    order = sorted(running, key=lambda n: (n not in (enabled or set()), n.endswith(TWIN_SUFFIX)))
+    for name in order:
         index = service_index(name)
         if index is not None:
             live.setdefault(index, name)

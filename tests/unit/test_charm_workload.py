@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import stat
+import time
 
 import pytest
 from ops import testing
 
 from harness.processes import PebbleRecorder
 from pgbouncer.image import VERSION_MARKER
+from pgbouncer.workload import DRAIN_GRACE_S
 from tests.unit.conftest import make_container, peer_relation
 
 
@@ -58,28 +60,31 @@ def test_config_change_that_reload_can_apply_reloads_without_restart(ctx, dirs):
     assert not [c for c in calls if c[0] == "restart"]
 
 
-def test_listen_port_change_starts_the_twins_before_the_old_processes_stop(ctx, dirs):
+def test_listen_port_change_starts_the_twins_and_leaves_the_old_port_draining(
+    ctx, dirs, monkeypatch
+):
     first = _ready(ctx, dirs)
     state = dataclasses.replace(first, config={"listen_port": 7432})
     out, calls = _calls(ctx, state, ctx.on.config_changed())
     twins = ("pgbouncer_0_twin", "pgbouncer_1_twin")
     moves = [c for c in calls if c[0] in ("start", "stop", "restart", "replan")]
-    assert moves == [("start", twins, None), ("stop", ("pgbouncer_0", "pgbouncer_1"), None)]
+    assert moves == [("start", twins, None)]
     assert not [c for c in calls if c[0] == "signal"]
-    assert testing.TCPPort(7432) in out.opened_ports
-    assert testing.TCPPort(6432) not in out.opened_ports
-    plan = out.get_container("pgbouncer").plan
-    assert {n: s.startup for n, s in plan.services.items() if n.startswith("pgbouncer_")} == {
-        "pgbouncer_0": "disabled",
-        "pgbouncer_1": "disabled",
-        "pgbouncer_0_twin": "enabled",
-        "pgbouncer_1_twin": "enabled",
-    }
+    # Both ports stay open: clients learn the new one only when this hook has ended.
+    assert out.opened_ports == {testing.TCPPort(6432), testing.TCPPort(7432)}
+    # A hook within the grace period leaves them; one after it stops them and closes the port.
+    out, calls = _calls(ctx, out, ctx.on.update_status())
+    assert [c for c in calls if c[0] == "stop"] == []
+    later = time.time() + DRAIN_GRACE_S + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    out, calls = _calls(ctx, out, ctx.on.update_status())
+    assert [c for c in calls if c[0] == "stop"] == [("stop", ("pgbouncer_0", "pgbouncer_1"), None)]
+    assert out.opened_ports == {testing.TCPPort(7432)}
     # The next port change hands back to the first services.
     state = dataclasses.replace(out, config={"listen_port": 8432})
     out, calls = _calls(ctx, state, ctx.on.config_changed())
     moves = [c for c in calls if c[0] in ("start", "stop", "restart", "replan")]
-    assert moves == [("start", ("pgbouncer_0", "pgbouncer_1"), None), ("stop", twins, None)]
+    assert moves == [("start", ("pgbouncer_0", "pgbouncer_1"), None)]
 
 
 def test_unchanged_config_changes_nothing(ctx, dirs):

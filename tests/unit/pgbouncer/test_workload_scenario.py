@@ -26,6 +26,7 @@ class WorkloadCharm(ops.CharmBase):
     """Applies whatever the test put in ``WorkloadCharm.request`` on config-changed."""
 
     request: tuple[dict[str, str | None], int] = ({}, 1)
+    drain_old: bool = True
     result: ApplyResult | None = None
     calls: list[tuple[str, ...]] = []
 
@@ -39,7 +40,7 @@ class WorkloadCharm(ops.CharmBase):
             self.unit.get_container("pgbouncer"),
             sleep=lambda seconds: WorkloadCharm.calls.append(("sleep", str(seconds))),
         )
-        WorkloadCharm.result = workload.apply(files, processes)
+        WorkloadCharm.result = workload.apply(files, processes, WorkloadCharm.drain_old)
 
 
 META = {"name": "wl", "containers": {"pgbouncer": {"resource": "img"}}}
@@ -66,8 +67,11 @@ def cfg(
     )
 
 
-def run(state: testing.State, files, processes) -> tuple[ApplyResult, testing.State]:
+def run(
+    state: testing.State, files, processes, drain_old: bool = True
+) -> tuple[ApplyResult, testing.State]:
     WorkloadCharm.request = (files, processes)
+    WorkloadCharm.drain_old = drain_old
     WorkloadCharm.result = None
     WorkloadCharm.calls = []
     out = testing.Context(WorkloadCharm, meta=META).run(
@@ -129,26 +133,47 @@ def test_a_listen_port_change_hands_each_process_over_to_its_twin(state):
     _, out = run(state, files_for(cfg()), 2)
     result, out = run(out, files_for(cfg(port=7000)), 2)
     assert result.started == ("pgbouncer_0_twin", "pgbouncer_1_twin")
-    assert result.stopped == ("pgbouncer_0", "pgbouncer_1")
     assert result.handed_over == (
         "pgbouncer_0 -> pgbouncer_0_twin",
         "pgbouncer_1 -> pgbouncer_1_twin",
     )
+    # The old processes keep their clients on the old port: nothing is stopped yet.
+    assert result.stopped == () and result.draining == BOTH and result.moved_from == 6432
     assert result.reloaded == result.restarted == ()
     container = out.get_container("pgbouncer")
     assert container.plan.checks["pgbouncer-listening"].tcp == {"host": "127.0.0.1", "port": 7000}
-    statuses = container.service_statuses
-    assert statuses["pgbouncer_0_twin"] == statuses["pgbouncer_1_twin"] == ACTIVE
-    assert statuses["pgbouncer_0"] != ACTIVE and statuses["pgbouncer_1"] != ACTIVE
-    # Later changes reach the twins: a reload, then fewer processes, then the way back.
+    assert set(container.service_statuses.values()) == {ACTIVE}  # all four run
+    assert {n: s.startup for n, s in container.plan.services.items()} == {
+        "pgbouncer_0": "disabled",
+        "pgbouncer_1": "disabled",
+        "pgbouncer_0_twin": "enabled",
+        "pgbouncer_1_twin": "enabled",
+    }
+    # Within the grace period a database change reloads the draining processes too.
+    result, out = run(out, files_for(cfg(port=7000, host="10.0.0.9")), 2, drain_old=False)
+    assert set(result.reloaded) == {*BOTH, "pgbouncer_0_twin", "pgbouncer_1_twin"}
+    assert result.stopped == () and result.draining == BOTH
+    # Then a hook that may drain stops them, and nothing else changes.
     result, out = run(out, files_for(cfg(port=7000, host="10.0.0.9")), 2)
-    assert result.reloaded == ("pgbouncer_0_twin", "pgbouncer_1_twin")
+    assert result.stopped == BOTH and result.draining == () and result.reloaded == ()
+    assert not _both_services_of_an_index_run(out)
+    # Later changes reach the twins: fewer processes, then the way back.
     result, out = run(out, files_for(cfg(port=7000, processes=1)), 1)
     assert result.stopped == ("pgbouncer_1_twin",)
     assert out.get_container("pgbouncer").plan.services["pgbouncer_1_twin"].startup == "disabled"
     result, out = run(out, files_for(cfg(port=6432, processes=1)), 1)
     assert result.handed_over == ("pgbouncer_0_twin -> pgbouncer_0",)
-    assert not _both_services_of_an_index_run(out)
+    assert result.draining == ("pgbouncer_0_twin",)
+
+
+def test_a_second_port_change_within_the_grace_stops_the_oldest_processes_first(state):
+    _, out = run(state, files_for(cfg()), 2)
+    _, out = run(out, files_for(cfg(port=7000)), 2)
+    result, out = run(out, files_for(cfg(port=7001)), 2, drain_old=False)
+    # pgbouncer_<i> still drains port 6432 and is the slot the hand-over needs.
+    assert result.stopped == BOTH and result.started == BOTH
+    assert result.draining == ("pgbouncer_0_twin", "pgbouncer_1_twin")
+    assert result.moved_from == 7000
 
 
 def _both_services_of_an_index_run(out: testing.State) -> bool:
@@ -286,7 +311,7 @@ def test_a_hand_over_is_never_paused(state, signals):
     """A listen_port change starts new processes; PAUSE would only stall the ones that stop."""
     _, out = run(state, files_for(cfg()), 2)
     result, _ = run(out, files_for(cfg(port=7000, host="10.0.0.2")), 2)
-    assert result.stopped == BOTH
+    assert result.draining == BOTH
     assert WorkloadCharm.calls == []
 
 
