@@ -497,6 +497,8 @@ class Bench:
             rec = load.stop()
         for step in steps:
             _fill(step, rec, ("txn", "connector"))
+            moved = rec.in_window(step.start, step.end + WINDOW_AFTER_S, ("txn",), ("moved",))
+            step.check += f"; {len(moved)} clients moved to the published port"
         self.keep(rec, steps)
 
     def _pause_marks(self) -> int:
@@ -596,6 +598,8 @@ class Bench:
             rec = load.stop()
         for step in steps:
             _fill(step, rec, ("txn", "connector"))
+            moved = rec.in_window(step.start, step.end + WINDOW_AFTER_S, ("txn",), ("moved",))
+            step.check += f"; {len(moved)} clients moved to the published port"
         self.keep(rec, steps)
 
     # -- rows 5 and 6 (pgbench beside the clients) ------------------------------------------

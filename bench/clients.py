@@ -11,7 +11,9 @@ Worker kinds:
 
 - ``txn``: a persistent connection (``prepare_threshold=None``) running a two-statement
   transaction in a loop; when the connection drops it is counted as cut and the worker
-  reconnects to the port in the port file, every 50 ms until it succeeds;
+  reconnects to the port in the port file, every 50 ms until it succeeds. When the port file
+  names another port (the charm published new endpoints), the worker moves there between two
+  transactions, as an application told of new endpoints does: counted as ``moved``, not cut;
 - ``prepared``: the same loop with psycopg's default automatic prepared statements
   (``prepare_threshold`` 5, a parametrised query): what most psycopg applications do;
 - ``connector``: a new connection to the port in the port file for each query, closed after it.
@@ -33,6 +35,8 @@ import psycopg
 
 BUCKET_S = 0.1
 RETRY_S = 0.05
+MOVE_CHECK_S = 0.1
+"""How often a persistent worker looks for newly published endpoints."""
 
 
 class Recorder:
@@ -113,8 +117,15 @@ class Worker(threading.Thread):
         conn: psycopg.Connection | None = None
         failing = False
         n = 0
+        port, checked = 0, 0.0
         while not self.stop.is_set():
+            if conn is not None and not conn.closed and time.time() - checked > MOVE_CHECK_S:
+                checked = time.time()
+                if self._port() != port:  # new endpoints published: move between transactions
+                    conn.close()
+                    self.rec.event(self.kind, self.index, "moved")
             if conn is None or conn.closed:
+                port = self._port()
                 try:
                     conn = self._connect()
                 except psycopg.Error as exc:
