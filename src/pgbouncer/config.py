@@ -568,7 +568,7 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str) -> str:
         f"max_prepared_statements = {cfg.max_prepared_statements}",
         "ignore_startup_parameters = extra_float_digits",
         "server_connect_timeout = 5",
-        "server_login_retry = 3",
+        "server_login_retry = 1",
         f"server_idle_timeout = {pools.server_idle_timeout}",
         f"server_lifetime = {pools.server_lifetime}",
         f"query_wait_timeout = {pools.query_wait_timeout}",

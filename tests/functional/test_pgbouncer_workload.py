@@ -452,22 +452,33 @@ def test_target_change_while_pools_grow_drops_no_client(
     cfg = config(postgres, processes=2, pool_mode="transaction")
     group = start_group(pgbouncer_factory, postgres, cfg, edit=with_admin)
     clients, stop, threads = start_clients(cfg.listen_port, postgres.password)
+    # New clients too: a login PAUSE closed is cached as a failure for server_login_retry, and
+    # new clients of that pool get the cached error until it ends (it must end before RESUME).
+    newcomer = ConnectLoop(cfg.listen_port, postgres.password)
+    threads.append(threading.Thread(target=newcomer.run, args=(stop,)))
+    threads[-1].start()
     try:
         wait_until(lambda: all(c.ports for c in clients), "a first query from every client")
         begun = time.monotonic()
-        paused_reload(group, second_postgres)
+        newcomer.phase = "switch"
+        resumed = paused_reload(group, second_postgres)
         wait_until(
             lambda: all(second_postgres.port in c.ports or c.errors for c in clients),
             "every client to reach the new target or fail",
         )
         moved = time.monotonic() - begun
+        wait_until(lambda: time.monotonic() > resumed + 2, "2 s of new clients after RESUME")
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
     dropped = [e for c in clients for e in c.errors]
-    print(f"\ntarget change, cold pools, paused: {len(dropped)}/10 dropped, moved in {moved:.2f}s")
+    print(
+        f"\ntarget change, cold pools, paused: {len(dropped)}/10 dropped, moved in {moved:.2f}s;"
+        f" new clients: {newcomer.ok.get('switch', 0)} ok, {newcomer.failed.get('switch', [])}"
+    )
     assert dropped == []
+    assert newcomer.failed.get("switch", []) == [] and newcomer.ok.get("switch", 0) > 0
     for client in clients:
         first_new = client.ports.index(second_postgres.port)
         assert set(client.ports[first_new:]) == {second_postgres.port}
