@@ -42,9 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import ROOT
+from bench.netns import run_module
 from bench.pgbench import PgbenchResult, Target, run_pgbench
+from bench.reconfig import _count_backends
 from bench.settings import Settings, load
-from bench.stack import clone_server, pgbench_init
+from bench.stack import clone_server, limit_cpus, pgbench_init
 
 WINDOW_AFTER_S = 2.0
 BURST_CLIENTS = 16
@@ -108,30 +110,7 @@ class ChangesResult:
 def run(settings: Settings, workdir: Path) -> ChangesResult:
     """Run :func:`child_main` in a private network namespace and read its figures."""
     out = workdir / "changes.json"
-    cmd = [
-        "unshare",
-        "--net",
-        "--",
-        "sh",
-        "-c",
-        'ip link set lo up && exec "$0" -m bench.changes "$1"',
-        sys.executable,
-        str(out),
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    try:
-        proc.wait(timeout=1200)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        raise RuntimeError("the planned-changes benchmark timed out") from None
-    if proc.returncode != 0 or not out.exists():
-        raise RuntimeError(f"the planned-changes benchmark failed (exit {proc.returncode})")
-    data = json.loads(out.read_text())
+    data = run_module("bench.changes", out, 1200, "planned-changes")
     steps = [Step(**s) for s in data.pop("steps")]
     publish = [Publish(**p) for p in data.pop("publish")]
     return ChangesResult(**data, steps=steps, publish=publish)
@@ -278,15 +257,6 @@ def _login(target: Target, port: int | None = None, timeout: int = 2) -> str:
         return (lines[-1] if lines else type(exc).__name__)[:120]
 
 
-def _count_backends(server: Any, dbname: str) -> int:
-    rows = server.execute(
-        "SELECT count(*) FROM pg_catalog.pg_stat_activity"
-        " WHERE datname = %s AND backend_type = 'client backend'",
-        (dbname,),
-    )
-    return int(rows[0][0])
-
-
 class _Prober(threading.Thread):
     """Logs in to ``port`` every 50 ms from now until one login succeeds (or time runs out)."""
 
@@ -369,8 +339,6 @@ class Bench:
 
     def setup(self) -> None:
         """Deploy the charm, relate it to PostgreSQL and to one client, make a second server."""
-        from ops import testing
-
         from charm import PgBouncerK8sCharm
         from harness.juju import Application
         from harness.postgresql_charm import FakePostgresqlCharm
@@ -390,15 +358,7 @@ class Bench:
         unit = app.leader
         cgroup = service_tempdir("pgbk8s-bench-cgroup-")
         self.cgroup = cgroup
-        (cgroup / "cpu.max").write_text("200000 100000\n")
-        container = unit.state.get_container("pgbouncer")
-        mounts = {
-            **container.mounts,
-            "cgroup": testing.Mount(location="/sys/fs/cgroup", source=cgroup),
-        }
-        unit.state = dataclasses.replace(
-            unit.state, containers={dataclasses.replace(container, mounts=mounts)}
-        )
+        limit_cpus(unit, cgroup, 2)
         self.app, self.unit = app, unit
         self.dep = Deployment(app, FakePostgresqlCharm(primary))
         self.dep.deploy()
@@ -840,16 +800,8 @@ def publish_barrier(bench: Bench, reps: int) -> None:
                     entry.outcomes = [f"secret not readable: {exc}"]
                     continue
                 for target in app.units:
-                    host, port = target.address()
                     try:
-                        with psycopg.connect(
-                            host=host,
-                            port=port,
-                            dbname=creds.database,
-                            user=creds.username,
-                            password=creds.password,
-                            connect_timeout=5,
-                        ) as conn:
+                        with dep.connect(target, creds) as conn:
                             conn.execute("SELECT 1")
                         entry.outcomes.append(f"unit {target.unit_id}: ok")
                     except psycopg.Error as exc:

@@ -36,10 +36,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from bench import ROOT
+from bench.netns import run_module
 from bench.pgbench import PgbenchResult, Target, run_pgbench
 from bench.settings import Settings, load
-from bench.stack import clone_server, pgbench_init
+from bench.stack import clone_server, limit_cpus, pgbench_init
 
 WINDOW_AFTER_S = 2.0
 CHANGES = (
@@ -86,31 +86,7 @@ class ReconfigResult:
 def run(settings: Settings, workdir: Path) -> ReconfigResult:
     """Run :func:`child_main` in a private network namespace and read its figures."""
     out = workdir / "reconfig.json"
-    python = sys.executable
-    cmd = [
-        "unshare",
-        "--net",
-        "--",
-        "sh",
-        "-c",
-        'ip link set lo up && exec "$0" -m bench.reconfig "$1"',
-        python,
-        str(out),
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    try:
-        proc.wait(timeout=settings.reconfig_seconds + 300)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        raise RuntimeError("the reconfiguration benchmark timed out") from None
-    if proc.returncode != 0 or not out.exists():
-        raise RuntimeError(f"the reconfiguration benchmark failed (exit {proc.returncode})")
-    data = json.loads(out.read_text())
+    data = run_module("bench.reconfig", out, settings.reconfig_seconds + 300, "reconfiguration")
     changes = [Change(**c) for c in data.pop("changes")]
     return ReconfigResult(**data, changes=changes)
 
@@ -190,15 +166,7 @@ def child_main(out_path: Path) -> None:
         )
         unit = app.leader
         # A pod limited to 2 CPUs: the charm reads cpu.max through Pebble and runs 2 processes.
-        (cgroup / "cpu.max").write_text("200000 100000\n")
-        container = unit.state.get_container("pgbouncer")
-        mounts = {
-            **container.mounts,
-            "cgroup": testing.Mount(location="/sys/fs/cgroup", source=cgroup),
-        }
-        unit.state = dataclasses.replace(
-            unit.state, containers={dataclasses.replace(container, mounts=mounts)}
-        )
+        limit_cpus(unit, cgroup, 2)
         for hook in (unit.install, unit.leader_elected, unit.config_changed, unit.start):
             hook()
         unit.pebble_ready()

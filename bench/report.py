@@ -434,14 +434,20 @@ def _merge(
         " from the run above."
     )
     head: list[str] = []
+    kept: list[str] = []  # notes of earlier partial runs whose sections this run left alone
     for line in old_head:
-        if line.startswith(("Section ", "Sections ")) or (line == "" and head[-1:] == [""]):
+        if line.startswith(("Section ", "Sections ")):
+            earlier = line.split(" were re-run")[0].split(" was re-run")[0].split(" ", 1)[1]
+            if not {n.strip() for n in earlier.split(",")} & set(numbers):
+                kept.append(line)
+            continue
+        if line == "" and head[-1:] == [""]:
             continue
         head.append(line)
     machine_at = next(
         (i for i, line in enumerate(head) if line.startswith("| machine")), len(head)
     )
-    head[machine_at:machine_at] = [note, ""]
+    head[machine_at:machine_at] = [line for note_line in (*kept, note) for line in (note_line, "")]
     return [*head, *[line for s in merged for line in s], ""]
 
 
