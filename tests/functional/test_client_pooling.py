@@ -302,3 +302,38 @@ def test_after_drop_client_the_user_is_gone_and_the_data_stays(setup, pgbouncer_
     ) == [(owner_role_for(setup.database, setup.owner_tag),)]
     # idempotent: a second drop finds nothing to do
     assert drop_client(setup.creds, username=setup.client, owner_tag=setup.owner_tag) is False
+
+
+def test_a_database_the_client_creates_itself_is_not_pooled(setup, pgbouncer_factory):
+    """A database a client makes itself is not pooled (docs/client-database.md).
+
+    Only databases the leader handed out get a ``[databases]`` entry. A client with
+    ``CREATEDB`` (the one extra role the charm grants) makes its own database through the
+    pooler; the pooler does not serve it, nor ``postgres`` or ``template1``; PostgreSQL itself
+    does, to that client.
+    """
+    s = setup
+    s.primary.execute(sql.SQL("ALTER ROLE {} CREATEDB").format(sql.Identifier(s.client)))
+    pgb = start_pooler(pgbouncer_factory, s, "transaction")
+    made = f"made_{s.suffix}"
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(made))
+    with via_pooler(pgb.port, s, s.database, autocommit=True) as conn:
+        # In its database the client acts as the NOLOGIN owner role, which has no CREATEDB:
+        # it must drop back to its login role first.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(create)
+        conn.execute("SET ROLE NONE")
+        conn.execute(create)
+    for dbname in (made, "postgres", "template1"):
+        with pytest.raises(psycopg.OperationalError):
+            via_pooler(pgb.port, s, dbname).close()
+        log = pgb.log()
+        # PgBouncer answers as for an unknown user (no pool, so no auth_query): "(nodb)".
+        assert f"login attempt: db={dbname} user={s.client}" in log, log[-2000:]
+        assert f" {dbname}/{s.client}@" not in log  # no pool was ever made for it
+    direct = s.primary.conninfo(made, user=s.client, password=s.client_password)
+    with psycopg.connect(direct, autocommit=True) as conn:
+        assert conn.execute("SELECT current_database(), current_user").fetchone() == (
+            made,
+            s.client,
+        )
