@@ -430,12 +430,14 @@ def _merge(
     note = (
         f"{'Sections' if len(numbers) > 1 else 'Section'} {', '.join(numbers)}"
         f" {'were' if len(numbers) > 1 else 'was'} re-run"
-        f" alone (`BENCH_PARTS={','.join(parts_run)}`) on {when}; every other section is"
-        " from the run above."
+        f" alone (`BENCH_PARTS={','.join(parts_run)}`) on {when}."
     )
+    rest_note = "Every section not named in such a line is from the run above."
     head: list[str] = []
     kept: list[str] = []  # notes of earlier partial runs whose sections this run left alone
     for line in old_head:
+        if line == rest_note:
+            continue
         if line.startswith(("Section ", "Sections ")):
             earlier = line.split(" were re-run")[0].split(" was re-run")[0].split(" ", 1)[1]
             if not {n.strip() for n in earlier.split(",")} & set(numbers):
@@ -447,7 +449,8 @@ def _merge(
     machine_at = next(
         (i for i, line in enumerate(head) if line.startswith("| machine")), len(head)
     )
-    head[machine_at:machine_at] = [line for note_line in (*kept, note) for line in (note_line, "")]
+    notes = (*kept, note, rest_note)
+    head[machine_at:machine_at] = [line for note_line in notes for line in (note_line, "")]
     return [*head, *[line for s in merged for line in s], ""]
 
 
