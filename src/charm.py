@@ -85,9 +85,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
             pgb_version="",
             image_missing="",
             exporter_absent=False,
-            # A port change: when the old processes were left draining, and their port.
-            handover_at=0.0,
+            # A port change: the port the old processes still serve, and when this unit saw
+            # the new one published to clients.
             draining_port=0,
+            told_at=0.0,
         )
         self.workload = Workload(self.unit.get_container(CONTAINER))
         self.peers = Peers(self)
@@ -243,6 +244,12 @@ class PgBouncerK8sCharm(ops.CharmBase):
             self._apply(state, with_backend)
         if state.leader:
             publish_answers(self.clients, outcome, self.peers.applied())
+            port = self._publish_port(state)
+            if port is not None:
+                self.peers.set_published_port(port)
+                draining = self._stored.draining_port
+                if draining and port != draining and not self._stored.told_at:
+                    self._stored.told_at = time.time()  # told now, as the hook ends
         self._state, self._outcome = state, outcome
 
     def _apply(self, state: CharmState, with_backend: bool) -> None:
@@ -281,8 +288,13 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self._processes, self._cfg = cfg.processes, cfg
         # After a port change the old processes serve their clients on the old port for a grace
         # period, so that clients can move once the new endpoints are published (docs/workload.md).
-        since = time.time() - self._stored.handover_at
-        drain_old = not self._stored.draining_port or not 0 <= since < DRAIN_GRACE_S
+        # They stay while clients may still be told the old port (the leader publishes the new
+        # one once every unit listens on it), and at least DRAIN_GRACE_S after that.
+        now, draining = time.time(), self._stored.draining_port
+        if draining and state.peer.published_port != draining and not self._stored.told_at:
+            self._stored.told_at = now
+        told_at = self._stored.told_at
+        drain_old = not draining or (bool(told_at) and not 0 <= now - told_at < DRAIN_GRACE_S)
         try:
             result = self.workload.apply(files, cfg.processes, drain_old=drain_old)
         except WorkloadError as exc:
@@ -292,13 +304,15 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if result.changed:
             logger.info("workload: %s", result)
         if result.moved_from is not None:
-            self._stored.handover_at, self._stored.draining_port = time.time(), result.moved_from
+            self._stored.draining_port, self._stored.told_at = result.moved_from, 0.0
         elif not result.draining:
-            self._stored.draining_port = 0
+            self._stored.draining_port, self._stored.told_at = 0, 0.0
         ports = {cfg.listen_port, self._stored.draining_port} - {0}
         self.unit.set_ports(*sorted(ports))
         # The publish barrier: the leader answers a client once every unit reports its entry.
-        self.peers.set_applied([t.key for t in cfg.databases if t.key in state.peer.databases])
+        self.peers.set_applied(
+            [t.key for t in cfg.databases if t.key in state.peer.databases], cfg.listen_port
+        )
 
     @staticmethod
     def _client_tls_fields(state: CharmState) -> dict[str, object]:
@@ -318,9 +332,21 @@ class PgBouncerK8sCharm(ops.CharmBase):
         )
 
     def _endpoint(self, state: CharmState) -> str | None:
+        port = self._publish_port(state)
+        return None if port is None else client_endpoint(self.app.name, self.model.name, port)
+
+    def _publish_port(self, state: CharmState) -> int | None:
+        """The port to tell clients: ``listen_port`` once every unit reports listening on it.
+
+        Until then, the port published before: every unit still serves it (a unit that has
+        moved keeps its old processes on it, draining, docs/workload.md).
+        """
         if state.config is None:
             return None
-        return client_endpoint(self.app.name, self.model.name, state.config.listen_port)
+        wanted = state.config.listen_port
+        if all(port == wanted for port in self.peers.applied_ports().values()):
+            return wanted
+        return state.peer.published_port or wanted
 
     # -- events ----------------------------------------------------------------------------------
     def _on_change(self, _: ops.EventBase) -> None:

@@ -57,10 +57,11 @@ limit; Pebble sends SIGKILL after this delay. In-flight transactions get this lo
 
 DRAIN_GRACE_S = 60.0
 """After a port change, how long the old processes keep serving their clients on the old port
-at least: the first hook after this stops them (SIGTERM, then :data:`KILL_DELAY`). Clients learn
-the new port only once the hook that changed it has ended (Juju publishes relation data then),
-so the old processes cannot be stopped in that hook without cutting every client still on them.
-Without another hook they run until update-status."""
+once the new port has been published to clients: the first hook after this stops them (SIGTERM,
+then :data:`KILL_DELAY`). Clients learn the new port only after the leader publishes it, which
+it does once every unit listens on it, and only when that hook has ended (Juju publishes relation
+data then); stopping the old processes sooner would cut every client still on them. Without
+another hook they run until update-status."""
 
 PAUSE_SETTLE_S = 1.0
 """How long the processes stay paused (SIGUSR1) before the reload that changes a pool's target,

@@ -12,13 +12,14 @@ import logging
 
 import ops
 
-from state.peers import AuthData, PeerAppData
+from state.peers import AuthData, PeerAppData, parse_port
 from state.tenants import TenantRecord
 
 logger = logging.getLogger(__name__)
 
 PEER_RELATION = "pgb-peers"
 APPLIED_KEY = "applied-databases"
+APPLIED_PORT_KEY = "applied-port"
 AUTH_SECRET_LABEL = "pgbouncer-auth"  # noqa: S105 (a label, not a password)
 
 
@@ -111,14 +112,30 @@ class Peers:
             self._charm.model.get_secret(label=AUTH_SECRET_LABEL).remove_all_revisions()
         self._set_app(auth_secret_id=None, auth_dbname=None)
 
-    def set_applied(self, databases: list[str]) -> None:
-        """Say which client databases this unit's PgBouncer now serves (its own unit data)."""
+    def set_applied(self, databases: list[str], port: int) -> None:
+        """Say which client databases, on which port, this unit's PgBouncer now serves."""
         rel = self.relation
         if rel is None:
             return
-        value = json.dumps(sorted(databases))
-        if rel.data[self._charm.unit].get(APPLIED_KEY) != value:
-            rel.data[self._charm.unit][APPLIED_KEY] = value
+        bag = rel.data[self._charm.unit]
+        for key, value in (
+            (APPLIED_KEY, json.dumps(sorted(databases))),
+            (APPLIED_PORT_KEY, str(port)),
+        ):
+            if bag.get(key) != value:
+                bag[key] = value
+
+    def applied_ports(self) -> dict[str, int | None]:
+        """Unit name → the port it reported listening on (None: not reported), every unit."""
+        rel = self.relation
+        if rel is None:
+            return {}
+        units = {*rel.units, self._charm.unit}
+        return {unit.name: parse_port(rel.data[unit].get(APPLIED_PORT_KEY)) for unit in units}
+
+    def set_published_port(self, port: int) -> bool:
+        """Record the port of the endpoints published to clients (leader only)."""
+        return self._set_app(published_port=str(port))
 
     def applied(self) -> dict[str, frozenset[str]]:
         """Unit name → the client databases it reported serving, for every unit (this one too)."""

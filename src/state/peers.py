@@ -48,6 +48,8 @@ class PeerAppData:
     """Why the leader's last attempt on the backend failed (shown by every unit)."""
     auth_removal_failed: bool = False
     """The seed's Blocked state: removing the auth user failed when the backend went."""
+    published_port: int | None = None
+    """The port in the endpoints the leader last published to clients (docs/workload.md)."""
 
     @classmethod
     def from_databag(cls, data: Mapping[str, str]) -> PeerAppData:
@@ -78,6 +80,7 @@ class PeerAppData:
                 auth_dbname = None
         problem = data.get("backend_problem") or None
         return cls(
+            published_port=parse_port(data.get("published_port")),
             auth_secret_id=data.get("auth_secret_id") or None,
             auth_dbname=auth_dbname,
             databases=databases,
@@ -91,3 +94,11 @@ class PeerAppData:
             {name: {"relation_id": rel} for name, rel in sorted(self.databases.items())},
             sort_keys=True,
         )
+
+
+def parse_port(value: str | None) -> int | None:
+    """A TCP port written by a unit or the leader; None when absent or not a port."""
+    if not value or not value.isdigit():
+        return None
+    port = int(value)
+    return port if 1 <= port <= 65535 else None

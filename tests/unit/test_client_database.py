@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from dpcharmlibs.interfaces import RequirerCommonModel, RequirerDataContractV1, 
 from ops import testing
 
 import postgres.clients as client_module
+from pgbouncer.workload import DRAIN_GRACE_S
 from postgres.clients import RefusedDatabaseError
 from postgres.connection import BackendUnreachable, ForeignObjectError
 from relations.client_database import CLIENT_SECRET_LABEL_PREFIX, client_username
@@ -648,6 +650,81 @@ def test_config_change_of_listen_port_reaches_every_client(ctx, dirs, fake_clien
         after = secret_by_id(out, out.get_relation(rel.id).local_app_data["secret-user"])
         assert after.latest_content["password"] == before
     assert fake_clients.created == []
+
+
+def test_a_new_port_is_published_only_once_every_unit_listens_on_it(ctx, dirs, fake_clients):
+    """Issue 16: clients are told a port only when every unit serves it.
+
+    The follower still listens on 6432 (its last report): the leader, already moved to 7000,
+    keeps publishing 6432, which every unit still serves (its old processes drain there). Once
+    the follower reports 7000, the leader's peer relation-changed publishes 7000.
+    """
+    one, one_secrets = answered(11, "alpha", "app-one")
+    secret = auth_secret()
+    peers = two_clients_peers(secret)
+    still_old = {1: {"applied-databases": '["alpha", "beta"]', "applied-port": "6432"}}
+    peers = dataclasses.replace(
+        peers,
+        local_app_data={**peers.local_app_data, "published_port": "6432"},
+        peers_data=still_old,
+    )
+    state = testing.State(
+        leader=True,
+        model=MODEL,
+        config={"listen_port": 7000},
+        relations={one, backend_relation(), peers},
+        containers={make_container(dirs)},
+        secrets={secret, *one_secrets},
+    )
+    out = ctx.run(ctx.on.config_changed(), state)
+    assert out.get_relation(one.id).local_app_data["endpoints"] == POOLER  # still 6432
+    assert out.get_relation(peers.id).local_app_data["published_port"] == "6432"
+    assert out.get_relation(peers.id).local_unit_data["applied-port"] == "7000"
+
+    moved = {1: {"applied-databases": '["alpha", "beta"]', "applied-port": "7000"}}
+    peers_after = dataclasses.replace(out.get_relation(peers.id), peers_data=moved)
+    later = ctx.run(
+        ctx.on.relation_changed(peers_after, remote_unit=1),
+        dataclasses.replace(
+            out, relations={*(r for r in out.relations if r.id != peers.id), peers_after}
+        ),
+    )
+    new = "pgbouncer-k8s.dev.svc.cluster.local:7000"
+    assert later.get_relation(one.id).local_app_data["endpoints"] == new
+    assert later.get_relation(peers.id).local_app_data["published_port"] == "7000"
+
+
+def test_a_follower_keeps_its_old_port_until_the_new_one_is_published(ctx, dirs, monkeypatch):
+    """The old processes drain only DRAIN_GRACE_S after this unit saw the new port published."""
+    peers = peer_relation(auth_secret())
+    state = testing.State(
+        leader=False,
+        model=MODEL,
+        relations={
+            dataclasses.replace(
+                peers, local_app_data={**peers.local_app_data, "published_port": "6432"}
+            )
+        },
+        containers={make_container(dirs)},
+    )
+    out = ctx.run(ctx.on.config_changed(), state)  # first apply on 6432
+    out = ctx.run(ctx.on.config_changed(), dataclasses.replace(out, config={"listen_port": 7000}))
+    assert {p.port for p in out.opened_ports} == {6432, 7000}
+    out = ctx.run(ctx.on.update_status(), out)  # a hook while 6432 is still the published port
+    later = time.time() + DRAIN_GRACE_S + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    out = ctx.run(ctx.on.update_status(), out)  # the leader still publishes 6432
+    assert {p.port for p in out.opened_ports} == {6432, 7000}
+    rel = out.get_relation(peers.id)
+    told = dataclasses.replace(
+        rel, local_app_data={**rel.local_app_data, "published_port": "7000"}
+    )
+    out = ctx.run(ctx.on.update_status(), dataclasses.replace(out, relations={told}))
+    assert {p.port for p in out.opened_ports} == {6432, 7000}  # just told: the grace begins
+    much_later = later + DRAIN_GRACE_S + 1
+    monkeypatch.setattr(time, "time", lambda: much_later)
+    out = ctx.run(ctx.on.update_status(), out)
+    assert {p.port for p in out.opened_ports} == {7000}
 
 
 # -- relation broken --------------------------------------------------------------------------
