@@ -135,3 +135,39 @@ def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def _port_of(endpoints: str) -> int:
+    return int(endpoints.rsplit(":", 1)[1])
+
+
+def test_two_units_publish_the_new_port_only_when_both_listen_on_it(
+    make_deployment: MakeDeployment, pg: PostgresServer
+):
+    """Units move one hook at a time: clients are told a port every unit serves."""
+    d = make_deployment(2)
+    d.deploy()
+    d.relate_backend("dpcharmlibs")
+    client = d.relate_client("app-one", "appdb")
+    leader, follower = d.app.leader, next(u for u in d.app.units if u is not d.app.leader)
+    old_port, new_port = int(d.app.config["listen_port"]), free_port()
+    assert _port_of(d.credentials(client).endpoints) == old_port
+
+    d.app.set_config(listen_port=new_port)
+    leader.config_changed()  # the leader moves first; the follower has not run its hook yet
+    creds = d.credentials(client)
+    assert _port_of(creds.endpoints) == old_port  # still what every unit serves
+    for unit in (leader, follower):  # and both serve it: the leader from its draining process
+        with _connect(unit.address(old_port), creds, autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+    follower.config_changed()
+    d.settle_peers()  # the leader's peer relation-changed sees the follower's new port
+    creds = d.credentials(client)
+    assert _port_of(creds.endpoints) == new_port
+    for unit in (leader, follower):
+        with _connect(unit.address(new_port), creds, autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        # the old port still answers for clients that have not read the new endpoints yet
+        with _connect(unit.address(old_port), creds, autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
