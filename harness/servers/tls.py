@@ -19,6 +19,20 @@ from harness.servers.system import service_tempdir, write_service_file
 UTC = datetime.UTC
 
 
+CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+"""What a CA (root or intermediate) may sign: certificates and CRLs."""
+
+
 def now() -> datetime.datetime:
     """The current moment, timezone-aware."""
     return datetime.datetime.now(UTC)
@@ -87,20 +101,7 @@ class CertAuthority:
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         if is_ca:
-            builder = builder.add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            builder = builder.add_extension(CA_KEY_USAGE, critical=True)
         else:
             builder = builder.add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
@@ -154,20 +155,7 @@ def make_ca(name: str = "test CA", not_after: datetime.datetime | None = None) -
         .not_valid_before(now() - datetime.timedelta(minutes=10))
         .not_valid_after(not_after or now() + datetime.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(CA_KEY_USAGE, critical=True)
         .sign(key, hashes.SHA256())
     )
     return CertAuthority(name=name, key=key, cert=cert)

@@ -50,10 +50,12 @@ class TLSPostgres:
     ca: CertAuthority
 
 
-@pytest.fixture(scope="module")
-def tls_postgres() -> Iterator[TLSPostgres]:
+def serving_tls(
+    common_name: str, dns: tuple[str, ...], ips: tuple[str, ...]
+) -> Iterator[TLSPostgres]:
+    """A PostgreSQL serving TLS with a certificate for these names, from a CA of its own."""
     ca = make_ca("postgres CA")
-    cert, key, _ = write_server_files(ca.leaf("postgres", dns=("localhost",), ips=("127.0.0.1",)))
+    cert, key, _ = write_server_files(ca.leaf(common_name, dns=dns, ips=ips))
     server = start_postgres(
         {"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key)}, prefix="pgbk8s-tls-"
     )
@@ -64,6 +66,11 @@ def tls_postgres() -> Iterator[TLSPostgres]:
         server.destroy()
         for path in (cert, key):
             path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def tls_postgres() -> Iterator[TLSPostgres]:
+    yield from serving_tls("postgres", ("localhost",), ("127.0.0.1",))
 
 
 @dataclass
@@ -297,18 +304,7 @@ def test_a_server_certificate_from_another_ca_makes_the_backend_unreachable(tls_
 @pytest.fixture(scope="module")
 def postgres_named_otherwise() -> Iterator[TLSPostgres]:
     """A PostgreSQL whose certificate, from a good CA, names only ``db.example.internal``."""
-    ca = make_ca("postgres CA")
-    cert, key, _ = write_server_files(ca.leaf("db", dns=("db.example.internal",), ips=()))
-    server = start_postgres(
-        {"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key)}, prefix="pgbk8s-tls-"
-    )
-    server.execute(f"CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'")
-    try:
-        yield TLSPostgres(server, ca)
-    finally:
-        server.destroy()
-        for path in (cert, key):
-            path.unlink(missing_ok=True)
+    yield from serving_tls("db", ("db.example.internal",), ())
 
 
 def test_verify_full_refuses_a_server_certificate_for_another_name(

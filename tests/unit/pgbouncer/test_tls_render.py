@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import stat
-from pathlib import Path
 
 import pytest
-from ops import testing
 
 from harness.servers.tls import make_ca
 from pgbouncer.config import (
@@ -28,7 +26,7 @@ from pgbouncer.config import (
     server_tls_ca_path,
 )
 from state.tls import BackendTLS, ClientTLSMaterial
-from tests.unit.pgbouncer.test_workload_scenario import PGB, run
+from tests.unit.pgbouncer.test_workload_scenario import run
 
 CA = make_ca("render CA")
 PG_CA = make_ca("postgres CA")
@@ -119,14 +117,6 @@ def test_turning_tls_on_or_off_is_a_reload_not_a_restart():
 
 
 # -- through the workload (Scenario's Pebble, files in a real directory) ---------------------
-@pytest.fixture
-def state(tmp_path: Path) -> testing.State:
-    container = testing.Container(
-        "pgbouncer",
-        can_connect=True,
-        mounts={"pgb": testing.Mount(location=PGB, source=tmp_path)},
-    )
-    return testing.State(containers={container})
 
 
 def files(cfg: PgBouncerConfig, mat, backend) -> dict[str, str | None]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import stat
-from pathlib import Path
 
 import ops
 import pytest
@@ -17,8 +16,8 @@ from ops import testing
 
 from pgbouncer.config import AUTH_FILE, DatabaseTarget, PgBouncerConfig, render_files
 from pgbouncer.workload import ApplyResult, Workload
+from tests.unit.pgbouncer.conftest import PGB
 
-PGB = "/var/lib/pgbouncer"
 ACTIVE = ops.pebble.ServiceStatus.ACTIVE
 
 
@@ -79,16 +78,6 @@ def run(
     )
     assert WorkloadCharm.result is not None
     return WorkloadCharm.result, out
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> testing.State:
-    container = testing.Container(
-        "pgbouncer",
-        can_connect=True,
-        mounts={"pgb": testing.Mount(location=PGB, source=tmp_path)},
-    )
-    return testing.State(containers={container})
 
 
 def files_for(c: PgBouncerConfig, auth: str = "") -> dict[str, str | None]:
