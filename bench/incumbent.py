@@ -21,11 +21,11 @@ same ``auth_type`` and auth file, ``listen_addr`` on loopback.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 from bench.stack import APP_DB, AUTH_DB, Backend, Pooler, Stack
-from harness.servers.system import service_ids, write_service_file
+from harness.servers.pgb import make_run_dirs
+from harness.servers.system import write_service_file
 from pgbouncer.config import AUTH_DATABASE_KEY, PgBouncerConfig, render_auth_file, run_dir
 
 
@@ -91,12 +91,7 @@ auth_file = {base}/userlist.txt
 def start(stack: Stack, label: str, backend: Backend, port: int, processes: int) -> Pooler:
     """Start the incumbent-configured processes; the returned pooler is stopped with ``stack``."""
     base = stack.factory.workdir()
-    uid, gid = service_ids()
-    for index in range(processes):
-        rundir = Path(run_dir(index, str(base)))
-        rundir.mkdir(parents=True, mode=0o700)
-        os.chown(rundir.parent, uid, gid)
-        os.chown(rundir, uid, gid)
+    make_run_dirs(base, range(processes))
     write_service_file(
         base / "userlist.txt", render_auth_file(backend.auth_user, backend.auth_password)
     )

@@ -26,7 +26,7 @@ from psycopg import sql
 
 from bench.pgbench import Target, pgbench_command, pgbench_env
 from harness.servers.pg import PostgresServer, start_postgres
-from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess
+from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess, make_run_dirs
 from harness.servers.system import (
     PG_BIN,
     as_service_user,
@@ -41,7 +41,6 @@ from pgbouncer.config import (
     PgBouncerConfig,
     render_auth_file,
     render_files,
-    run_dir,
 )
 from postgres.auth import auth_username_for, install_auth
 from postgres.connection import BackendCredentials
@@ -320,12 +319,7 @@ class Stack:
     def pooler(self, label: str, config: PgBouncerConfig, backend: Backend) -> Pooler:
         """Render ``config`` into a fresh base dir and start its processes."""
         base = self.factory.workdir()
-        uid, gid = service_ids()
-        for index in range(config.processes):
-            rundir = Path(run_dir(index, str(base)))
-            rundir.mkdir(parents=True, mode=0o700)
-            os.chown(rundir.parent, uid, gid)
-            os.chown(rundir, uid, gid)
+        make_run_dirs(base, range(config.processes))
         write_service_file(
             base / "userlist.txt", render_auth_file(backend.auth_user, backend.auth_password)
         )

@@ -6,6 +6,7 @@ work directory and is stopped by its own PID.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -16,10 +17,26 @@ from pathlib import Path
 from harness.servers.system import (
     as_service_user,
     pgbouncer_binary,
+    service_ids,
     service_tempdir,
     stop_process,
     write_service_file,
 )
+from pgbouncer.config import run_dir
+
+
+def make_run_dirs(base: Path, indices: range | list[int]) -> None:
+    """Create the run (unix socket) directory of each process index under ``base``.
+
+    0700 and owned by ``postgres``, their parent too, as the charm has Pebble make them.
+    """
+    uid, gid = service_ids()
+    for index in indices:
+        rundir = Path(run_dir(index, str(base)))
+        rundir.mkdir(parents=True, exist_ok=True)
+        for path in (rundir.parent, rundir):
+            os.chown(path, uid, gid)
+        rundir.chmod(0o700)
 
 
 class PgBouncerStartError(RuntimeError):

@@ -9,11 +9,9 @@ a byte-identical SCRAM verifier, as a streaming replica would.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -21,8 +19,8 @@ from psycopg import sql
 
 from harness.servers.backend import create_relation_user
 from harness.servers.pg import PostgresServer, start_postgres
-from harness.servers.pgb import PgBouncerFactory
-from harness.servers.system import free_port, service_ids
+from harness.servers.pgb import PgBouncerFactory, make_run_dirs
+from harness.servers.system import free_port
 from pgbouncer.config import (
     AUTH_DATABASE_KEY,
     READONLY_SUFFIX,
@@ -31,7 +29,6 @@ from pgbouncer.config import (
     PgBouncerConfig,
     render_auth_file,
     render_ini,
-    run_dir,
 )
 from postgres.auth import AuthQuery, auth_username_for, install_auth
 from postgres.clients import create_client, drop_client
@@ -182,11 +179,7 @@ def start_pooler(factory: PgBouncerFactory, s: Setup, pool_mode: str):
         listen_addr="127.0.0.1",
     )
     workdir = factory.workdir()
-    uid, gid = service_ids()
-    rundir = Path(run_dir(0, str(workdir)))
-    rundir.mkdir(parents=True)
-    for path in (rundir.parent, rundir):
-        os.chown(path, uid, gid)
+    make_run_dirs(workdir, [0])
     factory.write(workdir, "userlist.txt", render_auth_file(s.auth.auth_user, s.auth_password))
     text = render_ini(cfg, 0, base_dir=str(workdir))
     return factory.start(text, cfg.listen_port, workdir, name="pgbouncer_0.ini")

@@ -28,13 +28,12 @@ import pytest
 from psycopg import sql
 
 from harness.servers.pg import PostgresServer
-from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess
+from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess, make_run_dirs
 from harness.servers.system import (
     PG_BIN,
     PROJECT_ROOT,
     as_service_user,
     free_port,
-    service_ids,
     stop_process,
     wait_for_port,
     write_service_file,
@@ -170,12 +169,7 @@ def rig(postgres: PostgresServer, pgbouncer_factory: PgBouncerFactory) -> Iterat
         listen_addr="127.0.0.1",
         stats_user=STATS_USER,
     )
-    uid, gid = service_ids()
-    for index in range(2):
-        path = Path(run_dir(index, str(base)))
-        path.mkdir(parents=True, mode=0o700)
-        os.chown(path.parent, uid, gid)
-        os.chown(path, uid, gid)
+    make_run_dirs(base, range(2))
     # The client's plain password (PgBouncer logs in to PostgreSQL with it) and the stats
     # user's verifier, as the charm writes the auth file.
     write_service_file(

@@ -9,7 +9,6 @@ instant a process stops) are printed and recorded in ``docs/workload.md``, never
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import threading
@@ -23,8 +22,8 @@ import pytest
 from psycopg import errors, sql
 
 from harness.servers.pg import PostgresServer, start_postgres
-from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess
-from harness.servers.system import free_port, service_ids, stop_process
+from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess, make_run_dirs
+from harness.servers.system import free_port, stop_process
 from pgbouncer.config import (
     AUTH_DATABASE_KEY,
     NO_RELOAD_KEYS,
@@ -65,12 +64,7 @@ class Group:
         return render_files(cfg or self.cfg, base_dir=str(self.workdir))
 
     def start(self, index: int, text: str, port: int | None = None) -> PgBouncerProcess:
-        uid, gid = service_ids()
-        rundir = Path(run_dir(index, str(self.workdir)))
-        rundir.mkdir(parents=True, exist_ok=True)
-        os.chown(rundir.parent, uid, gid)
-        os.chown(rundir, uid, gid)
-        rundir.chmod(0o700)
+        make_run_dirs(self.workdir, [index])
         port = port or self.cfg.listen_port
         pgb = self.factory.start(text, port, self.workdir, name=f"pgbouncer_{index}.ini")
         if index < len(self.processes):

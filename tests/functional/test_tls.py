@@ -20,8 +20,8 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from harness.servers.pg import PostgresServer, start_postgres
-from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess
-from harness.servers.system import free_port, service_ids, write_service_file
+from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess, make_run_dirs
+from harness.servers.system import free_port, write_service_file
 from harness.servers.tls import CertAuthority, make_ca, peer_certificate_serial, write_server_files
 from pgbouncer.config import (
     ClientTLS,
@@ -30,7 +30,6 @@ from pgbouncer.config import (
     ServerTLS,
     render_ini,
     render_tls_files,
-    run_dir,
 )
 from postgres.connection import BackendCredentials, BackendUnreachable
 from postgres.connection import connect as backend_connect
@@ -149,11 +148,7 @@ def start_pooler(
         server_tls=ServerTLS("verify-full") if backend else None,
     )
     workdir = factory.workdir()
-    rundir = Path(run_dir(0, str(workdir)))
-    rundir.mkdir(parents=True)
-    uid, gid = service_ids()
-    for path in (rundir.parent, rundir):
-        os.chown(path, uid, gid)
+    make_run_dirs(workdir, [0])
     write_tls_files(workdir, client, backend)
     # The superuser as auth_user: its plain password in the auth file, app users looked up
     # with PgBouncer's default auth_query (pg_shadow). The charm's locked-down auth role is
