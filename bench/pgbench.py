@@ -90,6 +90,20 @@ class PgbenchResult:
     errors: list[str]
     log_dir: Path | None = None
 
+    def served(self, what: str) -> PgbenchResult:
+        """This result, when pgbench got transactions through; else an error naming ``what``.
+
+        For runs that must work (a throughput or TLS figure): a run that never connected
+        would otherwise enter the report as 0 tps with 0 failed transactions.
+
+        Raises:
+            RuntimeError: no transaction completed.
+        """
+        if self.processed == 0 and self.tps == 0:
+            detail = "; ".join(self.errors[:2]) or f"exit {self.returncode}"
+            raise RuntimeError(f"pgbench got no transaction through {what}: {detail}")
+        return self
+
 
 def _raise_nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -45,6 +45,7 @@ from pgbouncer.config import (
 from postgres.auth import auth_username_for, install_auth
 from postgres.connection import BackendCredentials
 from postgres.passwords import generate_password
+from state.tenants import group_role_for
 
 APP_USER = "bench_app"
 APP_DB = "bench"
@@ -165,6 +166,13 @@ def start_backend(scale: int, max_connections: int = 50) -> Backend:
             owner_tag=OWNER_TAG,
         )
         backend.auth_query = lookup.auth_query
+        # The lookup answers only for members of the application's client group, as the charm
+        # makes each client's login role (docs/tenancy.md): the bench user stands for one.
+        server.execute(
+            sql.SQL("GRANT {} TO {}").format(
+                sql.Identifier(group_role_for(OWNER_TAG)), sql.Identifier(APP_USER)
+            )
+        )
         server.execute("VACUUM ANALYZE", dbname=APP_DB)
         server.execute("CHECKPOINT")
         return backend

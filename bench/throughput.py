@@ -216,6 +216,7 @@ def run(
                         cpus=cpus,
                     )
                     cpu = meter.stop()
+                    result.served(c.target.label)
                     cpu["pgbench"] = 100.0 * result.cpu_s / max(result.wall_s, 1e-6)
                     cell = cells[(c.target.label, mode)]
                     cell.runs.append(result)

@@ -79,7 +79,7 @@ def run(settings: Settings, work: Path) -> TLSCost:
                         work,
                         timeout=settings.run_seconds + 120,
                         name=f"tls-{rnd}-{target.label[:3]}-{'C' if extra else 'p'}",
-                    )
+                    ).served(target.label)
                     result.runs.setdefault((target.label, mode), []).append(res)
                     print(
                         f"  round {rnd + 1} {mode:13s} {target.label:16s} tps {res.tps:9.1f}"
