@@ -46,7 +46,8 @@ from bench.netns import run_module
 from bench.pgbench import PgbenchResult, Target, run_pgbench
 from bench.reconfig import _count_backends
 from bench.settings import Settings, load
-from bench.stack import clone_server, limit_cpus, pgbench_init
+from bench.stack import limit_cpus, pgbench_init
+from harness.story import promoted_copy
 
 WINDOW_AFTER_S = 2.0
 BURST_CLIENTS = 16
@@ -376,7 +377,7 @@ class Bench:
         pgbench_init(direct, 1)
         primary.execute("CHECKPOINT")
         self.current = primary
-        self.spare = clone_server(primary)
+        self.spare = promoted_copy(primary)
         self.servers.append(self.spare)
 
     def close(self) -> None:
@@ -471,8 +472,6 @@ class Bench:
         """Kill the primary, publish a copy made just before as the new one."""
         steps: list[Step] = []
         for rep in range(1, reps + 1):
-            from harness.story import promoted_copy
-
             copy = promoted_copy(self.current)
             self.servers.append(copy)
             load = self.load({"txn": 8, "connector": 1}, f"failover{rep}")

@@ -39,7 +39,8 @@ from typing import Any
 from bench.netns import run_module
 from bench.pgbench import PgbenchResult, Target, run_pgbench
 from bench.settings import Settings, load
-from bench.stack import clone_server, limit_cpus, pgbench_init
+from bench.stack import limit_cpus, pgbench_init
+from harness.story import promoted_copy
 
 WINDOW_AFTER_S = 2.0
 CHANGES = (
@@ -210,7 +211,7 @@ def child_main(out_path: Path) -> None:
         direct = dataclasses.replace(target, host=primary.host, port=primary.port)
         pgbench_init(direct, settings.scale)
         primary.execute("CHECKPOINT")
-        second = clone_server(primary)
+        second = promoted_copy(primary)
         servers.append(second)
 
         holder: dict[str, PgbenchResult] = {}

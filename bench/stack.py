@@ -13,9 +13,7 @@ Everything started here is stopped by its own PID in :meth:`Stack.close`, which 
 from __future__ import annotations
 
 import dataclasses
-import os
 import secrets
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -28,10 +26,6 @@ from bench.pgbench import Target, pgbench_command, pgbench_env
 from harness.servers.pg import PostgresServer, start_postgres
 from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess, make_run_dirs
 from harness.servers.system import (
-    PG_BIN,
-    as_service_user,
-    free_port,
-    service_ids,
     write_service_file,
 )
 from pgbouncer.config import (
@@ -179,56 +173,6 @@ def start_backend(scale: int, max_connections: int = 50) -> Backend:
     except BaseException:
         server.destroy()
         raise
-
-
-def clone_server(source: PostgresServer) -> PostgresServer:
-    """A second, independent server holding a byte-identical copy of ``source``.
-
-    ``pg_basebackup`` (as after a failover to a replica): same data, same SCRAM verifiers (which
-    SCRAM pass-through through PgBouncer needs), same auth lookup. Started without
-    ``standby.signal``, so it is a primary of its own, on a new port.
-    """
-    base = Path(source.base.parent) / (source.base.name + "-clone")
-    base.mkdir(mode=0o700)
-    uid, gid = service_ids()
-    os.chown(base, uid, gid)
-    (base / "sock").mkdir()
-    os.chown(base / "sock", uid, gid)
-    res = subprocess.run(
-        as_service_user(
-            [
-                str(PG_BIN / "pg_basebackup"),
-                "-h",
-                str(source.socket_dir),
-                "-p",
-                str(source.port),
-                "-U",
-                "postgres",
-                "-D",
-                str(base / "data"),
-                "-c",
-                "fast",
-                "-X",
-                "stream",
-            ]
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if res.returncode != 0:
-        shutil.rmtree(base, ignore_errors=True)
-        raise RuntimeError(f"pg_basebackup failed: {res.stderr[-1000:]}")
-    server = PostgresServer(
-        base=base, port=free_port(), password=source.password, settings=dict(source.settings)
-    )
-    try:
-        server.start()
-    except BaseException:
-        shutil.rmtree(base, ignore_errors=True)
-        raise
-    return server
 
 
 def pooler_config(

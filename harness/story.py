@@ -353,11 +353,12 @@ def _base_backup(primary: PostgresServer, prefix: str) -> Path:
         capture_output=True,
         text=True,
         env=env,
+        timeout=300,
         check=False,
     )
     if res.returncode != 0:
         shutil.rmtree(base, ignore_errors=True)
-        raise RuntimeError(f"pg_basebackup failed: {res.stderr}")
+        raise RuntimeError(f"pg_basebackup failed: {res.stderr[-1000:]}")
     return base
 
 
@@ -372,7 +373,11 @@ def promoted_copy(primary: PostgresServer) -> PostgresServer:
     server = PostgresServer(
         base=base, port=free_port(), password=primary.password, settings=dict(primary.settings)
     )
-    server.start()
+    try:
+        server.start()
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     return server
 
 
