@@ -225,12 +225,14 @@ class PgBouncerK8sCharm(ops.CharmBase):
             )
             if outcome.set_up:
                 state = self._load_state()
+        port = self._publish_port(state)
+        endpoint = None if port is None else client_endpoint(self.app.name, self.model.name, port)
         served = serve_clients(
             state,
             self.clients,
             self.peers,
             owner_tag=self.owner_tag,
-            endpoint=self._endpoint(state),
+            endpoint=endpoint,
             tls_fields=self._client_tls_fields(state),
             ca_dir=self._ca_dir(),
             gone=gone,
@@ -244,12 +246,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
             self._apply(state, with_backend)
         if state.leader:
             publish_answers(self.clients, outcome, self.peers.applied())
-            port = self._publish_port(state)
             if port is not None:
                 self.peers.set_published_port(port)
-                draining = self._stored.draining_port
-                if draining and port != draining and not self._stored.told_at:
-                    self._stored.told_at = time.time()  # told now, as the hook ends
+                self._note_told(port)  # told now, as the hook ends
         self._state, self._outcome = state, outcome
 
     def _apply(self, state: CharmState, with_backend: bool) -> None:
@@ -290,11 +289,11 @@ class PgBouncerK8sCharm(ops.CharmBase):
         # period, so that clients can move once the new endpoints are published (docs/workload.md).
         # They stay while clients may still be told the old port (the leader publishes the new
         # one once every unit listens on it), and at least DRAIN_GRACE_S after that.
-        now, draining = time.time(), self._stored.draining_port
-        if draining and state.peer.published_port != draining and not self._stored.told_at:
-            self._stored.told_at = now
+        self._note_told(state.peer.published_port)
         told_at = self._stored.told_at
-        drain_old = not draining or (bool(told_at) and not 0 <= now - told_at < DRAIN_GRACE_S)
+        drain_old = not self._stored.draining_port or (
+            bool(told_at) and not 0 <= time.time() - told_at < DRAIN_GRACE_S
+        )
         try:
             result = self.workload.apply(files, cfg.processes, drain_old=drain_old)
         except WorkloadError as exc:
@@ -331,9 +330,11 @@ class PgBouncerK8sCharm(ops.CharmBase):
             Path(tempfile.gettempdir()) / f"pgbouncer-k8s-{self.unit.name.replace('/', '-')}"
         )
 
-    def _endpoint(self, state: CharmState) -> str | None:
-        port = self._publish_port(state)
-        return None if port is None else client_endpoint(self.app.name, self.model.name, port)
+    def _note_told(self, published_port: int | None) -> None:
+        """Remember when clients were first told a port other than the one left draining."""
+        draining = self._stored.draining_port
+        if draining and published_port != draining and not self._stored.told_at:
+            self._stored.told_at = time.time()
 
     def _publish_port(self, state: CharmState) -> int | None:
         """The port to tell clients: ``listen_port`` once every unit reports listening on it.
