@@ -27,7 +27,13 @@ from pgbouncer.config import (
 )
 from pgbouncer.exporter import EXPORTER_COMMAND, STATS_USER
 from pgbouncer.image import check_image
-from pgbouncer.workload import DRAIN_GRACE_S, Workload, WorkloadError
+from pgbouncer.workload import (
+    DRAIN_GRACE_S,
+    POOL_MODE_DRAIN_S,
+    WAIT_FOR_CLIENTS_SINCE,
+    Workload,
+    WorkloadError,
+)
 from postgres.deadline import start_hook_budget
 from reconcile import (
     WAITING_FOR_BACKEND,
@@ -56,7 +62,12 @@ from relations.client_database import CLIENT_RELATION, ClientDatabaseRelation, c
 from relations.metrics import METRICS_RELATION, Monitoring
 from relations.peers import PEER_RELATION, Peers
 from state.backend import InvalidBackendDataError
-from state.charm_state import MIN_PGBOUNCER_VERSION, UNKNOWN_VERSION, CharmState
+from state.charm_state import (
+    MIN_PGBOUNCER_VERSION,
+    UNKNOWN_VERSION,
+    CharmState,
+    parse_version,
+)
 from state.config import CharmConfig, InvalidConfigError
 
 logger = logging.getLogger(__name__)
@@ -70,6 +81,19 @@ def _new_password() -> str:
     from postgres.passwords import generate_password
 
     return generate_password()
+
+
+def drain_due(now: float, draining_port: int, told_at: float, handover_at: float) -> bool:
+    """Whether the processes left draining by a hand-over may be stopped now.
+
+    A port change: only once clients have been told the new port (``told_at``) and
+    :data:`DRAIN_GRACE_S` has passed since. A ``pool_mode`` change: once
+    :data:`POOL_MODE_DRAIN_S` has passed since the old processes stopped taking clients. A
+    clock that went backwards counts as not yet.
+    """
+    if draining_port and not (told_at and now - told_at >= DRAIN_GRACE_S):
+        return False
+    return not (handover_at and not now - handover_at >= POOL_MODE_DRAIN_S)
 
 
 class PgBouncerK8sCharm(ops.CharmBase):
@@ -89,6 +113,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
             # the new one published to clients.
             draining_port=0,
             told_at=0.0,
+            # A pool_mode hand-over: when the old processes stopped taking new clients.
+            handover_at=0.0,
         )
         self.workload = Workload(self.unit.get_container(CONTAINER))
         self.peers = Peers(self)
@@ -290,12 +316,17 @@ class PgBouncerK8sCharm(ops.CharmBase):
         # They stay while clients may still be told the old port (the leader publishes the new
         # one once every unit listens on it), and at least DRAIN_GRACE_S after that.
         self._note_told(state.peer.published_port)
-        told_at = self._stored.told_at
-        drain_old = not self._stored.draining_port or (
-            bool(told_at) and not 0 <= time.time() - told_at < DRAIN_GRACE_S
+        drain_old = drain_due(
+            time.time(),
+            self._stored.draining_port,
+            self._stored.told_at,
+            self._stored.handover_at,
         )
+        wait_for_clients = parse_version(self._stored.pgb_version) >= WAIT_FOR_CLIENTS_SINCE
         try:
-            result = self.workload.apply(files, cfg.processes, drain_old=drain_old)
+            result = self.workload.apply(
+                files, cfg.processes, drain_old=drain_old, wait_for_clients=wait_for_clients
+            )
         except WorkloadError as exc:
             logger.warning("could not apply the configuration: %s", exc)
             self._apply_error = str(exc)
@@ -304,8 +335,11 @@ class PgBouncerK8sCharm(ops.CharmBase):
             logger.info("workload: %s", result)
         if result.moved_from is not None:
             self._stored.draining_port, self._stored.told_at = result.moved_from, 0.0
-        elif not result.draining:
+        if result.handover_reason and "pool_mode" in result.handover_reason:
+            self._stored.handover_at = time.time()
+        if not result.draining:
             self._stored.draining_port, self._stored.told_at = 0, 0.0
+            self._stored.handover_at = 0.0
         ports = {cfg.listen_port, self._stored.draining_port} - {0}
         self.unit.set_ports(*sorted(ports))
         # The publish barrier: the leader answers a client once every unit reports its entry.
@@ -504,6 +538,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
             message += f"; repaired the auth plumbing ({outcome.repaired[0]})"
         if self._stored.draining_port:
             message += f"; port {self._stored.draining_port} draining"
+        if self._stored.handover_at:
+            message += "; clients of the old pool_mode draining"
         if self._stored.exporter_absent and self.model.relations.get(METRICS_RELATION):
             message += f"; no metrics: pgbouncer-image has no {EXPORTER_COMMAND}"
         statuses.append(ops.ActiveStatus(message))

@@ -314,14 +314,41 @@ def connection_share(max_db_connections: int, processes: int, index: int) -> int
     return base + (1 if index < extra else 0)
 
 
-def ini_path(index: int, base_dir: str = DEFAULT_BASE_DIR) -> str:
-    """Path of process ``index``'s configuration file."""
-    return str(PurePosixPath(base_dir) / f"pgbouncer_{index}.ini")
+TWIN = "_twin"
+"""Suffix of the second slot of a process index: its Pebble service, ini file and socket
+directory (``pgbouncer.workload`` hands a process over to the other slot of its index)."""
 
 
-def run_dir(index: int, base_dir: str = DEFAULT_BASE_DIR) -> str:
-    """Unix socket directory of process ``index``."""
-    return str(PurePosixPath(base_dir) / "run" / str(index))
+def ini_path(index: int, base_dir: str = DEFAULT_BASE_DIR, twin: bool = False) -> str:
+    """Path of process ``index``'s configuration file (of its twin slot with ``twin``)."""
+    return str(PurePosixPath(base_dir) / f"pgbouncer_{index}{TWIN if twin else ''}.ini")
+
+
+def run_dir(index: int, base_dir: str = DEFAULT_BASE_DIR, twin: bool = False) -> str:
+    """Unix socket directory of process ``index`` (of its twin slot with ``twin``).
+
+    Each slot has its own: two processes of one index run side by side during a hand-over, on
+    the same port, and PgBouncer refuses to start where a live process holds the socket.
+    """
+    return str(PurePosixPath(base_dir) / "run" / f"{index}{TWIN if twin else ''}")
+
+
+def peer_id(index: int, twin: bool = False) -> int:
+    """``peer_id`` of process ``index``: 1 to 4, its twin slot's 5 to 8 (unique per unit)."""
+    return index + 1 + (MAX_PROCESSES if twin else 0)
+
+
+def _peers(cfg: PgBouncerConfig, base_dir: str) -> dict[str, dict[str, str]]:
+    """``[peers]``: every slot of every process.
+
+    A cancel request then reaches the process holding the key wherever the kernel delivers it,
+    a process draining after a hand-over included.
+    """
+    return {
+        str(peer_id(p, twin)): {"host": run_dir(p, base_dir, twin), "port": str(cfg.listen_port)}
+        for p in range(cfg.processes)
+        for twin in (False, True)
+    }
 
 
 def auth_file_path(base_dir: str = DEFAULT_BASE_DIR) -> str:
@@ -517,12 +544,13 @@ def _check_pools(pools: PoolSettings, processes: int) -> PoolSettings:
     return pools
 
 
-def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str) -> str:
+def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str, twin: bool = False) -> str:
     share = connection_share(cfg.max_db_connections, cfg.processes, index)
     size = pool_size(cfg, index)
     pools = cfg.pools
     lines = [
-        f";; Rendered by the pgbouncer-k8s charm: process {index} of {cfg.processes}."
+        f";; Rendered by the pgbouncer-k8s charm: process {index} of {cfg.processes}"
+        f"{' (twin slot)' if twin else ''}."
         " Every edit is overwritten.",
         "",
         "[databases]",
@@ -531,10 +559,12 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str) -> str:
     lines += ["", "[peers]"]
     # Every process gets the same list, its own entry included (PgBouncer ignores that one):
     # a cancel request lands on whichever process the kernel picks and is forwarded to the peer
-    # that owns the key. The port is required: it defaults to 6432 otherwise (FACTS).
+    # that owns the key. The port is required: it defaults to 6432 otherwise (FACTS). A slot
+    # that is not running costs nothing: PgBouncer connects to a peer only to forward a cancel
+    # whose key names it.
     lines += [
-        f"{peer + 1} = host={run_dir(peer, base_dir)} port={cfg.listen_port}"
-        for peer in range(cfg.processes)
+        f"{key} = host={value['host']} port={value['port']}"
+        for key, value in _peers(cfg, base_dir).items()
     ]
     lines += [
         "",
@@ -542,10 +572,10 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str) -> str:
         f"listen_addr = {cfg.listen_addr}",
         f"listen_port = {cfg.listen_port}",
         "so_reuseport = 1",
-        f"unix_socket_dir = {run_dir(index, base_dir)}",
+        f"unix_socket_dir = {run_dir(index, base_dir, twin)}",
         # No pidfile: Pebble tracks the process, and during a port change two processes of one
         # index run side by side (docs/workload.md), which a shared pidfile would forbid.
-        f"peer_id = {index + 1}",
+        f"peer_id = {peer_id(index, twin)}",
         "auth_type = scram-sha-256",
         f"auth_file = {auth_file_path(base_dir)}",
     ]
@@ -605,7 +635,9 @@ def _parse_connstr(value: str) -> dict[str, str]:
     return params
 
 
-def verify_round_trip(cfg: PgBouncerConfig, index: int, text: str, base_dir: str) -> None:
+def verify_round_trip(
+    cfg: PgBouncerConfig, index: int, text: str, base_dir: str, twin: bool = False
+) -> None:
     """Parse a rendered file back and check it says exactly what ``cfg`` means.
 
     The last line of defence against a value that slipped past validation: a line break, a
@@ -624,11 +656,7 @@ def verify_round_trip(cfg: PgBouncerConfig, index: int, text: str, base_dir: str
     got_dbs = {k: _parse_connstr(v) for k, v in parsed["databases"].items()}
     if got_dbs != expected_dbs:
         raise RenderError("[databases]", "entries do not read back as written")
-    expected_peers = {
-        str(p + 1): {"host": run_dir(p, base_dir), "port": str(cfg.listen_port)}
-        for p in range(cfg.processes)
-    }
-    if {k: _parse_connstr(v) for k, v in parsed["peers"].items()} != expected_peers:
+    if {k: _parse_connstr(v) for k, v in parsed["peers"].items()} != _peers(cfg, base_dir):
         raise RenderError("[peers]", "entries do not read back as written")
     settings = parsed["pgbouncer"]
     header = text.index("[pgbouncer]")
@@ -642,7 +670,8 @@ def verify_round_trip(cfg: PgBouncerConfig, index: int, text: str, base_dir: str
     wanted = {
         "listen_port": str(cfg.listen_port),
         "pool_mode": cfg.pool_mode,
-        "peer_id": str(index + 1),
+        "peer_id": str(peer_id(index, twin)),
+        "unix_socket_dir": run_dir(index, base_dir, twin),
         "auth_file": auth_file_path(base_dir),
     }
     if cfg.auth is not None:
@@ -665,12 +694,15 @@ def _check_base_dir(base_dir: str) -> str:
     return path.rstrip("/") or "/"
 
 
-def render_ini(cfg: PgBouncerConfig, index: int, base_dir: str = DEFAULT_BASE_DIR) -> str:
+def render_ini(
+    cfg: PgBouncerConfig, index: int, base_dir: str = DEFAULT_BASE_DIR, twin: bool = False
+) -> str:
     """Render process ``index``'s ``pgbouncer.ini``.
 
     Args:
         cfg: the unit's configuration.
         index: the process, 0-based; its ``peer_id`` is ``index + 1``.
+        twin: render the file of the index's twin slot (:func:`peer_id`, :func:`run_dir`).
         base_dir: where the files live; :data:`DEFAULT_BASE_DIR` in the container, a temporary
             directory in tests.
 
@@ -683,8 +715,8 @@ def render_ini(cfg: PgBouncerConfig, index: int, base_dir: str = DEFAULT_BASE_DI
     checked = _check_config(cfg)
     base = _check_base_dir(base_dir)
     _check_int("index", index, 0, checked.processes - 1)
-    text = _render_checked(checked, index, base)
-    verify_round_trip(checked, index, text, base)
+    text = _render_checked(checked, index, base, twin)
+    verify_round_trip(checked, index, text, base, twin)
     return text
 
 
@@ -696,7 +728,9 @@ def render_files(cfg: PgBouncerConfig, base_dir: str = DEFAULT_BASE_DIR) -> dict
         base_dir: where the files live (see :func:`render_ini`).
 
     Returns:
-        ``{path: content}`` for ``pgbouncer_0.ini`` … ``pgbouncer_<N-1>.ini``.
+        ``{path: content}`` for ``pgbouncer_0.ini`` … ``pgbouncer_<N-1>.ini`` and each one's
+        twin slot, ``pgbouncer_<i>_twin.ini`` (its own socket directory and ``peer_id``; the
+        workload writes a slot's file only when that slot is to serve).
 
     Raises:
         RenderError: any input cannot be rendered safely (then nothing is returned).
@@ -705,9 +739,10 @@ def render_files(cfg: PgBouncerConfig, base_dir: str = DEFAULT_BASE_DIR) -> dict
     base = _check_base_dir(base_dir)
     files = {}
     for i in range(checked.processes):
-        text = _render_checked(checked, i, base)
-        verify_round_trip(checked, i, text, base)
-        files[ini_path(i, base)] = text
+        for twin in (False, True):
+            text = _render_checked(checked, i, base, twin)
+            verify_round_trip(checked, i, text, base, twin)
+            files[ini_path(i, base, twin)] = text
     return files
 
 

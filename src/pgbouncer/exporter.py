@@ -23,6 +23,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Collection
 from pathlib import PurePosixPath
 
 from ops import pebble
@@ -200,6 +201,41 @@ def render_exporter_config(
         )
     config = {"exporter_host": host, "exporter_port": port, "pgbouncers": targets}
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def retarget(config: str, twins: Collection[int], base_dir: str = DEFAULT_BASE_DIR) -> str:
+    """The exporter configuration with each process in ``twins`` read through its twin slot.
+
+    After a hand-over (``pgbouncer.workload``) process ``i`` may serve from its twin slot, whose
+    socket is in ``run_dir(i, twin=True)``; its series keep the label ``process="<i>"``. A
+    process left draining in the other slot is not scraped (it takes no new clients).
+
+    Args:
+        config: text from :func:`render_exporter_config` (every process in its first slot).
+        twins: the process indices served by their twin slot.
+        base_dir: where PgBouncer's files live in the container.
+
+    Returns:
+        The configuration to write; ``config`` itself when ``twins`` is empty.
+
+    Raises:
+        RenderError: ``config`` is not such a configuration.
+    """
+    if not twins:
+        return config
+    try:
+        parsed = json.loads(config)
+        for target in parsed["pgbouncers"]:
+            index = int(target["extra_labels"]["process"])
+            if index in twins:
+                first = f"host={run_dir(index, base_dir)} "
+                if not target["dsn"].startswith(first):
+                    raise ValueError(f"process {index}: unexpected dsn")
+                twin = f"host={run_dir(index, base_dir, twin=True)} "
+                target["dsn"] = twin + target["dsn"].removeprefix(first)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RenderError("exporter configuration", "not one rendered by the charm") from exc
+    return json.dumps(parsed, indent=2, sort_keys=True) + "\n"
 
 
 def render_exporter_files(

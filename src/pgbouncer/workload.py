@@ -1,15 +1,18 @@
 """The PgBouncer workload under Pebble: the layer, the files, reload and restart.
 
-This module owns what happens inside the ``pgbouncer`` container: N services
-``pgbouncer_0`` … ``pgbouncer_<N-1>`` sharing one port, the files they read (written only when
-their content changed), and how a change reaches the running processes: a reload (SIGHUP) when
-PgBouncer can apply it in place, clients staying connected, and otherwise a replacement that
-starts the new process before the old one stops. A ``listen_port`` change hands each process
-over to its *twin* service (``pgbouncer_<i>_twin``, the same command and files): the twin
-listens on the new port, then the old process drains (SIGTERM: it stops listening and serves its
-connected clients until they leave or :data:`KILL_DELAY` ends). The two services of an index take
-turns from one port change to the next. It knows nothing of relations or config options: the
-charm renders the files with :mod:`pgbouncer.config` and hands them over.
+This module owns what happens inside the ``pgbouncer`` container: N processes sharing one port,
+the files they read (written only when their content changed), and how a change reaches the
+running processes: a reload (SIGHUP) when PgBouncer can apply it in place, clients staying
+connected, and otherwise a replacement that starts the new process before the old one stops.
+
+Each process index ``i`` has two *slots*, the services ``pgbouncer_<i>`` and
+``pgbouncer_<i>_twin``, each with its own ini file, unix socket directory and ``peer_id``. One
+slot serves; a change a reload cannot make without hurting clients hands the index over to the
+other slot: a ``listen_port`` change (the new slot listens on the new port, the old one keeps its
+clients on the old port) and a ``pool_mode`` change (the new slot takes new clients on the same
+port in the new mode; the old one gets SIGTERM at once and serves its clients in their mode until
+they leave). The slots take turns from one hand-over to the next. It knows nothing of relations
+or config options: the charm renders the files with :mod:`pgbouncer.config` and hands them over.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -40,6 +43,7 @@ from pgbouncer.exporter import (
     exporter_config_path,
     exporter_service,
     passfile_path,
+    retarget,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,6 +66,18 @@ then :data:`KILL_DELAY`). Clients learn the new port only after the leader publi
 it does once every unit listens on it, and only when that hook has ended (Juju publishes relation
 data then); stopping the old processes sooner would cut every client still on them. Without
 another hook they run until update-status."""
+
+POOL_MODE_DRAIN_S = 3900.0
+"""After a ``pool_mode`` hand-over, how long the old processes may keep serving the clients they
+had, in the old mode: the first hook after this stops them (SIGTERM, then :data:`KILL_DELAY`),
+cutting whoever is left. Longer than the default connection lifetime of the common client pools
+(HikariCP 30 min, pgx and psycopg_pool 1 h, docs/workload.md), so that an application whose pool
+recycles its connections moves to the new mode without an error; a client that holds one
+connection for longer is cut once, at this bound."""
+
+WAIT_FOR_CLIENTS_SINCE = (1, 23)
+"""PgBouncer answers SIGTERM by closing its listener and serving its clients until they leave
+(``SHUTDOWN WAIT_FOR_CLIENTS``) from 1.23; before, SIGTERM is an immediate shutdown."""
 
 PAUSE_SETTLE_S = 1.0
 """How long the processes stay paused (SIGUSR1) before the reload that changes a pool's target,
@@ -138,11 +154,14 @@ def _service(index: int, base_dir: str, name: str | None = None) -> pebble.Servi
     return {
         "override": "replace",
         "summary": f"PgBouncer process {index}" + (" (twin)" if twin else ""),
-        "command": f"pgbouncer {ini_path(index, base_dir)}",
+        "command": f"pgbouncer {ini_path(index, base_dir, twin)}",
         "user": WORKLOAD_USER,
         "group": WORKLOAD_USER,
         "startup": "enabled",
         "on-failure": "restart",
+        # A process handed over exits 0 once its last client has left: it must stay stopped
+        # (Pebble's default would start it again, in the old mode, beside its successor).
+        "on-success": "ignore",
         "kill-delay": KILL_DELAY,
     }
 
@@ -157,8 +176,7 @@ def build_layer(
     """The Pebble layer running ``processes`` PgBouncer processes.
 
     The services differ only by their ini file; everything that tells them apart (socket dir,
-    pidfile, ``peer_id``) is in that file, so a configuration change never changes the layer and
-    never makes Pebble restart a service on replan.
+    ``peer_id``) is in that file, so a configuration change never changes the layer.
 
     The check: with ``listen_port``, one TCP check (level ``ready``) on the shared port. It needs
     nothing in the image, unlike an exec check (a minimal image has no ``psql`` or shell). It
@@ -326,13 +344,27 @@ def drain_reason(old_ini: str | None, new_ini: str) -> str | None:
     if any(key in new_dbs and new_dbs[key] != value for key, value in old_dbs.items()):
         return "target"
     old_pgb, new_pgb = old.get("pgbouncer", {}), new.get("pgbouncer", {})
-    if old_pgb.get("pool_mode", "session") != new_pgb.get("pool_mode", "session"):
+    if _pool_mode(old) != _pool_mode(new):
         return "pool_mode"
     for key in sorted(DRAIN_POOL_KEYS):
         before, after = _int(old_pgb.get(key)), _int(new_pgb.get(key))
         if after and (before == 0 or after < before):
             return "cap"
     return None
+
+
+def _pool_mode(parsed: Mapping[str, Mapping[str, str]]) -> str:
+    return parsed.get("pgbouncer", {}).get("pool_mode", "session")
+
+
+def pool_mode_changed(old_ini: str | None, new_ini: str) -> bool:
+    """Whether ``pool_mode`` differs between two ini files (False when one does not parse)."""
+    if old_ini is None:
+        return False
+    try:
+        return _pool_mode(parse_ini(old_ini)) != _pool_mode(parse_ini(new_ini))
+    except RenderError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -347,8 +379,9 @@ class ApplyResult:
         restarted: services restarted, one at a time, for a change a reload ignores.
         stopped: services of processes no longer wanted, and those handed over.
         paused: services held in PAUSE around their reload, and why (``drain_reason``).
-        handed_over: ``"<old> -> <new>"`` for each process replaced across a port change: the
-            new service was started, listening on the new port.
+        handed_over: ``"<old> -> <new>"`` for each process handed over to its other slot: the
+            new service was started (on the new port, or in the new pool mode).
+        handover_reason: ``port`` and/or ``pool_mode``, when processes were handed over.
         draining: old services left running on the old port for their clients (stopped by a
             later apply with ``drain_old``).
         moved_from: the old port, when processes were handed over.
@@ -363,6 +396,7 @@ class ApplyResult:
     paused: tuple[str, ...] = ()
     pause_reason: str | None = None
     handed_over: tuple[str, ...] = ()
+    handover_reason: str | None = None
     draining: tuple[str, ...] = ()
     moved_from: int | None = None
 
@@ -383,7 +417,7 @@ class ApplyResult:
                 ("reloaded", self.reloaded),
                 ("restarted", self.restarted),
                 ("stopped", self.stopped),
-                ("handed over", self.handed_over),
+                (f"handed over ({self.handover_reason})", self.handed_over),
                 ("left draining", self.draining),
                 (f"paused ({self.pause_reason})", self.paused),
             )
@@ -399,7 +433,8 @@ class _Plan:
     written: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     restart: set[int] = field(default_factory=set)
-    handover: set[int] = field(default_factory=set)
+    reload: set[int] = field(default_factory=set)
+    handover: dict[int, str] = field(default_factory=dict)
     drain: dict[int, str] = field(default_factory=dict)
     reload_all: bool = False
 
@@ -470,35 +505,52 @@ class Workload:
         return len(services) == len(wanted) and all(s.is_running() for s in services.values())
 
     def apply(
-        self, files: Mapping[str, str | None], processes: int, drain_old: bool = True
+        self,
+        files: Mapping[str, str | None],
+        processes: int,
+        drain_old: bool = True,
+        wait_for_clients: bool = True,
     ) -> ApplyResult:
         """Bring the container to ``files`` and ``processes`` with the least disruption.
 
-        1. Write each file whose content differs (0600, owned by ``postgres``); delete files
-           mapped to None and the inis of processes ``>= processes``.
-        2. Create each process's run directory (0700, ``postgres``).
-        3. Stop the services of processes no longer wanted, add the layer (each process's
-           serving service enabled, every other PgBouncer service disabled) and start the
-           serving services that are not running. No replan: Pebble's replan restarts every
-           service it has run whose definition changed, a stopped and disabled one included.
-        4. A process whose ini changed ``listen_port`` is handed over: its twin (same command and
-           files) starts on the new port, and the old service keeps serving its clients on the
-           old port (*draining*) until a later apply with ``drain_old`` stops it (SIGTERM: it
-           stops listening and serves its clients for up to :data:`KILL_DELAY`). A draining
-           process still in the way of the next hand-over is stopped first. Other running processes
-           whose ini changed a key a reload ignores (:func:`pgbouncer.config.needs_restart`) are
-           restarted in place one at a time, the other processes keeping the port; the others get
-           SIGHUP when any of their files changed. Nothing changed: nothing is done.
-        5. A reload that moves a pool's target, changes ``pool_mode`` or lowers a pool limit
-           (:func:`drain_reason`) is wrapped in PAUSE … RESUME (:meth:`_reload`), so that no
-           client sees an error and no server connection outlives the change.
+        Each process index has two slots, ``pgbouncer_<i>`` and its twin, each with its own ini
+        file, socket directory and ``peer_id``; one of them *serves* (takes new clients).
+
+        1. Decide from the serving slot's file (old against new) what each index needs: nothing,
+           a reload, a reload wrapped in PAUSE … RESUME (:func:`drain_reason`), a restart in
+           place (a key a reload ignores, :func:`pgbouncer.config.needs_restart`), or a
+           *hand-over* to the other slot:
+           - a ``listen_port`` change: the other slot starts on the new port; the old process
+             keeps serving its clients on the old port (*draining*);
+           - a ``pool_mode`` change, when ``wait_for_clients`` (PgBouncer >= 1.23) and the other
+             slot is free: the other slot starts on the same port in the new mode and the old
+             process gets SIGTERM at once, which makes PgBouncer >= 1.23 stop accepting and
+             serve its clients, in the mode they started in, until they leave. Their prepared
+             statements and transactions never see the change. With the other slot still
+             busy, or an older PgBouncer, the mode changes in place under PAUSE.
+        2. Write each file whose content differs (0600, owned by ``postgres``): the serving
+           slot's ini only (a draining process keeps the file it runs with, so that a reload
+           can never switch its mode), the shared files, the exporter's configuration pointed at
+           the serving slots; delete files mapped to None and the inis of processes
+           ``>= processes``.
+        3. Create each serving slot's run directory (0700, ``postgres``), stop the services of
+           processes no longer wanted, add the layer (serving slots enabled, every other
+           PgBouncer service disabled) and start serving slots that are not running. No replan:
+           Pebble's replan restarts every service it has run whose definition changed, a
+           stopped and disabled one included.
+        4. Restart in place one at a time, SIGHUP the others whose files changed. Processes left
+           draining are stopped by a later apply with ``drain_old`` (SIGTERM, then
+           :data:`KILL_DELAY`); one still in the way of a port hand-over is stopped first.
 
         Args:
             files: container path → content, or None to delete it. Paths must be under the base
-                directory; the ini of process ``i`` is ``pgbouncer_<i>.ini`` there.
+                directory; both slots' inis of each process are required
+                (:func:`pgbouncer.config.render_files`).
             processes: how many PgBouncer processes to run (1 to 4).
             drain_old: stop the processes left draining by an earlier hand-over (the caller
-                decides when clients have had time to move to the new port).
+                decides when their clients have had time enough).
+            wait_for_clients: PgBouncer answers SIGTERM by serving its clients until they leave
+                (>= 1.23); without it a ``pool_mode`` change is applied in place.
 
         Returns:
             What was done.
@@ -510,18 +562,24 @@ class Workload:
         """
         if not MIN_PROCESSES <= processes <= MAX_PROCESSES:
             raise ValueError(f"processes must be {MIN_PROCESSES} to {MAX_PROCESSES}")
-        inis = {ini_path(i, self._base_dir): i for i in range(MAX_PROCESSES)}
         base = PurePosixPath(self._base_dir)
         for path in files:
             if PurePosixPath(path).parent != base:
                 raise ValueError(f"{path} is not a file directly under {self._base_dir}")
         for i in range(processes):
-            if files.get(ini_path(i, self._base_dir)) is None:
-                raise ValueError(f"no configuration given for process {i}")
+            for twin in (False, True):
+                if files.get(ini_path(i, self._base_dir, twin)) is None:
+                    raise ValueError(f"no configuration given for process {i}")
         listen_port = self._listen_port(files[ini_path(0, self._base_dir)] or "")
         # The metrics exporter runs when its configuration is among the files (observability).
-        exporter_files = {exporter_config_path(self._base_dir), passfile_path(self._base_dir)}
-        exporter = files.get(exporter_config_path(self._base_dir)) is not None
+        exporter_path = exporter_config_path(self._base_dir)
+        exporter_files = {exporter_path, passfile_path(self._base_dir)}
+        exporter = files.get(exporter_path) is not None
+        slot_inis = {
+            ini_path(i, self._base_dir, twin): (i, twin)
+            for i in range(MAX_PROCESSES)
+            for twin in (False, True)
+        }
 
         with _pebble_errors("list the services"):
             before = self._container.get_services()
@@ -535,48 +593,83 @@ class Workload:
             for name in running - set(live.values())
             if (index := service_index(name)) is not None and index < processes
         }
-        moved_from: int | None = None
-
-        plan = _Plan()
-        wanted: dict[str, str | None] = dict(files)
-        for path, index in inis.items():
-            if index >= processes:
-                wanted[path] = None
         # One listing, then a read only of the files that exist: a hook pays for the files in
         # use, not for every file the charm might write (TLS, exporter, inis of 4 processes).
         present = self._present_files()
+        old_content: dict[str, str | None] = {}
+
+        def old(path: str) -> str | None:
+            if path not in old_content:
+                old_content[path] = (
+                    self._read(path, "read the current files") if path in present else None
+                )
+            return old_content[path]
+
+        plan = _Plan()
+        moved_from: int | None = None
+        for i in range(processes):
+            path = self._slot_ini(live.get(i, service_name(i)))
+            before_ini, after_ini = old(path), files[path] or ""
+            if before_ini == after_ini:
+                continue
+            if needs_restart(before_ini, after_ini):
+                before_port, after_port = (
+                    self._listen_port(before_ini or ""),
+                    self._listen_port(after_ini),
+                )
+                moved = None not in (before_port, after_port) and before_port != after_port
+                if moved and i in live:
+                    plan.handover[i] = "port"
+                    moved_from = before_port
+                else:
+                    plan.restart.add(i)
+            elif (
+                wait_for_clients
+                and i in live
+                and other_slot(live[i]) not in running
+                and pool_mode_changed(before_ini, after_ini)
+            ):
+                plan.handover[i] = "pool_mode"
+            else:
+                plan.reload.add(i)
+                reason = drain_reason(before_ini, after_ini)
+                if reason:
+                    plan.drain[i] = reason
+
+        serving = {i: live.get(i, service_name(i)) for i in range(processes)}
+        handover = {i: other_slot(live[i]) for i in sorted(plan.handover)}
+        serving.update(handover)
+        twins = {i for i, name in serving.items() if name.endswith(TWIN_SUFFIX)}
+
+        wanted: dict[str, str | None] = {}
+        for path, content in files.items():
+            slot = slot_inis.get(path)
+            if slot is None:
+                wanted[path] = content
+            elif slot[0] < processes and self._slot_ini(serving[slot[0]]) == path:
+                wanted[path] = content  # the serving slot's file; a draining one keeps its own
+        for path, (index, _twin) in slot_inis.items():
+            if index >= processes:
+                wanted[path] = None
+        if exporter:
+            wanted[exporter_path] = retarget(files[exporter_path] or "", twins, self._base_dir)
         for path, content in sorted(wanted.items()):
-            old = self._read(path, "read the current files") if path in present else None
+            current = old(path)
             if content is None:
-                if old is not None:
+                if current is not None:
                     self._remove(path)
                     plan.removed.append(path)
                 continue
-            if old == content:
+            if current == content:
                 continue
             self._write(path, content)
             plan.written.append(path)
-            index = inis.get(path)
-            if path in exporter_files:
-                continue  # read by the exporter only (restarted below), not by PgBouncer
-            if index is None:
-                plan.reload_all = True  # the auth file: every process re-reads it on reload
-            elif needs_restart(old, content):
-                before_port, after_port = self._listen_port(old or ""), self._listen_port(content)
-                moved = None not in (before_port, after_port) and before_port != after_port
-                moved_from = before_port if moved else moved_from
-                (plan.handover if moved and index in live else plan.restart).add(index)
-            else:
-                reason = drain_reason(old, content)
-                if reason:
-                    plan.drain[index] = reason
-        self._make_run_dirs(processes)
+            if path not in exporter_files and path not in slot_inis:
+                plan.reload_all = True  # auth or TLS files: every serving process re-reads them
+        self._make_run_dirs(serving.values())
 
-        serving = {i: live.get(i, service_name(i)) for i in range(processes)}
-        handover = {i: other_slot(live[i]) for i in sorted(plan.handover) if i < processes}
-        serving.update(handover)
         stopped = self._stop_unwanted(processes, running)
-        # A hand-over needs its slot: a process still draining there from the port change
+        # A hand-over needs its slot: a process still draining there from the hand-over
         # before is stopped first (its remaining clients are cut).
         busy = sorted(set(handover.values()) & strays)
         if drain_old:
@@ -587,11 +680,15 @@ class Workload:
             stopped += busy
         running = running - set(busy)
         started, restarted = self._start_serving(serving, listen_port, running, exporter)
-        # The old processes keep their clients on the old port; a later apply stops them.
+        # A pool_mode hand-over: the new process accepts on the port; now the old one stops
+        # accepting and serves its clients in the old mode until they leave.
+        closing = [live[i] for i, why in plan.handover.items() if why == "pool_mode"]
+        if closing:
+            with _pebble_errors("close the old processes to new clients"):
+                self._container.send_signal("SIGTERM", *closing)
         draining = sorted((strays - set(busy)) | {live[i] for i in handover})
 
         reloaded: list[str] = []
-        written = set(plan.written)
         for i in range(processes):
             name = serving[i]
             if name not in running or name in started or name in restarted:
@@ -601,15 +698,7 @@ class Workload:
                 with _pebble_errors(f"restart {name}"):
                     self._container.restart(name)
                 restarted.append(name)
-            elif plan.reload_all or ini_path(i, self._base_dir) in written:
-                reloaded.append(name)
-        # Processes draining since an earlier hook re-read their files too (a removed database
-        # or user leaves them as well); the old port stays theirs (a reload ignores it).
-        for name in sorted(strays & set(draining)):
-            index = service_index(name)
-            if plan.reload_all or (
-                index is not None and ini_path(index, self._base_dir) in written
-            ):
+            elif plan.reload_all or i in plan.reload:
                 reloaded.append(name)
         paused = [name for name in reloaded if (index := service_index(name)) in plan.drain]
         if reloaded:
@@ -618,12 +707,13 @@ class Workload:
             exporter
             and EXPORTER_SERVICE in running
             and EXPORTER_SERVICE not in started + restarted
-            and exporter_files & written
+            and exporter_files & set(plan.written)
         ):
             # The exporter keeps no state: a restart is the sure way to make it re-read.
             with _pebble_errors(f"restart {EXPORTER_SERVICE}"):
                 self._container.restart(EXPORTER_SERVICE)
             restarted.append(EXPORTER_SERVICE)
+        kinds = sorted(set(plan.handover.values()))
         return ApplyResult(
             written=tuple(plan.written),
             removed=tuple(plan.removed),
@@ -634,8 +724,9 @@ class Workload:
             paused=tuple(paused),
             pause_reason=", ".join(sorted(set(plan.drain.values()))) if paused else None,
             handed_over=tuple(f"{live[i]} -> {new}" for i, new in handover.items()),
+            handover_reason=", ".join(kinds) if kinds else None,
             draining=tuple(draining),
-            moved_from=moved_from if handover else None,
+            moved_from=moved_from if "port" in kinds else None,
         )
 
     def _reload(self, reloaded: list[str], paused: list[str]) -> None:
@@ -709,9 +800,19 @@ class Workload:
         with _pebble_errors(f"remove {path}"):
             self._container.remove_path(path)
 
-    def _make_run_dirs(self, processes: int) -> None:
-        for i in range(processes):
-            path = run_dir(i, self._base_dir)
+    def _slot_ini(self, name: str) -> str:
+        """The ini file of PgBouncer service ``name`` (either slot of an index)."""
+        index = service_index(name)
+        if index is None:
+            raise ValueError(f"{name} is not a PgBouncer service")
+        return ini_path(index, self._base_dir, name.endswith(TWIN_SUFFIX))
+
+    def _make_run_dirs(self, names: Iterable[str]) -> None:
+        for name in names:
+            index = service_index(name)
+            if index is None:
+                continue
+            path = run_dir(index, self._base_dir, name.endswith(TWIN_SUFFIX))
             with _pebble_errors(f"create {path}"):
                 if not self._container.exists(path):
                     self._container.make_dir(

@@ -53,9 +53,9 @@ def test_pebble_ready_writes_layer_files_and_ports(ctx, dirs):
 
 def test_config_change_that_reload_can_apply_reloads_without_restart(ctx, dirs):
     first = _ready(ctx, dirs)
-    state = dataclasses.replace(first, config={"pool_mode": "transaction"})
+    state = dataclasses.replace(first, config={"max_prepared_statements": 7})
     _, calls = _calls(ctx, state, ctx.on.config_changed())
-    assert "pool_mode = transaction" in (dirs.pgb / "pgbouncer_0.ini").read_text()
+    assert "max_prepared_statements = 7" in (dirs.pgb / "pgbouncer_0.ini").read_text()
     assert ("signal", ("pgbouncer_0", "pgbouncer_1"), "SIGHUP") in calls
     assert not [c for c in calls if c[0] == "restart"]
 

@@ -103,7 +103,7 @@ def test_no_host_with_a_metacharacter_or_control_character_passes(prefix, bad, t
 def test_every_valid_endpoint_round_trips_through_the_rendered_file(host, port):
     (endpoint,) = parse_endpoints(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     cfg = cfg_with_host(endpoint.host)
-    (text,) = render_files(cfg, "/srv/pgb").values()
+    text = render_files(cfg, "/srv/pgb")["/srv/pgb/pgbouncer_0.ini"]
     databases = parse_ini(text)["databases"]
     assert set(databases) == {AUTH_DATABASE_KEY, "app"}
     assert databases["app"] == f"host={endpoint.host} port=5432 dbname=app"

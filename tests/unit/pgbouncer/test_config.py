@@ -125,9 +125,10 @@ def draws_shuffled(draw, items: tuple) -> tuple:
 @given(configs())
 def test_what_the_renderer_accepts_parses_back_to_the_same_values(cfg):
     files = render_files(cfg)
-    assert len(files) == cfg.processes
-    shares = []
-    for index, text in enumerate(files.values()):
+    assert len(files) == 2 * cfg.processes  # each process's two slots
+    shares, twin_shares, socket_dirs = [], [], set()
+    for number, text in enumerate(files.values()):
+        index, twin = divmod(number, 2)
         ini = read_ini(text)
         assert list(ini) == ["databases", "peers", "pgbouncer"]
         databases = {key: read_connstring(value) for key, value in ini["databases"]}
@@ -137,14 +138,15 @@ def test_what_the_renderer_accepts_parses_back_to_the_same_values(cfg):
         }
         assert [k for k, _ in ini["databases"]] == sorted(databases)
         peers = {key: read_connstring(value) for key, value in ini["peers"]}
-        assert set(peers) == {str(p + 1) for p in range(cfg.processes)}
+        assert set(peers) == {str(p + 1 + 4 * t) for p in range(cfg.processes) for t in (0, 1)}
         assert {p["port"] for p in peers.values()} == {str(cfg.listen_port)}
         settings_ = dict(ini["pgbouncer"])
         assert len(settings_) == len(ini["pgbouncer"]), "duplicate setting"
         assert settings_["listen_port"] == str(cfg.listen_port)
         assert settings_["pool_mode"] == cfg.pool_mode
-        assert settings_["peer_id"] == str(index + 1)
+        assert settings_["peer_id"] == str(index + 1 + 4 * twin)
         assert peers[settings_["peer_id"]]["host"] == settings_["unix_socket_dir"]
+        socket_dirs.add(settings_["unix_socket_dir"])
         assert settings_["max_prepared_statements"] == str(cfg.max_prepared_statements)
         assert settings_["so_reuseport"] == "1"
         if cfg.auth is None:
@@ -153,7 +155,9 @@ def test_what_the_renderer_accepts_parses_back_to_the_same_values(cfg):
             assert settings_["auth_user"] == cfg.auth.auth_user
             assert settings_["auth_query"] == cfg.auth.auth_query
             assert settings_["auth_dbname"] == AUTH_DATABASE_KEY
-        shares.append(int(settings_["max_db_connections"]))
+        (twin_shares if twin else shares).append(int(settings_["max_db_connections"]))
+    assert len(socket_dirs) == len(files), "two slots share a socket directory"
+    assert twin_shares == shares
     assert sum(shares) == cfg.max_db_connections
     if cfg.max_db_connections:
         assert min(shares) >= 1, "a share of 0 would mean unlimited"

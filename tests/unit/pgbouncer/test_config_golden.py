@@ -163,7 +163,9 @@ def test_rendered_files_match_the_golden_files(case):
 def test_render_ini_is_the_same_text_as_render_files(case):
     cfg = CASES[case]
     files = render_files(cfg)
-    assert [render_ini(cfg, i) for i in range(cfg.processes)] == list(files.values())
+    assert [
+        render_ini(cfg, i, twin=twin) for i in range(cfg.processes) for twin in (False, True)
+    ] == list(files.values())
 
 
 def test_golden_directories_all_have_a_case():
@@ -172,11 +174,20 @@ def test_golden_directories_all_have_a_case():
 
 def test_base_dir_moves_every_path():
     files = render_files(CASES["n2_auth_3dbs"], base_dir="/tmp/x")
-    assert sorted(files) == ["/tmp/x/pgbouncer_0.ini", "/tmp/x/pgbouncer_1.ini"]
-    text = files["/tmp/x/pgbouncer_1.ini"]
-    assert "/var/lib/pgbouncer" not in text
+    assert sorted(files) == [
+        "/tmp/x/pgbouncer_0.ini",
+        "/tmp/x/pgbouncer_0_twin.ini",
+        "/tmp/x/pgbouncer_1.ini",
+        "/tmp/x/pgbouncer_1_twin.ini",
+    ]
+    text, twin = files["/tmp/x/pgbouncer_1.ini"], files["/tmp/x/pgbouncer_1_twin.ini"]
+    assert "/var/lib/pgbouncer" not in text + twin
     assert "unix_socket_dir = /tmp/x/run/1\n" in text
-    assert "2 = host=/tmp/x/run/1 port=6432\n" in text
+    assert "unix_socket_dir = /tmp/x/run/1_twin\n" in twin
+    assert "peer_id = 2\n" in text and "peer_id = 6\n" in twin
+    for either in (text, twin):
+        assert "2 = host=/tmp/x/run/1 port=6432\n" in either
+        assert "6 = host=/tmp/x/run/1_twin port=6432\n" in either
     assert "auth_file = /tmp/x/userlist.txt\n" in text
 
 

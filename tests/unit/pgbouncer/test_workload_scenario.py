@@ -15,6 +15,7 @@ import pytest
 from ops import testing
 
 from pgbouncer.config import AUTH_FILE, DatabaseTarget, PgBouncerConfig, render_files
+from pgbouncer.exporter import render_exporter_files
 from pgbouncer.workload import ApplyResult, Workload
 from tests.unit.pgbouncer.conftest import PGB
 
@@ -26,6 +27,7 @@ class WorkloadCharm(ops.CharmBase):
 
     request: tuple[dict[str, str | None], int] = ({}, 1)
     drain_old: bool = True
+    wait_for_clients: bool = True
     result: ApplyResult | None = None
     calls: list[tuple[str, ...]] = []
 
@@ -39,7 +41,9 @@ class WorkloadCharm(ops.CharmBase):
             self.unit.get_container("pgbouncer"),
             sleep=lambda seconds: WorkloadCharm.calls.append(("sleep", str(seconds))),
         )
-        WorkloadCharm.result = workload.apply(files, processes, WorkloadCharm.drain_old)
+        WorkloadCharm.result = workload.apply(
+            files, processes, WorkloadCharm.drain_old, WorkloadCharm.wait_for_clients
+        )
 
 
 META = {"name": "wl", "containers": {"pgbouncer": {"resource": "img"}}}
@@ -67,10 +71,15 @@ def cfg(
 
 
 def run(
-    state: testing.State, files, processes, drain_old: bool = True
+    state: testing.State,
+    files,
+    processes,
+    drain_old: bool = True,
+    wait_for_clients: bool = True,
 ) -> tuple[ApplyResult, testing.State]:
     WorkloadCharm.request = (files, processes)
     WorkloadCharm.drain_old = drain_old
+    WorkloadCharm.wait_for_clients = wait_for_clients
     WorkloadCharm.result = None
     WorkloadCharm.calls = []
     out = testing.Context(WorkloadCharm, meta=META).run(
@@ -86,7 +95,12 @@ def files_for(c: PgBouncerConfig, auth: str = "") -> dict[str, str | None]:
 
 def test_first_apply_writes_everything_and_starts_every_service(state, tmp_path):
     result, out = run(state, files_for(cfg()), 2)
-    assert sorted(result.written) == sorted([*render_files(cfg()), AUTH_FILE])
+    # The serving slots' files only: a twin slot's file is written when that slot is to serve.
+    assert sorted(result.written) == [
+        f"{PGB}/pgbouncer_0.ini",
+        f"{PGB}/pgbouncer_1.ini",
+        AUTH_FILE,
+    ]
     assert result.started == ("pgbouncer_0", "pgbouncer_1")
     assert result.reloaded == result.restarted == ()
     ini = tmp_path / "pgbouncer_0.ini"
@@ -118,7 +132,7 @@ def test_an_auth_file_change_reloads(state):
     assert result.reloaded == ("pgbouncer_0", "pgbouncer_1")
 
 
-def test_a_listen_port_change_hands_each_process_over_to_its_twin(state):
+def test_a_listen_port_change_hands_each_process_over_to_its_twin(state, tmp_path):
     _, out = run(state, files_for(cfg()), 2)
     result, out = run(out, files_for(cfg(port=7000)), 2)
     assert result.started == ("pgbouncer_0_twin", "pgbouncer_1_twin")
@@ -138,10 +152,14 @@ def test_a_listen_port_change_hands_each_process_over_to_its_twin(state):
         "pgbouncer_0_twin": "enabled",
         "pgbouncer_1_twin": "enabled",
     }
-    # Within the grace period a database change reloads the draining processes too.
+    # Within the grace period a database change reaches the serving twins; the draining
+    # processes keep the file they run with (the old port, the old target).
+    old_file = (tmp_path / "pgbouncer_0.ini").read_text()
     result, out = run(out, files_for(cfg(port=7000, host="10.0.0.9")), 2, drain_old=False)
-    assert set(result.reloaded) == {*BOTH, "pgbouncer_0_twin", "pgbouncer_1_twin"}
+    assert result.reloaded == TWINS
     assert result.stopped == () and result.draining == BOTH
+    assert (tmp_path / "pgbouncer_0.ini").read_text() == old_file
+    assert "host=10.0.0.9" in (tmp_path / "pgbouncer_0_twin.ini").read_text()
     # Then a hook that may drain stops them, and nothing else changes.
     result, out = run(out, files_for(cfg(port=7000, host="10.0.0.9")), 2)
     assert result.stopped == BOTH and result.draining == () and result.reloaded == ()
@@ -229,6 +247,7 @@ def signals(monkeypatch) -> list[tuple[str, ...]]:
 
 
 BOTH = ("pgbouncer_0", "pgbouncer_1")
+TWINS = ("pgbouncer_0_twin", "pgbouncer_1_twin")
 PAUSED_RELOAD = [
     ("SIGUSR1", *BOTH),
     ("sleep", "1.0"),
@@ -252,10 +271,9 @@ def test_a_target_change_pauses_reloads_then_resumes(state, signals):
     [
         (cfg(max_db=100), cfg(max_db=10), "cap"),
         (cfg(max_db=0), cfg(max_db=10), "cap"),
-        (cfg(pool_mode="transaction"), cfg(pool_mode="session"), "pool_mode"),
     ],
 )
-def test_a_mode_change_or_a_lower_cap_pauses(state, signals, before, after, reason):
+def test_a_lower_cap_pauses(state, signals, before, after, reason):
     _, out = run(state, files_for(before), 2)
     result, _ = run(out, files_for(after), 2)
     assert WorkloadCharm.calls == PAUSED_RELOAD
@@ -341,3 +359,87 @@ def test_a_hand_over_cut_short_is_finished_by_the_next_apply(state):
     result, out = run(out, files_for(cfg(processes=1)), 1)
     assert result.stopped == ("pgbouncer_0_twin",)
     assert out.get_container("pgbouncer").service_statuses["pgbouncer_0"] == ACTIVE
+
+
+# -- pool_mode: a same-port hand-over ---------------------------------------------------------
+def test_a_pool_mode_change_hands_over_on_the_same_port_and_closes_the_old_processes(
+    state, signals, tmp_path
+):
+    """The twins take new clients in the new mode; the old processes get SIGTERM (PgBouncer
+    >= 1.23: no new clients, the connected ones served in their mode until they leave)."""
+    _, out = run(state, files_for(cfg()), 2)
+    old_file = (tmp_path / "pgbouncer_0.ini").read_text()
+    result, out = run(out, files_for(cfg(pool_mode="session")), 2)
+    assert result.started == TWINS
+    assert result.handed_over == (
+        "pgbouncer_0 -> pgbouncer_0_twin",
+        "pgbouncer_1 -> pgbouncer_1_twin",
+    )
+    assert result.handover_reason == "pool_mode" and result.moved_from is None
+    assert result.draining == BOTH and result.stopped == () and result.reloaded == ()
+    # SIGTERM after the twins started, and nothing else: no PAUSE, no reload of the old ones.
+    assert WorkloadCharm.calls == [("SIGTERM", *BOTH)]
+    # The old processes keep the file they run with: a reload can never switch their mode.
+    assert (tmp_path / "pgbouncer_0.ini").read_text() == old_file
+    twin = (tmp_path / "pgbouncer_0_twin.ini").read_text()
+    assert "pool_mode = session\n" in twin and "listen_port = 6432\n" in twin
+    assert f"unix_socket_dir = {PGB}/run/0_twin\n" in twin and "peer_id = 5\n" in twin
+    assert (tmp_path / "run" / "0_twin").is_dir()
+    container = out.get_container("pgbouncer")
+    assert container.plan.checks["pgbouncer-listening"].tcp == {"host": "127.0.0.1", "port": 6432}
+    assert {n: s.startup for n, s in container.plan.services.items()} == {
+        **dict.fromkeys(BOTH, "disabled"),
+        **dict.fromkeys(TWINS, "enabled"),
+    }
+    # A draining process that exits (its last client left) stays down.
+    assert {s.on_success for s in container.plan.services.values()} == {"ignore"}
+
+    # Within the bound: a database change reaches the twins only.
+    signals.clear()
+    result, out = run(out, files_for(cfg(pool_mode="session", extra_db=True)), 2, drain_old=False)
+    assert result.reloaded == TWINS and result.draining == BOTH
+    assert WorkloadCharm.calls == [("SIGHUP", *TWINS)]
+    assert (tmp_path / "pgbouncer_0.ini").read_text() == old_file
+
+    # A second mode change while the old slots still drain: the old clients are not cut for
+    # it; the twins (clients that came since) change mode in place, under PAUSE.
+    signals.clear()
+    result, out = run(out, files_for(cfg(extra_db=True)), 2, drain_old=False)
+    assert result.handed_over == () and result.stopped == ()
+    assert result.paused == TWINS and result.pause_reason == "pool_mode"
+    assert [c[0] for c in WorkloadCharm.calls if c[0].startswith("SIG")] == [
+        "SIGUSR1",
+        "SIGHUP",
+        "SIGUSR2",
+    ]
+    assert all(set(c[1:]) == set(TWINS) for c in WorkloadCharm.calls if c[0] != "sleep")
+
+    # At the bound the caller lets them go: they are stopped, nothing else happens.
+    result, out = run(out, files_for(cfg(extra_db=True)), 2)
+    assert result.stopped == BOTH and result.draining == () and result.reloaded == ()
+    # The next mode change hands over again, back to the first slots.
+    result, _ = run(out, files_for(cfg(pool_mode="session", extra_db=True)), 2)
+    assert result.handed_over == (
+        "pgbouncer_0_twin -> pgbouncer_0",
+        "pgbouncer_1_twin -> pgbouncer_1",
+    )
+
+
+def test_an_older_pgbouncer_changes_the_mode_in_place_under_pause(state, signals):
+    """PgBouncer < 1.23 answers SIGTERM by shutting down at once: no hand-over there."""
+    _, out = run(state, files_for(cfg()), 2, wait_for_clients=False)
+    result, _ = run(out, files_for(cfg(pool_mode="session")), 2, wait_for_clients=False)
+    assert WorkloadCharm.calls == PAUSED_RELOAD
+    assert result.pause_reason == "pool_mode" and result.handed_over == ()
+
+
+def test_the_exporter_reads_the_serving_slot_of_each_process(state, tmp_path):
+    exporter = render_exporter_files(2, 6432, "p" * 32, PGB)
+    _, out = run(state, {**files_for(cfg()), **exporter}, 2)
+    config = tmp_path / "exporter.yaml"
+    assert f"host={PGB}/run/0 " in config.read_text()
+    result, out = run(out, {**files_for(cfg(pool_mode="session")), **exporter}, 2)
+    text = config.read_text()
+    assert f"host={PGB}/run/0_twin " in text and f"host={PGB}/run/1_twin " in text
+    assert f"host={PGB}/run/0 " not in text
+    assert "metrics_exporter" in result.restarted
