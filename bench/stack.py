@@ -24,7 +24,7 @@ from psycopg import sql
 
 from bench.pgbench import Target, pgbench_command, pgbench_env
 from harness.servers.pg import PostgresServer, start_postgres
-from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess, make_run_dirs
+from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess, first_slots, make_run_dirs
 from harness.servers.system import (
     write_service_file,
 )
@@ -244,7 +244,7 @@ class Pooler:
         What the charm's workload does on a reloadable change. Returns the seconds it took.
         """
         start = time.monotonic()
-        files = render_files(config, str(self.base_dir))
+        files = first_slots(render_files(config, str(self.base_dir)))
         for path, text in files.items():
             current = Path(path).read_text() if Path(path).exists() else None
             if current != text:
@@ -275,7 +275,7 @@ class Stack:
         write_service_file(
             base / "userlist.txt", render_auth_file(backend.auth_user, backend.auth_password)
         )
-        files = render_files(config, str(base))
+        files = first_slots(render_files(config, str(base)))
         processes = [
             self.factory.start(text, config.listen_port, base, name=Path(path).name)
             for path, text in files.items()

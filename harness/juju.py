@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ops import testing
+from ops import pebble, testing
 
 from harness.network import PodNetwork
 from harness.ops_internals import runtime_class
@@ -186,6 +186,7 @@ class Unit:
         Returns:
             the output state (also kept as ``self.state``).
         """
+        self._note_exits()
         before = self.state
         event = event_factory(self.ctx.on, before)
         with PebbleRecorder() as recorder, juju_env(env):
@@ -199,6 +200,38 @@ class Unit:
                 self.last_calls, container.plan.services, ready=self.app.process_ready
             )
         return out
+
+    def _note_exits(self) -> None:
+        """Apply Pebble's ``on-success`` to services whose process exited 0 since the last hook.
+
+        ``ignore``: the service is inactive from then on (a PgBouncer handed over exits 0 once
+        its last client has left). Pebble's default, ``restart``: it runs again, from the same
+        definition. A crash (non-zero) is left as it is: the runner reports it
+        (``PebbleProcessRunner.exited``).
+        """
+        if self.runner is None or not self.can_connect:
+            return
+        statuses = self.container.service_statuses
+        plan = self.container.plan.services
+        done = {
+            name
+            for name, code in self.runner.exited().items()
+            if code == 0 and statuses.get(name) == pebble.ServiceStatus.ACTIVE and name in plan
+        }
+        stopped = set()
+        for name in sorted(done):
+            self.runner.processes.pop(name, None)
+            if plan[name].on_success == "ignore":
+                stopped.add(name)
+            else:
+                self.runner.start(name, plan[name])
+        if stopped:
+            self._replace_container(
+                service_statuses={
+                    **statuses,
+                    **dict.fromkeys(stopped, pebble.ServiceStatus.INACTIVE),
+                }
+            )
 
     # Shortcuts for the events an end-to-end story needs.
 

@@ -22,7 +22,15 @@ from harness.servers.system import (
     stop_process,
     write_service_file,
 )
-from pgbouncer.config import run_dir
+from pgbouncer.config import TWIN, run_dir
+
+
+def first_slots(files: dict[str, str]) -> dict[str, str]:
+    """The ini files of each process's first slot, from ``render_files``.
+
+    What a group of plain processes runs (the twin slots exist for the charm's hand-overs).
+    """
+    return {path: text for path, text in files.items() if not path.endswith(f"{TWIN}.ini")}
 
 
 def make_run_dirs(base: Path, indices: range | list[int]) -> None:

@@ -28,7 +28,7 @@ import pytest
 from psycopg import sql
 
 from harness.servers.pg import PostgresServer
-from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess, make_run_dirs
+from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess, first_slots, make_run_dirs
 from harness.servers.system import (
     PG_BIN,
     PROJECT_ROOT,
@@ -178,7 +178,7 @@ def rig(postgres: PostgresServer, pgbouncer_factory: PgBouncerFactory) -> Iterat
     )
     processes = [
         pgbouncer_factory.start(text, port, workdir=base, name=Path(path).name)
-        for path, text in sorted(render_files(cfg, str(base)).items())
+        for path, text in sorted(first_slots(render_files(cfg, str(base))).items())
     ]
     yield Rig(base, port, processes, database, app_user, app_password, stats_password, postgres)
     with postgres.connect() as conn:

@@ -22,7 +22,7 @@ import pytest
 from psycopg import errors, sql
 
 from harness.servers.pg import PostgresServer, start_postgres
-from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess, make_run_dirs
+from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess, first_slots, make_run_dirs
 from harness.servers.system import free_port, stop_process
 from pgbouncer.config import (
     AUTH_DATABASE_KEY,
@@ -61,7 +61,7 @@ class Group:
     processes: list[PgBouncerProcess] = field(default_factory=list)
 
     def files(self, cfg: PgBouncerConfig | None = None) -> dict[str, str]:
-        return render_files(cfg or self.cfg, base_dir=str(self.workdir))
+        return first_slots(render_files(cfg or self.cfg, base_dir=str(self.workdir)))
 
     def start(self, index: int, text: str, port: int | None = None) -> PgBouncerProcess:
         make_run_dirs(self.workdir, [index])

@@ -365,8 +365,11 @@ def test_a_hand_over_cut_short_is_finished_by_the_next_apply(state):
 def test_a_pool_mode_change_hands_over_on_the_same_port_and_closes_the_old_processes(
     state, signals, tmp_path
 ):
-    """The twins take new clients in the new mode; the old processes get SIGTERM (PgBouncer
-    >= 1.23: no new clients, the connected ones served in their mode until they leave)."""
+    """The twins take new clients in the new mode; the old processes get SIGTERM.
+
+    PgBouncer >= 1.23 then takes no new clients and serves the connected ones in their mode
+    until they leave.
+    """
     _, out = run(state, files_for(cfg()), 2)
     old_file = (tmp_path / "pgbouncer_0.ini").read_text()
     result, out = run(out, files_for(cfg(pool_mode="session")), 2)
