@@ -29,7 +29,7 @@ from pgbouncer.exporter import EXPORTER_COMMAND, STATS_USER
 from pgbouncer.image import check_image
 from pgbouncer.workload import (
     DRAIN_GRACE_S,
-    POOL_MODE_DRAIN_S,
+    SAME_PORT_DRAIN_S,
     WAIT_FOR_CLIENTS_SINCE,
     Workload,
     WorkloadError,
@@ -87,13 +87,13 @@ def drain_due(now: float, draining_port: int, told_at: float, handover_at: float
     """Whether the processes left draining by a hand-over may be stopped now.
 
     A port change: only once clients have been told the new port (``told_at``) and
-    :data:`DRAIN_GRACE_S` has passed since. A ``pool_mode`` change: once
-    :data:`POOL_MODE_DRAIN_S` has passed since the old processes stopped taking clients. A
+    :data:`DRAIN_GRACE_S` has passed since. A same-port hand-over (``pool_mode``, restart): once
+    :data:`SAME_PORT_DRAIN_S` has passed since the old processes stopped taking clients. A
     clock that went backwards counts as not yet.
     """
     if draining_port and not (told_at and now - told_at >= DRAIN_GRACE_S):
         return False
-    return not (handover_at and not now - handover_at >= POOL_MODE_DRAIN_S)
+    return not (handover_at and not now - handover_at >= SAME_PORT_DRAIN_S)
 
 
 class PgBouncerK8sCharm(ops.CharmBase):
@@ -113,8 +113,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
             # the new one published to clients.
             draining_port=0,
             told_at=0.0,
-            # A pool_mode hand-over: when the old processes stopped taking new clients.
+            # A same-port hand-over (pool_mode, restart): when the old processes stopped taking
+            # new clients, and why.
             handover_at=0.0,
+            handover_reason="",
         )
         self.workload = Workload(self.unit.get_container(CONTAINER))
         self.peers = Peers(self)
@@ -335,11 +337,13 @@ class PgBouncerK8sCharm(ops.CharmBase):
             logger.info("workload: %s", result)
         if result.moved_from is not None:
             self._stored.draining_port, self._stored.told_at = result.moved_from, 0.0
-        if result.handover_reason and "pool_mode" in result.handover_reason:
+        same_port = set((result.handover_reason or "").split(", ")) - {"", "port"}
+        if same_port:
             self._stored.handover_at = time.time()
+            self._stored.handover_reason = ", ".join(sorted(same_port))
         if not result.draining:
             self._stored.draining_port, self._stored.told_at = 0, 0.0
-            self._stored.handover_at = 0.0
+            self._stored.handover_at, self._stored.handover_reason = 0.0, ""
         ports = {cfg.listen_port, self._stored.draining_port} - {0}
         self.unit.set_ports(*sorted(ports))
         # The publish barrier: the leader answers a client once every unit reports its entry.
@@ -539,7 +543,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if self._stored.draining_port:
             message += f"; port {self._stored.draining_port} draining"
         if self._stored.handover_at:
-            message += "; clients of the old pool_mode draining"
+            message += f"; old processes draining ({self._stored.handover_reason})"
         if self._stored.exporter_absent and self.model.relations.get(METRICS_RELATION):
             message += f"; no metrics: pgbouncer-image has no {EXPORTER_COMMAND}"
         statuses.append(ops.ActiveStatus(message))

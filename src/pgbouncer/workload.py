@@ -67,10 +67,11 @@ it does once every unit listens on it, and only when that hook has ended (Juju p
 data then); stopping the old processes sooner would cut every client still on them. Without
 another hook they run until update-status."""
 
-POOL_MODE_DRAIN_S = 3900.0
-"""After a ``pool_mode`` hand-over, how long the old processes may keep serving the clients they
-had, in the old mode: the first hook after this stops them (SIGTERM, then :data:`KILL_DELAY`),
-cutting whoever is left. Longer than the default connection lifetime of the common client pools
+SAME_PORT_DRAIN_S = 3900.0
+"""After a same-port hand-over (a ``pool_mode`` change, a restart), how long the old processes
+may keep serving the clients they had, as those started: the first hook after this stops them,
+cutting whoever is left (they got SIGTERM at the hand-over; Pebble's stop sends a second one,
+which PgBouncer takes as an immediate shutdown). Longer than the default connection lifetime of the common client pools
 (HikariCP 30 min, pgx and psycopg_pool 1 h, docs/workload.md), so that an application whose pool
 recycles its connections moves to the new mode without an error; a client that holds one
 connection for longer is cut once, at this bound."""
@@ -605,12 +606,21 @@ class Workload:
                 )
             return old_content[path]
 
+        with _pebble_errors("read the plan"):
+            current_plan = self._container.get_plan()
         plan = _Plan()
         moved_from: int | None = None
         for i in range(processes):
             path = self._slot_ini(live.get(i, service_name(i)))
             before_ini, after_ini = old(path), files[path] or ""
+            # Same port, new process: possible when the other slot is free and the old process
+            # can serve its clients after SIGTERM (PgBouncer >= 1.23).
+            same_port = wait_for_clients and i in live and other_slot(live[i]) not in running
+            # A charm upgrade that changed the service's definition needs a new process too.
+            redefined = i in live and self._redefined(current_plan, live[i])
             if before_ini == after_ini:
+                if redefined and same_port:
+                    plan.handover[i] = "restart"
                 continue
             if needs_restart(before_ini, after_ini):
                 before_port, after_port = (
@@ -621,15 +631,14 @@ class Workload:
                 if moved and i in live:
                     plan.handover[i] = "port"
                     moved_from = before_port
+                elif same_port:
+                    plan.handover[i] = "restart"
                 else:
                     plan.restart.add(i)
-            elif (
-                wait_for_clients
-                and i in live
-                and other_slot(live[i]) not in running
-                and pool_mode_changed(before_ini, after_ini)
-            ):
+            elif same_port and pool_mode_changed(before_ini, after_ini):
                 plan.handover[i] = "pool_mode"
+            elif same_port and redefined:
+                plan.handover[i] = "restart"
             else:
                 plan.reload.add(i)
                 reason = drain_reason(before_ini, after_ini)
@@ -679,10 +688,12 @@ class Workload:
                 self._container.stop(*busy)
             stopped += busy
         running = running - set(busy)
-        started, restarted = self._start_serving(serving, listen_port, running, exporter)
-        # A pool_mode hand-over: the new process accepts on the port; now the old one stops
-        # accepting and serves its clients in the old mode until they leave.
-        closing = [live[i] for i, why in plan.handover.items() if why == "pool_mode"]
+        started, restarted = self._start_serving(
+            serving, listen_port, running, current_plan, exporter
+        )
+        # A same-port hand-over: the new process accepts on the port; now the old one stops
+        # accepting and serves its clients, as they started, until they leave.
+        closing = [live[i] for i, why in plan.handover.items() if why != "port"]
         if closing:
             with _pebble_errors("close the old processes to new clients"):
                 self._container.send_signal("SIGTERM", *closing)
@@ -800,6 +811,20 @@ class Workload:
         with _pebble_errors(f"remove {path}"):
             self._container.remove_path(path)
 
+    def _redefined(self, plan: pebble.Plan, name: str) -> bool:
+        """Whether PgBouncer service ``name`` runs from a definition other than this charm's.
+
+        As after an upgrade that changed the layer; whether it serves or not does not count.
+        """
+        index = service_index(name)
+        if index is None or name not in plan.services:
+            return False
+        wanted = pebble.Service(name, _service(index, self._base_dir, name)).to_dict()
+        running = dict(plan.services[name].to_dict())
+        return {k: v for k, v in running.items() if k not in ("startup", "override")} != {
+            k: v for k, v in wanted.items() if k not in ("startup", "override")
+        }
+
     def _slot_ini(self, name: str) -> str:
         """The ini file of PgBouncer service ``name`` (either slot of an index)."""
         index = service_index(name)
@@ -839,6 +864,7 @@ class Workload:
         serving: Mapping[int, str],
         listen_port: int | None,
         running: set[str],
+        current: pebble.Plan,
         exporter: bool = False,
     ) -> tuple[list[str], list[str]]:
         """Add the layer and start what should serve; restart what the layer redefined.
@@ -852,8 +878,6 @@ class Workload:
             the plan changed (a charm upgrade changing the layer).
         """
         layer = build_layer(len(serving), listen_port, self._base_dir, exporter, serving)
-        with _pebble_errors("read the plan"):
-            current = self._container.get_plan()
         services = layer.setdefault("services", {})
         if not exporter and EXPORTER_SERVICE in current.services:
             # No stats password (yet, or any more): keep the exporter in the plan, stopped.

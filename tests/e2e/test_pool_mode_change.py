@@ -23,7 +23,7 @@ import pytest
 
 from harness.servers.pg import PostgresServer
 from harness.story import ClientCredentials, Deployment
-from pgbouncer.workload import POOL_MODE_DRAIN_S
+from pgbouncer.workload import SAME_PORT_DRAIN_S
 
 pytestmark = pytest.mark.needs_root
 
@@ -128,7 +128,7 @@ def test_a_pool_mode_change_fails_no_query_of_a_client_with_prepared_statements(
     assert _serves_in_session_mode(address, creds)
     assert unit.runner is not None
     assert unit.runner.running() == {"pgbouncer_0", "pgbouncer_0_twin"}
-    assert "clients of the old pool_mode draining" in unit.state.unit_status.message
+    assert "old processes draining (pool_mode)" in unit.state.unit_status.message
 
     # What the old process's clients lose: cancelling. PgBouncer closes its unix socket with its
     # TCP listener on SIGTERM, so the twin cannot forward their cancel requests through
@@ -176,7 +176,7 @@ def test_clients_that_never_leave_are_cut_only_at_the_bound(
     assert stays.execute("SELECT 1").fetchone() == (1,)
     assert unit.runner is not None and "pgbouncer_0" in unit.runner.running()
 
-    later = time.time() + POOL_MODE_DRAIN_S + 1
+    later = time.time() + SAME_PORT_DRAIN_S + 1
     monkeypatch.setattr(time, "time", lambda: later)
     unit.update_status()
     monkeypatch.undo()

@@ -193,18 +193,66 @@ def _both_services_of_an_index_run(out: testing.State) -> bool:
     return any(f"{name}_twin" in active for name in active)
 
 
-def test_a_restart_that_keeps_the_port_is_in_place(state, tmp_path):
-    """A no-reload key other than the port (here: the pidfile of an older rendering)."""
+def _with_pidfile(files: dict[str, str | None]) -> dict[str, str | None]:
+    """process 0's files as an older rendering had them: a no-reload key (``pidfile``) more."""
+    older = dict(files)
+    for ini in (f"{PGB}/pgbouncer_0.ini", f"{PGB}/pgbouncer_0_twin.ini"):
+        older[ini] = str(files[ini]).replace("[pgbouncer]\n", "[pgbouncer]\npidfile = /x.pid\n")
+    return older
+
+
+def test_a_restart_that_keeps_the_port_hands_over_on_the_same_port(state, signals):
+    """A no-reload key other than the port: the twin starts, the old process gets SIGTERM."""
     files = files_for(cfg())
-    ini = f"{PGB}/pgbouncer_0.ini"
-    old = {
-        **files,
-        ini: str(files[ini]).replace("[pgbouncer]\n", "[pgbouncer]\npidfile = /x.pid\n"),
-    }
-    _, out = run(state, old, 2)
+    _, out = run(state, _with_pidfile(files), 2)
     result, _ = run(out, files, 2)
+    assert result.handed_over == ("pgbouncer_0 -> pgbouncer_0_twin",)
+    assert result.handover_reason == "restart" and result.restarted == ()
+    assert result.draining == ("pgbouncer_0",)
+    assert WorkloadCharm.calls == [("SIGTERM", "pgbouncer_0")]
+
+
+def test_a_restart_is_in_place_on_an_older_pgbouncer_or_with_the_other_slot_busy(state):
+    files = files_for(cfg())
+    _, out = run(state, _with_pidfile(files), 2, wait_for_clients=False)
+    result, _ = run(out, files, 2, wait_for_clients=False)
     assert result.restarted == ("pgbouncer_0",)
     assert result.handed_over == result.started == ()
+    # The other slot still drains a pool_mode hand-over: restart in place, nobody cut there.
+    _, out = run(state, _with_pidfile(files), 2)
+    _, out = run(out, _with_pidfile(files_for(cfg(pool_mode="session"))), 2)
+    result, _ = run(out, files_for(cfg(pool_mode="session")), 2, drain_old=False)
+    assert result.restarted == ("pgbouncer_0_twin",)
+    assert result.handed_over == () and result.draining == BOTH
+
+
+def test_an_upgrade_that_changes_the_service_definition_hands_over(state, signals):
+    """A running process started from an older charm's definition (no ``on-success``)."""
+    _, out = run(state, files_for(cfg(processes=1)), 1)
+    container = out.get_container("pgbouncer")
+    older = {
+        name: {k: v for k, v in service.to_dict().items() if k != "on-success"}
+        for name, service in container.plan.services.items()
+    }
+    upgraded = dataclasses.replace(
+        container,
+        layers={
+            "pgbouncer": ops.pebble.Layer(
+                {
+                    "services": older,
+                    "checks": {n: c.to_dict() for n, c in container.plan.checks.items()},
+                }
+            )
+        },
+    )
+    out = dataclasses.replace(out, containers={upgraded})
+    result, out = run(out, files_for(cfg(processes=1)), 1)
+    assert result.handed_over == ("pgbouncer_0 -> pgbouncer_0_twin",)
+    assert result.handover_reason == "restart" and result.restarted == ()
+    assert WorkloadCharm.calls == [("SIGTERM", "pgbouncer_0")]
+    # Nothing changed since: nothing more is done.
+    result, _ = run(out, files_for(cfg(processes=1)), 1, drain_old=False)
+    assert not result.changed, str(result)
 
 
 def test_fewer_processes_stop_and_disable_the_extra_ones(state, tmp_path):
