@@ -37,7 +37,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ops import pebble, testing
 
@@ -93,6 +93,21 @@ def image_check_exec() -> testing.Exec:
         [pgbouncer_binary(), "--version"], capture_output=True, text=True, check=True
     ).stdout
     return testing.Exec(["sh", "-c"], stdout=f"{VERSION_MARKER}\n{out}")
+
+
+def as_older_charm_left_it(container: testing.Container, key: str) -> testing.Container:
+    """``container`` as if an older charm had defined its services without ``key``.
+
+    One layer holding the plan's services (``key`` left out of each) and checks: what a charm
+    upgrade finds when the new revision adds a service field (``on-success``).
+    """
+    services = {
+        name: {k: v for k, v in service.to_dict().items() if k != key}
+        for name, service in container.plan.services.items()
+    }
+    checks = {name: check.to_dict() for name, check in container.plan.checks.items()}
+    layer = pebble.Layer(cast(pebble.LayerDict, {"services": services, "checks": checks}))
+    return dataclasses.replace(container, layers={"pgbouncer": layer})
 
 
 class Unit:

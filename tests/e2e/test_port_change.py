@@ -127,7 +127,9 @@ def test_a_port_change_keeps_the_old_port_serving_until_clients_could_move(
     with pytest.raises(psycopg.OperationalError):
         _connect(old_address, creds).close()
     assert d.query(unit, creds, "SELECT array_agg(n ORDER BY n) FROM moved") == ([1, 2],)
-    assert f"listen_port = {new_port}" in (unit.mount_dir / "pgbouncer_0.ini").read_text()
+    # The serving slot's file has the new port; the stopped slot's keeps what it ran with.
+    assert f"listen_port = {new_port}" in (unit.mount_dir / "pgbouncer_0_twin.ini").read_text()
+    assert f"listen_port = {old_port}" in (unit.mount_dir / "pgbouncer_0.ini").read_text()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:

@@ -14,6 +14,7 @@ import ops
 import pytest
 from ops import testing
 
+from harness.juju import as_older_charm_left_it
 from pgbouncer.config import AUTH_FILE, DatabaseTarget, PgBouncerConfig, render_files
 from pgbouncer.exporter import render_exporter_files
 from pgbouncer.workload import ApplyResult, Workload
@@ -194,7 +195,7 @@ def _both_services_of_an_index_run(out: testing.State) -> bool:
 
 
 def _with_pidfile(files: dict[str, str | None]) -> dict[str, str | None]:
-    """process 0's files as an older rendering had them: a no-reload key (``pidfile``) more."""
+    """Process 0's files as an older rendering had them: a no-reload key (``pidfile``) more."""
     older = dict(files)
     for ini in (f"{PGB}/pgbouncer_0.ini", f"{PGB}/pgbouncer_0_twin.ini"):
         older[ini] = str(files[ini]).replace("[pgbouncer]\n", "[pgbouncer]\npidfile = /x.pid\n")
@@ -229,22 +230,7 @@ def test_a_restart_is_in_place_on_an_older_pgbouncer_or_with_the_other_slot_busy
 def test_an_upgrade_that_changes_the_service_definition_hands_over(state, signals):
     """A running process started from an older charm's definition (no ``on-success``)."""
     _, out = run(state, files_for(cfg(processes=1)), 1)
-    container = out.get_container("pgbouncer")
-    older = {
-        name: {k: v for k, v in service.to_dict().items() if k != "on-success"}
-        for name, service in container.plan.services.items()
-    }
-    upgraded = dataclasses.replace(
-        container,
-        layers={
-            "pgbouncer": ops.pebble.Layer(
-                {
-                    "services": older,
-                    "checks": {n: c.to_dict() for n, c in container.plan.checks.items()},
-                }
-            )
-        },
-    )
+    upgraded = as_older_charm_left_it(out.get_container("pgbouncer"), "on-success")
     out = dataclasses.replace(out, containers={upgraded})
     result, out = run(out, files_for(cfg(processes=1)), 1)
     assert result.handed_over == ("pgbouncer_0 -> pgbouncer_0_twin",)

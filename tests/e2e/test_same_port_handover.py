@@ -14,6 +14,7 @@ processes in front of a real PostgreSQL 15. Order and counts only, no timed asse
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
+from harness.juju import as_older_charm_left_it
 from harness.servers.pg import PostgresServer
 from harness.story import ClientCredentials, Deployment
 from pgbouncer.workload import SAME_PORT_DRAIN_S
@@ -185,3 +187,50 @@ def test_clients_that_never_leave_are_cut_only_at_the_bound(
         stays.execute("SELECT 1")
     stays.close()
     assert "draining" not in unit.state.unit_status.message
+
+
+def test_an_upgrade_that_changes_the_service_definition_cuts_no_client(
+    make_deployment: MakeDeployment, pg: PostgresServer
+):
+    """The running process was started from an older charm's definition (no ``on-success``).
+
+    ``upgrade-charm`` hands it over on the same port instead of restarting it in place.
+    """
+    d = make_deployment(1)
+    d.app.set_config(pool_mode="transaction")
+    d.deploy()
+    d.relate_backend("dpcharmlibs")
+    creds = d.credentials(d.relate_client("app-one", "appdb"))
+    unit = d.app.leader
+    address = unit.address(int(d.app.config["listen_port"]))
+    with d.connect(unit, creds) as conn:
+        conn.execute("CREATE TABLE modes (n int)")
+    older = as_older_charm_left_it(unit.container, "on-success")
+    unit.state = dataclasses.replace(unit.state, containers={older})
+
+    clients = [PreparingClient(_connect(address, creds), n) for n in range(4)]
+    for client in clients:
+        client.start()
+    try:
+        while min(c.done for c in clients) < 10 and not any(c.errors for c in clients):
+            time.sleep(0.01)
+        unit.run(lambda on, _: on.upgrade_charm())
+        report = unit.last_report
+        assert report is not None
+        assert report.started == ["pgbouncer_0_twin"] and report.restarted == []
+        assert ("pgbouncer_0", "SIGTERM") in report.signalled
+        mark = [c.done for c in clients]
+        while any(c.done < m + 20 for c, m in zip(clients, mark, strict=True)):
+            assert not any(c.errors for c in clients), [c.errors for c in clients]
+            time.sleep(0.01)
+    finally:
+        for client in clients:
+            client.stop.set()
+        for client in clients:
+            client.join(timeout=30)
+    assert [c.errors for c in clients] == [[]] * 4
+    assert "old processes draining (restart)" in unit.state.unit_status.message
+    with _connect(address, creds, autocommit=True) as late:  # new clients: the new process
+        assert late.execute("SELECT 1").fetchone() == (1,)
+    for client in clients:
+        client.conn.close()
