@@ -17,7 +17,9 @@ hooks, which run in this process, do not stall them. The rows:
    a new connection per query to the published port;
 4. a refresh: ``upgrade-charm``;
 5. ``pool_mode`` transaction -> session -> transaction with psycopg's default prepared
-   statements (``prepare_threshold`` 5) beside pgbench;
+   statements (``prepare_threshold`` 5) beside pgbench, persistent clients and clients that
+   reconnect every 2 s (as a client pool with a maximum lifetime does); each step says whether
+   it was a same-port hand-over or in place (the other slot still draining);
 6. ``max_db_connections`` 100 -> 10 under pgbench: server connections at or under 10 within
    5 s, and when;
 7. a new client relation on a 3-unit application (pod networks): as soon as the client's
@@ -599,8 +601,9 @@ class Bench:
         """Transaction -> session -> transaction, ``rounds`` times, each step ``step_s`` long."""
         total = int(rounds * 2 * step_s + 8)
         thread, holder = self._pgbench(total, 10, "pm")
-        load = self.load({"txn": 4, "prepared": 8}, "poolmode")
+        load = self.load({"txn": 4, "prepared": 8, "recycled": 4}, "poolmode")
         steps: list[Step] = []
+        paths: list[str] = []
         try:
             time.sleep(4)
             for rep in range(1, rounds + 1):
@@ -613,6 +616,12 @@ class Bench:
                         self.unit.config_changed()
 
                     self.timed(step, action)
+                    report = self.unit.last_report
+                    paths.append(
+                        "same-port hand-over"
+                        if report is not None and report.started
+                        else "in place under PAUSE (the other slot still drains)"
+                    )
                     time.sleep(max(step_s - (time.time() - step.start), WINDOW_AFTER_S))
                     steps.append(step)
         finally:
@@ -623,10 +632,14 @@ class Bench:
             until = steps[i + 1].start if i + 1 < len(steps) else step.start + step_s
             _fill(step, rec, ("prepared",), until=until)
             txn_bad = rec.in_window(step.start, until, ("txn",), ("error", "cut", "connect_fail"))
+            recycled_bad = rec.in_window(
+                step.start, until, ("recycled",), ("error", "cut", "connect_fail")
+            )
             self._pgbench_window(step, "pm", until)
             step.check = (
-                f"prepared-statement clients: {step.failed} failed, {step.cut} cut;"
-                f" unnamed-statement clients: {len(txn_bad)} failed"
+                f"{paths[i]}; prepared-statement clients: {step.failed} failed, {step.cut} cut;"
+                f" unnamed-statement clients: {len(txn_bad)} failed; prepared-statement clients"
+                f" reconnecting every 2 s: {len(recycled_bad)} failed or cut"
             )
             step.end = until - WINDOW_AFTER_S
         if bench is not None:

@@ -16,6 +16,9 @@ Worker kinds:
   transactions, as an application told of new endpoints does: counted as ``moved``, not cut;
 - ``prepared``: the same loop with psycopg's default automatic prepared statements
   (``prepare_threshold`` 5, a parametrised query): what most psycopg applications do;
+- ``recycled``: a ``prepared`` worker whose connection is closed and opened again every
+  :data:`RECYCLE_S` (counted as ``recycled``), as a client pool with a maximum connection
+  lifetime does (scaled down: HikariCP's default is 30 min, psycopg_pool's 1 h);
 - ``connector``: a new connection to the port in the port file for each query, closed after it.
 
 Successes are counted per 100 ms bucket (count, worst latency); every failure, cut, failed
@@ -37,6 +40,9 @@ BUCKET_S = 0.1
 RETRY_S = 0.05
 MOVE_CHECK_S = 0.1
 """How often a persistent worker looks for newly published endpoints."""
+RECYCLE_S = 2.0
+"""Connection lifetime of a ``recycled`` worker."""
+PREPARING = ("prepared", "recycled")
 
 
 class Recorder:
@@ -78,7 +84,7 @@ class Worker(threading.Thread):
 
     def _connect(self) -> psycopg.Connection:
         kwargs: dict[str, Any] = {}
-        if self.kind != "prepared":
+        if self.kind not in PREPARING:
             kwargs["prepare_threshold"] = None
         return psycopg.connect(
             host=self.cfg["host"],
@@ -117,8 +123,16 @@ class Worker(threading.Thread):
         conn: psycopg.Connection | None = None
         failing = False
         n = 0
-        port, checked = 0, 0.0
+        port, checked, opened = 0, 0.0, 0.0
         while not self.stop.is_set():
+            if (
+                self.kind == "recycled"
+                and conn is not None
+                and not conn.closed
+                and time.time() - opened > RECYCLE_S
+            ):
+                conn.close()
+                self.rec.event(self.kind, self.index, "recycled")
             if conn is not None and not conn.closed and time.time() - checked > MOVE_CHECK_S:
                 checked = time.time()
                 if self._port() != port:  # new endpoints published: move between transactions
@@ -128,6 +142,7 @@ class Worker(threading.Thread):
                 port = self._port()
                 try:
                     conn = self._connect()
+                    opened = time.time()
                 except psycopg.Error as exc:
                     self.rec.event(self.kind, self.index, "connect_fail", _message(exc))
                     failing = True
@@ -136,7 +151,7 @@ class Worker(threading.Thread):
             started = time.time()
             n += 1
             try:
-                if self.kind == "prepared":
+                if self.kind in PREPARING:
                     conn.execute("SELECT %s::int + 1", (n % 100,)).fetchone()
                     conn.commit()
                 else:

@@ -83,17 +83,14 @@ def _new_password() -> str:
     return generate_password()
 
 
-def drain_due(now: float, draining_port: int, told_at: float, handover_at: float) -> bool:
-    """Whether the processes left draining by a hand-over may be stopped now.
+def drain_due(now: float, since: float, bound: float) -> bool:
+    """Whether processes left draining ``since`` then may be stopped: ``bound`` has passed.
 
-    A port change: only once clients have been told the new port (``told_at``) and
-    :data:`DRAIN_GRACE_S` has passed since. A same-port hand-over (``pool_mode``, restart): once
-    :data:`SAME_PORT_DRAIN_S` has passed since the old processes stopped taking clients. A
-    clock that went backwards counts as not yet.
+    ``since`` 0 means nothing waits for a moment (nothing drains, or, after a port change,
+    clients have not been told the new port yet: the caller passes 0 then and nothing is
+    stopped). A clock that went backwards counts as not yet.
     """
-    if draining_port and not (told_at and now - told_at >= DRAIN_GRACE_S):
-        return False
-    return not (handover_at and not now - handover_at >= SAME_PORT_DRAIN_S)
+    return bool(since) and now - since >= bound
 
 
 class PgBouncerK8sCharm(ops.CharmBase):
@@ -318,16 +315,19 @@ class PgBouncerK8sCharm(ops.CharmBase):
         # They stay while clients may still be told the old port (the leader publishes the new
         # one once every unit listens on it), and at least DRAIN_GRACE_S after that.
         self._note_told(state.peer.published_port)
-        drain_old = drain_due(
-            time.time(),
-            self._stored.draining_port,
-            self._stored.told_at,
-            self._stored.handover_at,
-        )
-        wait_for_clients = parse_version(self._stored.pgb_version) >= WAIT_FOR_CLIENTS_SINCE
+        # A port change drains for DRAIN_GRACE_S once clients were told the new port; a same-port
+        # hand-over (pool_mode, restart) for SAME_PORT_DRAIN_S: each kind on its own clock.
+        now, stored = time.time(), self._stored
+        wait_for_clients = parse_version(stored.pgb_version) >= WAIT_FOR_CLIENTS_SINCE
         try:
             result = self.workload.apply(
-                files, cfg.processes, drain_old=drain_old, wait_for_clients=wait_for_clients
+                files,
+                cfg.processes,
+                drain_old=not stored.draining_port
+                or drain_due(now, stored.told_at, DRAIN_GRACE_S),
+                wait_for_clients=wait_for_clients,
+                drain_same_port=not stored.handover_at
+                or drain_due(now, stored.handover_at, SAME_PORT_DRAIN_S),
             )
         except WorkloadError as exc:
             logger.warning("could not apply the configuration: %s", exc)
@@ -341,8 +341,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if same_port:
             self._stored.handover_at = time.time()
             self._stored.handover_reason = ", ".join(sorted(same_port))
-        if not result.draining:
+        if not set(result.draining) - set(result.draining_same_port):
             self._stored.draining_port, self._stored.told_at = 0, 0.0
+        if not result.draining_same_port:
             self._stored.handover_at, self._stored.handover_reason = 0.0, ""
         ports = {cfg.listen_port, self._stored.draining_port} - {0}
         self.unit.set_ports(*sorted(ports))

@@ -383,8 +383,10 @@ class ApplyResult:
         handed_over: ``"<old> -> <new>"`` for each process handed over to its other slot: the
             new service was started (on the new port, or in the new pool mode).
         handover_reason: ``port`` and/or ``pool_mode``, when processes were handed over.
-        draining: old services left running on the old port for their clients (stopped by a
-            later apply with ``drain_old``).
+        draining: old services left serving their clients: on the old port after a port change
+            (stopped by a later apply with ``drain_old``), or closed to new clients after a
+            same-port hand-over (``drain_same_port``).
+        draining_same_port: those of ``draining`` on the current port.
         moved_from: the old port, when processes were handed over.
     """
 
@@ -399,6 +401,7 @@ class ApplyResult:
     handed_over: tuple[str, ...] = ()
     handover_reason: str | None = None
     draining: tuple[str, ...] = ()
+    draining_same_port: tuple[str, ...] = ()
     moved_from: int | None = None
 
     @property
@@ -511,6 +514,7 @@ class Workload:
         processes: int,
         drain_old: bool = True,
         wait_for_clients: bool = True,
+        drain_same_port: bool = True,
     ) -> ApplyResult:
         """Bring the container to ``files`` and ``processes`` with the least disruption.
 
@@ -548,8 +552,11 @@ class Workload:
                 directory; both slots' inis of each process are required
                 (:func:`pgbouncer.config.render_files`).
             processes: how many PgBouncer processes to run (1 to 4).
-            drain_old: stop the processes left draining by an earlier hand-over (the caller
-                decides when their clients have had time enough).
+            drain_old: stop the processes left draining on another port by an earlier port
+                change (the caller decides when their clients have had time enough to move).
+            drain_same_port: stop the processes left draining on this port by an earlier
+                same-port hand-over (the caller decides when the bound has passed). A draining
+                process keeps its ini, so the port in it tells the two apart.
             wait_for_clients: PgBouncer answers SIGTERM by serving its clients until they leave
                 (>= 1.23); without it a ``pool_mode`` change is applied in place.
 
@@ -680,9 +687,17 @@ class Workload:
         stopped = self._stop_unwanted(processes, running)
         # A hand-over needs its slot: a process still draining there from the hand-over
         # before is stopped first (its remaining clients are cut).
-        busy = sorted(set(handover.values()) & strays)
+        same_port_strays = {
+            name
+            for name in strays
+            if self._listen_port(old(self._slot_ini(name)) or "") == listen_port
+        }
+        busy = set(handover.values()) & strays
         if drain_old:
-            busy = sorted(strays)
+            busy |= strays - same_port_strays
+        if drain_same_port:
+            busy |= same_port_strays
+        busy = sorted(busy)
         if busy:
             with _pebble_errors("stop the processes left draining"):
                 self._container.stop(*busy)
@@ -698,6 +713,10 @@ class Workload:
             with _pebble_errors("close the old processes to new clients"):
                 self._container.send_signal("SIGTERM", *closing)
         draining = sorted((strays - set(busy)) | {live[i] for i in handover})
+        draining_same_port = sorted(
+            (same_port_strays - set(busy))
+            | {live[i] for i, why in plan.handover.items() if why != "port"}
+        )
 
         reloaded: list[str] = []
         for i in range(processes):
@@ -737,6 +756,7 @@ class Workload:
             handed_over=tuple(f"{live[i]} -> {new}" for i, new in handover.items()),
             handover_reason=", ".join(kinds) if kinds else None,
             draining=tuple(draining),
+            draining_same_port=tuple(draining_same_port),
             moved_from=moved_from if "port" in kinds else None,
         )
 

@@ -29,6 +29,7 @@ class WorkloadCharm(ops.CharmBase):
     request: tuple[dict[str, str | None], int] = ({}, 1)
     drain_old: bool = True
     wait_for_clients: bool = True
+    drain_same_port: bool = True
     result: ApplyResult | None = None
     calls: list[tuple[str, ...]] = []
 
@@ -43,7 +44,11 @@ class WorkloadCharm(ops.CharmBase):
             sleep=lambda seconds: WorkloadCharm.calls.append(("sleep", str(seconds))),
         )
         WorkloadCharm.result = workload.apply(
-            files, processes, WorkloadCharm.drain_old, WorkloadCharm.wait_for_clients
+            files,
+            processes,
+            WorkloadCharm.drain_old,
+            WorkloadCharm.wait_for_clients,
+            WorkloadCharm.drain_same_port,
         )
 
 
@@ -77,10 +82,12 @@ def run(
     processes,
     drain_old: bool = True,
     wait_for_clients: bool = True,
+    drain_same_port: bool | None = None,
 ) -> tuple[ApplyResult, testing.State]:
     WorkloadCharm.request = (files, processes)
     WorkloadCharm.drain_old = drain_old
     WorkloadCharm.wait_for_clients = wait_for_clients
+    WorkloadCharm.drain_same_port = drain_old if drain_same_port is None else drain_same_port
     WorkloadCharm.result = None
     WorkloadCharm.calls = []
     out = testing.Context(WorkloadCharm, meta=META).run(
@@ -480,3 +487,30 @@ def test_the_exporter_reads_the_serving_slot_of_each_process(state, tmp_path):
     assert f"host={PGB}/run/0_twin " in text and f"host={PGB}/run/1_twin " in text
     assert f"host={PGB}/run/0 " not in text
     assert "metrics_exporter" in result.restarted
+
+
+def test_each_kind_of_drain_ends_on_its_own_flag(state):
+    """Same-port drains and port-change drains end on their own flags.
+
+    A draining process keeps its file: the port in it tells the two kinds apart.
+    """
+    _, out = run(state, files_for(cfg()), 2)
+    _, out = run(out, files_for(cfg(pool_mode="session")), 2)  # pgbouncer_<i> drain, same port
+    result, out = run(out, files_for(cfg(pool_mode="session")), 2, drain_same_port=False)
+    assert result.stopped == () and result.draining == result.draining_same_port == BOTH
+    result, out = run(
+        out, files_for(cfg(pool_mode="session")), 2, drain_old=False, drain_same_port=True
+    )
+    assert result.stopped == BOTH and result.draining == ()
+    _, out = run(out, files_for(cfg(pool_mode="session", port=7000)), 2)  # twins drain 6432
+    result, out = run(
+        out,
+        files_for(cfg(pool_mode="session", port=7000)),
+        2,
+        drain_old=False,
+        drain_same_port=True,
+    )
+    assert result.stopped == () and result.draining == TWINS
+    assert result.draining_same_port == ()
+    result, _ = run(out, files_for(cfg(pool_mode="session", port=7000)), 2, drain_same_port=False)
+    assert result.stopped == TWINS and result.draining == ()
