@@ -22,7 +22,7 @@ from harness.servers.system import (
     stop_process,
     write_service_file,
 )
-from pgbouncer.config import TWIN, run_dir
+from pgbouncer.config import ini_path, run_dir
 
 
 def first_slots(files: dict[str, str]) -> dict[str, str]:
@@ -30,7 +30,11 @@ def first_slots(files: dict[str, str]) -> dict[str, str]:
 
     What a group of plain processes runs (the twin slots exist for the charm's hand-overs).
     """
-    return {path: text for path, text in files.items() if not path.endswith(f"{TWIN}.ini")}
+    return {
+        path: text
+        for path, text in files.items()
+        if any(path == ini_path(i, str(Path(path).parent)) for i in range(len(files)))
+    }
 
 
 def make_run_dirs(base: Path, indices: range | list[int]) -> None:

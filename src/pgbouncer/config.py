@@ -314,28 +314,39 @@ def connection_share(max_db_connections: int, processes: int, index: int) -> int
     return base + (1 if index < extra else 0)
 
 
+SLOTS = 3
+"""Slots of each process index: Pebble services that can run it, each with its own ini file,
+socket directory and ``peer_id``. One serves; ``pgbouncer.workload`` hands a process over to a
+free slot of its index, the old one draining meanwhile. Three, so that a change and its revert
+within the drain bound both hand over."""
+
 TWIN = "_twin"
-"""Suffix of the second slot of a process index: its Pebble service, ini file and socket
-directory (``pgbouncer.workload`` hands a process over to the other slot of its index)."""
 
 
-def ini_path(index: int, base_dir: str = DEFAULT_BASE_DIR, twin: bool = False) -> str:
-    """Path of process ``index``'s configuration file (of its twin slot with ``twin``)."""
-    return str(PurePosixPath(base_dir) / f"pgbouncer_{index}{TWIN if twin else ''}.ini")
+def slot_suffix(slot: int) -> str:
+    """What names slot ``slot`` of an index: ``""``, ``"_twin"``, ``"_twin2"``."""
+    if not 0 <= slot < SLOTS:
+        raise ValueError(f"slot must be 0 to {SLOTS - 1}")
+    return "" if slot == 0 else TWIN + (str(slot) if slot > 1 else "")
 
 
-def run_dir(index: int, base_dir: str = DEFAULT_BASE_DIR, twin: bool = False) -> str:
-    """Unix socket directory of process ``index`` (of its twin slot with ``twin``).
+def ini_path(index: int, base_dir: str = DEFAULT_BASE_DIR, slot: int = 0) -> str:
+    """Path of the configuration file of slot ``slot`` of process ``index``."""
+    return str(PurePosixPath(base_dir) / f"pgbouncer_{index}{slot_suffix(slot)}.ini")
+
+
+def run_dir(index: int, base_dir: str = DEFAULT_BASE_DIR, slot: int = 0) -> str:
+    """Unix socket directory of slot ``slot`` of process ``index``.
 
     Each slot has its own: two processes of one index run side by side during a hand-over, on
     the same port, and PgBouncer refuses to start where a live process holds the socket.
     """
-    return str(PurePosixPath(base_dir) / "run" / f"{index}{TWIN if twin else ''}")
+    return str(PurePosixPath(base_dir) / "run" / f"{index}{slot_suffix(slot)}")
 
 
-def peer_id(index: int, twin: bool = False) -> int:
-    """``peer_id`` of process ``index``: 1 to 4, its twin slot's 5 to 8 (unique per unit)."""
-    return index + 1 + (MAX_PROCESSES if twin else 0)
+def peer_id(index: int, slot: int = 0) -> int:
+    """``peer_id`` of slot ``slot`` of process ``index``: 1 to 4, then 5 to 8, 9 to 12."""
+    return index + 1 + slot * MAX_PROCESSES
 
 
 def _peers(cfg: PgBouncerConfig, base_dir: str) -> dict[str, dict[str, str]]:
@@ -345,9 +356,9 @@ def _peers(cfg: PgBouncerConfig, base_dir: str) -> dict[str, dict[str, str]]:
     a process draining after a hand-over included.
     """
     return {
-        str(peer_id(p, twin)): {"host": run_dir(p, base_dir, twin), "port": str(cfg.listen_port)}
+        str(peer_id(p, slot)): {"host": run_dir(p, base_dir, slot), "port": str(cfg.listen_port)}
         for p in range(cfg.processes)
-        for twin in (False, True)
+        for slot in range(SLOTS)
     }
 
 
@@ -544,13 +555,13 @@ def _check_pools(pools: PoolSettings, processes: int) -> PoolSettings:
     return pools
 
 
-def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str, twin: bool = False) -> str:
+def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str, slot: int = 0) -> str:
     share = connection_share(cfg.max_db_connections, cfg.processes, index)
     size = pool_size(cfg, index)
     pools = cfg.pools
     lines = [
         f";; Rendered by the pgbouncer-k8s charm: process {index} of {cfg.processes}"
-        f"{' (twin slot)' if twin else ''}."
+        f"{f' (slot {slot})' if slot else ''}."
         " Every edit is overwritten.",
         "",
         "[databases]",
@@ -572,10 +583,10 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str, twin: bool 
         f"listen_addr = {cfg.listen_addr}",
         f"listen_port = {cfg.listen_port}",
         "so_reuseport = 1",
-        f"unix_socket_dir = {run_dir(index, base_dir, twin)}",
+        f"unix_socket_dir = {run_dir(index, base_dir, slot)}",
         # No pidfile: Pebble tracks the process, and during a port change two processes of one
         # index run side by side (docs/workload.md), which a shared pidfile would forbid.
-        f"peer_id = {peer_id(index, twin)}",
+        f"peer_id = {peer_id(index, slot)}",
         "auth_type = scram-sha-256",
         f"auth_file = {auth_file_path(base_dir)}",
     ]
@@ -636,7 +647,7 @@ def _parse_connstr(value: str) -> dict[str, str]:
 
 
 def verify_round_trip(
-    cfg: PgBouncerConfig, index: int, text: str, base_dir: str, twin: bool = False
+    cfg: PgBouncerConfig, index: int, text: str, base_dir: str, slot: int = 0
 ) -> None:
     """Parse a rendered file back and check it says exactly what ``cfg`` means.
 
@@ -670,8 +681,8 @@ def verify_round_trip(
     wanted = {
         "listen_port": str(cfg.listen_port),
         "pool_mode": cfg.pool_mode,
-        "peer_id": str(peer_id(index, twin)),
-        "unix_socket_dir": run_dir(index, base_dir, twin),
+        "peer_id": str(peer_id(index, slot)),
+        "unix_socket_dir": run_dir(index, base_dir, slot),
         "auth_file": auth_file_path(base_dir),
     }
     if cfg.auth is not None:
@@ -695,14 +706,15 @@ def _check_base_dir(base_dir: str) -> str:
 
 
 def render_ini(
-    cfg: PgBouncerConfig, index: int, base_dir: str = DEFAULT_BASE_DIR, twin: bool = False
+    cfg: PgBouncerConfig, index: int, base_dir: str = DEFAULT_BASE_DIR, slot: int = 0
 ) -> str:
     """Render process ``index``'s ``pgbouncer.ini``.
 
     Args:
         cfg: the unit's configuration.
         index: the process, 0-based; its ``peer_id`` is ``index + 1``.
-        twin: render the file of the index's twin slot (:func:`peer_id`, :func:`run_dir`).
+        slot: render the file of that slot of the index (:data:`SLOTS`, :func:`peer_id`,
+            :func:`run_dir`).
         base_dir: where the files live; :data:`DEFAULT_BASE_DIR` in the container, a temporary
             directory in tests.
 
@@ -715,8 +727,8 @@ def render_ini(
     checked = _check_config(cfg)
     base = _check_base_dir(base_dir)
     _check_int("index", index, 0, checked.processes - 1)
-    text = _render_checked(checked, index, base, twin)
-    verify_round_trip(checked, index, text, base, twin)
+    text = _render_checked(checked, index, base, slot)
+    verify_round_trip(checked, index, text, base, slot)
     return text
 
 
@@ -728,9 +740,10 @@ def render_files(cfg: PgBouncerConfig, base_dir: str = DEFAULT_BASE_DIR) -> dict
         base_dir: where the files live (see :func:`render_ini`).
 
     Returns:
-        ``{path: content}`` for ``pgbouncer_0.ini`` … ``pgbouncer_<N-1>.ini`` and each one's
-        twin slot, ``pgbouncer_<i>_twin.ini`` (its own socket directory and ``peer_id``; the
-        workload writes a slot's file only when that slot is to serve).
+        ``{path: content}`` for ``pgbouncer_0.ini`` … ``pgbouncer_<N-1>.ini`` and the other
+        slots of each, ``pgbouncer_<i>_twin.ini`` and ``pgbouncer_<i>_twin2.ini`` (each its own
+        socket directory and ``peer_id``; the workload writes a slot's file only when that slot
+        is to serve).
 
     Raises:
         RenderError: any input cannot be rendered safely (then nothing is returned).
@@ -739,10 +752,10 @@ def render_files(cfg: PgBouncerConfig, base_dir: str = DEFAULT_BASE_DIR) -> dict
     base = _check_base_dir(base_dir)
     files = {}
     for i in range(checked.processes):
-        for twin in (False, True):
-            text = _render_checked(checked, i, base, twin)
-            verify_round_trip(checked, i, text, base, twin)
-            files[ini_path(i, base, twin)] = text
+        for slot in range(SLOTS):
+            text = _render_checked(checked, i, base, slot)
+            verify_round_trip(checked, i, text, base, slot)
+            files[ini_path(i, base, slot)] = text
     return files
 
 

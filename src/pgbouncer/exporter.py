@@ -23,7 +23,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Collection
+from collections.abc import Mapping
 from pathlib import PurePosixPath
 
 from ops import pebble
@@ -203,36 +203,37 @@ def render_exporter_config(
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
-def retarget(config: str, twins: Collection[int], base_dir: str = DEFAULT_BASE_DIR) -> str:
-    """The exporter configuration with each process in ``twins`` read through its twin slot.
+def retarget(config: str, slots: Mapping[int, int], base_dir: str = DEFAULT_BASE_DIR) -> str:
+    """The exporter configuration with each process read through the slot that serves it.
 
-    After a hand-over (``pgbouncer.workload``) process ``i`` may serve from its twin slot, whose
-    socket is in ``run_dir(i, twin=True)``; its series keep the label ``process="<i>"``. A
-    process left draining in the other slot is not scraped (it takes no new clients).
+    After a hand-over (``pgbouncer.workload``) process ``i`` may serve from another slot, whose
+    socket is in ``run_dir(i, slot=k)``; its series keep the label ``process="<i>"``. A process
+    left draining in an old slot is not scraped (it takes no new clients).
 
     Args:
-        config: text from :func:`render_exporter_config` (every process in its first slot).
-        twins: the process indices served by their twin slot.
+        config: text from :func:`render_exporter_config` (every process in slot 0).
+        slots: the serving slot of each process index; indices left out, or slot 0, stay.
         base_dir: where PgBouncer's files live in the container.
 
     Returns:
-        The configuration to write; ``config`` itself when ``twins`` is empty.
+        The configuration to write; ``config`` itself when every process serves from slot 0.
 
     Raises:
         RenderError: ``config`` is not such a configuration.
     """
-    if not twins:
+    moved = {index: slot for index, slot in slots.items() if slot}
+    if not moved:
         return config
     try:
         parsed = json.loads(config)
         for target in parsed["pgbouncers"]:
             index = int(target["extra_labels"]["process"])
-            if index in twins:
+            if index in moved:
                 first = f"host={run_dir(index, base_dir)} "
                 if not target["dsn"].startswith(first):
                     raise ValueError(f"process {index}: unexpected dsn")
-                twin = f"host={run_dir(index, base_dir, twin=True)} "
-                target["dsn"] = twin + target["dsn"].removeprefix(first)
+                serving = f"host={run_dir(index, base_dir, moved[index])} "
+                target["dsn"] = serving + target["dsn"].removeprefix(first)
     except (ValueError, KeyError, TypeError) as exc:
         raise RenderError("exporter configuration", "not one rendered by the charm") from exc
     return json.dumps(parsed, indent=2, sort_keys=True) + "\n"

@@ -32,11 +32,14 @@ from pgbouncer.config import (
     DEFAULT_BASE_DIR,
     MAX_PROCESSES,
     MIN_PROCESSES,
+    SLOTS,
+    TWIN,
     RenderError,
     ini_path,
     needs_restart,
     parse_ini,
     run_dir,
+    slot_suffix,
 )
 from pgbouncer.exporter import (
     EXPORTER_SERVICE,
@@ -121,41 +124,61 @@ class WorkloadUnreachable(WorkloadError):  # noqa: N818 (reads as a state, like 
     """Pebble in the workload container cannot be reached (not started yet, or gone)."""
 
 
-TWIN_SUFFIX = "_twin"
+_SERVICE = re.compile(rf"^{SERVICE_PREFIX}(\d+)(?:{TWIN}(\d*))?$")
 
 
-def service_name(index: int) -> str:
-    """The Pebble service of process ``index``."""
-    return f"{SERVICE_PREFIX}{index}"
+def service_name(index: int, slot: int = 0) -> str:
+    """The Pebble service of slot ``slot`` of process ``index``."""
+    return f"{SERVICE_PREFIX}{index}{slot_suffix(slot)}"
 
 
-def twin_name(index: int) -> str:
-    """The service that takes over process ``index`` across a port change (same command)."""
-    return f"{SERVICE_PREFIX}{index}{TWIN_SUFFIX}"
+def _parse_service(name: str) -> tuple[int, int] | None:
+    match = _SERVICE.match(name)
+    if match is None:
+        return None
+    index, number = int(match.group(1)), match.group(2)  # number: None without the suffix
+    slot = 0 if number is None else (int(number) if number else 1)
+    if slot >= SLOTS or (number and slot < 2) or service_name(index, slot) != name:
+        return None
+    return index, slot
 
 
 def service_index(name: str) -> int | None:
-    """The process index a PgBouncer service (or its twin) runs; None for other services."""
-    if not name.startswith(SERVICE_PREFIX):
-        return None
-    suffix = name.removeprefix(SERVICE_PREFIX).removesuffix(TWIN_SUFFIX)
-    return int(suffix) if suffix.isdigit() else None
+    """The process index a PgBouncer service (any slot) runs; None for other services."""
+    parsed = _parse_service(name)
+    return parsed[0] if parsed else None
 
 
-def other_slot(name: str) -> str:
-    """The other service of the same index: the twin of a service, the service of a twin."""
-    index = service_index(name)
-    if index is None:
+def service_slot(name: str) -> int:
+    """The slot of PgBouncer service ``name`` (0 for ``pgbouncer_<i>``).
+
+    Raises:
+        ValueError: not a PgBouncer service.
+    """
+    parsed = _parse_service(name)
+    if parsed is None:
         raise ValueError(f"{name} is not a PgBouncer service")
-    return service_name(index) if name.endswith(TWIN_SUFFIX) else twin_name(index)
+    return parsed[1]
+
+
+def next_slots(name: str) -> list[str]:
+    """The other services of ``name``'s index, in the order they take turns after it.
+
+    Slots are used in turn, so the first is the one that served longest ago.
+    """
+    parsed = _parse_service(name)
+    if parsed is None:
+        raise ValueError(f"{name} is not a PgBouncer service")
+    index, slot = parsed
+    return [service_name(index, (slot + k) % SLOTS) for k in range(1, SLOTS)]
 
 
 def _service(index: int, base_dir: str, name: str | None = None) -> pebble.ServiceDict:
-    twin = name is not None and name.endswith(TWIN_SUFFIX)
+    slot = service_slot(name) if name is not None else 0
     return {
         "override": "replace",
-        "summary": f"PgBouncer process {index}" + (" (twin)" if twin else ""),
-        "command": f"pgbouncer {ini_path(index, base_dir, twin)}",
+        "summary": f"PgBouncer process {index}" + (f" (slot {slot})" if slot else ""),
+        "command": f"pgbouncer {ini_path(index, base_dir, slot)}",
         "user": WORKLOAD_USER,
         "group": WORKLOAD_USER,
         "startup": "enabled",
@@ -191,7 +214,7 @@ def build_layer(
         listen_port: the port the check connects to; None for no check.
         base_dir: where the ini files are.
         exporter: whether to run the metrics exporter (:mod:`pgbouncer.exporter`) too.
-        serving: the service each process index runs as (``pgbouncer_<i>`` or its twin);
+        serving: the service each process index runs as (any of its slots);
             indices left out run as ``pgbouncer_<i>``.
 
     Returns:
@@ -575,8 +598,8 @@ class Workload:
             if PurePosixPath(path).parent != base:
                 raise ValueError(f"{path} is not a file directly under {self._base_dir}")
         for i in range(processes):
-            for twin in (False, True):
-                if files.get(ini_path(i, self._base_dir, twin)) is None:
+            for slot in range(SLOTS):
+                if files.get(ini_path(i, self._base_dir, slot)) is None:
                     raise ValueError(f"no configuration given for process {i}")
         listen_port = self._listen_port(files[ini_path(0, self._base_dir)] or "")
         # The metrics exporter runs when its configuration is among the files (observability).
@@ -584,9 +607,9 @@ class Workload:
         exporter_files = {exporter_path, passfile_path(self._base_dir)}
         exporter = files.get(exporter_path) is not None
         slot_inis = {
-            ini_path(i, self._base_dir, twin): (i, twin)
+            ini_path(i, self._base_dir, slot): (i, slot)
             for i in range(MAX_PROCESSES)
-            for twin in (False, True)
+            for slot in range(SLOTS)
         }
 
         with _pebble_errors("list the services"):
@@ -622,7 +645,8 @@ class Workload:
             before_ini, after_ini = old(path), files[path] or ""
             # Same port, new process: possible when the other slot is free and the old process
             # can serve its clients after SIGTERM (PgBouncer >= 1.23).
-            same_port = wait_for_clients and i in live and other_slot(live[i]) not in running
+            free = [n for n in next_slots(live[i]) if n not in running] if i in live else []
+            same_port = wait_for_clients and bool(free)
             # A charm upgrade that changed the service's definition needs a new process too.
             redefined = i in live and self._redefined(current_plan, live[i])
             if before_ini == after_ini:
@@ -653,9 +677,14 @@ class Workload:
                     plan.drain[i] = reason
 
         serving = {i: live.get(i, service_name(i)) for i in range(processes)}
-        handover = {i: other_slot(live[i]) for i in sorted(plan.handover)}
+        # The first free slot in turn; a port change with none free takes the one that served
+        # longest ago, stopping what still drains there.
+        handover = {
+            i: next((n for n in next_slots(live[i]) if n not in running), next_slots(live[i])[0])
+            for i in sorted(plan.handover)
+        }
         serving.update(handover)
-        twins = {i for i, name in serving.items() if name.endswith(TWIN_SUFFIX)}
+        slots = {i: service_slot(name) for i, name in serving.items()}
 
         wanted: dict[str, str | None] = {}
         for path, content in files.items():
@@ -664,11 +693,11 @@ class Workload:
                 wanted[path] = content
             elif slot[0] < processes and self._slot_ini(serving[slot[0]]) == path:
                 wanted[path] = content  # the serving slot's file; a draining one keeps its own
-        for path, (index, _twin) in slot_inis.items():
+        for path, (index, _slot) in slot_inis.items():
             if index >= processes:
                 wanted[path] = None
         if exporter:
-            wanted[exporter_path] = retarget(files[exporter_path] or "", twins, self._base_dir)
+            wanted[exporter_path] = retarget(files[exporter_path] or "", slots, self._base_dir)
         for path, content in sorted(wanted.items()):
             current = old(path)
             if content is None:
@@ -850,14 +879,14 @@ class Workload:
         index = service_index(name)
         if index is None:
             raise ValueError(f"{name} is not a PgBouncer service")
-        return ini_path(index, self._base_dir, name.endswith(TWIN_SUFFIX))
+        return ini_path(index, self._base_dir, service_slot(name))
 
     def _make_run_dirs(self, names: Iterable[str]) -> None:
         for name in names:
             index = service_index(name)
             if index is None:
                 continue
-            path = run_dir(index, self._base_dir, name.endswith(TWIN_SUFFIX))
+            path = run_dir(index, self._base_dir, service_slot(name))
             with _pebble_errors(f"create {path}"):
                 if not self._container.exists(path):
                     self._container.make_dir(
@@ -938,11 +967,11 @@ class Workload:
 def _live_services(running: set[str], enabled: set[str] | None = None) -> dict[int, str]:
     """The serving service of each running process index.
 
-    When both services of an index run (one draining after a port change), the one the plan
-    enables serves; failing that, ``pgbouncer_<i>``.
+    When several slots of an index run (the others draining after a hand-over), the one the
+    plan enables serves; failing that, the lowest slot.
     """
     live: dict[int, str] = {}
-    order = sorted(running, key=lambda n: (n not in (enabled or set()), n.endswith(TWIN_SUFFIX)))
+    order = sorted(running, key=lambda n: (n not in (enabled or set()), _parse_service(n) or ()))
     for name in order:
         index = service_index(name)
         if index is not None:

@@ -80,11 +80,11 @@ def test_listen_port_change_starts_the_twins_and_leaves_the_old_port_draining(
     out, calls = _calls(ctx, out, ctx.on.update_status())
     assert [c for c in calls if c[0] == "stop"] == [("stop", ("pgbouncer_0", "pgbouncer_1"), None)]
     assert out.opened_ports == {testing.TCPPort(7432)}
-    # The next port change hands back to the first services.
+    # The next port change hands over to the third slots, the one after to the first again.
     state = dataclasses.replace(out, config={"listen_port": 8432})
     out, calls = _calls(ctx, state, ctx.on.config_changed())
     moves = [c for c in calls if c[0] in ("start", "stop", "restart", "replan")]
-    assert moves == [("start", ("pgbouncer_0", "pgbouncer_1"), None)]
+    assert moves == [("start", ("pgbouncer_0_twin2", "pgbouncer_1_twin2"), None)]
 
 
 def test_unchanged_config_changes_nothing(ctx, dirs):

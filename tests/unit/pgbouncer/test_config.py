@@ -125,10 +125,10 @@ def draws_shuffled(draw, items: tuple) -> tuple:
 @given(configs())
 def test_what_the_renderer_accepts_parses_back_to_the_same_values(cfg):
     files = render_files(cfg)
-    assert len(files) == 2 * cfg.processes  # each process's two slots
+    assert len(files) == 3 * cfg.processes  # each process's three slots
     shares, twin_shares, socket_dirs = [], [], set()
     for number, text in enumerate(files.values()):
-        index, twin = divmod(number, 2)
+        index, slot = divmod(number, 3)
         ini = read_ini(text)
         assert list(ini) == ["databases", "peers", "pgbouncer"]
         databases = {key: read_connstring(value) for key, value in ini["databases"]}
@@ -138,13 +138,13 @@ def test_what_the_renderer_accepts_parses_back_to_the_same_values(cfg):
         }
         assert [k for k, _ in ini["databases"]] == sorted(databases)
         peers = {key: read_connstring(value) for key, value in ini["peers"]}
-        assert set(peers) == {str(p + 1 + 4 * t) for p in range(cfg.processes) for t in (0, 1)}
+        assert set(peers) == {str(p + 1 + 4 * k) for p in range(cfg.processes) for k in range(3)}
         assert {p["port"] for p in peers.values()} == {str(cfg.listen_port)}
         settings_ = dict(ini["pgbouncer"])
         assert len(settings_) == len(ini["pgbouncer"]), "duplicate setting"
         assert settings_["listen_port"] == str(cfg.listen_port)
         assert settings_["pool_mode"] == cfg.pool_mode
-        assert settings_["peer_id"] == str(index + 1 + 4 * twin)
+        assert settings_["peer_id"] == str(index + 1 + 4 * slot)
         assert peers[settings_["peer_id"]]["host"] == settings_["unix_socket_dir"]
         socket_dirs.add(settings_["unix_socket_dir"])
         assert settings_["max_prepared_statements"] == str(cfg.max_prepared_statements)
@@ -155,9 +155,9 @@ def test_what_the_renderer_accepts_parses_back_to_the_same_values(cfg):
             assert settings_["auth_user"] == cfg.auth.auth_user
             assert settings_["auth_query"] == cfg.auth.auth_query
             assert settings_["auth_dbname"] == AUTH_DATABASE_KEY
-        (twin_shares if twin else shares).append(int(settings_["max_db_connections"]))
+        (twin_shares if slot else shares).append(int(settings_["max_db_connections"]))
     assert len(socket_dirs) == len(files), "two slots share a socket directory"
-    assert twin_shares == shares
+    assert twin_shares == [share for share in shares for _ in range(2)]
     assert sum(shares) == cfg.max_db_connections
     if cfg.max_db_connections:
         assert min(shares) >= 1, "a share of 0 would mean unlimited"

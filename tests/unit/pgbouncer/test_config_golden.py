@@ -164,7 +164,7 @@ def test_render_ini_is_the_same_text_as_render_files(case):
     cfg = CASES[case]
     files = render_files(cfg)
     assert [
-        render_ini(cfg, i, twin=twin) for i in range(cfg.processes) for twin in (False, True)
+        render_ini(cfg, i, slot=slot) for i in range(cfg.processes) for slot in range(3)
     ] == list(files.values())
 
 
@@ -177,8 +177,10 @@ def test_base_dir_moves_every_path():
     assert sorted(files) == [
         "/tmp/x/pgbouncer_0.ini",
         "/tmp/x/pgbouncer_0_twin.ini",
+        "/tmp/x/pgbouncer_0_twin2.ini",
         "/tmp/x/pgbouncer_1.ini",
         "/tmp/x/pgbouncer_1_twin.ini",
+        "/tmp/x/pgbouncer_1_twin2.ini",
     ]
     text, twin = files["/tmp/x/pgbouncer_1.ini"], files["/tmp/x/pgbouncer_1_twin.ini"]
     assert "/var/lib/pgbouncer" not in text + twin
@@ -188,6 +190,7 @@ def test_base_dir_moves_every_path():
     for either in (text, twin):
         assert "2 = host=/tmp/x/run/1 port=6432\n" in either
         assert "6 = host=/tmp/x/run/1_twin port=6432\n" in either
+        assert "10 = host=/tmp/x/run/1_twin2 port=6432\n" in either
     assert "auth_file = /tmp/x/userlist.txt\n" in text
 
 

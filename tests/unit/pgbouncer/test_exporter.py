@@ -21,6 +21,7 @@ from pgbouncer.exporter import (
     render_exporter_files,
     render_passfile,
     render_stats_auth_line,
+    retarget,
     scram_verifier,
 )
 from pgbouncer.workload import build_layer
@@ -120,3 +121,24 @@ def test_the_auth_user_cannot_be_the_stats_user():
     auth = AuthSettings(auth_user="pgbouncer_auth_x", auth_query="SELECT 1", auth_dbname="app")
     with pytest.raises(RenderError, match="stats_user"):
         render_ini(_cfg(auth=auth, stats_user="pgbouncer_auth_x"), 0)
+
+
+def test_retarget_reads_each_process_through_its_serving_slot():
+    config = render_exporter_config(3, 6432, "/var/lib/pgbouncer")
+    assert retarget(config, {0: 0, 1: 0}) == config
+    moved = json.loads(retarget(config, {0: 2, 1: 0, 2: 1}))
+    hosts = [t["dsn"].split()[0] for t in moved["pgbouncers"]]
+    assert hosts == [
+        "host=/var/lib/pgbouncer/run/0_twin2",
+        "host=/var/lib/pgbouncer/run/1",
+        "host=/var/lib/pgbouncer/run/2_twin",
+    ]
+    assert [t["extra_labels"] for t in moved["pgbouncers"]] == [
+        {"process": str(i)} for i in range(3)
+    ]
+
+
+@pytest.mark.parametrize("config", ["", "[]", '{"pgbouncers": [{"dsn": "host=/elsewhere"}]}'])
+def test_retarget_refuses_a_configuration_it_did_not_render(config):
+    with pytest.raises(RenderError):
+        retarget(config, {0: 1})

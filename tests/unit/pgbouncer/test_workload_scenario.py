@@ -17,7 +17,14 @@ from ops import testing
 from harness.juju import as_older_charm_left_it
 from pgbouncer.config import AUTH_FILE, DatabaseTarget, PgBouncerConfig, render_files
 from pgbouncer.exporter import render_exporter_files
-from pgbouncer.workload import ApplyResult, Workload
+from pgbouncer.workload import (
+    ApplyResult,
+    Workload,
+    next_slots,
+    service_index,
+    service_name,
+    service_slot,
+)
 from tests.unit.pgbouncer.conftest import PGB
 
 ACTIVE = ops.pebble.ServiceStatus.ACTIVE
@@ -177,7 +184,7 @@ def test_a_listen_port_change_hands_each_process_over_to_its_twin(state, tmp_pat
     assert result.stopped == ("pgbouncer_1_twin",)
     assert out.get_container("pgbouncer").plan.services["pgbouncer_1_twin"].startup == "disabled"
     result, out = run(out, files_for(cfg(port=6432, processes=1)), 1)
-    assert result.handed_over == ("pgbouncer_0_twin -> pgbouncer_0",)
+    assert result.handed_over == ("pgbouncer_0_twin -> pgbouncer_0_twin2",)
     assert result.draining == ("pgbouncer_0_twin",)
 
 
@@ -185,10 +192,14 @@ def test_a_second_port_change_within_the_grace_stops_the_oldest_processes_first(
     _, out = run(state, files_for(cfg()), 2)
     _, out = run(out, files_for(cfg(port=7000)), 2)
     result, out = run(out, files_for(cfg(port=7001)), 2, drain_old=False)
-    # pgbouncer_<i> still drains port 6432 and is the slot the hand-over needs.
+    # The third slots are free: both earlier generations keep draining.
+    assert result.stopped == () and result.started == TWINS2
+    assert result.draining == tuple(sorted((*BOTH, *TWINS)))
+    result, out = run(out, files_for(cfg(port=7002)), 2, drain_old=False)
+    # No slot is free: pgbouncer_<i> (draining 6432, the oldest) is stopped for the hand-over.
     assert result.stopped == BOTH and result.started == BOTH
-    assert result.draining == ("pgbouncer_0_twin", "pgbouncer_1_twin")
-    assert result.moved_from == 7000
+    assert result.draining == tuple(sorted((*TWINS, *TWINS2)))
+    assert result.moved_from == 7001
 
 
 def _both_services_of_an_index_run(out: testing.State) -> bool:
@@ -204,7 +215,11 @@ def _both_services_of_an_index_run(out: testing.State) -> bool:
 def _with_pidfile(files: dict[str, str | None]) -> dict[str, str | None]:
     """Process 0's files as an older rendering had them: a no-reload key (``pidfile``) more."""
     older = dict(files)
-    for ini in (f"{PGB}/pgbouncer_0.ini", f"{PGB}/pgbouncer_0_twin.ini"):
+    for ini in (
+        f"{PGB}/pgbouncer_0.ini",
+        f"{PGB}/pgbouncer_0_twin.ini",
+        f"{PGB}/pgbouncer_0_twin2.ini",
+    ):
         older[ini] = str(files[ini]).replace("[pgbouncer]\n", "[pgbouncer]\npidfile = /x.pid\n")
     return older
 
@@ -220,18 +235,19 @@ def test_a_restart_that_keeps_the_port_hands_over_on_the_same_port(state, signal
     assert WorkloadCharm.calls == [("SIGTERM", "pgbouncer_0")]
 
 
-def test_a_restart_is_in_place_on_an_older_pgbouncer_or_with_the_other_slot_busy(state):
+def test_a_restart_is_in_place_on_an_older_pgbouncer_or_with_every_other_slot_busy(state):
     files = files_for(cfg())
     _, out = run(state, _with_pidfile(files), 2, wait_for_clients=False)
     result, _ = run(out, files, 2, wait_for_clients=False)
     assert result.restarted == ("pgbouncer_0",)
     assert result.handed_over == result.started == ()
-    # The other slot still drains a pool_mode hand-over: restart in place, nobody cut there.
+    # Both other slots still drain pool_mode hand-overs: restart in place, nobody cut there.
     _, out = run(state, _with_pidfile(files), 2)
     _, out = run(out, _with_pidfile(files_for(cfg(pool_mode="session"))), 2)
-    result, _ = run(out, files_for(cfg(pool_mode="session")), 2, drain_old=False)
-    assert result.restarted == ("pgbouncer_0_twin",)
-    assert result.handed_over == () and result.draining == BOTH
+    _, out = run(out, _with_pidfile(files_for(cfg())), 2, drain_old=False)
+    result, _ = run(out, files_for(cfg()), 2, drain_old=False)
+    assert result.restarted == ("pgbouncer_0_twin2",)
+    assert result.handed_over == () and result.draining == tuple(sorted((*BOTH, *TWINS)))
 
 
 def test_an_upgrade_that_changes_the_service_definition_hands_over(state, signals):
@@ -289,6 +305,7 @@ def signals(monkeypatch) -> list[tuple[str, ...]]:
 
 BOTH = ("pgbouncer_0", "pgbouncer_1")
 TWINS = ("pgbouncer_0_twin", "pgbouncer_1_twin")
+TWINS2 = ("pgbouncer_0_twin2", "pgbouncer_1_twin2")
 PAUSED_RELOAD = [
     ("SIGUSR1", *BOTH),
     ("sleep", "1.0"),
@@ -445,27 +462,38 @@ def test_a_pool_mode_change_hands_over_on_the_same_port_and_closes_the_old_proce
     assert WorkloadCharm.calls == [("SIGHUP", *TWINS)]
     assert (tmp_path / "pgbouncer_0.ini").read_text() == old_file
 
-    # A second mode change while the old slots still drain: the old clients are not cut for
-    # it; the twins (clients that came since) change mode in place, under PAUSE.
+    # A second mode change (a revert) while the old slots still drain: the third slots take
+    # over the same way; the clients that came to the twins keep their mode too.
     signals.clear()
     result, out = run(out, files_for(cfg(extra_db=True)), 2, drain_old=False)
+    assert result.started == TWINS2 and result.stopped == ()
+    assert WorkloadCharm.calls == [("SIGTERM", *TWINS)]
+    assert (
+        result.draining == tuple(sorted((*BOTH, *TWINS))) and result.handover_reason == "pool_mode"
+    )
+
+    # A third change with no slot free: the serving processes (the clients that came since
+    # the last change) change mode in place, under PAUSE; the draining ones are left alone.
+    signals.clear()
+    result, out = run(out, files_for(cfg(pool_mode="session", extra_db=True)), 2, drain_old=False)
     assert result.handed_over == () and result.stopped == ()
-    assert result.paused == TWINS and result.pause_reason == "pool_mode"
+    assert result.paused == TWINS2 and result.pause_reason == "pool_mode"
     assert [c[0] for c in WorkloadCharm.calls if c[0].startswith("SIG")] == [
         "SIGUSR1",
         "SIGHUP",
         "SIGUSR2",
     ]
-    assert all(set(c[1:]) == set(TWINS) for c in WorkloadCharm.calls if c[0] != "sleep")
+    assert all(set(c[1:]) == set(TWINS2) for c in WorkloadCharm.calls if c[0] != "sleep")
 
     # At the bound the caller lets them go: they are stopped, nothing else happens.
-    result, out = run(out, files_for(cfg(extra_db=True)), 2)
-    assert result.stopped == BOTH and result.draining == () and result.reloaded == ()
-    # The next mode change hands over again, back to the first slots.
-    result, _ = run(out, files_for(cfg(pool_mode="session", extra_db=True)), 2)
+    result, out = run(out, files_for(cfg(pool_mode="session", extra_db=True)), 2)
+    assert result.stopped == tuple(sorted((*BOTH, *TWINS))) and result.draining == ()
+    assert result.reloaded == ()
+    # The next mode change hands over again, to the slots that served longest ago.
+    result, _ = run(out, files_for(cfg(extra_db=True)), 2)
     assert result.handed_over == (
-        "pgbouncer_0_twin -> pgbouncer_0",
-        "pgbouncer_1_twin -> pgbouncer_1",
+        "pgbouncer_0_twin2 -> pgbouncer_0",
+        "pgbouncer_1_twin2 -> pgbouncer_1",
     )
 
 
@@ -514,3 +542,25 @@ def test_each_kind_of_drain_ends_on_its_own_flag(state):
     assert result.draining_same_port == ()
     result, _ = run(out, files_for(cfg(pool_mode="session", port=7000)), 2, drain_same_port=False)
     assert result.stopped == TWINS and result.draining == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "parsed"),
+    [
+        ("pgbouncer_0", (0, 0)),
+        ("pgbouncer_3_twin", (3, 1)),
+        ("pgbouncer_1_twin2", (1, 2)),
+        ("pgbouncer_1_twin3", None),  # no fourth slot
+        ("pgbouncer_1_twin1", None),
+        ("pgbouncer_01", None),
+        ("pgbouncer_0_twin_twin", None),
+        ("metrics_exporter", None),
+    ],
+)
+def test_service_names_map_to_one_index_and_slot_each(name, parsed):
+    assert (service_index(name), None if parsed is None else service_slot(name)) == (
+        (parsed[0], parsed[1]) if parsed else (None, None)
+    )
+    if parsed:
+        assert service_name(*parsed) == name
+        assert next_slots(name) == [service_name(parsed[0], (parsed[1] + k) % 3) for k in (1, 2)]
