@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from ops import testing
@@ -82,6 +82,21 @@ class ClientCredentials:
 
     def __repr__(self) -> str:  # never show the password
         return f"ClientCredentials(username={self.username!r}, database={self.database!r})"
+
+
+def connect_at(
+    address: tuple[str, int], creds: ClientCredentials, **kwargs: Any
+) -> psycopg.Connection:
+    """A client connection to ``address`` (host, port) with ``creds``; ``kwargs`` to psycopg."""
+    return psycopg.connect(
+        host=address[0],
+        port=address[1],
+        dbname=creds.database,
+        user=creds.username,
+        password=creds.password,
+        connect_timeout=5,
+        **kwargs,
+    )
 
 
 class Deployment:
@@ -301,16 +316,7 @@ class Deployment:
     @contextmanager
     def connect(self, unit: Unit, creds: ClientCredentials) -> Iterator[psycopg.Connection]:
         """A client connection through ``unit``'s PgBouncer with the published credentials."""
-        host, port = unit.address()
-        with psycopg.connect(
-            host=host,
-            port=port,
-            dbname=creds.database,
-            user=creds.username,
-            password=creds.password,
-            connect_timeout=5,
-            autocommit=True,
-        ) as conn:
+        with connect_at(unit.address(), creds, autocommit=True) as conn:
             yield conn
 
     def query(self, unit: Unit, creds: ClientCredentials, sql: str) -> tuple:

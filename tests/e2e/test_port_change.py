@@ -21,24 +21,12 @@ import pytest
 
 from harness.servers.pg import PostgresServer
 from harness.servers.system import free_port
-from harness.story import ClientCredentials, Deployment
+from harness.story import Deployment, connect_at
 from pgbouncer.workload import DRAIN_GRACE_S
 
 pytestmark = pytest.mark.needs_root
 
 MakeDeployment = Callable[..., Deployment]
-
-
-def _connect(address: tuple[str, int], creds: ClientCredentials, **kwargs) -> psycopg.Connection:
-    return psycopg.connect(
-        host=address[0],
-        port=address[1],
-        dbname=creds.database,
-        user=creds.username,
-        password=creds.password,
-        connect_timeout=5,
-        **kwargs,
-    )
 
 
 @dataclass
@@ -72,9 +60,9 @@ def test_a_port_change_keeps_the_old_port_serving_until_clients_could_move(
         conn.execute("CREATE TABLE moved (n int)")
 
     # Before the change: a transaction left open on the old port, and a client idle there.
-    held = _connect(old_address, creds)
+    held = connect_at(old_address, creds)
     held.execute("INSERT INTO moved VALUES (1)")  # psycopg opened a transaction
-    idle = _connect(old_address, creds, autocommit=True)
+    idle = connect_at(old_address, creds, autocommit=True)
     seen = Seen()
     stop = threading.Event()
 
@@ -82,7 +70,7 @@ def test_a_port_change_keeps_the_old_port_serving_until_clients_could_move(
         """New clients go to the new port, as an application told of it would."""
         while not stop.is_set():
             try:
-                with _connect(new_address, creds, autocommit=True) as conn:
+                with connect_at(new_address, creds, autocommit=True) as conn:
                     conn.execute("SELECT 1")
                 seen.add("new port served")
             except psycopg.OperationalError as exc:
@@ -109,7 +97,7 @@ def test_a_port_change_keeps_the_old_port_serving_until_clients_could_move(
     idle.execute("SELECT 1")
     held.execute("INSERT INTO moved VALUES (2)")
     held.commit()
-    with _connect(old_address, creds, autocommit=True) as late:
+    with connect_at(old_address, creds, autocommit=True) as late:
         assert late.execute("SELECT 1").fetchone() == (1,)
     assert unit.runner is not None
     assert unit.runner.running() == {"pgbouncer_0", "pgbouncer_0_twin"}
@@ -125,7 +113,7 @@ def test_a_port_change_keeps_the_old_port_serving_until_clients_could_move(
     assert unit.runner.running() == {"pgbouncer_0_twin"}
     assert unit.runner.exited() == {}
     with pytest.raises(psycopg.OperationalError):
-        _connect(old_address, creds).close()
+        connect_at(old_address, creds).close()
     assert d.query(unit, creds, "SELECT array_agg(n ORDER BY n) FROM moved") == ([1, 2],)
     # The serving slot's file has the new port; the stopped slot's keeps what it ran with.
     assert f"listen_port = {new_port}" in (unit.mount_dir / "pgbouncer_0_twin.ini").read_text()
@@ -160,7 +148,7 @@ def test_two_units_publish_the_new_port_only_when_both_listen_on_it(
     creds = d.credentials(client)
     assert _port_of(creds.endpoints) == old_port  # still what every unit serves
     for unit in (leader, follower):  # and both serve it: the leader from its draining process
-        with _connect(unit.address(old_port), creds, autocommit=True) as conn:
+        with connect_at(unit.address(old_port), creds, autocommit=True) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
 
     follower.config_changed()
@@ -168,8 +156,8 @@ def test_two_units_publish_the_new_port_only_when_both_listen_on_it(
     creds = d.credentials(client)
     assert _port_of(creds.endpoints) == new_port
     for unit in (leader, follower):
-        with _connect(unit.address(new_port), creds, autocommit=True) as conn:
+        with connect_at(unit.address(new_port), creds, autocommit=True) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
         # the old port still answers for clients that have not read the new endpoints yet
-        with _connect(unit.address(old_port), creds, autocommit=True) as conn:
+        with connect_at(unit.address(old_port), creds, autocommit=True) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -14,34 +14,23 @@ processes in front of a real PostgreSQL 15. Order and counts only, no timed asse
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
 
-from harness.juju import as_older_charm_left_it
+from harness.juju import Unit, as_older_charm_left_it
 from harness.servers.pg import PostgresServer
-from harness.story import ClientCredentials, Deployment
+from harness.story import ClientCredentials, Deployment, connect_at
 from pgbouncer.workload import SAME_PORT_DRAIN_S
 
 pytestmark = pytest.mark.needs_root
 
 MakeDeployment = Callable[..., Deployment]
-
-
-def _connect(address: tuple[str, int], creds: ClientCredentials, **kwargs) -> psycopg.Connection:
-    return psycopg.connect(
-        host=address[0],
-        port=address[1],
-        dbname=creds.database,
-        user=creds.username,
-        password=creds.password,
-        connect_timeout=5,
-        **kwargs,
-    )
 
 
 class PreparingClient(threading.Thread):
@@ -66,6 +55,60 @@ class PreparingClient(threading.Thread):
             time.sleep(0.005)
 
 
+def _deployed(
+    make_deployment: MakeDeployment,
+) -> tuple[Deployment, Unit, ClientCredentials, tuple[str, int]]:
+    """One unit in transaction mode with a client relation and a table ``modes``."""
+    d = make_deployment(1)
+    d.app.set_config(pool_mode="transaction")
+    d.deploy()
+    d.relate_backend("dpcharmlibs")
+    creds = d.credentials(d.relate_client("app-one", "appdb"))
+    unit = d.app.leader
+    with d.connect(unit, creds) as conn:
+        conn.execute("CREATE TABLE modes (n int)")
+    return d, unit, creds, unit.address(int(d.app.config["listen_port"]))
+
+
+def _warm(clients: list[PreparingClient]) -> None:
+    """Until every client has prepared its statements on a server (10 rounds each)."""
+    while min(c.done for c in clients) < 10 and not any(c.errors for c in clients):
+        time.sleep(0.01)
+
+
+def _run_on(clients: list[PreparingClient], rounds: int = 20) -> None:
+    """Until every client has done ``rounds`` more; fails at the first error any client saw."""
+    mark = [c.done for c in clients]
+    while any(c.done < m + rounds for c, m in zip(clients, mark, strict=True)):
+        assert not any(c.errors for c in clients), [c.errors for c in clients]
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def _looping(clients: list[PreparingClient]) -> Iterator[None]:
+    """The clients loop, warm, through the block and 20 rounds after it, and saw no error."""
+    for client in clients:
+        client.start()
+    try:
+        _warm(clients)
+        yield
+        _run_on(clients)
+    finally:
+        for client in clients:
+            client.stop.set()
+        for client in clients:
+            client.join(timeout=30)
+    assert [c.errors for c in clients] == [[]] * len(clients)
+
+
+def _assert_handed_over(unit: Unit, old: str, new: str) -> None:
+    """The hook's Pebble calls, as replayed: ``new`` started, ``old`` sent SIGTERM, no restart."""
+    report = unit.last_report
+    assert report is not None
+    assert report.started == [new] and report.restarted == []
+    assert (old, "SIGTERM") in report.signalled
+
+
 def _serves_in_session_mode(address: tuple[str, int], creds: ClientCredentials) -> bool:
     """Whether a new client's temporary table outlives its transaction.
 
@@ -73,8 +116,8 @@ def _serves_in_session_mode(address: tuple[str, int], creds: ClientCredentials) 
     stay the client's.
     """
     with (
-        _connect(address, creds, autocommit=True) as mine,
-        _connect(address, creds, autocommit=True) as other,
+        connect_at(address, creds, autocommit=True) as mine,
+        connect_at(address, creds, autocommit=True) as other,
     ):
         mine.execute("CREATE TEMP TABLE mine (x int)")
         with other.transaction():
@@ -89,41 +132,16 @@ def _serves_in_session_mode(address: tuple[str, int], creds: ClientCredentials) 
 def test_a_pool_mode_change_fails_no_query_of_a_client_with_prepared_statements(
     make_deployment: MakeDeployment, pg: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ):
-    d = make_deployment(1)
-    d.app.set_config(pool_mode="transaction")
-    d.deploy()
-    d.relate_backend("dpcharmlibs")
-    creds = d.credentials(d.relate_client("app-one", "appdb"))
-    unit = d.app.leader
-    address = unit.address(int(d.app.config["listen_port"]))
-    with d.connect(unit, creds) as conn:
-        conn.execute("CREATE TABLE modes (n int)")
+    d, unit, creds, address = _deployed(make_deployment)
     assert not _serves_in_session_mode(address, creds)
 
-    clients = [PreparingClient(_connect(address, creds), n) for n in range(4)]
-    held = _connect(address, creds)  # a transaction left open across the change
+    clients = [PreparingClient(connect_at(address, creds), n) for n in range(4)]
+    held = connect_at(address, creds)  # a transaction left open across the change
     held.execute("INSERT INTO modes VALUES (100)")
-    for client in clients:
-        client.start()
-    try:
-        while min(c.done for c in clients) < 10 and not any(c.errors for c in clients):
-            time.sleep(0.01)  # every client has prepared its statements on the server
+    with _looping(clients):
         d.app.set_config(pool_mode="session")
         unit.config_changed()
-        report = unit.last_report
-        assert report is not None
-        assert report.started == ["pgbouncer_0_twin"]
-        assert ("pgbouncer_0", "SIGTERM") in report.signalled
-        mark = [c.done for c in clients]
-        while any(c.done < m + 20 for c, m in zip(clients, mark, strict=True)):
-            assert not any(c.errors for c in clients), [c.errors for c in clients]
-            time.sleep(0.01)
-    finally:
-        for client in clients:
-            client.stop.set()
-        for client in clients:
-            client.join(timeout=30)
-    assert [c.errors for c in clients] == [[]] * 4
+        _assert_handed_over(unit, "pgbouncer_0", "pgbouncer_0_twin")
     held.execute("INSERT INTO modes VALUES (101)")
     held.commit()  # the open transaction commits on the old process
     # New clients get the new mode; the old process takes none (it closed its listener).
@@ -161,17 +179,37 @@ def test_a_pool_mode_change_fails_no_query_of_a_client_with_prepared_statements(
     assert d.query(unit, creds, "SELECT count(*) FROM modes WHERE n >= 100") == (2,)
 
 
+def test_a_change_and_its_revert_fail_no_query_of_either_generation(
+    make_deployment: MakeDeployment, pg: PostgresServer
+):
+    """Transaction -> session -> transaction within the bound.
+
+    Clients from before the first change and clients that came between the two keep their
+    modes; the third slot serves the new ones.
+    """
+    d, unit, creds, address = _deployed(make_deployment)
+
+    before = [PreparingClient(connect_at(address, creds), n) for n in range(3)]
+    with _looping(before):
+        d.app.set_config(pool_mode="session")
+        unit.config_changed()
+        between = [PreparingClient(connect_at(address, creds), n) for n in range(3, 6)]
+        with _looping(between):
+            d.app.set_config(pool_mode="transaction")  # the revert
+            unit.config_changed()
+            _assert_handed_over(unit, "pgbouncer_0_twin", "pgbouncer_0_twin2")
+    assert unit.runner is not None
+    assert unit.runner.running() == {"pgbouncer_0", "pgbouncer_0_twin", "pgbouncer_0_twin2"}
+    assert not _serves_in_session_mode(address, creds)  # new clients: transaction mode again
+    for client in before + between:
+        client.conn.close()
+
+
 def test_clients_that_never_leave_are_cut_only_at_the_bound(
     make_deployment: MakeDeployment, pg: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ):
-    d = make_deployment(1)
-    d.app.set_config(pool_mode="transaction")
-    d.deploy()
-    d.relate_backend("dpcharmlibs")
-    creds = d.credentials(d.relate_client("app-one", "appdb"))
-    unit = d.app.leader
-    address = unit.address(int(d.app.config["listen_port"]))
-    stays = _connect(address, creds, autocommit=True)
+    d, unit, creds, address = _deployed(make_deployment)
+    stays = connect_at(address, creds, autocommit=True)
     d.app.set_config(pool_mode="session")
     unit.config_changed()
     unit.update_status()  # any hook before the bound leaves the old process serving
@@ -196,41 +234,16 @@ def test_an_upgrade_that_changes_the_service_definition_cuts_no_client(
 
     ``upgrade-charm`` hands it over on the same port instead of restarting it in place.
     """
-    d = make_deployment(1)
-    d.app.set_config(pool_mode="transaction")
-    d.deploy()
-    d.relate_backend("dpcharmlibs")
-    creds = d.credentials(d.relate_client("app-one", "appdb"))
-    unit = d.app.leader
-    address = unit.address(int(d.app.config["listen_port"]))
-    with d.connect(unit, creds) as conn:
-        conn.execute("CREATE TABLE modes (n int)")
+    _, unit, creds, address = _deployed(make_deployment)
     older = as_older_charm_left_it(unit.container, "on-success")
     unit.state = dataclasses.replace(unit.state, containers={older})
 
-    clients = [PreparingClient(_connect(address, creds), n) for n in range(4)]
-    for client in clients:
-        client.start()
-    try:
-        while min(c.done for c in clients) < 10 and not any(c.errors for c in clients):
-            time.sleep(0.01)
+    clients = [PreparingClient(connect_at(address, creds), n) for n in range(4)]
+    with _looping(clients):
         unit.run(lambda on, _: on.upgrade_charm())
-        report = unit.last_report
-        assert report is not None
-        assert report.started == ["pgbouncer_0_twin"] and report.restarted == []
-        assert ("pgbouncer_0", "SIGTERM") in report.signalled
-        mark = [c.done for c in clients]
-        while any(c.done < m + 20 for c, m in zip(clients, mark, strict=True)):
-            assert not any(c.errors for c in clients), [c.errors for c in clients]
-            time.sleep(0.01)
-    finally:
-        for client in clients:
-            client.stop.set()
-        for client in clients:
-            client.join(timeout=30)
-    assert [c.errors for c in clients] == [[]] * 4
+        _assert_handed_over(unit, "pgbouncer_0", "pgbouncer_0_twin")
     assert "old processes draining (restart)" in unit.state.unit_status.message
-    with _connect(address, creds, autocommit=True) as late:  # new clients: the new process
+    with connect_at(address, creds, autocommit=True) as late:  # new clients: the new process
         assert late.execute("SELECT 1").fetchone() == (1,)
     for client in clients:
         client.conn.close()
