@@ -48,7 +48,8 @@ from bench.netns import run_module
 from bench.pgbench import PgbenchResult, Target, run_pgbench
 from bench.reconfig import _count_backends
 from bench.settings import Settings, load
-from bench.stack import limit_cpus, pgbench_init
+from bench.stack import pgbench_init
+from harness.juju import limit_cpus
 from harness.story import promoted_copy
 
 WINDOW_AFTER_S = 2.0

@@ -39,7 +39,8 @@ from typing import Any
 from bench.netns import run_module
 from bench.pgbench import PgbenchResult, Target, run_pgbench
 from bench.settings import Settings, load
-from bench.stack import limit_cpus, pgbench_init
+from bench.stack import pgbench_init
+from harness.juju import limit_cpus
 from harness.story import promoted_copy
 
 WINDOW_AFTER_S = 2.0

@@ -12,13 +12,11 @@ Everything started here is stopped by its own PID in :meth:`Stack.close`, which 
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from psycopg import sql
 
@@ -297,21 +295,3 @@ class Stack:
             for backend in self.backends:
                 backend.server.destroy()
             self.backends.clear()
-
-
-def limit_cpus(unit: Any, cgroup: Path, cpus: int) -> None:
-    """Give a harness unit a pod CPU limit: a ``cpu.max`` the charm reads through Pebble.
-
-    The charm runs one PgBouncer process per CPU of that limit (clamped 1 to 4).
-    """
-    from ops import testing
-
-    (cgroup / "cpu.max").write_text(f"{cpus * 100000} 100000\n")
-    container = unit.state.get_container("pgbouncer")
-    mounts = {
-        **container.mounts,
-        "cgroup": testing.Mount(location="/sys/fs/cgroup", source=cgroup),
-    }
-    unit.state = dataclasses.replace(
-        unit.state, containers={dataclasses.replace(container, mounts=mounts)}
-    )

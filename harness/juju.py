@@ -95,6 +95,22 @@ def image_check_exec() -> testing.Exec:
     return testing.Exec(["sh", "-c"], stdout=f"{VERSION_MARKER}\n{out}")
 
 
+def limit_cpus(unit: Unit, cgroup: Path, cpus: int) -> None:
+    """Give a harness unit a pod CPU limit: a ``cpu.max`` the charm reads through Pebble.
+
+    The charm runs one PgBouncer process per CPU of that limit (clamped 1 to 4).
+    """
+    (cgroup / "cpu.max").write_text(f"{cpus * 100000} 100000\n")
+    container = unit.container
+    mounts = {
+        **container.mounts,
+        "cgroup": testing.Mount(location="/sys/fs/cgroup", source=cgroup),
+    }
+    unit.state = dataclasses.replace(
+        unit.state, containers={dataclasses.replace(container, mounts=mounts)}
+    )
+
+
 def as_older_charm_left_it(container: testing.Container, key: str) -> testing.Container:
     """``container`` as if an older charm had defined its services without ``key``.
 

@@ -619,10 +619,20 @@ class Workload:
             n for n, info in before.items() if info.startup == pebble.ServiceStartup.ENABLED
         }
         live = _live_services(running, enabled)
+        # Processes no longer wanted (fewer processes) that served until now: they retire. A
+        # running PgBouncer service that does not serve is a *stray*, draining since an
+        # earlier apply (a hand-over, or a retirement).
+        retiring = sorted(
+            name
+            for name in running
+            if (index := service_index(name)) is not None
+            and index >= processes
+            and name in enabled
+        )
         strays = {
             name
-            for name in running - set(live.values())
-            if (index := service_index(name)) is not None and index < processes
+            for name in running - {live[i] for i in live if i < processes} - set(retiring)
+            if service_index(name) is not None
         }
         # One listing, then a read only of the files that exist: a hook pays for the files in
         # use, not for every file the charm might write (TLS, exporter, inis of 4 processes).
@@ -636,12 +646,22 @@ class Workload:
                 )
             return old_content[path]
 
+        # An index that does not serve yet starts in a slot where nothing runs (a process that
+        # retired may still drain in one); with every slot draining, in the first (stopped).
+        fresh = {
+            i: next(
+                (n for k in range(SLOTS) if (n := service_name(i, k)) not in running),
+                service_name(i),
+            )
+            for i in range(processes)
+            if i not in live
+        }
         with _pebble_errors("read the plan"):
             current_plan = self._container.get_plan()
         plan = _Plan()
         moved_from: int | None = None
         for i in range(processes):
-            path = self._slot_ini(live.get(i, service_name(i)))
+            path = self._slot_ini(live.get(i) or fresh[i])
             before_ini, after_ini = old(path), files[path] or ""
             # Same port, new process: possible when the other slot is free and the old process
             # can serve its clients after SIGTERM (PgBouncer >= 1.23).
@@ -676,7 +696,7 @@ class Workload:
                 if reason:
                     plan.drain[i] = reason
 
-        serving = {i: live.get(i, service_name(i)) for i in range(processes)}
+        serving = {i: live.get(i) or fresh[i] for i in range(processes)}
         # The first free slot in turn; a port change with none free takes the one that served
         # longest ago, stopping what still drains there.
         handover = {
@@ -693,8 +713,27 @@ class Workload:
                 wanted[path] = content
             elif slot[0] < processes and self._slot_ini(serving[slot[0]]) == path:
                 wanted[path] = content  # the serving slot's file; a draining one keeps its own
+        # A hand-over needs its slot: a process still draining there from the hand-over
+        # before is stopped first (its remaining clients are cut). The others drain until the
+        # caller says their time is up.
+        same_port_strays = {
+            name
+            for name in strays
+            if self._listen_port(old(self._slot_ini(name)) or "") == listen_port
+        }
+        busy_set = (set(handover.values()) | set(fresh.values())) & strays
+        if drain_old:
+            busy_set |= strays - same_port_strays
+        if drain_same_port:
+            busy_set |= same_port_strays
+        busy = sorted(busy_set)
+        # Fewer processes: with PgBouncer >= 1.23 the retiring ones drain like a same-port
+        # hand-over (SIGTERM below, stopped at the bound); before, they stop at once.
+        retiring_now: list[str] = [] if wait_for_clients else retiring
+        retiring = retiring if wait_for_clients else []
+        keep = (strays - busy_set) | set(retiring)  # draining processes keep their file
         for path, (index, _slot) in slot_inis.items():
-            if index >= processes:
+            if index >= processes and not any(self._slot_ini(name) == path for name in keep):
                 wanted[path] = None
         if exporter:
             wanted[exporter_path] = retarget(files[exporter_path] or "", slots, self._base_dir)
@@ -713,20 +752,11 @@ class Workload:
                 plan.reload_all = True  # auth or TLS files: every serving process re-reads them
         self._make_run_dirs(serving.values())
 
-        stopped = self._stop_unwanted(processes, running)
-        # A hand-over needs its slot: a process still draining there from the hand-over
-        # before is stopped first (its remaining clients are cut).
-        same_port_strays = {
-            name
-            for name in strays
-            if self._listen_port(old(self._slot_ini(name)) or "") == listen_port
-        }
-        busy = set(handover.values()) & strays
-        if drain_old:
-            busy |= strays - same_port_strays
-        if drain_same_port:
-            busy |= same_port_strays
-        busy = sorted(busy)
+        stopped: list[str] = []
+        if retiring_now:
+            with _pebble_errors("stop the processes no longer wanted"):
+                self._container.stop(*retiring_now)
+            stopped = list(retiring_now)
         if busy:
             with _pebble_errors("stop the processes left draining"):
                 self._container.stop(*busy)
@@ -737,14 +767,15 @@ class Workload:
         )
         # A same-port hand-over: the new process accepts on the port; now the old one stops
         # accepting and serves its clients, as they started, until they leave.
-        closing = [live[i] for i, why in plan.handover.items() if why != "port"]
+        closing = [live[i] for i, why in plan.handover.items() if why != "port"] + retiring
         if closing:
             with _pebble_errors("close the old processes to new clients"):
                 self._container.send_signal("SIGTERM", *closing)
-        draining = sorted((strays - set(busy)) | {live[i] for i in handover})
+        draining = sorted((strays - set(busy)) | {live[i] for i in handover} | set(retiring))
         draining_same_port = sorted(
             (same_port_strays - set(busy))
             | {live[i] for i, why in plan.handover.items() if why != "port"}
+            | set(retiring)
         )
 
         reloaded: list[str] = []
@@ -772,7 +803,7 @@ class Workload:
             with _pebble_errors(f"restart {EXPORTER_SERVICE}"):
                 self._container.restart(EXPORTER_SERVICE)
             restarted.append(EXPORTER_SERVICE)
-        kinds = sorted(set(plan.handover.values()))
+        kinds = sorted(set(plan.handover.values()) | ({"processes"} if retiring else set()))
         return ApplyResult(
             written=tuple(plan.written),
             removed=tuple(plan.removed),
@@ -897,17 +928,6 @@ class Workload:
                         group=WORKLOAD_USER,
                     )
 
-    def _stop_unwanted(self, processes: int, running: set[str]) -> list[str]:
-        stop = sorted(
-            name
-            for name in running
-            if (index := service_index(name)) is not None and index >= processes
-        )
-        if stop:
-            with _pebble_errors("stop the processes no longer wanted"):
-                self._container.stop(*stop)
-        return stop
-
     def _start_serving(
         self,
         serving: Mapping[int, str],
@@ -964,15 +984,14 @@ class Workload:
         return start, changed
 
 
-def _live_services(running: set[str], enabled: set[str] | None = None) -> dict[int, str]:
-    """The serving service of each running process index.
+def _live_services(running: set[str], enabled: set[str]) -> dict[int, str]:
+    """The serving service of each running process index: the running slot the plan enables.
 
-    When several slots of an index run (the others draining after a hand-over), the one the
-    plan enables serves; failing that, the lowest slot.
+    A running slot the plan does not enable drains (after a hand-over or a retirement) and never
+    serves again: a process index that comes back gets a fresh slot.
     """
     live: dict[int, str] = {}
-    order = sorted(running, key=lambda n: (n not in (enabled or set()), _parse_service(n) or ()))
-    for name in order:
+    for name in sorted(running & enabled, key=lambda n: _parse_service(n) or ()):
         index = service_index(name)
         if index is not None:
             live.setdefault(index, name)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
-from harness.juju import Unit, as_older_charm_left_it
+from harness.juju import Unit, as_older_charm_left_it, limit_cpus
 from harness.servers.pg import PostgresServer
 from harness.story import ClientCredentials, Deployment, connect_at
 from pgbouncer.workload import SAME_PORT_DRAIN_S
@@ -247,3 +247,45 @@ def test_an_upgrade_that_changes_the_service_definition_cuts_no_client(
         assert late.execute("SELECT 1").fetchone() == (1,)
     for client in clients:
         client.conn.close()
+
+
+def test_fewer_processes_let_the_retiring_one_serve_its_clients(
+    make_deployment: MakeDeployment, pg: PostgresServer, tmp_path
+):
+    """Two processes (a 2-CPU pod), then ``max_db_connections`` 1 leaves one.
+
+    The retiring process gets SIGTERM and serves the clients the kernel gave it until they leave.
+    """
+    d = make_deployment(1)
+    unit = d.app.leader
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    limit_cpus(unit, cgroup, 2)
+    d.app.set_config(pool_mode="transaction")
+    d.deploy()
+    d.relate_backend("dpcharmlibs")
+    creds = d.credentials(d.relate_client("app-one", "appdb"))
+    address = unit.address(int(d.app.config["listen_port"]))
+    assert unit.runner is not None
+    assert unit.runner.running() == {"pgbouncer_0", "pgbouncer_1"}
+    with d.connect(unit, creds) as conn:
+        conn.execute("CREATE TABLE modes (n int)")
+
+    clients = [PreparingClient(connect_at(address, creds), n) for n in range(8)]
+    with _looping(clients):
+        d.app.set_config(max_db_connections=1)
+        unit.config_changed()
+        report = unit.last_report
+        assert report is not None and report.stopped == []
+        assert ("pgbouncer_1", "SIGTERM") in report.signalled
+    assert unit.runner.running() == {"pgbouncer_0", "pgbouncer_1"}
+    assert "old processes draining (processes)" in unit.state.unit_status.message
+    for client in clients:
+        client.conn.close()
+    deadline = time.monotonic() + 15
+    while "pgbouncer_1" in unit.runner.running():
+        assert time.monotonic() < deadline, "the retired process kept running without clients"
+        time.sleep(0.05)
+    unit.update_status()
+    assert unit.runner.running() == {"pgbouncer_0"}
+    assert "draining" not in unit.state.unit_status.message

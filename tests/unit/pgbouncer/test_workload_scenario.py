@@ -180,7 +180,7 @@ def test_a_listen_port_change_hands_each_process_over_to_its_twin(state, tmp_pat
     assert result.stopped == BOTH and result.draining == () and result.reloaded == ()
     assert not _both_services_of_an_index_run(out)
     # Later changes reach the twins: fewer processes, then the way back.
-    result, out = run(out, files_for(cfg(port=7000, processes=1)), 1)
+    result, out = run(out, files_for(cfg(port=7000, processes=1)), 1, wait_for_clients=False)
     assert result.stopped == ("pgbouncer_1_twin",)
     assert out.get_container("pgbouncer").plan.services["pgbouncer_1_twin"].startup == "disabled"
     result, out = run(out, files_for(cfg(port=6432, processes=1)), 1)
@@ -264,16 +264,45 @@ def test_an_upgrade_that_changes_the_service_definition_hands_over(state, signal
     assert not result.changed, str(result)
 
 
-def test_fewer_processes_stop_and_disable_the_extra_ones(state, tmp_path):
+def test_fewer_processes_drain_the_extra_ones_then_stop_them(state, tmp_path, signals):
+    """PgBouncer >= 1.23: a retiring process gets SIGTERM and keeps its file.
+
+    It takes no new clients and serves the connected ones until they leave; the bound stops it
+    and removes the file.
+    """
     _, out = run(state, files_for(cfg(processes=2)), 2)
+    result, out = run(out, files_for(cfg(processes=1)), 1, drain_old=False)
+    assert result.stopped == () and result.removed == ()
+    assert ("SIGTERM", "pgbouncer_1") in WorkloadCharm.calls
+    assert result.draining == result.draining_same_port == ("pgbouncer_1",)
+    assert result.handover_reason == "processes"
+    assert (tmp_path / "pgbouncer_1.ini").exists()
+    container = out.get_container("pgbouncer")
+    assert container.plan.services["pgbouncer_1"].startup == "disabled"
+    # The [peers] list of process 0 changed: a reload, not a restart; never the retiring one.
+    assert result.reloaded == ("pgbouncer_0",)
+    # Before the bound nothing more happens to it; at the bound it is stopped, its file goes.
+    result, out = run(out, files_for(cfg(processes=1)), 1, drain_old=False)
+    assert not result.changed and result.draining == ("pgbouncer_1",)
     result, out = run(out, files_for(cfg(processes=1)), 1)
+    assert result.stopped == ("pgbouncer_1",)
+    assert result.removed == (f"{PGB}/pgbouncer_1.ini",)
+    # A process index that comes back while its old process still drains gets a fresh slot.
+    _, out = run(state, files_for(cfg(processes=2)), 2)
+    _, out = run(out, files_for(cfg(processes=1)), 1, drain_old=False)
+    result, _ = run(out, files_for(cfg(processes=2)), 2, drain_old=False)
+    assert result.started == ("pgbouncer_1_twin",) and result.draining == ("pgbouncer_1",)
+
+
+def test_fewer_processes_stop_the_extra_ones_on_an_older_pgbouncer(state, tmp_path):
+    _, out = run(state, files_for(cfg(processes=2)), 2, wait_for_clients=False)
+    result, out = run(out, files_for(cfg(processes=1)), 1, wait_for_clients=False)
     assert result.stopped == ("pgbouncer_1",)
     assert result.removed == (f"{PGB}/pgbouncer_1.ini",)
     assert not (tmp_path / "pgbouncer_1.ini").exists()
     container = out.get_container("pgbouncer")
     assert container.plan.services["pgbouncer_1"].startup == "disabled"
     assert container.service_statuses["pgbouncer_1"] != ops.pebble.ServiceStatus.ACTIVE
-    # The [peers] list of process 0 changed: a reload, not a restart.
     assert result.reloaded == ("pgbouncer_0",)
 
 
