@@ -110,8 +110,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
             # the new one published to clients.
             draining_port=0,
             told_at=0.0,
-            # A same-port hand-over (pool_mode, restart): when the old processes stopped taking
-            # new clients, and why.
+            # A same-port hand-over (pool_mode, restart, fewer processes): when the old
+            # processes stopped taking new clients, and why.
             handover_at=0.0,
             handover_reason="",
         )
@@ -316,7 +316,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         # one once every unit listens on it), and at least DRAIN_GRACE_S after that.
         self._note_told(state.peer.published_port)
         # A port change drains for DRAIN_GRACE_S once clients were told the new port; a same-port
-        # hand-over (pool_mode, restart) for SAME_PORT_DRAIN_S: each kind on its own clock.
+        # hand-over (pool_mode, restart, fewer processes) for SAME_PORT_DRAIN_S: each on its own clock.
         now, stored = time.time(), self._stored
         wait_for_clients = parse_version(stored.pgb_version) >= WAIT_FOR_CLIENTS_SINCE
         try:

@@ -71,13 +71,13 @@ data then); stopping the old processes sooner would cut every client still on th
 another hook they run until update-status."""
 
 SAME_PORT_DRAIN_S = 3900.0
-"""After a same-port hand-over (a ``pool_mode`` change, a restart), how long the old processes
-may keep serving the clients they had, as those started: the first hook after this stops them,
-cutting whoever is left (they got SIGTERM at the hand-over; Pebble's stop sends a second one,
-which PgBouncer takes as an immediate shutdown). Longer than the default connection lifetime of the common client pools
-(HikariCP 30 min, pgx and psycopg_pool 1 h, docs/workload.md), so that an application whose pool
-recycles its connections moves to the new mode without an error; a client that holds one
-connection for longer is cut once, at this bound."""
+"""After a same-port hand-over (a ``pool_mode`` change, a restart, fewer processes), how long the
+old processes may keep serving the clients they had, as those started: the first hook after this
+stops them, cutting whoever is left (they got SIGTERM at the hand-over; Pebble's stop sends a
+second one, which PgBouncer takes as an immediate shutdown). Longer than the default connection
+lifetime of the common client pools (HikariCP 30 min, pgx and psycopg_pool 1 h,
+docs/workload.md), so that an application whose pool recycles its connections moves over
+without an error; a client that holds one connection for longer is cut once, at this bound."""
 
 WAIT_FOR_CLIENTS_SINCE = (1, 23)
 """PgBouncer answers SIGTERM by closing its listener and serving its clients until they leave
