@@ -894,16 +894,19 @@ class Workload:
     def _redefined(self, plan: pebble.Plan, name: str) -> bool:
         """Whether PgBouncer service ``name`` runs from a definition other than this charm's.
 
-        As after an upgrade that changed the layer; whether it serves or not does not count.
+        As after an upgrade that changed the layer. Only the fields the charm sets count, each
+        as the plan holds it: a field Pebble adds does not, nor whether the slot serves.
         """
         index = service_index(name)
         if index is None or name not in plan.services:
             return False
         wanted = pebble.Service(name, _service(index, self._base_dir, name)).to_dict()
-        running = dict(plan.services[name].to_dict())
-        return {k: v for k, v in running.items() if k not in ("startup", "override")} != {
-            k: v for k, v in wanted.items() if k not in ("startup", "override")
-        }
+        running = plan.services[name].to_dict()
+        return any(
+            running.get(key) != value
+            for key, value in wanted.items()
+            if key not in ("startup", "override")
+        )
 
     def _slot_ini(self, name: str) -> str:
         """The ini file of PgBouncer service ``name`` (either slot of an index)."""

@@ -593,3 +593,17 @@ def test_service_names_map_to_one_index_and_slot_each(name, parsed):
     if parsed:
         assert service_name(*parsed) == name
         assert next_slots(name) == [service_name(parsed[0], (parsed[1] + k) % 3) for k in (1, 2)]
+
+
+def test_a_field_pebble_adds_to_the_plan_is_not_a_new_definition(state):
+    """Only what the charm sets counts: a field the plan holds beyond it changes nothing."""
+    _, out = run(state, files_for(cfg(processes=1)), 1)
+    container = out.get_container("pgbouncer")
+    extra: ops.pebble.LayerDict = {
+        "services": {"pgbouncer_0": {"override": "merge", "working-dir": "/"}}
+    }
+    more = dataclasses.replace(
+        container, layers={**container.layers, "zz-extra": ops.pebble.Layer(extra)}
+    )
+    result, _ = run(dataclasses.replace(out, containers={more}), files_for(cfg(processes=1)), 1)
+    assert result.handed_over == () and result.restarted == ()
