@@ -5,13 +5,14 @@ the files they read (written only when their content changed), and how a change 
 running processes: a reload (SIGHUP) when PgBouncer can apply it in place, clients staying
 connected, and otherwise a replacement that starts the new process before the old one stops.
 
-Each process index ``i`` has two *slots*, the services ``pgbouncer_<i>`` and
-``pgbouncer_<i>_twin``, each with its own ini file, unix socket directory and ``peer_id``. One
-slot serves; a change a reload cannot make without hurting clients hands the index over to the
-other slot: a ``listen_port`` change (the new slot listens on the new port, the old one keeps its
-clients on the old port) and a ``pool_mode`` change (the new slot takes new clients on the same
-port in the new mode; the old one gets SIGTERM at once and serves its clients in their mode until
-they leave). The slots take turns from one hand-over to the next. It knows nothing of relations
+Each process index ``i`` has three *slots*, the services ``pgbouncer_<i>``,
+``pgbouncer_<i>_twin`` and ``pgbouncer_<i>_twin2``, each with its own ini file, unix socket
+directory and ``peer_id``. One slot serves; a change a reload cannot make without hurting clients
+hands the index over to the next free slot: a ``listen_port`` change (the new slot listens on the
+new port, the old one keeps its clients on the old port), and a ``pool_mode`` change, a restart or
+a changed service definition (the new slot takes new clients on the same port; the old one gets
+SIGTERM at once and serves its clients as they started until they leave). Processes no longer
+wanted retire the same way. The slots take turns from one hand-over to the next. It knows nothing of relations
 or config options: the charm renders the files with :mod:`pgbouncer.config` and hands them over.
 """
 
@@ -403,7 +404,7 @@ class ApplyResult:
         restarted: services restarted, one at a time, for a change a reload ignores.
         stopped: services of processes no longer wanted, and those handed over.
         paused: services held in PAUSE around their reload, and why (``drain_reason``).
-        handed_over: ``"<old> -> <new>"`` for each process handed over to its other slot: the
+        handed_over: ``"<old> -> <new>"`` for each process handed over to another slot: the
             new service was started (on the new port, or in the new pool mode).
         handover_reason: ``port`` and/or ``pool_mode``, when processes were handed over.
         draining: old services left serving their clients: on the old port after a port change
@@ -541,38 +542,42 @@ class Workload:
     ) -> ApplyResult:
         """Bring the container to ``files`` and ``processes`` with the least disruption.
 
-        Each process index has two slots, ``pgbouncer_<i>`` and its twin, each with its own ini
-        file, socket directory and ``peer_id``; one of them *serves* (takes new clients).
+        Each process index has :data:`~pgbouncer.config.SLOTS` slots (``pgbouncer_<i>``,
+        ``pgbouncer_<i>_twin``, ``pgbouncer_<i>_twin2``), each with its own ini file, socket
+        directory and ``peer_id``; one of them *serves* (takes new clients), taken in turn.
 
-        1. Decide from the serving slot's file (old against new) what each index needs: nothing,
-           a reload, a reload wrapped in PAUSE … RESUME (:func:`drain_reason`), a restart in
-           place (a key a reload ignores, :func:`pgbouncer.config.needs_restart`), or a
-           *hand-over* to the other slot:
-           - a ``listen_port`` change: the other slot starts on the new port; the old process
-             keeps serving its clients on the old port (*draining*);
-           - a ``pool_mode`` change, when ``wait_for_clients`` (PgBouncer >= 1.23) and the other
-             slot is free: the other slot starts on the same port in the new mode and the old
-             process gets SIGTERM at once, which makes PgBouncer >= 1.23 stop accepting and
-             serve its clients, in the mode they started in, until they leave. Their prepared
-             statements and transactions never see the change. With the other slot still
-             busy, or an older PgBouncer, the mode changes in place under PAUSE.
+        1. Decide from the serving slot's file (old against new) and its Pebble definition what
+           each index needs: nothing, a reload, a reload wrapped in PAUSE … RESUME
+           (:func:`drain_reason`), a restart in place, or a *hand-over* to the next free slot:
+           - a ``listen_port`` change: that slot starts on the new port; the old process keeps
+             serving its clients on the old port (*draining*); with no slot free, the one that
+             served longest ago is stopped first;
+           - a ``pool_mode`` change, a key a reload ignores
+             (:func:`pgbouncer.config.needs_restart`) or a changed service definition (a charm
+             upgrade), when ``wait_for_clients`` (PgBouncer >= 1.23) and a slot is free: that
+             slot starts on the same port and the old process gets SIGTERM at once, which makes
+             PgBouncer stop accepting and serve its clients, as they started, until they leave.
+             Without a free slot, or on an older PgBouncer, the change is made in place.
+           Processes ``>= processes`` that served until now *retire* the same way (SIGTERM), or
+           stop at once without ``wait_for_clients``.
         2. Write each file whose content differs (0600, owned by ``postgres``): the serving
            slot's ini only (a draining process keeps the file it runs with, so that a reload
            can never switch its mode), the shared files, the exporter's configuration pointed at
            the serving slots; delete files mapped to None and the inis of processes
-           ``>= processes``.
-        3. Create each serving slot's run directory (0700, ``postgres``), stop the services of
-           processes no longer wanted, add the layer (serving slots enabled, every other
-           PgBouncer service disabled) and start serving slots that are not running. No replan:
-           Pebble's replan restarts every service it has run whose definition changed, a
-           stopped and disabled one included.
-        4. Restart in place one at a time, SIGHUP the others whose files changed. Processes left
-           draining are stopped by a later apply with ``drain_old`` (SIGTERM, then
-           :data:`KILL_DELAY`); one still in the way of a port hand-over is stopped first.
+           ``>= processes`` that no longer run.
+        3. Create each serving slot's run directory (0700, ``postgres``), stop the draining
+           processes whose time is up (``drain_old``, ``drain_same_port``) or whose slot a
+           hand-over needs, add the layer (serving slots enabled, every other PgBouncer service
+           disabled) and start serving slots that are not running, then SIGTERM the processes
+           handed over on the same port and the retiring ones. No replan: Pebble's replan
+           restarts every service it has run whose definition changed, a stopped and disabled
+           one included.
+        4. Restart in place one at a time, SIGHUP the others whose files changed; a draining
+           process is never signalled.
 
         Args:
             files: container path → content, or None to delete it. Paths must be under the base
-                directory; both slots' inis of each process are required
+                directory; every slot's ini of each process is required
                 (:func:`pgbouncer.config.render_files`).
             processes: how many PgBouncer processes to run (1 to 4).
             drain_old: stop the processes left draining on another port by an earlier port
@@ -581,7 +586,8 @@ class Workload:
                 same-port hand-over (the caller decides when the bound has passed). A draining
                 process keeps its ini, so the port in it tells the two apart.
             wait_for_clients: PgBouncer answers SIGTERM by serving its clients until they leave
-                (>= 1.23); without it a ``pool_mode`` change is applied in place.
+                (>= 1.23); without it every change is made in place and retiring processes stop
+                at once.
 
         Returns:
             What was done.
@@ -663,7 +669,7 @@ class Workload:
         for i in range(processes):
             path = self._slot_ini(live.get(i) or fresh[i])
             before_ini, after_ini = old(path), files[path] or ""
-            # Same port, new process: possible when the other slot is free and the old process
+            # Same port, new process: possible when a slot is free and the old process
             # can serve its clients after SIGTERM (PgBouncer >= 1.23).
             free = [n for n in next_slots(live[i]) if n not in running] if i in live else []
             same_port = wait_for_clients and bool(free)
