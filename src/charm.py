@@ -337,10 +337,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
             logger.info("workload: %s", result)
         if result.moved_from is not None:
             self._stored.draining_port, self._stored.told_at = result.moved_from, 0.0
-        same_port = set((result.handover_reason or "").split(", ")) - {"", "port"}
+        same_port = [kind for kind in result.handover_kinds if kind != "port"]
         if same_port:
-            self._stored.handover_at = time.time()
-            self._stored.handover_reason = ", ".join(sorted(same_port))
+            self._stored.handover_at = now
+            self._stored.handover_reason = ", ".join(same_port)
         if not set(result.draining) - set(result.draining_same_port):
             self._stored.draining_port, self._stored.told_at = 0, 0.0
         if not result.draining_same_port:

@@ -406,7 +406,9 @@ class ApplyResult:
         paused: services held in PAUSE around their reload, and why (``drain_reason``).
         handed_over: ``"<old> -> <new>"`` for each process handed over to another slot: the
             new service was started (on the new port, or in the new pool mode).
-        handover_reason: ``port`` and/or ``pool_mode``, when processes were handed over.
+        handover_kinds: why processes were handed over, sorted: ``port`` (another port), and
+            the same-port kinds ``pool_mode``, ``restart`` (a no-reload key or a changed
+            service definition) and ``processes`` (fewer processes: the extra ones retire).
         draining: old services left serving their clients: on the old port after a port change
             (stopped by a later apply with ``drain_old``), or closed to new clients after a
             same-port hand-over (``drain_same_port``).
@@ -423,10 +425,15 @@ class ApplyResult:
     paused: tuple[str, ...] = ()
     pause_reason: str | None = None
     handed_over: tuple[str, ...] = ()
-    handover_reason: str | None = None
+    handover_kinds: tuple[str, ...] = ()
     draining: tuple[str, ...] = ()
     draining_same_port: tuple[str, ...] = ()
     moved_from: int | None = None
+
+    @property
+    def handover_reason(self) -> str | None:
+        """:attr:`handover_kinds` as one text (for the log), None without a hand-over."""
+        return ", ".join(self.handover_kinds) or None
 
     @property
     def changed(self) -> bool:
@@ -666,13 +673,19 @@ class Workload:
             current_plan = self._container.get_plan()
         plan = _Plan()
         moved_from: int | None = None
+        # Where each serving process would be handed over: the first free slot in turn; with
+        # none free (a port change may still go), the one that served longest ago, stopping
+        # what still drains there.
+        free = {
+            i: next((n for n in next_slots(name) if n not in running), None)
+            for i, name in live.items()
+        }
         for i in range(processes):
             path = self._slot_ini(live.get(i) or fresh[i])
             before_ini, after_ini = old(path), files[path] or ""
             # Same port, new process: possible when a slot is free and the old process
             # can serve its clients after SIGTERM (PgBouncer >= 1.23).
-            free = [n for n in next_slots(live[i]) if n not in running] if i in live else []
-            same_port = wait_for_clients and bool(free)
+            same_port = wait_for_clients and free.get(i) is not None
             # A charm upgrade that changed the service's definition needs a new process too.
             redefined = i in live and self._redefined(current_plan, live[i])
             if before_ini == after_ini:
@@ -703,12 +716,7 @@ class Workload:
                     plan.drain[i] = reason
 
         serving = {i: live.get(i) or fresh[i] for i in range(processes)}
-        # The first free slot in turn; a port change with none free takes the one that served
-        # longest ago, stopping what still drains there.
-        handover = {
-            i: next((n for n in next_slots(live[i]) if n not in running), next_slots(live[i])[0])
-            for i in sorted(plan.handover)
-        }
+        handover = {i: free[i] or next_slots(live[i])[0] for i in sorted(plan.handover)}
         serving.update(handover)
         slots = {i: service_slot(name) for i, name in serving.items()}
 
@@ -735,9 +743,9 @@ class Workload:
         busy = sorted(busy_set)
         # Fewer processes: with PgBouncer >= 1.23 the retiring ones drain like a same-port
         # hand-over (SIGTERM below, stopped at the bound); before, they stop at once.
-        retiring_now: list[str] = [] if wait_for_clients else retiring
-        retiring = retiring if wait_for_clients else []
-        keep = (strays - busy_set) | set(retiring)  # draining processes keep their file
+        retire_now = [] if wait_for_clients else retiring
+        retire_draining = retiring if wait_for_clients else []
+        keep = (strays - busy_set) | set(retire_draining)  # draining processes keep their file
         for path, (index, _slot) in slot_inis.items():
             if index >= processes and not any(self._slot_ini(name) == path for name in keep):
                 wanted[path] = None
@@ -759,10 +767,10 @@ class Workload:
         self._make_run_dirs(serving.values())
 
         stopped: list[str] = []
-        if retiring_now:
+        if retire_now:
             with _pebble_errors("stop the processes no longer wanted"):
-                self._container.stop(*retiring_now)
-            stopped = list(retiring_now)
+                self._container.stop(*retire_now)
+            stopped = list(retire_now)
         if busy:
             with _pebble_errors("stop the processes left draining"):
                 self._container.stop(*busy)
@@ -773,16 +781,13 @@ class Workload:
         )
         # A same-port hand-over: the new process accepts on the port; now the old one stops
         # accepting and serves its clients, as they started, until they leave.
-        closing = [live[i] for i, why in plan.handover.items() if why != "port"] + retiring
+        closing = [live[i] for i, why in plan.handover.items() if why != "port"]
+        closing += retire_draining
         if closing:
             with _pebble_errors("close the old processes to new clients"):
                 self._container.send_signal("SIGTERM", *closing)
-        draining = sorted((strays - set(busy)) | {live[i] for i in handover} | set(retiring))
-        draining_same_port = sorted(
-            (same_port_strays - set(busy))
-            | {live[i] for i, why in plan.handover.items() if why != "port"}
-            | set(retiring)
-        )
+        draining = sorted((strays - set(busy)) | {live[i] for i in handover} | set(closing))
+        draining_same_port = sorted((same_port_strays - set(busy)) | set(closing))
 
         reloaded: list[str] = []
         for i in range(processes):
@@ -809,7 +814,7 @@ class Workload:
             with _pebble_errors(f"restart {EXPORTER_SERVICE}"):
                 self._container.restart(EXPORTER_SERVICE)
             restarted.append(EXPORTER_SERVICE)
-        kinds = sorted(set(plan.handover.values()) | ({"processes"} if retiring else set()))
+        kinds = sorted(set(plan.handover.values()) | ({"processes"} if retire_draining else set()))
         return ApplyResult(
             written=tuple(plan.written),
             removed=tuple(plan.removed),
@@ -820,7 +825,7 @@ class Workload:
             paused=tuple(paused),
             pause_reason=", ".join(sorted(set(plan.drain.values()))) if paused else None,
             handed_over=tuple(f"{live[i]} -> {new}" for i, new in handover.items()),
-            handover_reason=", ".join(kinds) if kinds else None,
+            handover_kinds=tuple(kinds),
             draining=tuple(draining),
             draining_same_port=tuple(draining_same_port),
             moved_from=moved_from if "port" in kinds else None,
