@@ -227,6 +227,31 @@ def test_clients_that_never_leave_are_cut_only_at_the_bound(
     assert "draining" not in unit.state.unit_status.message
 
 
+def test_a_client_removed_while_it_drains_on_an_old_process_is_cut_there_too(
+    make_deployment: MakeDeployment, pg: PostgresServer
+):
+    """Removing the relation ends a client's access on a draining process too.
+
+    That process keeps its old file, [databases] entry included; the role loses LOGIN and its
+    backends end, so neither the held connection nor a new one gets through.
+    """
+    d, unit, creds, address = _deployed(make_deployment)
+    stays = connect_at(address, creds, autocommit=True)
+    assert stays.execute("SELECT 1").fetchone() == (1,)
+    d.app.set_config(pool_mode="session")
+    unit.config_changed()
+    assert unit.runner is not None and "pgbouncer_0" in unit.runner.running()  # draining
+    assert stays.execute("SELECT 1").fetchone() == (1,)  # still served, on the old process
+
+    d.remove_client(d.clients["app-one"])
+    with pytest.raises(psycopg.OperationalError):
+        stays.execute("SELECT 1")
+        stays.execute("SELECT 1")  # a pooled server may answer once before PgBouncer sees it
+    stays.close()
+    with pytest.raises(psycopg.OperationalError):
+        connect_at(address, creds).close()
+
+
 def test_an_upgrade_that_changes_the_service_definition_cuts_no_client(
     make_deployment: MakeDeployment, pg: PostgresServer
 ):
