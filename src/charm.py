@@ -262,6 +262,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
             ca_dir=self._ca_dir(),
             gone=gone,
             outcome=outcome,
+            verify=verify,
         )
         databases_changed = state.leader and served != dict(state.peer.databases)
         if databases_changed:
@@ -522,6 +523,14 @@ class PgBouncerK8sCharm(ops.CharmBase):
             statuses.append(ops.BlockedStatus(REMOVE_AUTH_FAILED))
         statuses.extend(self._backend_statuses(state, outcome))
         statuses.extend(ops.BlockedStatus(message) for message in outcome.client_blocked)
+        statuses.extend(
+            ops.BlockedStatus(f"client user {user} of a removed relation not dropped yet: {why}")
+            for user, why in sorted(outcome.cleanup_failed.items())
+        )
+        if outcome.tenancy_problem is not None:
+            problem, blocked = outcome.tenancy_problem
+            status_type = ops.BlockedStatus if blocked else ops.WaitingStatus
+            statuses.append(status_type(f"tenant check failed: {problem}"))
         waiting = outcome.client_waiting
         for rel_id in sorted(waiting):
             if waiting[rel_id] != WAITING_FOR_BACKEND:
@@ -541,6 +550,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
             message += f"; {', '.join(left_out)} ignored: needs PgBouncer 1.24"
         if outcome.repaired:
             message += f"; repaired the auth plumbing ({outcome.repaired[0]})"
+        if outcome.tenancy_repaired:
+            message += f"; put back {outcome.tenancy_repaired[0]}"
         if self._stored.draining_port:
             message += f"; port {self._stored.draining_port} draining"
         if self._stored.handover_at:

@@ -44,6 +44,9 @@ class LeaderOutcome:
         blocked_relations: the ids those refusals are about.
         client_waiting: relation id → why it is not answered yet.
         answers: granted requests, to publish after the final apply (:func:`publish_answers`).
+        cleanup_failed: client roles of removed relations not dropped yet, and why.
+        tenancy_repaired: what drifted from the tenant model and was put back.
+        tenancy_problem: why the tenancy check could not run (and whether it is blocked).
     """
 
     backend_problem: str | None = None
@@ -53,6 +56,9 @@ class LeaderOutcome:
     blocked_relations: set[int] = field(default_factory=set)
     client_waiting: dict[int, str] = field(default_factory=dict)
     answers: list[Answer] = field(default_factory=list)
+    cleanup_failed: dict[str, str] = field(default_factory=dict)
+    tenancy_repaired: list[str] = field(default_factory=list)
+    tenancy_problem: tuple[str, bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,7 @@ def serve_clients(
     outcome: LeaderOutcome,
     ca_dir: str,
     tls_fields: dict[str, object] | None = None,
+    verify: bool = False,
 ) -> dict[str, int]:
     """Drop what is gone, give every request its database (leader only).
 
@@ -190,7 +197,9 @@ def serve_clients(
             outcome.blocked_relations.add(relation.id)
     if backend is not None:
         creds = credentials(state, ca_dir)
-        record = _drop_gone(creds, record, live, owner_tag)
+        record = _drop_gone(creds, record, live, owner_tag, outcome)
+        if verify and (record.roles or record.databases):
+            _repair_tenancy(creds, record, live, owner_tag, outcome)
         # Read from the server only when an answer needs it (not in every leader hook).
         version = _version(backend, creds) if any(requests.values()) else None
         for relation in relations:
@@ -199,6 +208,7 @@ def serve_clients(
                     clients, relation, requests[relation.id], backend, creds, record, live,
                     owner_tag=owner_tag, endpoint=endpoint, version=version, outcome=outcome,
                     tls_fields=tls_fields or {},
+                    consent=state.config.database_sharing if state.config else {},
                 )  # fmt: skip
     for relation in relations:
         for request in requests.get(relation.id, []):
@@ -219,7 +229,7 @@ def drop_all_clients(state: CharmState, peers: Peers, *, owner_tag: str, ca_dir:
     """
     if state.backend is None:
         return not state.tenants.roles
-    record = _drop_gone(credentials(state, ca_dir), state.tenants, set(), owner_tag)
+    record = _drop_gone(credentials(state, ca_dir), state.tenants, set(), owner_tag, None)
     if record != state.tenants:
         peers.set_tenants(record)
     peers.set_databases({})
@@ -267,7 +277,11 @@ def check_backend(state: CharmState, ca_dir: str) -> str | None:
 
 # -- helpers ----------------------------------------------------------------------------------
 def _drop_gone(
-    creds: BackendCredentials, record: TenantRecord, live: set[int], owner_tag: str
+    creds: BackendCredentials,
+    record: TenantRecord,
+    live: set[int],
+    owner_tag: str,
+    outcome: LeaderOutcome | None,
 ) -> TenantRecord:
     from postgres.clients import revoke_client
     from postgres.connection import BackendError
@@ -277,9 +291,29 @@ def _drop_gone(
             record = revoke_client(creds, record, username=username, owner_tag=owner_tag)
         except BackendError as exc:
             logger.warning("could not drop client user %s (will retry): %s", username, exc)
+            if outcome is not None:
+                outcome.cleanup_failed[username] = str(exc)
             continue
         logger.info("dropped client user %s", username)
     return record
+
+
+def _repair_tenancy(
+    creds: BackendCredentials,
+    record: TenantRecord,
+    live: set[int],
+    owner_tag: str,
+    outcome: LeaderOutcome,
+) -> None:
+    from postgres.clients import repair_tenancy
+    from postgres.connection import BackendError
+    from postgres.locks import Blocked
+
+    try:
+        outcome.tenancy_repaired = repair_tenancy(creds, record, live, owner_tag=owner_tag)
+    except BackendError as exc:
+        logger.warning("could not check the tenant model: %s", exc)
+        outcome.tenancy_problem = (str(exc), isinstance(exc, Blocked))
 
 
 def _version(backend: BackendDatabase, creds: BackendCredentials) -> str | None:
@@ -309,6 +343,7 @@ def _answer(
     version: str | None,
     outcome: LeaderOutcome,
     tls_fields: dict[str, object],
+    consent: Mapping[str, frozenset[str]],
 ) -> TenantRecord:
     from postgres.clients import grant_database
     from postgres.connection import BackendError, ForeignObjectError
@@ -319,8 +354,9 @@ def _answer(
     password = clients.password(relation.id, username, new=generate_password)
     for request in requests:
         decision = grant_decision(
-            record, database=request.database, relation=relation.id, app=app, live=live
-        )
+            record, database=request.database, relation=relation.id, app=app, live=live,
+            consent=consent,
+        )  # fmt: skip
         if decision.action != "keep" or username not in record.roles:
             try:
                 record = grant_database(
@@ -334,6 +370,7 @@ def _answer(
                     relation_id=relation.id,
                     app=app,
                     live=live,
+                    consent=consent,
                 )
             except BackendError as exc:
                 logger.warning(

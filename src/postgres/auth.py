@@ -46,6 +46,7 @@ __all__ = [
     "AUTH_ROLE_PREFIX",
     "AuthQuery",
     "auth_query_for",
+    "auth_schemas",
     "auth_username_for",
     "definer_role_for",
     "ensure_tenant_role",
@@ -118,36 +119,47 @@ def tenant_mark(owner_tag: str) -> str:
 
 
 def ensure_tenant_role(conn: psycopg.Connection, role: str, owner_tag: str) -> int:
-    """Create (or reset to no attributes) a NOLOGIN tenant role; returns its OID.
+    """Create a NOLOGIN tenant role, or put an existing one back; returns its OID.
 
-    A role of that name without our mark is someone else's: :class:`ForeignObjectError`.
-    Must run inside a transaction.
+    Read first, changed only where it differs (docs/tenancy.md, "The charm never waits"): a
+    tenant acting as an owner role can hold a lock on that role's row for as long as it likes,
+    so a role that is already right is never altered. A role of that name without our mark is
+    someone else's: :class:`ForeignObjectError`. Must run inside a transaction.
     """
     validate_plain_identifier(role, "tenant role")
     mark = tenant_mark(owner_tag)
     role_id = sql.Identifier(role)
-    row = conn.execute(query("common.sql", "role_info"), {"name": role}).fetchone()
+    row = conn.execute(query("clients.sql", "role_state"), {"name": role}).fetchone()
     if row is None:
         conn.execute(query("clients.sql", "create_tenant_role").format(role=role_id))
-    elif row[3] != mark:
+        conn.execute(
+            query("common.sql", "comment_role").format(role=role_id, comment=sql.Literal(mark))
+        )
+        row = conn.execute(query("clients.sql", "role_state"), {"name": role}).fetchone()
+        assert row is not None  # noqa: S101 (created above)
+        return int(row[0])
+    oid, login, password, superuser, inherit, createrole, createdb, repl, bypass = row[:9]
+    connlimit, forever, comment = row[9:]
+    if comment != mark:
         raise ForeignObjectError(f"role {role!r} exists without this application's mark")
-    else:
+    wanted = (False, None, False, True, False, False, False, False, -1, True)
+    if (login, password, superuser, inherit, createrole, createdb, repl, bypass, connlimit,
+            forever) != wanted:  # fmt: skip
         conn.execute(query("clients.sql", "alter_tenant_role").format(role=role_id))
-        # A tenant role is a member of nothing: a membership planted on it is revoked.
-        for (group,) in conn.execute(
-            query("clients.sql", "memberships_of"), {"oid": row[0]}
-        ).fetchall():
-            conn.execute(
-                query("clients.sql", "revoke_membership").format(
-                    group=sql.Identifier(group), role=role_id
-                )
+    # A tenant role is a member of nothing: a membership planted on it is revoked.
+    for (group,) in conn.execute(query("clients.sql", "memberships_of"), {"oid": oid}).fetchall():
+        conn.execute(
+            query("clients.sql", "revoke_membership").format(
+                group=sql.Identifier(group), role=role_id
             )
-    conn.execute(
-        query("common.sql", "comment_role").format(role=role_id, comment=sql.Literal(mark))
-    )
-    row = conn.execute(query("common.sql", "role_info"), {"name": role}).fetchone()
-    assert row is not None  # noqa: S101 (created above)
-    return int(row[0])
+        )
+    return int(oid)
+
+
+def auth_schemas(conn: psycopg.Connection, owner_tag: str) -> list[str]:
+    """This application's auth schemas in the connected database (where ``issued`` lives)."""
+    rows = conn.execute(query("auth.sql", "auth_schemas"), {"comment": mark_for(owner_tag)})
+    return [name for (name,) in rows.fetchall()]
 
 
 def _role_row(conn: psycopg.Connection, role: str) -> tuple | None:
@@ -231,6 +243,11 @@ def install_auth(
             _check_ours("function", f"{auth_user}.get_auth", row[1], mark)
         group = group_role_for(owner_tag)
         ensure_tenant_role(conn, group, owner_tag)
+        _run(conn, "create_issued", schema=schema_id)
+        row = conn.execute(query("auth.sql", "issued_owner"), {"schema": auth_user}).fetchone()
+        if row is None or row[0] != definer:
+            _run(conn, "alter_issued_owner", schema=schema_id, owner=definer_id)
+        _run(conn, "lock_issued", schema=schema_id)
         _run(
             conn,
             "create_function",
@@ -285,6 +302,7 @@ def _remove_pair(
         row = conn.execute(query("auth.sql", "function_info"), {"schema": schema}).fetchone()
         if row is not None and is_ours(row[1]):
             _run(conn, "drop_function", schema=schema_id)
+        _run(conn, "drop_issued", schema=schema_id)
         _run(conn, "drop_schema", schema=schema_id)
     dropped = []
     for role, is_definer in ((auth_user, False), (definer, True)):

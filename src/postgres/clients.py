@@ -28,13 +28,14 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from postgres.auth import ensure_tenant_role, mark_for
+from postgres.auth import auth_schemas, ensure_tenant_role, mark_for
 from postgres.connection import (
     BackendCredentials,
     BackendSQLError,
     ForeignObjectError,
     connect,
 )
+from postgres.locks import clearing
 from postgres.passwords import set_password
 from postgres.queries import query
 from state.names import InvalidNameError, validate_client_database_name, validate_role_name
@@ -45,10 +46,12 @@ from state.tenants import (
     GrantDecision,
     TenantRecord,
     check_extra_roles,
+    databases_role_for,
     grant_decision,
     group_role_for,
     orphan_role_for,
     owner_role_for,
+    tenant_roles_regex,
 )
 
 __all__ = [
@@ -64,7 +67,9 @@ __all__ = [
     "create_client",
     "drop_client",
     "grant_database",
+    "repair_tenancy",
     "revoke_client",
+    "secure_database",
 ]
 
 logger = logging.getLogger(__name__)
@@ -125,14 +130,18 @@ class ClientGrant:
 def _neutralise_settings(
     conn: psycopg.Connection, database: str, db_oid: int, owner_tag: str
 ) -> list[str]:
-    """Reset settings that would apply to a newcomer's sessions in the database.
+    """Reset settings that would apply to sessions in the database, where they differ.
 
-    Database-wide settings (a ``search_path`` pointing at a planted schema, say) are reset; our
-    own roles' settings there are put back to what we set (client roles act as the owner role,
-    nothing else). Settings of other roles only apply to those roles and are left alone.
+    Database-wide settings (a ``search_path`` pointing at a planted schema, a ``role``) are
+    reset; our own roles' settings there are put back to what we set (client roles act as the
+    owner role, nothing else). Settings of other roles only apply to those roles and are left
+    alone.
     """
     owner = owner_role_for(database, owner_tag)
-    ours = (group_role_for(owner_tag), orphan_role_for(owner_tag), owner)
+    ours = (
+        group_role_for(owner_tag), orphan_role_for(owner_tag), owner,
+        databases_role_for(owner_tag),
+    )  # fmt: skip
     expected = [f"role={owner}"]
     database_id = sql.Identifier(database)
     done: list[str] = []
@@ -156,6 +165,78 @@ def _neutralise_settings(
     return done
 
 
+def secure_database(
+    conn: psycopg.Connection, database: str, owner_tag: str, *, comment: str | None = None
+) -> list[str]:
+    """Put a client database object back to what the charm relies on, changing only what differs.
+
+    Owned by the databases role (never a tenant), not a template, open to connections, no
+    connection limit, no database-wide settings, ``CONNECT``/``CREATE``/``TEMPORARY`` for its
+    owner role and nobody else (``PUBLIC`` included), our roles' settings in it as we set them.
+
+    Returns:
+        What was changed ("owner", "IS_TEMPLATE", ...): empty when the database was as it should
+        be. Empty too when it does not exist.
+    """
+    owner = owner_role_for(database, owner_tag)
+    keeper = databases_role_for(owner_tag)
+    database_id = sql.Identifier(database)
+    row = conn.execute(query("clients.sql", "database_state"), {"name": database}).fetchone()
+    if row is None:
+        return []
+    oid, datdba, is_template, allow_conn, conn_limit, current_comment, grants, has_settings = row
+    roles = dict(
+        conn.execute(
+            "SELECT rolname, oid FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)",
+            ([owner, keeper],),
+        ).fetchall()
+    )
+    changed: list[str] = []
+    if datdba != roles.get(keeper):
+        _run(conn, "alter_database_owner", database=database_id, role=sql.Identifier(keeper))
+        changed.append("owner")
+    if is_template:
+        _run(conn, "database_not_template", database=database_id)
+        changed.append("IS_TEMPLATE")
+    if not allow_conn:
+        _run(conn, "database_allow_connections", database=database_id)
+        changed.append("ALLOW_CONNECTIONS")
+    if conn_limit != -1:
+        _run(conn, "database_no_connection_limit", database=database_id)
+        changed.append("CONNECTION LIMIT")
+    owner_oid = roles.get(owner)
+    wanted = sorted(f"{owner_oid}:{p}:false" for p in ("CONNECT", "CREATE", "TEMPORARY"))
+    if "owner" in changed:
+        row2 = conn.execute(query("clients.sql", "database_state"), {"name": database}).fetchone()
+        grants = row2[6] if row2 else grants
+    if sorted(grants or []) != wanted:
+        _run(conn, "lock_database", database=database_id)
+        others = {int(g.split(":", 1)[0]) for g in grants or []} - {0, owner_oid}
+        for (name,) in conn.execute(
+            "SELECT rolname FROM pg_catalog.pg_roles WHERE oid = ANY(%s) ORDER BY 1",
+            (sorted(others),),
+        ).fetchall():
+            _run(conn, "revoke_database_from", database=database_id, role=sql.Identifier(name))
+        _run(conn, "grant_database_to_owner", database=database_id, role=sql.Identifier(owner))
+        changed.append("privileges")
+    neutralised = _neutralise_settings(conn, database, int(oid), owner_tag)
+    if has_settings or neutralised:
+        changed.append("settings")
+    if comment is not None and current_comment != comment:
+        _run(conn, "comment_database", database=database_id, comment=sql.Literal(comment))
+    return changed
+
+
+def _give_public_schema(creds: BackendCredentials, database: str, owner: str) -> bool:
+    """In a database of ours, the ``public`` schema belongs to its owner role (if it exists)."""
+    with connect(creds, database) as conn:
+        row = conn.execute(query("clients.sql", "public_schema_owner")).fetchone()
+        if row is None or row[0] == owner:
+            return False
+        _run(conn, "give_public_schema", role=sql.Identifier(owner))
+        return True
+
+
 def _check_traps(creds: BackendCredentials, database: str, owner_oid: int) -> None:
     with connect(creds, database) as conn:
         found = conn.execute(
@@ -163,6 +244,68 @@ def _check_traps(creds: BackendCredentials, database: str, owner_oid: int) -> No
         ).fetchall()
     if found:
         raise TrapError(database, [(str(obj), str(owner)) for obj, owner in found])
+
+
+def _record_issued(
+    conn: psycopg.Connection, owner_tag: str, username: str, oid: int, verifier: str | None
+) -> None:
+    """Write the verifier the charm issued where the auth lookup reads it (or forget it)."""
+    for schema in auth_schemas(conn, owner_tag):
+        if verifier is None:
+            conn.execute(
+                query("clients.sql", "forget_issued").format(schema=sql.Identifier(schema)),
+                {"name": username},
+            )
+            continue
+        conn.execute(query("common.sql", "quiet_transaction"))
+        conn.execute(
+            query("clients.sql", "record_issued").format(schema=sql.Identifier(schema)),
+            {"name": username, "oid": oid, "verifier": verifier},
+        )
+
+
+def _ensure_client_role(
+    conn: psycopg.Connection,
+    username: str,
+    password: str,
+    *,
+    createdb: bool,
+    mark: str,
+    is_ours: Callable[[str | None], bool],
+    allowed_groups: Collection[str],
+) -> tuple[int, str]:
+    """Create or put back a client login role, changing only what differs; (OID, verifier)."""
+    role_id = sql.Identifier(username)
+    createdb_kw = sql.SQL("CREATEDB" if createdb else "NOCREATEDB")
+    row = conn.execute(query("clients.sql", "role_state"), {"name": username}).fetchone()
+    if row is None:
+        _run(conn, "create_client_role", role=role_id, createdb=createdb_kw)
+        conn.execute(
+            query("common.sql", "comment_role").format(role=role_id, comment=sql.Literal(mark))
+        )
+        current = None
+    else:
+        if not is_ours(row[11]):
+            raise ForeignObjectError(
+                f"role {username!r} exists without this application's mark: left alone"
+            )
+        attributes = tuple(row[1:2]) + tuple(row[3:11])
+        wanted = (True, False, True, False, createdb, False, False, -1, True)
+        if attributes != wanted:
+            _run(conn, "alter_client_role", role=role_id, createdb=createdb_kw)
+        if row[11] != mark:
+            conn.execute(
+                query("common.sql", "comment_role").format(role=role_id, comment=sql.Literal(mark))
+            )
+        current = row[2]
+    set_password(conn, username, password, current)
+    state = conn.execute(query("clients.sql", "role_state"), {"name": username}).fetchone()
+    assert state is not None  # noqa: S101 (created above)
+    oid, verifier = int(state[0]), str(state[2])
+    members = {g for (g,) in conn.execute(query("clients.sql", "memberships_of"), {"oid": oid})}
+    for group in sorted(members - set(allowed_groups)):
+        _run(conn, "revoke_membership", group=sql.Identifier(group), role=role_id)
+    return oid, verifier
 
 
 def create_client(
@@ -175,17 +318,22 @@ def create_client(
     owner_tag: str,
     relation_id: int,
     decision: GrantDecision | None = None,
+    held: Collection[str] = (),
 ) -> ClientGrant:
     """Create or update a client relation's login role and give it ``database``.
 
     ``decision`` (from :func:`state.tenants.grant_decision`) says whether the database is to be
     created (``create``, the default: one that already exists is refused, whatever its comment
     says), shared with or reclaimed from the record (``join``/``reclaim``: the recorded OID must
-    still match, database-wide settings are reset and any object not owned by the owner role
-    refuses the hand-over), or is already held (``keep``).
+    still match, the database object is put back to what we rely on and any object not owned
+    by the owner role refuses the hand-over), or is already held (``keep``).
 
-    Idempotent: a re-run resets attributes, memberships, the password (only written when it
-    differs), the database's owner and its grants.
+    Change-gated: what is already as it should be is not altered (docs/tenancy.md), so a tenant
+    holding a lock on a role or a database cannot stall the next client; a tenant session that
+    blocks a change we do need is ended (``postgres.locks``).
+
+    ``held`` names the other databases this login role holds: its memberships of their owner
+    roles are kept, and any other membership is revoked.
 
     Raises:
         InvalidNameError: a name fails validation (before any SQL).
@@ -209,12 +357,13 @@ def create_client(
     if database in _NEVER_HANDED_OUT or database == creds.dbname:
         raise ForeignObjectError(f"database {database!r} cannot be handed to a client")
     owner = owner_role_for(database, owner_tag)
+    keeper = databases_role_for(owner_tag)
     group = group_role_for(owner_tag)
     role_id, database_id = sql.Identifier(username), sql.Identifier(database)
     owner_id = sql.Identifier(owner)
-    createdb = sql.SQL("CREATEDB" if "CREATEDB" in roles else "NOCREATEDB")
+    allowed = {owner_role_for(d, owner_tag) for d in held} | {owner}
 
-    with connect(creds) as conn:
+    with connect(creds) as conn, clearing(creds, conn, tenant_roles_regex(owner_tag)):
         # The database first: nothing is created for a request that is refused.
         db_info = conn.execute(
             query("clients.sql", "database_info"), {"name": database}
@@ -227,59 +376,62 @@ def create_client(
             raise ForeignObjectError(
                 f"database {database!r} exists and was not created by this application"
             )
-        if db_info is not None and db_info[1]:
-            raise ForeignObjectError(f"database {database!r} is a template")
 
         with conn.transaction():
             ensure_tenant_role(conn, group, owner_tag)
             ensure_tenant_role(conn, orphan_role_for(owner_tag), owner_tag)
+            ensure_tenant_role(conn, keeper, owner_tag)
             owner_oid = ensure_tenant_role(conn, owner, owner_tag)
-            row = conn.execute(query("common.sql", "role_info"), {"name": username}).fetchone()
-            if row is None:
-                _run(conn, "create_client_role", role=role_id, createdb=createdb)
-                current_password = None
-            else:
-                if not is_ours(row[3]):
-                    raise ForeignObjectError(
-                        f"role {username!r} exists without this application's mark: left alone"
-                    )
-                _run(conn, "alter_client_role", role=role_id, createdb=createdb)
-                current_password = row[2]
-            conn.execute(
-                query("common.sql", "comment_role").format(role=role_id, comment=sql.Literal(mark))
-            )
-            set_password(conn, username, password, current_password)
-            role_row = conn.execute(
-                query("common.sql", "role_info"), {"name": username}
-            ).fetchone()
-            assert role_row is not None  # noqa: S101 (created above)
+            role_oid, verifier = _ensure_client_role(
+                conn, username, password, createdb="CREATEDB" in roles, mark=mark,
+                is_ours=is_ours, allowed_groups=allowed,
+            )  # fmt: skip
 
         neutralised: list[str] = []
         if db_info is None:
             # New, or recorded but dropped since: created afresh (CREATE DATABASE cannot run in a
             # transaction; the connection is autocommit).
-            _run(conn, "create_database", database=database_id, role=owner_id)
+            _run(conn, "create_database", database=database_id, role=sql.Identifier(keeper))
             logger.info("created database %s for client relation %d", database, relation_id)
-        elif decision.action in ("join", "reclaim"):
-            neutralised = _neutralise_settings(conn, database, int(db_info[0]), owner_tag)
+        with conn.transaction():
+            neutralised = secure_database(conn, database, owner_tag, comment=mark)
+        if db_info is None or "owner" in neutralised:
+            _give_public_schema(creds, database, owner)
+        if db_info is not None and decision.action in ("join", "reclaim"):
             _check_traps(creds, database, owner_oid)
 
         with conn.transaction():
-            _run(conn, "alter_database_owner", database=database_id, role=owner_id)
-            _run(conn, "lock_database", database=database_id)
-            _run(conn, "grant_membership", group=owner_id, role=role_id)
-            _run(conn, "grant_membership", group=sql.Identifier(group), role=role_id)
-            _run(
-                conn, "set_role_in_database", role=role_id, database=database_id,
-                owner=sql.Literal(owner),
-            )  # fmt: skip
-            _run(conn, "comment_database", database=database_id, comment=sql.Literal(mark))
+            if owner not in {
+                g
+                for (g,) in conn.execute(query("clients.sql", "memberships_of"), {"oid": role_oid})
+            }:
+                _run(conn, "grant_membership", group=owner_id, role=role_id)
+            settings = conn.execute(
+                query("clients.sql", "role_settings_in"),
+                {"role": role_oid, "database": db_info[0] if db_info else _oid_of(conn, database)},
+            ).fetchone()
+            if settings is None or list(settings[0] or []) != [f"role={owner}"]:
+                if settings is not None:
+                    _run(conn, "reset_role_settings_in_database", role=role_id,
+                         database=database_id)  # fmt: skip
+                _run(
+                    conn, "set_role_in_database", role=role_id, database=database_id,
+                    owner=sql.Literal(owner),
+                )  # fmt: skip
+            # Last: only now may the pooler serve the role (the lookup reads this row).
+            _record_issued(conn, owner_tag, username, role_oid, verifier)
         db_row = conn.execute(query("clients.sql", "database_info"), {"name": database}).fetchone()
         assert db_row is not None  # noqa: S101 (created above)
-    if neutralised:
-        logger.warning("database %s: reset %s", database, "; ".join(neutralised))
+    if neutralised and db_info is not None:
+        logger.warning("database %s: reset %s", database, ", ".join(neutralised))
     logger.info("client role %s ready on database %s", username, database)
-    return ClientGrant(int(role_row[0]), int(db_row[0]), owner, tuple(neutralised))
+    return ClientGrant(role_oid, int(db_row[0]), owner, tuple(neutralised))
+
+
+def _oid_of(conn: psycopg.Connection, database: str) -> int:
+    row = conn.execute(query("clients.sql", "database_info"), {"name": database}).fetchone()
+    assert row is not None  # noqa: S101 (the caller created it)
+    return int(row[0])
 
 
 def grant_database(
@@ -294,15 +446,21 @@ def grant_database(
     relation_id: int,
     app: str,
     live: Collection[int],
+    consent: Mapping[str, frozenset[str]] | None = None,
 ) -> TenantRecord:
     """Decide from ``record``, create or hand over, and return the record that results.
+
+    ``consent`` is the operator's ``database_sharing`` (database → applications allowed).
 
     Raises:
         The errors of :func:`create_client`.
     """
     decision = grant_decision(
-        record, database=database, relation=relation_id, app=app, live=set(live) | {relation_id}
-    )
+        record, database=database, relation=relation_id, app=app,
+        live=set(live) | {relation_id}, consent=consent,
+    )  # fmt: skip
+    role = record.roles.get(username)
+    held = tuple(d for d in role.databases if d != database) if role else ()
     if decision.action == "create" and database in record.databases:
         record = record.without_database(database)
     grant = create_client(
@@ -314,6 +472,7 @@ def grant_database(
         owner_tag=owner_tag,
         relation_id=relation_id,
         decision=decision,
+        held=held,
     )
     return record.with_grant(
         role=username,
@@ -335,19 +494,30 @@ def drop_client(
 ) -> bool:
     """Drop a client relation's login role; its databases and their data stay.
 
-    The role first loses LOGIN and its sessions are ended; then, in every database where it owns
-    objects or holds privileges, ``REASSIGN OWNED`` hands its objects to that database's owner
-    role (``owners``; the application's orphan role elsewhere): never to the relation user,
-    which is a superuser and would turn a tenant's SECURITY DEFINER function into superuser
-    code. ``DROP OWNED`` then removes its grants, and ``DROP ROLE`` the role. The clean-up
-    connections override any setting a tenant planted (``default_transaction_read_only``,
-    timeouts, ``search_path``: see ``postgres.connection``).
+    In this order, each step change-gated and each wait on a tenant's lock cleared by ending
+    the tenant's session (``postgres.locks``), so nothing a tenant does stalls it:
+
+    1. the pooler stops serving it (its issued verifier is forgotten), it loses LOGIN and every
+       membership, and its sessions are ended (and waited for: their locks go with them);
+    2. databases it owns (made with ``CREATEDB``) go to the application's orphan role *before*
+       any ``REASSIGN OWNED``, which would otherwise hand them to the first database's owner
+       role, possibly another tenant's;
+    3. in every database where it owns objects or holds privileges, ``REASSIGN OWNED`` hands its
+       objects to that database's owner role if it held that database (``owners``), to the
+       orphan role elsewhere (never to the relation user, a superuser: that would turn a
+       tenant's SECURITY DEFINER function into superuser code); ``DROP OWNED`` removes its
+       grants and default privileges; a database of ours, or one it owned, that refuses
+       connections is opened again first;
+    4. ``DROP ROLE``.
+
+    The clean-up connections override any setting a tenant planted (``role``,
+    ``default_transaction_read_only``, timeouts, ``search_path``: see ``postgres.connection``).
 
     Args:
         creds: relation user (a superuser).
         username: the client role.
         owner_tag: ``<model-uuid>/<app-name>``.
-        owners: database name → its owner role, from the record.
+        owners: the databases this role held → their owner roles, from the record.
 
     Returns:
         True when a role was dropped, False when there was none (idempotent).
@@ -355,45 +525,69 @@ def drop_client(
     Raises:
         InvalidNameError: bad ``username`` or ``owner_tag`` (before any SQL).
         ForeignObjectError: the role exists without this application's client mark.
-        BackendError: connection or statement failure.
+        Blocked: a session that is not a tenant's holds a lock we need (named).
+        BackendError: connection or statement failure (the message names the step).
     """
     validate_role_name(username, "username")
     is_ours = _client_mark_pattern(owner_tag)
     owners = dict(owners or {})
     orphan = orphan_role_for(owner_tag)
+    regex = tenant_roles_regex(owner_tag)
     role_id = sql.Identifier(username)
-    with connect(creds) as conn:
-        row = conn.execute(query("common.sql", "role_info"), {"name": username}).fetchone()
+    with connect(creds) as conn, clearing(creds, conn, regex):
+        row = conn.execute(query("clients.sql", "role_state"), {"name": username}).fetchone()
         if row is None:
+            with conn.transaction():
+                _record_issued(conn, owner_tag, username, 0, None)
             return False
-        if not is_ours(row[3]):
+        if not is_ours(row[11]):
             raise ForeignObjectError(
                 f"role {username!r} exists without this application's mark: left alone"
             )
-        oid = row[0]
+        oid, can_login = int(row[0]), bool(row[1])
         with conn.transaction():
+            _record_issued(conn, owner_tag, username, oid, None)
             ensure_tenant_role(conn, orphan, owner_tag)
-            for name in owners.values():
+            for name in sorted(set(owners.values())):
                 ensure_tenant_role(conn, name, owner_tag)
-            _run(conn, "disable_login", role=role_id)
-            conn.execute(query("clients.sql", "terminate_sessions"), {"oid": oid})
-        databases = [
-            name
-            for (name,) in conn.execute(
-                query("clients.sql", "databases_with_objects_of"), {"oid": oid}
-            ).fetchall()
-        ]
-    # Its own databases first: REASSIGN OWNED also moves shared objects (a database the client
-    # made itself, or took the ownership of) to the first new owner it runs with.
-    ordered = sorted(databases, key=lambda d: (d not in owners, d == creds.dbname, d))
-    if creds.dbname not in ordered:
-        ordered.append(creds.dbname)
+            for (group,) in conn.execute(
+                query("clients.sql", "memberships_of"), {"oid": oid}
+            ).fetchall():
+                _run(conn, "revoke_membership", group=sql.Identifier(group), role=role_id)
+            if can_login:
+                _run(conn, "disable_login", role=role_id)
+        conn.execute(query("clients.sql", "terminate_sessions"), {"oid": oid})
+        for name, _allow in conn.execute(
+            query("clients.sql", "databases_owned_by"), {"oid": oid}
+        ).fetchall():
+            _run(conn, "alter_database_owner", database=sql.Identifier(name),
+                 role=sql.Identifier(orphan))  # fmt: skip
+            logger.info("database %s, made by %s, now belongs to %s", name, username, orphan)
+        orphan_oid = conn.execute(query("clients.sql", "role_state"), {"name": orphan}).fetchone()
+        databases = conn.execute(
+            query("clients.sql", "databases_with_objects_of"), {"oid": oid}
+        ).fetchall()
+        for name, allow in databases:
+            if allow:
+                continue
+            owned_by_us = conn.execute(
+                "SELECT datdba = %s FROM pg_catalog.pg_database WHERE datname = %s",
+                (orphan_oid[0] if orphan_oid else 0, name),
+            ).fetchone()
+            if name in owners or (owned_by_us and owned_by_us[0]):
+                _run(conn, "database_allow_connections", database=sql.Identifier(name))
+            else:
+                raise BackendSQLError(
+                    f"cannot drop client role {username!r}: it holds privileges in database "
+                    f"{name!r}, which refuses connections and is not ours to open"
+                )
+    ordered = sorted({name for name, _ in databases} | {creds.dbname})
     for dbname in ordered:
         new_owner = sql.Identifier(owners.get(dbname, orphan))
-        with connect(creds, dbname) as conn, conn.transaction():
+        with connect(creds, dbname) as conn, clearing(creds, conn, regex), conn.transaction():
             _run(conn, "reassign_owned", role=role_id, new_owner=new_owner)
             _run(conn, "drop_owned", role=role_id)
-    with connect(creds) as conn:
+    with connect(creds) as conn, clearing(creds, conn, regex):
         try:
             conn.execute(query("common.sql", "drop_role").format(role=role_id))
         except psycopg.Error as exc:
@@ -413,10 +607,102 @@ def revoke_client(
     Raises:
         The errors of :func:`drop_client`.
     """
-    # Whatever it owns in one of our databases goes to that database's owner role.
-    owners = {name: db.owner for name, db in record.databases.items()}
+    # Whatever it owns in a database it held goes to that database's owner role; elsewhere (a
+    # database another tenant granted it something in, say) to the orphan role.
+    role = record.roles.get(username)
+    held = role.databases if role else ()
+    owners = {name: db.owner for name, db in record.databases.items() if name in held}
     drop_client(creds, username=username, owner_tag=owner_tag, owners=owners)
     return record.without_role(username)
+
+
+def repair_tenancy(
+    creds: BackendCredentials, record: TenantRecord, live: Collection[int], *, owner_tag: str
+) -> list[str]:
+    """Find and put back what drifted from the tenant model; what was put back (docs/tenancy.md).
+
+    Run by the leader on update-status. Reads first, changes only what differs:
+
+    - a client role whose password was changed from inside PostgreSQL (by the tenant, or by
+      code running in its session) gets the verifier the charm issued back, and its sessions
+      are ended; a recorded role with no issued verifier yet (made before the lookup served
+      issued verifiers) has its current one adopted; issued verifiers of roles no live relation
+      holds are forgotten; client roles leave the client group;
+    - settings of client roles other than ``role = <owner role>`` in their databases are reset
+      (role-wide, and in databases they do not hold);
+    - every recorded database object is put back (:func:`secure_database`): owner, flags,
+      privileges, settings.
+
+    Raises:
+        Blocked: a session that is not a tenant's holds a lock a repair needs.
+        BackendError: connection or statement failure.
+    """
+    regex = tenant_roles_regex(owner_tag)
+    group = group_role_for(owner_tag)
+    live_roles = {n: r for n, r in record.roles.items() if r.relation in live}
+    repaired: list[str] = []
+    with connect(creds) as conn, clearing(creds, conn, regex):
+        for schema in auth_schemas(conn, owner_tag):
+            schema_id = sql.Identifier(schema)
+            rows = conn.execute(
+                query("clients.sql", "issued_state").format(schema=schema_id),
+                {"group": group, "names": sorted(live_roles)},
+            ).fetchall()
+            for name, oid, verifier, issued_oid, issued, in_group in rows:
+                role_id = sql.Identifier(name)
+                with conn.transaction():
+                    if in_group:
+                        _run(conn, "revoke_membership", group=sql.Identifier(group), role=role_id)
+                    if issued is None or issued_oid != oid:
+                        _record_issued(conn, owner_tag, name, int(oid), str(verifier))
+                        logger.info("adopted the current verifier of %s as issued", name)
+                        continue
+                    if verifier == issued:
+                        continue
+                    conn.execute(query("common.sql", "quiet_transaction"))
+                    conn.execute(
+                        query("common.sql", "set_password").format(
+                            role=role_id, verifier=sql.Literal(issued)
+                        )
+                    )
+                conn.execute(query("clients.sql", "terminate_sessions"), {"oid": oid})
+                repaired.append(f"password of {name} changed inside PostgreSQL: put back")
+            names = conn.execute(query("clients.sql", "issued_names").format(schema=schema_id))
+            for (name,) in names.fetchall():
+                if name not in live_roles:
+                    with conn.transaction():
+                        _record_issued(conn, owner_tag, name, 0, None)
+        oids = {r.oid: (n, r) for n, r in live_roles.items()}
+        settings = conn.execute(
+            query("clients.sql", "settings_of_roles"), {"oids": sorted(oids)}
+        ).fetchall()
+        for setrole, setdatabase, datname, config in settings:
+            name, role = oids[setrole]
+            role_id = sql.Identifier(name)
+            if setdatabase == 0:
+                _run(conn, "reset_role_settings", role=role_id)
+                repaired.append(f"settings of {name}: {', '.join(config or [])}: reset")
+                continue
+            owner = owner_role_for(datname, owner_tag)
+            if datname in role.databases and list(config or []) == [f"role={owner}"]:
+                continue
+            database_id = sql.Identifier(datname)
+            with conn.transaction():
+                _run(conn, "reset_role_settings_in_database", role=role_id, database=database_id)
+                if datname in role.databases:
+                    _run(conn, "set_role_in_database", role=role_id, database=database_id,
+                         owner=sql.Literal(owner))  # fmt: skip
+            repaired.append(f"settings of {name} in {datname}: reset")
+        for database, db in sorted(record.databases.items()):
+            with conn.transaction():
+                changed = secure_database(conn, database, owner_tag)
+            if changed:
+                repaired.append(f"database {database}: {', '.join(changed)} put back")
+            if "owner" in changed:
+                _give_public_schema(creds, database, db.owner)
+    for line in repaired:
+        logger.warning("tenancy: %s", line)
+    return repaired
 
 
 def backend_version(creds: BackendCredentials) -> str:

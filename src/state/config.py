@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from state.names import InvalidNameError, validate_client_database_name
 
 POOL_MODES = ("session", "transaction", "statement")
 MAX_PREPARED_STATEMENTS_LIMIT = 1000
@@ -95,6 +98,8 @@ class CharmConfig:
     max_client_conn: int = 10000
     pools: PoolSettings = field(default_factory=PoolSettings)
     client_tls_mode: str = "prefer"
+    database_sharing: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Database → applications the operator allows to share it with its holder (docs/tenancy.md)."""
 
     @classmethod
     def from_dict(cls, options: Mapping[str, object]) -> CharmConfig:
@@ -126,6 +131,7 @@ class CharmConfig:
             max_client_conn=max_client_conn,
             pools=_pools(options, max_db_connections),
             client_tls_mode=_client_tls_mode(options),
+            database_sharing=parse_database_sharing(options.get("database_sharing", "")),
         )
 
 
@@ -172,3 +178,41 @@ def _pools(options: Mapping[str, object], max_db_connections: int) -> PoolSettin
             "default_pool_size", "must not exceed max_db_connections (a per-unit cap)"
         )
     return PoolSettings(**values)
+
+
+_APP_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+_MAX_APP_NAME = 63
+
+
+def parse_database_sharing(value: object) -> dict[str, frozenset[str]]:
+    """Parse ``database_sharing``: ``<database>=<app>[,<app>…]`` entries, space-separated.
+
+    ``shop=reporting,audit orders=billing`` lets applications ``reporting`` and ``audit`` be
+    given database ``shop`` while another application holds it (or after it left), and
+    ``billing`` be given ``orders``. Relations of one application share without it.
+
+    Raises:
+        InvalidConfigError: an entry that is not of that form, a database name a client could
+            not ask for, or an application name Juju would not allow (the entry is named).
+    """
+    if not isinstance(value, str):
+        raise InvalidConfigError("database_sharing", "must be a string")
+    consent: dict[str, set[str]] = {}
+    for entry in value.replace(";", " ").split():
+        database, sep, apps = entry.partition("=")
+        shown = entry if entry.isprintable() and len(entry) <= 80 else "<unprintable entry>"
+        if not sep or not apps:
+            raise InvalidConfigError(
+                "database_sharing", f"entry {shown!r} is not <database>=<app>[,<app>...]"
+            )
+        try:
+            validate_client_database_name(database, "database")
+        except InvalidNameError as exc:
+            raise InvalidConfigError("database_sharing", f"entry {shown!r}: {exc}") from None
+        for app in apps.split(","):
+            if len(app) > _MAX_APP_NAME or not _APP_NAME.fullmatch(app):
+                raise InvalidConfigError(
+                    "database_sharing", f"entry {shown!r}: not an application name: {app[:64]!r}"
+                )
+            consent.setdefault(database, set()).add(app)
+    return {db: frozenset(apps) for db, apps in consent.items()}

@@ -35,6 +35,7 @@ CLIENT_USER_PREFIX = "pgbouncer_client_"
 OWNER_ROLE_PREFIX = "pgbouncer_owner_"
 GROUP_ROLE_PREFIX = "pgbouncer_clients_"
 ORPHAN_ROLE_PREFIX = "pgbouncer_orphans_"
+DATABASES_ROLE_PREFIX = "pgbouncer_databases_"
 
 
 class ForbiddenRoleError(ValueError):
@@ -94,6 +95,35 @@ def group_role_for(owner_tag: str) -> str:
 def orphan_role_for(owner_tag: str) -> str:
     """The NOLOGIN role, with no members, taking what a dropped client owned outside its databases."""
     return f"{ORPHAN_ROLE_PREFIX}{app_hash(owner_tag)}"
+
+
+def databases_role_for(owner_tag: str) -> str:
+    """The NOLOGIN role, with no members, owning every client database *object*.
+
+    Tenants hold CONNECT, CREATE and TEMPORARY on their database through its owner role, and
+    own what they create in it, but not the database itself: so no tenant can change what
+    every session there sees (database-wide settings such as ``search_path`` or ``role``),
+    mark it ``IS_TEMPLATE``, refuse connections to it or grant ``CONNECT`` on it.
+    """
+    return f"{DATABASES_ROLE_PREFIX}{app_hash(owner_tag)}"
+
+
+def client_role_pattern(owner_tag: str) -> re.Pattern[str]:
+    """The names of this application's client login roles."""
+    return re.compile(re.escape(CLIENT_USER_PREFIX) + r"\d+_" + app_hash(owner_tag))
+
+
+def tenant_roles_regex(owner_tag: str) -> str:
+    """A POSIX regular expression matching every role name this application gives tenants.
+
+    Client logins, owner roles, the client group, the orphan role and the databases role:
+    sessions of these roles, or of their members, are tenants' (``postgres.locks``).
+    """
+    h = app_hash(owner_tag)
+    return (
+        rf"^pgbouncer_(client_[0-9]+_{h}|owner_{h}_[0-9a-f]+|clients_{h}|orphans_{h}"
+        rf"|databases_{h})$"
+    )
 
 
 @dataclass(frozen=True)
@@ -239,6 +269,13 @@ class TenantRecord:
                     served[database] = min(served.get(database, role.relation), role.relation)
         return served
 
+    def app_of(self, relation: int) -> str | None:
+        """The application of a recorded relation."""
+        for role in self.roles.values():
+            if role.relation == relation:
+                return role.app
+        return None
+
     def holders(self, database: str, live_relations: Collection[int]) -> set[int]:
         """Live relations whose role holds ``database``."""
         return {
@@ -265,9 +302,19 @@ class GrantDecision:
 
 
 def grant_decision(
-    record: TenantRecord, *, database: str, relation: int, app: str, live: Collection[int]
+    record: TenantRecord,
+    *,
+    database: str,
+    relation: int,
+    app: str,
+    live: Collection[int],
+    consent: Mapping[str, frozenset[str]] | None = None,
 ) -> GrantDecision:
     """Decide how ``relation`` (of application ``app``) may get ``database``.
+
+    Relations of the same application may share a database; another application gets a
+    database that is held (or was held by someone else) only when the operator consented
+    (``database_sharing``: database → applications allowed to share it).
 
     Args:
         record: what this application created.
@@ -275,6 +322,7 @@ def grant_decision(
         relation: the asking relation's id.
         app: the remote application's name.
         live: ids of the live client relations.
+        consent: the operator's ``database_sharing`` option, parsed.
     """
     db = record.databases.get(database)
     if db is None:
@@ -282,16 +330,28 @@ def grant_decision(
     holders = record.holders(database, live)
     if relation in holders:
         return GrantDecision("keep", database=db)
+    allowed = app in (consent or {}).get(database, frozenset())
     if holders:
-        return GrantDecision("join", database=db)
-    if app in db.apps:
+        holder_apps = sorted({record.app_of(r) for r in holders} - {None})  # type: ignore[arg-type]
+        if allowed or holder_apps == [app]:
+            return GrantDecision("join", database=db)
+        return GrantDecision(
+            "refuse",
+            reason=(
+                f"database {database} is held by application {', '.join(holder_apps)}; "
+                f"to share it, add {database}={app} to database_sharing"
+            ),
+            database=db,
+        )
+    if allowed or (db.apps and set(db.apps) <= {app}):
         return GrantDecision("reclaim", database=db)
     previous = ", ".join(db.apps) or "an earlier client"
     return GrantDecision(
         "refuse",
         reason=(
             f"database {database} holds data left by application {previous}; "
-            "only that application may take it back"
+            f"only that application may take it back (or add {database}={app} to "
+            "database_sharing)"
         ),
         database=db,
     )

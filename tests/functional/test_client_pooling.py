@@ -35,7 +35,7 @@ from postgres.clients import create_client, drop_client
 from postgres.connection import BackendCredentials
 from postgres.passwords import generate_password
 from relations.client_database import client_username
-from state.tenants import app_hash, owner_role_for
+from state.tenants import app_hash, databases_role_for
 
 pytestmark = pytest.mark.needs_root
 
@@ -286,13 +286,14 @@ def test_after_drop_client_the_user_is_gone_and_the_data_stays(setup, pgbouncer_
     assert (
         setup.primary.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (setup.client,)) == []
     )
-    # the database and its data stay, owned by its NOLOGIN owner role (never the relation user)
+    # the database and its data stay; the database object belongs to the NOLOGIN databases role
+    # (never the relation user, never a tenant)
     assert setup.primary.execute("SELECT name FROM served_by", dbname=setup.database) == [
         ("primary",)
     ]
     assert setup.primary.execute(
         "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (setup.database,)
-    ) == [(owner_role_for(setup.database, setup.owner_tag),)]
+    ) == [(databases_role_for(setup.owner_tag),)]
     # idempotent: a second drop finds nothing to do
     assert drop_client(setup.creds, username=setup.client, owner_tag=setup.owner_tag) is False
 

@@ -22,7 +22,7 @@ from postgres.clients import (
 )
 from postgres.connection import BackendCredentials, ForeignObjectError
 from state.names import InvalidNameError
-from state.tenants import TenantRecord, owner_role_for
+from state.tenants import TenantRecord, databases_role_for, owner_role_for
 from tests.functional.test_auth_sql import Backend, cleanup, make_backend, role_connect
 
 pytestmark = pytest.mark.needs_root
@@ -93,8 +93,11 @@ def test_create_gives_a_scram_login_role_owning_a_closed_database(backend):
     assert inherit and login and comment == mark
     assert verifier.startswith("SCRAM-SHA-256$")
     ((_, owner, acl, db_comment),) = snap["database"]
-    assert owner == owner_role_for(db, backend.owner_tag) and db_comment == mark
-    assert not any(entry.startswith("=") and "c" in entry.split("/")[0] for entry in acl), acl
+    # The database object belongs to the databases role (no member, no login), never a tenant;
+    # the tenants' owner role may connect, create schemas and temporary tables; PUBLIC nothing.
+    assert owner == databases_role_for(backend.owner_tag) and db_comment == mark
+    assert not any(entry.startswith("=") for entry in acl), acl
+    assert f"{owner_role_for(db, backend.owner_tag)}=CTc/{owner}" in acl, acl
     with role_connect(backend, user, password, db) as conn:
         conn.execute("CREATE TABLE t (x int)")
         conn.execute("INSERT INTO t VALUES (1)")
@@ -210,7 +213,7 @@ def test_drop_keeps_the_database_and_its_data_and_ends_the_login(backend):
         assert owners == [(owner_role_for(db, backend.owner_tag),)]
         assert conn.execute(
             "SELECT datdba::regrole::text FROM pg_database WHERE datname = current_database()"
-        ).fetchone() == (owner_role_for(db, backend.owner_tag),)
+        ).fetchone() == (databases_role_for(backend.owner_tag),)
     assert drop_client(backend.creds, username=user, owner_tag=backend.owner_tag) is False
     # The same application re-relating (a new relation id) takes its database back, with the
     # tables it made.

@@ -24,6 +24,7 @@ from postgres.passwords import generate_password
 from state.tenants import (
     TenantRecord,
     client_username,
+    databases_role_for,
     group_role_for,
     owner_role_for,
 )
@@ -49,6 +50,7 @@ class Tenants:
     record: TenantRecord = field(default_factory=TenantRecord)
     passwords: dict[int, str] = field(default_factory=dict)
     live: set[int] = field(default_factory=set)
+    consent: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def grant(self, rel: int, app: str, db: str, extra: tuple[str, ...] = ()) -> tuple[str, str]:
         user = client_username(rel, self.b.owner_tag)
@@ -64,6 +66,7 @@ class Tenants:
             relation_id=rel,
             app=app,
             live=self.live,
+            consent=self.consent,
         )
         self.live.add(rel)
         return user, password
@@ -320,14 +323,20 @@ def test_tenant_settings_and_locks_cannot_block_the_clean_up(t):
     holder = t.connect(1, db)
     holder.autocommit = False
     holder.execute("LOCK TABLE public.t IN ACCESS EXCLUSIVE MODE")  # held until its session ends
-    with t.connect(1, db) as conn:
-        for setting in (
-            "default_transaction_read_only = on",
-            "statement_timeout = 1",
-            "lock_timeout = 1",
-            "search_path = trap",
-        ):
-            conn.execute(sql.SQL(f"ALTER DATABASE {{}} SET {setting}").format(sql.Identifier(db)))  # type: ignore[arg-type]
+    settings = (
+        "default_transaction_read_only = on",
+        "statement_timeout = 1",
+        "lock_timeout = 1",
+        "search_path = trap",
+        f"role = {t.owner(db)}",
+    )
+    # The tenant does not own its database object: it cannot plant these any more...
+    with t.connect(1, db) as conn, pytest.raises(DENIED, match="must be owner of database"):
+        conn.execute(sql.SQL("ALTER DATABASE {} SET lock_timeout = 1").format(
+                sql.Identifier(db)))  # fmt: skip
+    for setting in settings:
+        # ... but a database from before that change (or an operator) could have them.
+        su(t, f"ALTER DATABASE {db} SET {setting}")
     t.revoke(1)
     assert su(t, "SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)) == []
     # (This check's own session must override the planted settings too.)
@@ -346,6 +355,7 @@ def test_tenant_settings_and_locks_cannot_block_the_clean_up(t):
 def test_two_relations_share_a_database_and_each_keeps_access_when_the_other_goes(t):
     db = t.b.name("shared")
     t.grant(1, "shop", db)
+    t.consent = {db: frozenset({"integrator"})}  # the operator allows it (database_sharing)
     t.grant(2, "integrator", db)
     with t.connect(1, db) as conn:
         conn.execute("CREATE TABLE items (x int)")
@@ -365,18 +375,21 @@ def test_two_relations_share_a_database_and_each_keeps_access_when_the_other_goe
 # -- variants of our own ------------------------------------------------------------------------
 
 
-def test_a_client_that_took_its_database_over_hands_it_to_the_owner_role(t):
+def test_a_client_cannot_take_its_database_object_over(t):
     db = t.b.name("grab")
     user, _ = t.grant(1, "shop", db, extra=("CREATEDB",))
     with t.connect(1, db) as conn:
-        conn.execute("SET ROLE NONE")
-        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
-            sql.Identifier(db), sql.Identifier(user)))  # fmt: skip
+        for as_login in (False, True):
+            if as_login:
+                conn.execute("SET ROLE NONE")
+            with pytest.raises(DENIED, match="must be owner of database"):
+                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(db), sql.Identifier(user)))  # fmt: skip
     t.revoke(1)
     assert su(t, "SELECT datdba::regrole::text FROM pg_database WHERE datname = %s", (db,)) == [
-        (t.owner(db),)
+        (databases_role_for(t.b.owner_tag),)
     ]
-    assert not is_superuser(t, t.owner(db))
+    assert not is_superuser(t, databases_role_for(t.b.owner_tag))
 
 
 def test_one_tenant_cannot_reach_another_tenants_database(t):
@@ -411,6 +424,7 @@ def test_an_object_owned_by_another_tenant_login_refuses_the_hand_over(t):
             "CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE sql SECURITY DEFINER "
             "AS 'SELECT pg_catalog.now()'"
         )
+    t.consent = {db: frozenset({"newcomer"})}
     with pytest.raises(TrapError, match=r"function public\.now"):
         t.grant(2, "newcomer", db)
     with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
@@ -423,8 +437,11 @@ def test_a_database_wide_search_path_trap_is_reset_for_the_next_holder(t):
     with t.connect(1, db) as conn:
         conn.execute("CREATE SCHEMA trap")
         conn.execute("CREATE FUNCTION trap.lower(text) RETURNS text LANGUAGE sql AS 'SELECT $1'")
-        conn.execute(sql.SQL("ALTER DATABASE {} SET search_path = trap, public").format(
-            sql.Identifier(db)))  # fmt: skip
+        with pytest.raises(DENIED, match="must be owner of database"):
+            conn.execute(sql.SQL("ALTER DATABASE {} SET search_path = trap, public").format(
+                sql.Identifier(db)))  # fmt: skip
+    # As a database from before tenants lost the database object (or an operator) may have it.
+    su(t, f"ALTER DATABASE {db} SET search_path = trap, public")
     t.revoke(1)
     t.grant(2, "shop", db)
     with t.connect(2, db) as conn:

@@ -66,12 +66,14 @@ class FakeClientSQL:
         relation_id,
         app,
         live,
+        consent=None,
     ):
         if self.fail is not None:
             raise self.fail
         decision = grant_decision(
-            record, database=database, relation=relation_id, app=app, live=set(live)
-        )
+            record, database=database, relation=relation_id, app=app, live=set(live),
+            consent=consent,
+        )  # fmt: skip
         if decision.action == "refuse":
             raise RefusedDatabaseError(decision.reason)
         self.created.append(
@@ -107,11 +109,16 @@ class FakeClientSQL:
         self.version_asked += 1
         return "15.99"
 
+    def repair_tenancy(self, creds, record, live, *, owner_tag):
+        if self.fail is not None:
+            raise self.fail
+        return []
+
 
 @pytest.fixture
 def fake_clients(monkeypatch: pytest.MonkeyPatch) -> FakeClientSQL:
     fake = FakeClientSQL()
-    for name in ("grant_database", "revoke_client", "backend_version"):
+    for name in ("grant_database", "revoke_client", "backend_version", "repair_tenancy"):
         monkeypatch.setattr(client_module, name, getattr(fake, name))
     return fake
 
@@ -434,7 +441,31 @@ def test_invalid_database_name_is_blocked_and_nothing_created(
     assert name not in out.unit_status.message or name == "pgbouncer"
 
 
-def test_database_held_by_a_live_relation_is_shared(ctx, dirs, fake_clients):
+def test_database_held_by_a_live_relation_of_the_same_application_is_shared(
+    ctx, dirs, fake_clients
+):
+    first = client_relation(V0_REQUEST, app="shop")
+    second = client_relation(V0_REQUEST, app="shop")
+    state = state_with(
+        first,
+        second,
+        dirs=dirs,
+        databases={"myapp": first.id},
+        tenants=tenants({"myapp": (first.id, "shop")}),
+    )
+    out = changed(ctx, state, second)
+
+    assert [(c["database"], c["relation_id"], c["action"]) for c in fake_clients.created] == [
+        ("myapp", second.id, "join")
+    ]
+    assert peer_tenants(out).holders("myapp", {first.id, second.id}) == {first.id, second.id}
+    assert peer_databases(out) == {"myapp": min(first.id, second.id)}
+    assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
+
+
+def test_database_held_by_another_application_is_refused_naming_it_and_the_holder(
+    ctx, dirs, fake_clients
+):
     first = client_relation(V0_REQUEST, app="first")
     second = client_relation(V0_REQUEST, app="second")
     state = state_with(
@@ -446,11 +477,31 @@ def test_database_held_by_a_live_relation_is_shared(ctx, dirs, fake_clients):
     )
     out = changed(ctx, state, second)
 
-    assert [(c["database"], c["relation_id"], c["action"]) for c in fake_clients.created] == [
-        ("myapp", second.id, "join")
-    ]
-    assert peer_tenants(out).holders("myapp", {first.id, second.id}) == {first.id, second.id}
-    assert peer_databases(out) == {"myapp": min(first.id, second.id)}
+    assert fake_clients.created == []
+    assert peer_tenants(out).holders("myapp", {first.id, second.id}) == {first.id}
+    assert "secret-user" not in out.get_relation(second.id).local_app_data
+    assert out.unit_status == testing.BlockedStatus(
+        f"client relation {second.id}: database myapp is held by application first; "
+        "to share it, add myapp=second to database_sharing"
+    )
+
+
+def test_database_held_by_another_application_is_shared_when_the_operator_allows_it(
+    ctx, dirs, fake_clients
+):
+    first = client_relation(V0_REQUEST, app="first")
+    second = client_relation(V0_REQUEST, app="second")
+    state = state_with(
+        first,
+        second,
+        dirs=dirs,
+        databases={"myapp": first.id},
+        tenants=tenants({"myapp": (first.id, "first")}),
+        config={"database_sharing": "other=x myapp=third,second"},
+    )
+    out = changed(ctx, state, second)
+
+    assert [(c["database"], c["action"]) for c in fake_clients.created] == [("myapp", "join")]
     assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
 
 
@@ -464,7 +515,7 @@ def test_database_left_by_another_application_is_refused(ctx, dirs, fake_clients
     assert peer_databases(out) == {}
     assert out.unit_status == testing.BlockedStatus(
         f"client relation {newcomer.id}: database myapp holds data left by application shop; "
-        "only that application may take it back"
+        "only that application may take it back (or add myapp=newcomer to database_sharing)"
     )
 
 

@@ -77,44 +77,87 @@ SELECT p.oid, pg_catalog.obj_description(p.oid, 'pg_proc') AS comment
    AND p.proname = 'get_auth'
    AND p.proargtypes = '25'::pg_catalog.oidvector
 
+-- name: create_issued
+-- The verifiers the charm issued to its client roles (postgres/clients.py): the lookup serves
+-- these, never a password set since from inside a session. Owned by the definer, read only
+-- through the lookup, written only by the relation user (a superuser).
+CREATE TABLE IF NOT EXISTS {schema}.issued (
+    rolname pg_catalog.text PRIMARY KEY,
+    roloid pg_catalog.oid NOT NULL,
+    verifier pg_catalog.text NOT NULL
+)
+
+-- name: issued_owner
+SELECT pg_catalog.pg_get_userbyid(c.relowner), c.relacl IS NULL
+  FROM pg_catalog.pg_class AS c
+  JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+ WHERE n.nspname = %(schema)s AND c.relname = 'issued'
+
+-- name: alter_issued_owner
+ALTER TABLE {schema}.issued OWNER TO {owner}
+
+-- name: lock_issued
+REVOKE ALL ON TABLE {schema}.issued FROM PUBLIC
+
+-- name: drop_issued
+DROP TABLE IF EXISTS {schema}.issued RESTRICT
+
 -- name: create_function
 -- SECURITY DEFINER with a pinned search_path (pg_temp last, so nothing a caller creates can
 -- shadow an operator or function) and every object schema-qualified. One row always: the name
 -- asked for, and a password only for an allowed role, so that every refusal looks alike.
--- An allow-list (docs/tenancy.md): a login role that is a member of this application's client
--- group, and none of: superuser, replication, CREATEROLE, BYPASSRLS, expired, the auth role
--- itself, or a member of any role that has one of those attributes or is a predefined role
--- reaching the server's files or programs or every database's data.
+-- An allow-list (docs/tenancy.md): a login role with none of: superuser, replication,
+-- CREATEROLE, BYPASSRLS, expired, the auth role itself, or a member of any role that has one of
+-- those attributes or is a predefined role reaching the server's files or programs or every
+-- database's data; and then either
+--   - a client role the charm issued (a row in "issued" for this very role, by OID): the
+--     verifier the charm issued is served, never the one pg_authid holds now, so a password
+--     changed from inside a session (the tenant's, or code running in it) opens nothing; or
+--   - a role the operator enrolled by granting this application's client group, not issued:
+--     its verifier in pg_authid.
 -- Names are compared as text: a cast to name would truncate a long name onto another role's.
 CREATE OR REPLACE FUNCTION {schema}.get_auth(p_usename pg_catalog.text)
 RETURNS TABLE (usename pg_catalog.name, passwd pg_catalog.text)
 LANGUAGE sql STABLE STRICT SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $get_auth$
+WITH allowed AS (
+    SELECT r.oid, a.rolpassword
+      FROM pg_catalog.pg_authid AS a
+      JOIN pg_catalog.pg_roles AS r ON r.rolname OPERATOR(pg_catalog.=) a.rolname
+     WHERE a.rolname::pg_catalog.text OPERATOR(pg_catalog.=) p_usename
+       AND r.rolcanlogin
+       AND NOT r.rolsuper
+       AND NOT r.rolreplication
+       AND NOT r.rolcreaterole
+       AND NOT r.rolbypassrls
+       AND (r.rolvaliduntil IS NULL
+            OR r.rolvaliduntil OPERATOR(pg_catalog.>) pg_catalog.now())
+       AND r.rolname OPERATOR(pg_catalog.<>) {auth_role_name}::pg_catalog.name
+       AND NOT EXISTS (
+             SELECT 1
+               FROM pg_catalog.pg_roles AS s
+              WHERE s.oid OPERATOR(pg_catalog.<>) r.oid
+                AND (s.rolsuper OR s.rolreplication OR s.rolcreaterole OR s.rolbypassrls
+                     OR s.rolname OPERATOR(pg_catalog.=) ANY (ARRAY[
+                          'pg_execute_server_program', 'pg_read_server_files',
+                          'pg_write_server_files', 'pg_read_all_data',
+                          'pg_write_all_data']::pg_catalog.name[]))
+                AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER'))
+), issued AS (
+    SELECT i.roloid, i.verifier
+      FROM {schema}.issued AS i
+     WHERE i.rolname OPERATOR(pg_catalog.=) p_usename
+)
 SELECT p_usename::pg_catalog.name,
-       (SELECT a.rolpassword
-          FROM pg_catalog.pg_authid AS a
-          JOIN pg_catalog.pg_roles AS r ON r.rolname OPERATOR(pg_catalog.=) a.rolname
-         WHERE a.rolname::pg_catalog.text OPERATOR(pg_catalog.=) p_usename
-           AND r.rolcanlogin
-           AND NOT r.rolsuper
-           AND NOT r.rolreplication
-           AND NOT r.rolcreaterole
-           AND NOT r.rolbypassrls
-           AND (r.rolvaliduntil IS NULL
-                OR r.rolvaliduntil OPERATOR(pg_catalog.>) pg_catalog.now())
-           AND r.rolname OPERATOR(pg_catalog.<>) {auth_role_name}::pg_catalog.name
-           AND pg_catalog.pg_has_role(r.oid, {group_name}::pg_catalog.name, 'MEMBER')
-           AND NOT EXISTS (
-                 SELECT 1
-                   FROM pg_catalog.pg_roles AS s
-                  WHERE s.oid OPERATOR(pg_catalog.<>) r.oid
-                    AND (s.rolsuper OR s.rolreplication OR s.rolcreaterole OR s.rolbypassrls
-                         OR s.rolname OPERATOR(pg_catalog.=) ANY (ARRAY[
-                              'pg_execute_server_program', 'pg_read_server_files',
-                              'pg_write_server_files', 'pg_read_all_data',
-                              'pg_write_all_data']::pg_catalog.name[]))
-                    AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER')))
+       CASE WHEN EXISTS (SELECT 1 FROM issued)
+            THEN (SELECT i.verifier
+                    FROM issued AS i
+                    JOIN allowed AS w ON w.oid OPERATOR(pg_catalog.=) i.roloid)
+            ELSE (SELECT w.rolpassword
+                    FROM allowed AS w
+                   WHERE pg_catalog.pg_has_role(w.oid, {group_name}::pg_catalog.name, 'MEMBER'))
+       END
 $get_auth$
 
 -- name: alter_function_owner
@@ -147,6 +190,14 @@ SELECT a.rolname, a.rolcanlogin
   FROM pg_catalog.pg_authid AS a
  WHERE pg_catalog.shobj_description(a.oid, 'pg_authid') = %(comment)s
  ORDER BY a.rolname
+
+-- name: auth_schemas
+-- The auth schemas of this application (their comment is the exact mark): where the issued
+-- verifiers live.
+SELECT n.nspname
+  FROM pg_catalog.pg_namespace AS n
+ WHERE pg_catalog.obj_description(n.oid, 'pg_namespace') = %(comment)s
+ ORDER BY n.nspname
 
 -- name: auth_query
 SELECT usename, passwd FROM {schema}.get_auth($1)

@@ -9,7 +9,17 @@ CREATE ROLE {role} WITH LOGIN NOSUPERUSER {createdb} NOCREATEROLE NOREPLICATION 
 
 -- name: alter_client_role
 ALTER ROLE {role} WITH LOGIN NOSUPERUSER {createdb} NOCREATEROLE NOREPLICATION NOBYPASSRLS
-    INHERIT
+    INHERIT CONNECTION LIMIT -1 VALID UNTIL 'infinity'
+
+-- name: role_state
+-- What the charm compares before it alters a role: it never alters one that is as it should be
+-- (a tenant can hold a lock on its own role's row, and on the owner role it acts as).
+SELECT a.oid, a.rolcanlogin, a.rolpassword, a.rolsuper, a.rolinherit, a.rolcreaterole,
+       a.rolcreatedb, a.rolreplication, a.rolbypassrls, a.rolconnlimit,
+       a.rolvaliduntil IS NULL OR a.rolvaliduntil OPERATOR(pg_catalog.=) 'infinity' AS forever,
+       pg_catalog.shobj_description(a.oid, 'pg_authid') AS comment
+  FROM pg_catalog.pg_authid AS a
+ WHERE a.rolname = %(name)s
 
 -- name: create_tenant_role
 -- Owner roles, the client group and the orphan role: no login, no attribute, no membership.
@@ -20,7 +30,7 @@ CREATE ROLE {role} WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATIO
 
 -- name: alter_tenant_role
 ALTER ROLE {role} WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
-    INHERIT
+    INHERIT CONNECTION LIMIT -1 PASSWORD NULL VALID UNTIL 'infinity'
 
 -- name: memberships_of
 -- Roles the given role is a member of, directly.
@@ -35,6 +45,12 @@ REVOKE {group} FROM {role}
 -- name: grant_membership
 GRANT {group} TO {role}
 
+-- name: role_settings_in
+-- The settings of a role in a database (none: no row).
+SELECT s.setconfig
+  FROM pg_catalog.pg_db_role_setting AS s
+ WHERE s.setrole = %(role)s AND s.setdatabase = %(database)s
+
 -- name: set_role_in_database
 -- Sessions of the client in its database act as the database's owner role: what they create
 -- belongs to the owner role, outlives the relation and is shared with the other relations.
@@ -44,10 +60,29 @@ ALTER ROLE {role} IN DATABASE {database} SET role = {owner}
 ALTER ROLE {role} WITH NOLOGIN
 
 -- name: terminate_sessions
-SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(s.pid))
+-- Ends the role's sessions and waits (up to 5 s each) until they are gone, with their locks.
+SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(s.pid, 5000))
   FROM pg_catalog.pg_stat_activity AS s
  WHERE s.usesysid = %(oid)s
    AND s.pid <> pg_catalog.pg_backend_pid()
+
+-- name: blockers_of
+-- Sessions the given backend waits on, and whether each is a tenant's (its login role, or a
+-- role it is a member of, is one of this application's tenant roles; never a superuser).
+SELECT s.pid, s.usename::pg_catalog.text,
+       NOT r.rolsuper AND (
+           r.rolname OPERATOR(pg_catalog.~) %(pattern)s
+           OR EXISTS (SELECT 1
+                        FROM pg_catalog.pg_roles AS g
+                       WHERE g.rolname OPERATOR(pg_catalog.~) %(pattern)s
+                         AND pg_catalog.pg_has_role(r.oid, g.oid, 'MEMBER')))
+  FROM pg_catalog.pg_stat_activity AS s
+  JOIN pg_catalog.pg_roles AS r ON r.oid OPERATOR(pg_catalog.=) s.usesysid
+ WHERE s.pid OPERATOR(pg_catalog.=)
+       ANY (pg_catalog.pg_blocking_pids(%(pid)s::pg_catalog.int4))
+
+-- name: terminate_pid
+SELECT pg_catalog.pg_terminate_backend(%(pid)s::pg_catalog.int4, 5000)
 
 -- name: database_info
 SELECT d.oid, d.datistemplate, d.datallowconn,
@@ -56,14 +91,76 @@ SELECT d.oid, d.datistemplate, d.datallowconn,
   FROM pg_catalog.pg_database AS d
  WHERE d.datname = %(name)s
 
+-- name: database_state
+-- Everything about a database object that a tenant, or anyone, could have changed: its owner,
+-- flags, connection limit, who holds which privilege on it, and whether it has settings of its
+-- own. The ACL is exploded with the owner's implicit default when it is NULL.
+SELECT d.oid, d.datdba, d.datistemplate, d.datallowconn, d.datconnlimit,
+       pg_catalog.shobj_description(d.oid, 'pg_database') AS comment,
+       ARRAY(SELECT pg_catalog.format('%%s:%%s:%%s', x.grantee, x.privilege_type, x.is_grantable)
+               FROM pg_catalog.aclexplode(
+                      COALESCE(d.datacl, pg_catalog.acldefault('d', d.datdba))) AS x
+              WHERE x.grantee OPERATOR(pg_catalog.<>) d.datdba
+              ORDER BY 1) AS grants,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting AS s
+                WHERE s.setdatabase OPERATOR(pg_catalog.=) d.oid
+                  AND s.setrole OPERATOR(pg_catalog.=) 0) AS has_settings
+  FROM pg_catalog.pg_database AS d
+ WHERE d.datname = %(name)s
+
 -- name: create_database
-CREATE DATABASE {database} OWNER {role}
+-- From template0: a session anyone holds on template1 (PUBLIC may connect there) cannot stall
+-- it, and nothing planted in template1 is copied.
+CREATE DATABASE {database} OWNER {role} TEMPLATE template0
+
+-- name: database_not_template
+ALTER DATABASE {database} WITH IS_TEMPLATE false
+
+-- name: database_allow_connections
+ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true
+
+-- name: database_no_connection_limit
+ALTER DATABASE {database} WITH CONNECTION LIMIT -1
+
+-- name: revoke_database_from
+REVOKE ALL ON DATABASE {database} FROM {role} CASCADE
+
+-- name: grant_database_to_owner
+-- The tenants' rights on their database, through its owner role: connect, create schemas (and
+-- trusted extensions), temporary tables. Not the database object itself.
+GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {database} TO {role}
+
+-- name: public_schema_owner
+SELECT pg_catalog.pg_get_userbyid(n.nspowner)
+  FROM pg_catalog.pg_namespace AS n
+ WHERE n.nspname = 'public'
+
+-- name: give_public_schema
+ALTER SCHEMA public OWNER TO {role}
+
+-- name: databases_owned_by
+SELECT d.datname, d.datallowconn
+  FROM pg_catalog.pg_database AS d
+ WHERE d.datdba = %(oid)s
+ ORDER BY d.datname
 
 -- name: alter_database_owner
 ALTER DATABASE {database} OWNER TO {role}
 
 -- name: lock_database
 REVOKE ALL ON DATABASE {database} FROM PUBLIC
+
+-- name: record_issued
+-- The verifier the charm issued, which the auth lookup serves (auth.sql, get_auth) instead of
+-- whatever pg_authid holds now: a password a session changes is not a key to the pooler.
+INSERT INTO {schema}.issued AS i (rolname, roloid, verifier)
+VALUES (%(name)s, %(oid)s, %(verifier)s)
+ON CONFLICT (rolname) DO UPDATE
+   SET roloid = excluded.roloid, verifier = excluded.verifier
+ WHERE (i.roloid, i.verifier) IS DISTINCT FROM (excluded.roloid, excluded.verifier)
+
+-- name: forget_issued
+DELETE FROM {schema}.issued WHERE rolname = %(name)s
 
 -- name: comment_database
 COMMENT ON DATABASE {database} IS {comment}
@@ -157,11 +254,11 @@ SELECT pg_catalog.pg_describe_object(o.catalog, o.oid, 0) AS object,
 
 -- name: databases_with_objects_of
 -- Databases where the role owns objects or holds privileges (pg_shdepend), plus the ones it
--- owns: where REASSIGN OWNED / DROP OWNED must run.
-SELECT d.datname
+-- owns: where REASSIGN OWNED / DROP OWNED must run (also those refusing connections: the
+-- caller decides whether it may open them).
+SELECT d.datname, d.datallowconn
   FROM pg_catalog.pg_database AS d
- WHERE d.datallowconn
-   AND (d.datdba = %(oid)s
+ WHERE (d.datdba = %(oid)s
         OR d.oid IN (SELECT s.dbid FROM pg_catalog.pg_shdepend AS s
                       WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass
                         AND s.refobjid = %(oid)s))
@@ -172,3 +269,30 @@ REASSIGN OWNED BY {role} TO {new_owner}
 
 -- name: drop_owned
 DROP OWNED BY {role}
+
+-- name: issued_state
+-- For each of the given roles: its OID and verifier in pg_authid, what the charm issued, and
+-- whether it is (still) a member of the client group, which tenants no longer are.
+SELECT a.rolname::pg_catalog.text, a.oid, a.rolpassword, i.roloid, i.verifier,
+       EXISTS (SELECT 1
+                 FROM pg_catalog.pg_auth_members AS m
+                 JOIN pg_catalog.pg_roles AS g ON g.oid OPERATOR(pg_catalog.=) m.roleid
+                WHERE m.member OPERATOR(pg_catalog.=) a.oid
+                  AND g.rolname OPERATOR(pg_catalog.=) %(group)s) AS in_group
+  FROM pg_catalog.pg_authid AS a
+  LEFT JOIN {schema}.issued AS i ON i.rolname OPERATOR(pg_catalog.=) a.rolname::pg_catalog.text
+ WHERE a.rolname::pg_catalog.text OPERATOR(pg_catalog.=) ANY (%(names)s::pg_catalog.text[])
+
+-- name: issued_names
+SELECT i.rolname FROM {schema}.issued AS i ORDER BY 1
+
+-- name: settings_of_roles
+-- Every setting of the given roles: role-wide (database 0) and per database.
+SELECT s.setrole, s.setdatabase, COALESCE(d.datname, ''), s.setconfig
+  FROM pg_catalog.pg_db_role_setting AS s
+  LEFT JOIN pg_catalog.pg_database AS d ON d.oid OPERATOR(pg_catalog.=) s.setdatabase
+ WHERE s.setrole OPERATOR(pg_catalog.=) ANY (%(oids)s::pg_catalog.oid[])
+ ORDER BY 1, 2
+
+-- name: reset_role_settings
+ALTER ROLE {role} RESET ALL

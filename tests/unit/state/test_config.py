@@ -2,7 +2,7 @@
 
 import pytest
 
-from state.config import CharmConfig, InvalidConfigError
+from state.config import CharmConfig, InvalidConfigError, parse_database_sharing
 
 
 def test_defaults_match_charmcraft_yaml():
@@ -59,6 +59,8 @@ def test_every_option_default_matches_charmcraft_yaml():
     assert cfg == CharmConfig.from_dict({})
     pools = vars(cfg.pools)
     for name, value in defaults.items():
+        if name == "database_sharing":  # typed: the parsed mapping
+            value = parse_database_sharing(value)
         assert pools.get(name, getattr(cfg, name, None)) == value, name
     assert set(pools) <= set(defaults)
     for spec in options.values():
@@ -84,3 +86,34 @@ def test_unlimited_max_db_connections_lifts_the_pool_size_cross_checks():
         {"max_db_connections": 0, "default_pool_size": 500, "min_pool_size": 400}
     )
     assert cfg.pools.default_pool_size == 500
+
+
+def test_database_sharing_parses_entries_into_a_consent_map():
+    assert parse_database_sharing("") == {}
+    assert parse_database_sharing(" shop=reporting,audit\norders=billing;shop=x ") == {
+        "shop": frozenset({"reporting", "audit", "x"}),
+        "orders": frozenset({"billing"}),
+    }
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "shop",  # no '='
+        "shop=",  # no application
+        "=app",  # no database
+        "shop=Reporting",  # not a Juju application name
+        "shop=a,,b",
+        "shop=-a",
+        "pgbouncer=app",  # reserved database key
+        "x y=app",
+        "shop=app\u00a0x",
+        "a" * 64 + "=app",
+        "shop=" + "a" * 64,
+        42,
+    ],
+)
+def test_database_sharing_refuses_what_it_cannot_parse_naming_the_option(value):
+    with pytest.raises(InvalidConfigError) as info:
+        CharmConfig.from_dict({"database_sharing": value})
+    assert info.value.option == "database_sharing"
