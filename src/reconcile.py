@@ -286,15 +286,25 @@ def _drop_gone(
     from postgres.clients import revoke_client
     from postgres.connection import BackendError
 
+    dropped = False
     for username in roles_to_drop(record, live):
         try:
             record = revoke_client(creds, record, username=username, owner_tag=owner_tag)
+            dropped = True
         except BackendError as exc:
             logger.warning("could not drop client user %s (will retry): %s", username, exc)
             if outcome is not None:
                 outcome.cleanup_failed[username] = str(exc)
             continue
         logger.info("dropped client user %s", username)
+    if dropped and live:
+        # What the departed tenant granted to other logins in the databases it held goes too.
+        from postgres.clients import sweep_grants
+
+        try:
+            sweep_grants(creds, record, live, owner_tag=owner_tag)
+        except BackendError as exc:
+            logger.warning("could not revoke grants left by departed tenants: %s", exc)
     return record
 
 

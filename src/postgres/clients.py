@@ -70,6 +70,7 @@ __all__ = [
     "repair_tenancy",
     "revoke_client",
     "secure_database",
+    "sweep_grants",
 ]
 
 logger = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ def secure_database(
         _run(conn, "database_no_connection_limit", database=database_id)
         changed.append("CONNECTION LIMIT")
     owner_oid = roles.get(owner)
-    wanted = sorted(f"{owner_oid}:{p}:false" for p in ("CONNECT", "CREATE", "TEMPORARY"))
+    wanted = sorted(f"{owner_oid}:{p}:f" for p in ("CONNECT", "CREATE", "TEMPORARY"))
     if "owner" in changed:
         row2 = conn.execute(query("clients.sql", "database_state"), {"name": database}).fetchone()
         grants = row2[6] if row2 else grants
@@ -562,19 +563,24 @@ def drop_client(
         ).fetchall():
             _run(conn, "alter_database_owner", database=sql.Identifier(name),
                  role=sql.Identifier(orphan))  # fmt: skip
+            # Nobody connects to an orphaned database any more (PUBLIC may by default).
+            _run(conn, "lock_database", database=sql.Identifier(name))
             logger.info("database %s, made by %s, now belongs to %s", name, username, orphan)
         orphan_oid = conn.execute(query("clients.sql", "role_state"), {"name": orphan}).fetchone()
         databases = conn.execute(
             query("clients.sql", "databases_with_objects_of"), {"oid": oid}
         ).fetchall()
+        keeper_oid = conn.execute(
+            query("clients.sql", "role_state"), {"name": databases_role_for(owner_tag)}
+        ).fetchone()
+        ours = {r[0] for r in (orphan_oid, keeper_oid) if r is not None}
         for name, allow in databases:
             if allow:
                 continue
-            owned_by_us = conn.execute(
-                "SELECT datdba = %s FROM pg_catalog.pg_database WHERE datname = %s",
-                (orphan_oid[0] if orphan_oid else 0, name),
+            datdba = conn.execute(
+                "SELECT datdba FROM pg_catalog.pg_database WHERE datname = %s", (name,)
             ).fetchone()
-            if name in owners or (owned_by_us and owned_by_us[0]):
+            if name in owners or (datdba is not None and datdba[0] in ours):
                 _run(conn, "database_allow_connections", database=sql.Identifier(name))
             else:
                 raise BackendSQLError(
@@ -700,9 +706,50 @@ def repair_tenancy(
                 repaired.append(f"database {database}: {', '.join(changed)} put back")
             if "owner" in changed:
                 _give_public_schema(creds, database, db.owner)
+    repaired += [f"grants to {pair}: revoked" for pair in sweep_grants(
+        creds, record, live, owner_tag=owner_tag)]  # fmt: skip
     for line in repaired:
         logger.warning("tenancy: %s", line)
     return repaired
+
+
+def sweep_grants(
+    creds: BackendCredentials, record: TenantRecord, live: Collection[int], *, owner_tag: str
+) -> list[str]:
+    """Revoke what a tenant granted, in its database, to a login role that does not hold it.
+
+    A tenant may grant privileges on its tables, or default privileges on future ones, to any
+    role, another client login included (a co-tenant's other relation, say). That login cannot
+    connect to the database, so the grant is inert; but it must not outlive the relation that
+    made it, nor wait for a login that later joins. One query on the shared catalog finds the
+    pairs; only then is the database opened, and ``DROP OWNED`` run there for that login (our
+    logins hold no privilege on shared objects, and own no object in a database they do not
+    hold, so nothing else is touched).
+
+    Returns:
+        ``"<login> in <database>"`` for each pair swept.
+    """
+    logins = {r.oid: (n, r) for n, r in record.roles.items() if r.relation in live}
+    databases = {d.oid: n for n, d in record.databases.items()}
+    if not logins or not databases:
+        return []
+    with connect(creds) as conn:
+        pairs = conn.execute(
+            query("clients.sql", "grants_across"),
+            {"roles": sorted(logins), "databases": sorted(databases)},
+        ).fetchall()
+    swept: list[str] = []
+    regex = tenant_roles_regex(owner_tag)
+    for role_oid, db_oid in pairs:
+        name, role = logins[role_oid]
+        database = databases[db_oid]
+        if database in role.databases:
+            continue
+        with connect(creds, database) as conn, clearing(creds, conn, regex):
+            _run(conn, "drop_owned", role=sql.Identifier(name))
+        swept.append(f"{name} in {database}")
+        logger.warning("revoked what tenants of %s had granted to %s", database, name)
+    return swept
 
 
 def backend_version(creds: BackendCredentials) -> str:

@@ -12,8 +12,8 @@ charm gave us) and is time-bounded three ways, so that a hook never hangs on a s
   fire, and the server's own timeouts cannot either).
 
 The session settings we pass at connection start override any a tenant planted with
-``ALTER DATABASE … SET`` (``default_transaction_read_only``, timeouts, ``search_path``): client
-options outrank database and role settings. Every psycopg error is mapped to one of the typed
+``ALTER DATABASE … SET`` (``role``, ``default_transaction_read_only``, timeouts,
+``search_path``): client options outrank database and role settings. Every psycopg error is mapped to one of the typed
 errors below; none of their messages ever holds a password.
 """
 
@@ -52,6 +52,9 @@ def session_settings() -> dict[str, str]:
         "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_MS),
         "default_transaction_read_only": "off",
         "search_path": "pg_catalog,pg_temp",
+        # A database's (or role's) `role` setting would make our superuser session act as
+        # another role from its first statement: start-up options outrank it.
+        "role": "none",
     }
 
 

@@ -114,11 +114,20 @@ class FakeClientSQL:
             raise self.fail
         return []
 
+    def sweep_grants(self, creds, record, live, *, owner_tag):
+        return []
+
 
 @pytest.fixture
 def fake_clients(monkeypatch: pytest.MonkeyPatch) -> FakeClientSQL:
     fake = FakeClientSQL()
-    for name in ("grant_database", "revoke_client", "backend_version", "repair_tenancy"):
+    for name in (
+        "grant_database",
+        "revoke_client",
+        "backend_version",
+        "repair_tenancy",
+        "sweep_grants",
+    ):
         monkeypatch.setattr(client_module, name, getattr(fake, name))
     return fake
 

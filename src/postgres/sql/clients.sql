@@ -296,3 +296,13 @@ SELECT s.setrole, s.setdatabase, COALESCE(d.datname, ''), s.setconfig
 
 -- name: reset_role_settings
 ALTER ROLE {role} RESET ALL
+
+-- name: grants_across
+-- (login role, database) pairs where one of the given roles holds privileges, default
+-- privileges or objects (pg_shdepend, a shared catalog: one query from any database).
+SELECT DISTINCT s.refobjid, s.dbid
+  FROM pg_catalog.pg_shdepend AS s
+ WHERE s.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass
+   AND s.refobjid OPERATOR(pg_catalog.=) ANY (%(roles)s::pg_catalog.oid[])
+   AND s.dbid OPERATOR(pg_catalog.=) ANY (%(databases)s::pg_catalog.oid[])
+ ORDER BY 1, 2
