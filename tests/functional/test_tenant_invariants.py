@@ -411,3 +411,104 @@ def test_a_lock_held_by_someone_else_is_named_not_broken(
     operator.rollback()
     t.revoke(1)
     assert not role_exists(t, user)
+
+
+# -- the audit: the same invariants, read-only ---------------------------------------------------
+
+
+def audit(t: Tenants) -> list:
+    from postgres.audit import audit_tenancy
+
+    return audit_tenancy(t.b.creds, t.record, t.live, owner_tag=t.b.owner_tag)
+
+
+def test_the_audit_of_a_clean_cluster_finds_nothing(t, auth):
+    t.grant(1, "shop", t.b.name("shop"))
+    t.grant(2, "shop", t.b.name("shop"))
+    t.grant(3, "other", t.b.name("other"), extra=("CREATEDB",))
+    with t.connect(1, t.b.name("shop")) as conn:
+        conn.execute("CREATE TABLE t (x int)")
+    t.revoke(2)
+    assert audit(t) == []
+
+
+PLANTS = {
+    # (SQL run as the superuser in database "shop" unless it says "@postgres"; what is reported)
+    "owner": ("ALTER DATABASE {shop} OWNER TO {login}", "database-owner"),
+    "template": ("ALTER DATABASE {shop} IS_TEMPLATE true", "database-flag"),
+    "closed": ("ALTER DATABASE {shop} ALLOW_CONNECTIONS false @auth", "database-flag"),
+    "connect": ("GRANT CONNECT ON DATABASE {shop} TO PUBLIC", "database-grant"),
+    "db-setting": ("ALTER DATABASE {shop} SET search_path = trap, pg_catalog", "database-setting"),
+    "superuser": ("ALTER ROLE {login} BYPASSRLS", "role-attribute"),
+    "predefined": ("GRANT pg_read_all_data TO {login}", "role-membership"),
+    "other-owner": ("GRANT {other_owner} TO {login}", "role-membership"),
+    "group": ("GRANT {group} TO {login}", "role-membership"),
+    "password": ("ALTER ROLE {login} PASSWORD 'changed-inside'", "password"),
+    "role-setting": ("ALTER ROLE {login} SET search_path = trap", "role-setting"),
+    "stray-login": ("CREATE ROLE {stray} LOGIN", "login"),
+    "definer": (
+        "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'",
+        "object-owner",
+    ),
+    "default-public": (
+        "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} GRANT SELECT ON TABLES TO PUBLIC",
+        "default-privilege",
+    ),
+    "default-other": (
+        "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} GRANT SELECT ON TABLES TO {other_login}",
+        "default-privilege",
+    ),
+    "lookup-grant": ("GRANT EXECUTE ON FUNCTION {auth}.get_auth(text) TO PUBLIC @auth", "lookup"),
+    "lookup-body": (
+        "CREATE OR REPLACE FUNCTION {auth}.get_auth(p_usename text) RETURNS TABLE (usename name, "
+        "passwd text) LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, "
+        "pg_temp AS $$SELECT p_usename::name, NULL::text$$ @auth",
+        "lookup",
+    ),
+    "issued": ("DELETE FROM {auth}.issued @auth", "issued"),
+}
+
+
+def _catalog_fingerprint(t: Tenants, dbs: list[str]) -> list:
+    rows = su(
+        t,
+        """SELECT md5(string_agg(x::text, '|' ORDER BY x::text)) FROM (
+             SELECT rolname, rolcanlogin, rolpassword, rolsuper, rolbypassrls FROM pg_authid
+             UNION ALL SELECT datname, datallowconn, datacl::text, datistemplate, false
+               FROM pg_database) AS x""",
+    )
+    for db in dbs:
+        if su(t, "SELECT datallowconn FROM pg_database WHERE datname = %s", (db,)) != [(True,)]:
+            continue
+        rows += su(t, "SELECT md5(string_agg(oid::text || proname, ',')) FROM pg_proc", db=db)
+    return rows
+
+
+@pytest.mark.parametrize("plant", sorted(PLANTS))
+def test_the_audit_reports_each_planted_violation_and_changes_nothing(t, auth, plant):
+    statement, kind = PLANTS[plant]
+    shop = t.b.name("shop")
+    login, _ = t.grant(1, "shop", shop)
+    other_login, _ = t.grant(2, "other", t.b.name("other"))
+    names = {
+        "shop": sql.Identifier(shop),
+        "login": sql.Identifier(login),
+        "other_login": sql.Identifier(other_login),
+        "other_owner": sql.Identifier(t.owner(t.b.name("other"))),
+        "owner": sql.Identifier(t.owner(shop)),
+        "group": sql.Identifier(group_role_for(t.b.owner_tag)),
+        "stray": sql.Identifier(client_username(999, t.b.owner_tag)),
+        "auth": sql.Identifier(t.b.auth_user()),
+    }
+    text, _, where = statement.partition(" @")
+    db = t.b.creds.dbname if where == "auth" else shop
+    su(t, sql.SQL(text).format(**names).as_string(), db=db)  # type: ignore[arg-type]
+    before = _catalog_fingerprint(t, [shop, t.b.creds.dbname])
+    found = audit(t)
+    assert kind in {v.kind for v in found}, found
+    assert _catalog_fingerprint(t, [shop, t.b.creds.dbname]) == before
+    # Undo what would outlive the test's clean-up.
+    if plant in ("template", "closed"):
+        su(t, f"ALTER DATABASE {shop} IS_TEMPLATE false ALLOW_CONNECTIONS true")
+    if plant == "stray-login":
+        su(t, sql.SQL("DROP ROLE {stray}").format(**names).as_string())  # type: ignore[arg-type]
