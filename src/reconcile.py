@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from state.charm_state import CharmState
 from state.peers import AuthData
-from state.tenants import TenantRecord, client_username, grant_decision, roles_to_drop
+from state.tenants import TenantRecord, client_username, grant_decision
 
 if TYPE_CHECKING:
     import ops
@@ -283,28 +283,11 @@ def _drop_gone(
     owner_tag: str,
     outcome: LeaderOutcome | None,
 ) -> TenantRecord:
-    from postgres.clients import revoke_client
-    from postgres.connection import BackendError
+    from postgres.clients import drop_gone
 
-    dropped = False
-    for username in roles_to_drop(record, live):
-        try:
-            record = revoke_client(creds, record, username=username, owner_tag=owner_tag)
-            dropped = True
-        except BackendError as exc:
-            logger.warning("could not drop client user %s (will retry): %s", username, exc)
-            if outcome is not None:
-                outcome.cleanup_failed[username] = str(exc)
-            continue
-        logger.info("dropped client user %s", username)
-    if dropped and live:
-        # What the departed tenant granted to other logins in the databases it held goes too.
-        from postgres.clients import sweep_grants
-
-        try:
-            sweep_grants(creds, record, live, owner_tag=owner_tag)
-        except BackendError as exc:
-            logger.warning("could not revoke grants left by departed tenants: %s", exc)
+    record, failures = drop_gone(creds, record, live, owner_tag=owner_tag)
+    if outcome is not None:
+        outcome.cleanup_failed.update(failures)
     return record
 
 

@@ -166,13 +166,17 @@ def audit_tenancy(
                 held = {owner_role_for(d, owner_tag) for d in role.databases}
                 for membership in sorted(set(member_of) - held):
                     add("role-membership", "", name, f"member of {membership}")
+                seen = set()
                 for setting in settings or []:
                     db_oid, _, value = setting.partition(":")
                     db_name = oid_to_db.get(int(db_oid), "")
+                    seen.add(db_name)
                     if db_oid == "0":
                         add("role-setting", "", name, f"role-wide setting {value}", DRIFT)
                     elif db_name not in role.databases:
                         add("role-setting", db_name, name, f"setting {value}", DRIFT)
+                for db_name in sorted(set(role.databases) & present - seen):
+                    add("role-setting", db_name, name, "acts as itself, not the owner role", DRIFT)
                 continue
             if login:
                 add("role-attribute", "", name, "tenant role (not a client login) can log in")
@@ -283,7 +287,10 @@ def _audit_database(
             if grantee == "PUBLIC":
                 add("default-privilege", database, where, f"to PUBLIC on {kind}", HAZARD)
             elif grantee not in allowed:
-                add("default-privilege", database, where, f"to {grantee} on {kind}")
+                # Inert (no CONNECT), and revoked on update-status and after a drop.
+                add("default-privilege", database, where, f"to {grantee} on {kind}", DRIFT)
         for (grantee,) in conn.execute(query("audit.sql", "grantees_in_database")).fetchall():
             if grantee not in allowed and logins.fullmatch(grantee or ""):
-                add("object-grant", database, grantee, "a login that does not hold it has grants")
+                add("object-grant", database, grantee,
+                    "a login that does not hold it has grants (inert: it cannot connect)",
+                    DRIFT)  # fmt: skip

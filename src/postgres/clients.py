@@ -31,6 +31,7 @@ from psycopg import sql
 from postgres.auth import auth_schemas, ensure_tenant_role, mark_for
 from postgres.connection import (
     BackendCredentials,
+    BackendError,
     BackendSQLError,
     ForeignObjectError,
     connect,
@@ -51,6 +52,7 @@ from state.tenants import (
     group_role_for,
     orphan_role_for,
     owner_role_for,
+    roles_to_drop,
     tenant_roles_regex,
 )
 
@@ -66,6 +68,7 @@ __all__ = [
     "client_mark",
     "create_client",
     "drop_client",
+    "drop_gone",
     "grant_database",
     "repair_tenancy",
     "revoke_client",
@@ -483,6 +486,7 @@ def grant_database(
         database=database,
         database_oid=grant.database_oid,
         owner=grant.owner,
+        guest=decision.action in ("join", "reclaim") and decision.as_guest(app),
     )
 
 
@@ -699,6 +703,17 @@ def repair_tenancy(
                     _run(conn, "set_role_in_database", role=role_id, database=database_id,
                          owner=sql.Literal(owner))  # fmt: skip
             repaired.append(f"settings of {name} in {datname}: reset")
+        have = {(oids[r][0], d) for r, _, d, _ in settings}
+        for name, role in sorted(live_roles.items()):
+            for datname in role.databases:
+                if (name, datname) in have or datname not in record.databases:
+                    continue
+                # The tenant reset its own `role` setting there: its sessions would create
+                # objects as the login role instead of the owner role.
+                _run(conn, "set_role_in_database", role=sql.Identifier(name),
+                     database=sql.Identifier(datname),
+                     owner=sql.Literal(owner_role_for(datname, owner_tag)))  # fmt: skip
+                repaired.append(f"settings of {name} in {datname}: put back")
         for database, db in sorted(record.databases.items()):
             with conn.transaction():
                 changed = secure_database(conn, database, owner_tag)
@@ -750,6 +765,37 @@ def sweep_grants(
         swept.append(f"{name} in {database}")
         logger.warning("revoked what tenants of %s had granted to %s", database, name)
     return swept
+
+
+def drop_gone(
+    creds: BackendCredentials, record: TenantRecord, live: Collection[int], *, owner_tag: str
+) -> tuple[TenantRecord, dict[str, str]]:
+    """Drop the login role of every relation that is gone, then sweep what they granted.
+
+    The leader's clean-up in one place (``reconcile`` and the tenant fuzzer both call it). A
+    role that could not be dropped stays in the record, to be retried by the next hook.
+
+    Returns:
+        The record after the drops, and the roles not dropped with the reason for each.
+    """
+    failures: dict[str, str] = {}
+    dropped = False
+    for username in roles_to_drop(record, live):
+        try:
+            record = revoke_client(creds, record, username=username, owner_tag=owner_tag)
+        except BackendError as exc:
+            logger.warning("could not drop client user %s (will retry): %s", username, exc)
+            failures[username] = str(exc)
+            continue
+        dropped = True
+        logger.info("dropped client user %s", username)
+    if dropped and live:
+        # What the departed tenants granted to other logins in the databases they held.
+        try:
+            sweep_grants(creds, record, live, owner_tag=owner_tag)
+        except BackendError as exc:
+            logger.warning("could not revoke grants left by departed tenants: %s", exc)
+    return record, failures
 
 
 def backend_version(creds: BackendCredentials) -> str:

@@ -128,11 +128,17 @@ def tenant_roles_regex(owner_tag: str) -> str:
 
 @dataclass(frozen=True)
 class DatabaseRecord:
-    """A client database we created: its OID, its owner role, the applications that held it."""
+    """A client database we created: its OID, its owner role, who held it.
+
+    ``apps`` held it in their own right (the application it was created for, and relations of
+    the same application); ``guests`` held it only by the operator's consent
+    (``database_sharing``), which a guest needs again to come back.
+    """
 
     oid: int
     owner: str
     apps: tuple[str, ...] = ()
+    guests: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -186,7 +192,9 @@ class TenantRecord:
             except InvalidNameError:
                 continue
             if oid is not None and isinstance(owner, str):
-                databases[name] = DatabaseRecord(oid, owner, _names(entry.get("apps")))
+                databases[name] = DatabaseRecord(
+                    oid, owner, _names(entry.get("apps")), _names(entry.get("guests"))
+                )
         roles: dict[str, RoleRecord] = {}
         raw_roles = raw.get("roles")
         for name, entry in raw_roles.items() if isinstance(raw_roles, dict) else []:
@@ -210,6 +218,7 @@ class TenantRecord:
             {
                 "databases": {
                     n: {"oid": d.oid, "owner": d.owner, "apps": list(d.apps)}
+                    | ({"guests": list(d.guests)} if d.guests else {})
                     for n, d in sorted(self.databases.items())
                 },
                 "roles": {
@@ -236,12 +245,24 @@ class TenantRecord:
         database: str,
         database_oid: int,
         owner: str,
+        guest: bool = False,
     ) -> TenantRecord:
-        """The record after ``role`` (of ``relation``/``app``) was granted ``database``."""
+        """The record after ``role`` (of ``relation``/``app``) was granted ``database``.
+
+        ``guest``: granted only by the operator's consent (see :class:`DatabaseRecord`).
+        """
         databases = dict(self.databases)
         old_db = databases.get(database)
-        apps = set(old_db.apps) if old_db and old_db.oid == database_oid else set()
-        databases[database] = DatabaseRecord(database_oid, owner, tuple(sorted(apps | {app})))
+        same = old_db is not None and old_db.oid == database_oid
+        apps = set(old_db.apps) if old_db and same else set()
+        guests = set(old_db.guests) if old_db and same else set()
+        if guest and app not in apps:
+            guests.add(app)
+        else:
+            apps.add(app)
+        databases[database] = DatabaseRecord(
+            database_oid, owner, tuple(sorted(apps)), tuple(sorted(guests - apps))
+        )
         roles = dict(self.roles)
         old_role = roles.get(role)
         held = set(old_role.databases) if old_role and old_role.oid == role_oid else set()
@@ -300,6 +321,10 @@ class GrantDecision:
     reason: str = ""
     database: DatabaseRecord | None = None
 
+    def as_guest(self, app: str) -> bool:
+        """Whether granting this makes ``app`` a guest (it does not own the database)."""
+        return self.database is not None and app not in self.database.apps
+
 
 def grant_decision(
     record: TenantRecord,
@@ -330,11 +355,13 @@ def grant_decision(
     holders = record.holders(database, live)
     if relation in holders:
         return GrantDecision("keep", database=db)
-    allowed = app in (consent or {}).get(database, frozenset())
+    consented = (consent or {}).get(database, frozenset())
+    # The applications that held it in their own right own it; a guest needs consent again.
+    may = app in consented or app in db.apps
     if holders:
-        holder_apps = sorted({record.app_of(r) for r in holders} - {None})  # type: ignore[arg-type]
-        if allowed or holder_apps == [app]:
+        if may:
             return GrantDecision("join", database=db)
+        holder_apps = sorted({record.app_of(r) or "?" for r in holders})
         return GrantDecision(
             "refuse",
             reason=(
@@ -343,7 +370,7 @@ def grant_decision(
             ),
             database=db,
         )
-    if allowed or (db.apps and set(db.apps) <= {app}):
+    if may:
         return GrantDecision("reclaim", database=db)
     previous = ", ".join(db.apps) or "an earlier client"
     return GrantDecision(
