@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from ops import testing
 
 from harness.certificates import CertificatesProvider
 from harness.juju import Unit
@@ -208,3 +209,48 @@ def test_a_certificate_for_another_key_keeps_the_older_certificate(make_deployme
     unit.update_status()
     assert not (Path(unit.mount_dir) / "client-tls.crt").exists()
     assert d.query(unit, creds, "SELECT 1") == (1,)
+
+
+# -- a v0 client that does not use secrets ----------------------------------------------------
+V0_PROVIDER_REQUIRED = ("database", "username", "password", "endpoints")
+"""``postgresql_client`` v0 provider.json: required keys, all strings."""
+
+
+def test_a_v0_client_without_requested_secrets_gets_plain_credentials(make_deployment):
+    # Defect 5: it got only secret-user, which it cannot read.
+    d, secret_creds = serving(make_deployment)
+    rid = d.app.add_relation(
+        testing.Relation(
+            "database",
+            remote_app_name="legacy",
+            remote_app_data={"database": "legacydb"},
+            remote_units_data={0: {}},
+        )
+    )
+    unit = d.app.leader
+    unit.relation_created(rid)
+    unit.relation_joined(rid, remote_unit=0)
+    unit.relation_changed(rid, remote_unit=0)
+    unit.update_status()  # the publish barrier: answered once the unit serves legacydb
+    answer = d.app.relation_data(rid)
+    assert all(isinstance(answer.get(k), str) and answer[k] for k in V0_PROVIDER_REQUIRED), sorted(
+        answer
+    )
+    assert "secret-user" not in answer
+    assert answer["database"] == "legacydb" and answer["tls"] == "false"
+    uri = answer["uris"]
+    assert uri.startswith(f"postgresql://{answer['username']}:") and uri.endswith("/legacydb")
+    creds = ClientCredentials(
+        username=answer["username"],
+        password=answer["password"],
+        database="legacydb",
+        endpoints=answer["endpoints"],
+    )
+    assert d.query(unit, creds, "SELECT session_user, current_database()") == (
+        answer["username"],
+        "legacydb",
+    )
+    # The client that asked for secrets still gets them only through secret-user.
+    secret_answer = d.app.relation_data(d.clients["app"].relation_id)
+    assert "secret-user" in secret_answer and "password" not in secret_answer
+    assert d.query(unit, secret_creds, "SELECT 1") == (1,)
