@@ -209,12 +209,15 @@ class PgBouncerK8sCharm(ops.CharmBase):
             if backend_relation is not None and backend_relation.app is not None
             else {}
         )
-        if self.tls is None and not remote.get("tls") and not remote.get("tls-ca"):
+        if self.tls is None and not any(remote.get(k) for k in ("tls", "tls-ca", "secret-tls")):
             return values
         from state.tls import BackendTLS, MissingCAError, TLSMaterialError
 
         try:
+            remote = {**remote, **self.backend.tls_secret_content()}
             values["backend_tls"] = BackendTLS.from_databag(remote) if remote else None
+        except InvalidBackendDataError as exc:
+            values |= {"tls_error": str(exc), "backend_tls_refused": True}
         except MissingCAError as exc:
             values |= {"tls_error": str(exc), "tls_waiting": True, "backend_tls_refused": True}
         except TLSMaterialError as exc:
