@@ -54,6 +54,7 @@ from state.tls import (
     BackendTLS,
     ClientTLSMaterial,
     GarbagePEMError,
+    TLSMaterialError,
     check_key_matches,
     parse_certificates,
     parse_private_key,
@@ -119,6 +120,12 @@ def certificate_request(
 
 
 UNREADABLE = "the provider's certificates do not parse"
+
+
+class WrongNamesError(TLSMaterialError):
+    """The certificate does not name the address published to clients."""
+
+    kind = "certificate for other names"
 
 
 class _Requirer(TLSCertificatesRequiresV4):
@@ -211,13 +218,21 @@ class CertificatesRelation(ops.Object):
             return None
         # One request, so at most one current certificate; the newest if a renewal overlaps.
         provided = max(certificates, key=lambda c: c.certificate.validity_start_time)
-        return ClientTLSMaterial.from_pem(
+        material = ClientTLSMaterial.from_pem(
             str(provided.certificate),
             str(key),
             str(provided.ca),
             chain="".join(str(c) for c in provided.chain) or None,
             now=now,
         )
+        # Clients verify the address they were given (verify-full): a certificate that does
+        # not name it would refuse every one of them (issue 22).
+        service = unit_names(self._charm.app.name, self._charm.model.name, self._charm.unit.name)[
+            0
+        ]
+        if service not in material.sans_dns:
+            raise WrongNamesError("certificate", f"does not name {service}")
+        return material
 
     def _check_unassigned(self, key_pem: str) -> None:
         """Why the library assigned nothing although the provider answered this unit's request.
