@@ -103,7 +103,8 @@ BACKEND_FIELDS = ("endpoints", "read-only-endpoints", "username", "database", "v
 def test_backend_databag_fuzz(make_deployment):
     d, creds = serving(make_deployment)
     unit = d.app.leader
-    assert d.backend_id is not None
+    rid = d.backend_id
+    assert rid is not None
     good = d.provider_data()
     held = connect_at(unit.address(), creds, autocommit=True)
 
@@ -119,16 +120,16 @@ def test_backend_databag_fuzz(make_deployment):
         else:
             value = data.draw(refused_text())
         before, mark = served_files(unit), history_mark(unit)
-        d.app.set_remote(d.backend_id, remote_app_data={**good, field: value})
-        unit.relation_changed(d.backend_id, remote_unit=0)
+        d.app.set_remote(rid, remote_app_data={**good, field: value})
+        unit.relation_changed(rid, remote_unit=0)
         status = unit.state.unit_status
         assert status.name == "blocked", (field, status)
         assert "backend-database" in status.message and field.split("-")[-1] in status.message
         assert served_files(unit) == before
         assert signals_since(unit, mark) == []
         check_serving(d, unit, creds, None, held)
-        d.app.set_remote(d.backend_id, remote_app_data=good)
-        unit.relation_changed(d.backend_id, remote_unit=0)
+        d.app.set_remote(rid, remote_app_data=good)
+        unit.relation_changed(rid, remote_unit=0)
         assert unit.state.unit_status.name == "active", unit.state.unit_status
         check_meant(d, unit)
 
@@ -241,7 +242,8 @@ def _serial(unit) -> int:
 def test_backend_tls_fuzz(make_deployment):
     d, creds = serving(make_deployment)
     unit = d.app.leader
-    assert d.backend_id is not None
+    rid = d.backend_id
+    assert rid is not None
     good = d.provider_data()
     held = connect_at(unit.address(), creds, autocommit=True)
     leaf = make_ca("pg CA").leaf("pg")
@@ -258,16 +260,16 @@ def test_backend_tls_fuzz(make_deployment):
     def one(flag, ca):
         ran.append(flag)
         before, mark = served_files(unit), history_mark(unit)
-        d.app.set_remote(d.backend_id, remote_app_data={**good, "tls": flag, "tls-ca": ca})
-        unit.relation_changed(d.backend_id, remote_unit=0)
+        d.app.set_remote(rid, remote_app_data={**good, "tls": flag, "tls-ca": ca})
+        unit.relation_changed(rid, remote_unit=0)
         status = unit.state.unit_status
         assert status.name in ("blocked", "waiting"), (flag, status)
         assert "backend-database tls" in status.message, status
         assert served_files(unit) == before
         assert signals_since(unit, mark) == []
         check_serving(d, unit, creds, None, held)
-        d.app.set_remote(d.backend_id, remote_app_data=good)
-        unit.relation_changed(d.backend_id, remote_unit=0)
+        d.app.set_remote(rid, remote_app_data=good)
+        unit.relation_changed(rid, remote_unit=0)
         assert unit.state.unit_status.name == "active", unit.state.unit_status
 
     ran: list[str] = []
