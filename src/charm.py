@@ -209,18 +209,51 @@ class PgBouncerK8sCharm(ops.CharmBase):
             if backend_relation is not None and backend_relation.app is not None
             else {}
         )
-        if self.tls is None and not remote.get("tls") and not remote.get("tls-ca"):
+        if self.tls is None and not any(remote.get(k) for k in ("tls", "tls-ca", "secret-tls")):
             return values
         from state.tls import BackendTLS, MissingCAError, TLSMaterialError
 
         try:
-            values["tls_material"] = self.tls.material() if self.tls is not None else None
+            remote = {**remote, **self.backend.tls_secret_content()}
             values["backend_tls"] = BackendTLS.from_databag(remote) if remote else None
+        except InvalidBackendDataError as exc:
+            values |= {"tls_error": str(exc), "backend_tls_refused": True}
         except MissingCAError as exc:
-            values |= {"tls_error": str(exc), "tls_waiting": True}
+            values |= {"tls_error": str(exc), "tls_waiting": True, "backend_tls_refused": True}
         except TLSMaterialError as exc:
-            values["tls_error"] = str(exc)
+            values |= {"tls_error": str(exc), "backend_tls_refused": True}
+        if self.tls is None:
+            return values
+        try:
+            material, problem = self.tls.material(), None
+        except TLSMaterialError as exc:
+            material, problem = None, exc
+        if material is None:
+            # TLS never goes from on to off because of what the provider sent (issue 22): the
+            # certificate served now keeps serving, and the status says why.
+            older = self._served_client_tls()
+            if older is not None:
+                reason = str(problem) if problem else "the provider has not signed the request"
+                return values | {
+                    "tls_material": older,
+                    "tls_stale": reason,
+                    "tls_stale_fault": problem is not None,
+                }
+            if problem is not None:
+                values.setdefault("tls_error", str(problem))
+        values["tls_material"] = material
         return values
+
+    def _served_client_tls(self) -> Any:
+        """The certificate PgBouncer serves now, if it is still good to serve; else None."""
+        from state.tls import ClientTLSMaterial, TLSMaterialError
+
+        try:
+            served = self.workload.served_client_tls() if self.workload.can_connect() else None
+            return ClientTLSMaterial.from_pem(*served) if served is not None else None
+        except (WorkloadError, TLSMaterialError) as exc:
+            logger.info("the served certificate cannot be kept: %s", exc)
+            return None
 
     # -- the reconcile ---------------------------------------------------------------------------
     def _reconcile(
@@ -285,6 +318,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
             return
         if self._stored.image_missing or state.tls_error:
             # Unusable TLS material: the last good configuration (and its files) keeps running.
+            return
+        if with_backend and state.backend_unusable:
+            # A refused or emptied backend databag: nothing is written, clients stay served.
             return
         try:
             cfg, auth_file, tls_files = desired_config(state, with_backend=with_backend)
@@ -464,11 +500,17 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self._state = self._load_state()  # the status tells what the chart just did
 
     def _on_backend_broken(self, event: ops.RelationBrokenEvent) -> None:
+        departing = self.peers.is_departing(event.relation.id)
         decision = broken_chart(
             leader=self.unit.is_leader(),
-            departing=self.peers.is_departing(event.relation.id),
+            departing=departing,
             can_connect=self.workload.can_connect(),
         )
+        if departing:
+            # SPEC 3.3.1: the departing unit returns; its files stay as they are while its
+            # clients drain (the status is read, nothing is applied).
+            self._state = self._load_state()
+            return
         if decision == BROKEN_DEFER:
             event.defer()
             return
@@ -519,6 +561,11 @@ class PgBouncerK8sCharm(ops.CharmBase):
             statuses.append(status(state.tls_error))
         elif state.tls_related and state.tls_material is None:
             statuses.append(ops.WaitingStatus("waiting for a TLS certificate"))
+        if state.tls_stale:
+            older = state.tls_material
+            until = f" until {older.not_after:%Y-%m-%d}" if older is not None else ""  # type: ignore[attr-defined]
+            status = ops.BlockedStatus if state.tls_stale_fault else ops.WaitingStatus
+            statuses.append(status(f"serving an older certificate{until}: {state.tls_stale}"))
         if state.peer.auth_removal_failed:
             statuses.append(ops.BlockedStatus(REMOVE_AUTH_FAILED))
         statuses.extend(self._backend_statuses(state, outcome))
@@ -572,7 +619,15 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if not state.backend_related:
             return [ops.BlockedStatus("waiting for a backend-database relation")]
         if state.backend_error:
-            return [ops.BlockedStatus(state.backend_error)]
+            kept = "; the last good configuration keeps serving" if state.auth else ""
+            return [ops.BlockedStatus(f"{state.backend_error}{kept}")]
+        if state.backend_unusable:
+            return [
+                ops.BlockedStatus(
+                    "backend-database sends no endpoints or credentials any more;"
+                    " the last good configuration keeps serving"
+                )
+            ]
         if state.backend is None:
             return [ops.WaitingStatus("waiting for backend-database credentials")]
         problem = outcome.backend_problem or state.peer.backend_problem

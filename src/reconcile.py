@@ -90,6 +90,14 @@ def credentials(state: CharmState, ca_dir: str) -> BackendCredentials:
         from postgres.tls import write_backend_ca
 
         sslrootcert = write_backend_ca(state.backend_tls, ca_dir)  # type: ignore[arg-type]
+    elif state.backend_tls_refused:
+        # TLS announced with a flag or CA we refuse (issue 22): verify with the last good CA
+        # kept there, or fail for want of one; never fall back to an unverified connection.
+        from pathlib import Path
+
+        from postgres.tls import CA_FILE_NAME
+
+        sslrootcert = str(Path(ca_dir) / CA_FILE_NAME)
     return BackendCredentials(
         host=backend.primary.host,
         port=backend.primary.port,

@@ -36,6 +36,9 @@ from pgbouncer.config import (
     SLOTS,
     TWIN,
     RenderError,
+    client_tls_ca_path,
+    client_tls_cert_path,
+    client_tls_key_path,
     ini_path,
     needs_restart,
     parse_ini,
@@ -522,6 +525,25 @@ class Workload:
         # one file (a hook pays only for what it uses).
         files = _CgroupFiles(lambda path: self._read(path, "read the cgroup"))
         return cpu_count_from_cgroup(files) or DEFAULT_CPUS
+
+    def served_client_tls(self) -> tuple[str, str, str] | None:
+        """The certificate, key and CA PgBouncer serves clients with now; None without TLS.
+
+        The last good certificate (issue 22): when what the provider sends now cannot be used,
+        the charm keeps serving these rather than turning TLS off.
+
+        Raises:
+            WorkloadError: Pebble cannot be reached or a file cannot be read.
+        """
+        texts = [
+            self._read(path(self._base_dir), "read the served certificate")
+            for path in (client_tls_cert_path, client_tls_key_path, client_tls_ca_path)
+        ]
+        if any(text is None for text in texts):
+            return None
+        cert, key, ca = texts
+        assert cert is not None and key is not None and ca is not None  # noqa: S101 (checked)
+        return cert, key, ca
 
     def is_running(self) -> bool:
         """Whether every enabled PgBouncer service in the plan is active (False if none)."""

@@ -447,7 +447,7 @@ def check_auth(
     """
     from postgres.connection import BackendError
 
-    as_auth = BackendCredentials(creds.host, creds.port, auth_user, auth_password, creds.dbname)
+    as_auth = creds.as_user(auth_user, auth_password)
     group = group_role_for(owner_tag)
     try:
         with connect(as_auth) as conn:

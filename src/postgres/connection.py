@@ -143,6 +143,15 @@ class BackendCredentials:
         """The same credentials for another database."""
         return dataclasses.replace(self, dbname=dbname)
 
+    def as_user(self, user: str, password: str) -> BackendCredentials:
+        """The same server, database and TLS verification, logged in as another role.
+
+        Every connection of ours verifies what PgBouncer verifies (issue 22): a copy made field
+        by field could leave ``sslrootcert`` behind and fall back to libpq's unverified
+        ``prefer``.
+        """
+        return dataclasses.replace(self, user=user, password=password)
+
 
 def _redact(text: str, *secrets: str) -> str:
     for secret in secrets:

@@ -133,6 +133,29 @@ class BackendDatabaseRequirer(ops.Object):
                 "secret-user", "secret not found or not granted"
             ) from None
 
+    def tls_secret_content(self) -> dict[str, str]:
+        """``tls`` and ``tls-ca`` from the provider's ``secret-tls``, when it sent one.
+
+        The published interface lets a provider move them into a secret; its content then
+        stands for the plain fields.
+
+        Raises:
+            InvalidBackendDataError: the secret id is set but cannot be read.
+        """
+        relation = self.relation
+        if relation is None or relation.app is None:
+            return {}
+        secret_id = relation.data[relation.app].get("secret-tls")
+        if not secret_id:
+            return {}
+        try:
+            content = self._charm.model.get_secret(id=secret_id).get_content(refresh=True)
+        except (ops.SecretNotFoundError, ops.ModelError):
+            raise InvalidBackendDataError(
+                "secret-tls", "secret not found or not granted"
+            ) from None
+        return {k: v for k, v in content.items() if k in ("tls", "tls-ca")}
+
     def fetch(self) -> BackendDatabase | None:
         """The backend as the provider published it; ``None`` while incomplete.
 

@@ -200,7 +200,24 @@ class ClientDatabaseRelation:
         version: str | None,
         tls_fields: Mapping[str, object] | None = None,
     ) -> None:
-        """Publish the pooler's address, the credentials and the TLS state for one request."""
+        """Publish the pooler's address, the credentials and the TLS state for one request.
+
+        A v0 client that sent no ``requested-secrets`` cannot read a Juju secret (an older
+        ``data_interfaces``, or a model without secrets): the published interface answers it
+        with plain fields, which dpcharmlibs cannot do (it always uses ``secret-user``), so
+        :func:`plain_answer` does, against ``postgresql_client`` v0's provider schema.
+        """
+        if request.request_id is None and not self.wants_secrets(relation):
+            fields = plain_answer(
+                request, backend, endpoint, username, password, version, tls_fields or {}
+            )
+            databag = relation.data[self._charm.app]
+            for key, value in fields.items():
+                if value is None:
+                    databag.pop(key, None)
+                elif databag.get(key) != value:
+                    databag[key] = value
+            return
         response = _response(
             request, backend, endpoint, username, password, version, tls_fields or {}
         )
@@ -217,6 +234,13 @@ class ClientDatabaseRelation:
             databag = relation.data[self._charm.app]
             if databag.get("database") != request.database:
                 databag["database"] = request.database
+
+    @staticmethod
+    def wants_secrets(relation: ops.Relation) -> bool:
+        """Whether the client asked for secrets (sent ``requested-secrets``, as v0 requires)."""
+        if relation.app is None:
+            return True
+        return "requested-secrets" in relation.data[relation.app]
 
     def _published_secret_id(
         self, relation: ops.Relation, request_id: str | None, key: str = "secret-user"
@@ -311,6 +335,43 @@ def _response(
         version=version,
         **tls_fields,  # type: ignore[arg-type]  # validated (and wrapped) by the model
     )
+
+
+def plain_answer(
+    request: ClientRequest,
+    backend: BackendDatabase,
+    endpoint: str,
+    username: str,
+    password: str,
+    version: str | None,
+    tls_fields: Mapping[str, object],
+) -> dict[str, str | None]:
+    """The v0 provider databag for a client without secrets; None: a field to remove.
+
+    ``postgresql_client`` v0 (provider.json): ``database``, ``username``, ``password`` and
+    ``endpoints`` required; ``uris``, ``read-only-endpoints``, ``read-only-uris``,
+    ``version``, ``tls`` (``"true"``/``"false"``) and ``tls-ca`` optional; all strings.
+    """
+    userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}"
+    has_replicas = bool(backend.read_only_endpoints)
+    database = request.database
+    tls_ca = tls_fields.get("tls_ca")
+    return {
+        "database": database,
+        "endpoints": endpoint,
+        "username": username,
+        "password": password,
+        "uris": f"postgresql://{userinfo}@{endpoint}/{database}",
+        "read-only-endpoints": endpoint if has_replicas else None,
+        "read-only-uris": (
+            f"postgresql://{userinfo}@{endpoint}/{database}{READONLY_SUFFIX}"
+            if has_replicas
+            else None
+        ),
+        "version": version,
+        "tls": "true" if tls_fields.get("tls") else "false",
+        "tls-ca": tls_ca if isinstance(tls_ca, str) and tls_ca else None,
+    }
 
 
 def client_endpoint(app_name: str, model_name: str, listen_port: int) -> str:

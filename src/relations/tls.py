@@ -37,6 +37,7 @@ What the charm's frame calls (docs/tls.md, "wiring"):
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 from collections.abc import Mapping
 
@@ -45,10 +46,19 @@ from charmlibs.interfaces.tls_certificates import (
     CertificateRequestAttributes,
     Mode,
     ProviderCapabilities,
+    TLSCertificatesError,
     TLSCertificatesRequiresV4,
 )
 
-from state.tls import BackendTLS, ClientTLSMaterial
+from state.tls import (
+    BackendTLS,
+    ClientTLSMaterial,
+    GarbagePEMError,
+    TLSMaterialError,
+    check_key_matches,
+    parse_certificates,
+    parse_private_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +119,37 @@ def certificate_request(
     )
 
 
+UNREADABLE = "the provider's certificates do not parse"
+
+
+class WrongNamesError(TLSMaterialError):
+    """The certificate does not name the address published to clients."""
+
+    kind = "certificate for other names"
+
+
+class _Requirer(TLSCertificatesRequiresV4):
+    """The library's requirer, except that what the provider wrote never fails a hook.
+
+    The library parses every entry of the provider's databag inside its own relation-changed
+    handler and raises :class:`TLSCertificatesError` ("Could not load certificate") on one it
+    cannot load; in Juju the unit would go into error state over another application's data
+    (issue 22). The charm's reconcile reads the same data through
+    :meth:`CertificatesRelation.material`, which names the problem in the status.
+    """
+
+    def _configure(self, _: ops.EventBase | None = None) -> None:
+        try:
+            super()._configure(_)
+        except (TLSCertificatesError, ValueError, TypeError) as exc:
+            # The library's messages name what failed to load, never key material.
+            logger.warning(
+                "certificates: %s (%s); the last good certificate stays",
+                UNREADABLE,
+                type(exc).__name__,
+            )
+
+
 class CertificatesRelation(ops.Object):
     """The unit's side of ``certificates``.
 
@@ -121,7 +162,7 @@ class CertificatesRelation(ops.Object):
         super().__init__(charm, relation_name)
         self._charm = charm
         self._relation_name = relation_name
-        self.requirer = TLSCertificatesRequiresV4(
+        self.requirer = _Requirer(
             charm,
             relation_name,
             certificate_requests=self._requests,
@@ -166,18 +207,68 @@ class CertificatesRelation(ops.Object):
         """
         if not self.related:
             return None
-        certificates, key = self.requirer.get_assigned_certificates()
-        if not certificates or key is None:
+        try:
+            certificates, key = self.requirer.get_assigned_certificates()
+        except (TLSCertificatesError, ValueError, TypeError):
+            raise GarbagePEMError("certificates", UNREADABLE) from None
+        if key is None:
+            return None
+        if not certificates:
+            self._check_unassigned(str(key))
             return None
         # One request, so at most one current certificate; the newest if a renewal overlaps.
         provided = max(certificates, key=lambda c: c.certificate.validity_start_time)
-        return ClientTLSMaterial.from_pem(
+        material = ClientTLSMaterial.from_pem(
             str(provided.certificate),
             str(key),
             str(provided.ca),
             chain="".join(str(c) for c in provided.chain) or None,
             now=now,
         )
+        # Clients verify the address they were given (verify-full): a certificate that does
+        # not name it would refuse every one of them (issue 22).
+        service = unit_names(self._charm.app.name, self._charm.model.name, self._charm.unit.name)[
+            0
+        ]
+        if service not in material.sans_dns:
+            raise WrongNamesError("certificate", f"does not name {service}")
+        return material
+
+    def _check_unassigned(self, key_pem: str) -> None:
+        """Why the library assigned nothing although the provider answered this unit's request.
+
+        The library silently skips a certificate that does not carry the unit's key (or is a
+        CA certificate for a leaf request): without this, "no certificate" would read as
+        "waiting", and a unit serving TLS would turn it off (issue 22, defect 3).
+
+        Raises:
+            KeyMismatchError: the certificate answering this unit's request carries another key.
+            GarbagePEMError: it is not a usable leaf certificate.
+        """
+        relation = self._charm.model.get_relation(self._relation_name)
+        if relation is None or relation.app is None:
+            return
+        try:
+            ours = {
+                str(request.certificate_signing_request).strip()
+                for request in self.requirer.get_csrs_from_requirer_relation_data()
+            }
+            entries = json.loads(relation.data[relation.app].get("certificates") or "[]")
+        except (TLSCertificatesError, ValueError, TypeError):
+            raise GarbagePEMError("certificates", UNREADABLE) from None
+        if not isinstance(entries, list):
+            raise GarbagePEMError("certificates", "not a list")
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            csr = entry.get("certificate_signing_request")
+            if not isinstance(csr, str) or csr.strip() not in ours:
+                continue
+            if entry.get("revoked") is True:
+                continue
+            leaf = parse_certificates(entry.get("certificate"), "certificate")[0]
+            check_key_matches(leaf, parse_private_key(key_pem), "certificate")
+            raise GarbagePEMError("certificate", "a CA certificate answers a leaf request")
 
 
 def backend_tls(model: ops.Model, now: datetime.datetime | None = None) -> BackendTLS | None:

@@ -78,6 +78,13 @@ class CharmState:
     """Why the TLS material (ours or the backend's) cannot be used."""
     tls_waiting: bool = False
     """True when ``tls_error`` is something to wait for (a CA not sent yet), not a fault."""
+    tls_stale: str | None = None
+    """Why ``tls_material`` is the certificate served before, not the provider's current one."""
+    tls_stale_fault: bool = False
+    """True when ``tls_stale`` is the provider's fault (Blocked), not a wait for a signature."""
+    backend_tls_refused: bool = False
+    """The backend announced TLS but its flag or CA cannot be used: no connection of ours may
+    then fall back to an unverified one (the last good CA, or none, is used)."""
 
     @property
     def expected_auth_user(self) -> str | None:
@@ -94,6 +101,18 @@ class CharmState:
         """Whether the shared auth data belongs to this backend's relation user."""
         expected = self.expected_auth_user
         return self.auth is not None and expected is not None and self.auth.username == expected
+
+    @property
+    def backend_unusable(self) -> bool:
+        """A related backend whose databag cannot be served from (issue 22).
+
+        Refused (``backend_error`` names the field) or incomplete (the provider took its
+        endpoints or credentials away) after this application set auth up for a backend.
+        Rendering from it would empty ``[databases]`` and drop the auth settings, cutting every
+        client: the last good configuration keeps serving instead. Before any set-up there is
+        nothing to keep, and the configuration without a backend is rendered as before.
+        """
+        return self.backend_related and self.backend is None and self.auth is not None
 
     @property
     def version_too_old(self) -> bool:

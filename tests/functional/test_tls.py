@@ -449,3 +449,99 @@ def test_the_charms_own_connection_verifies_the_backend(tls_postgres, tmp_path):
     # Without TLS announced, the file goes and the connection is libpq's default again.
     assert write_backend_ca(None, tmp_path / "state") is None
     assert not os.path.exists(path)
+
+
+# -- every connection the charm makes verifies what PgBouncer verifies (issue 22, defect 4) ----
+CHECK_OWNER = "0c0ffee0-0000-4000-8000-000000000022/pgbouncer-k8s"
+
+
+def _install_plumbing(server: PostgresServer, creds: BackendCredentials) -> tuple[str, str]:
+    from postgres.auth import install_auth
+
+    auth_user, auth_password = "pgbouncer_auth_tlscheck", "tls-check-auth-password-0123456789"
+    install_auth(creds, auth_user=auth_user, auth_password=auth_password, owner_tag=CHECK_OWNER)
+    return auth_user, auth_password
+
+
+def _remove_plumbing(creds: BackendCredentials, auth_user: str) -> None:
+    from postgres.auth import remove_auth
+
+    remove_auth(creds, auth_user=auth_user, owner_tag=CHECK_OWNER)
+
+
+def _creds(server: PostgresServer, sslrootcert: str | None) -> BackendCredentials:
+    return BackendCredentials(
+        host=server.host,
+        port=server.port,
+        user=server.user,
+        password=server.password,
+        dbname="postgres",
+        sslrootcert=sslrootcert,
+    )
+
+
+def test_the_auth_check_refuses_a_server_from_a_rogue_ca(tls_postgres, tmp_path):
+    # check_auth logs in as the auth role: it must keep the backend's CA, as PgBouncer does.
+    from postgres.auth import check_auth
+
+    server = tls_postgres.server
+    good = write_backend_ca(
+        BackendTLS.from_databag({"tls": "True", "tls-ca": tls_postgres.ca.pem}), tmp_path / "ok"
+    )
+    rogue = write_backend_ca(
+        BackendTLS.from_databag({"tls": "True", "tls-ca": make_ca("rogue CA").pem}),
+        tmp_path / "rogue",
+    )
+    creds = _creds(server, good)
+    auth_user, auth_password = _install_plumbing(server, creds)
+    try:
+        assert check_auth(
+            creds, auth_user=auth_user, auth_password=auth_password, owner_tag=CHECK_OWNER
+        ) is None  # fmt: skip
+        problem = check_auth(
+            replace(creds, sslrootcert=rogue),
+            auth_user=auth_user,
+            auth_password=auth_password,
+            owner_tag=CHECK_OWNER,
+        )
+        assert problem is not None and "not signed by its tls-ca" in problem, problem
+        assert auth_password not in problem
+    finally:
+        _remove_plumbing(creds, auth_user)
+
+
+def test_the_auth_check_refuses_a_certificate_for_another_host(postgres_named_otherwise, tmp_path):
+    from postgres.auth import check_auth
+
+    pg = postgres_named_otherwise
+    ca = write_backend_ca(BackendTLS.from_databag({"tls": "True", "tls-ca": pg.ca.pem}), tmp_path)
+    plain = _creds(pg.server, None)  # only to set the plumbing up on this server
+    auth_user, auth_password = _install_plumbing(pg.server, plain)
+    try:
+        problem = check_auth(
+            _creds(pg.server, ca),
+            auth_user=auth_user,
+            auth_password=auth_password,
+            owner_tag=CHECK_OWNER,
+        )
+        assert problem is not None and "does not name the host" in problem, problem
+    finally:
+        _remove_plumbing(plain, auth_user)
+
+
+def test_no_backend_credentials_are_built_field_by_field_outside_one_place():
+    # The guard against a defect-4 regression elsewhere: credentials are made once
+    # (reconcile.credentials) and derived with dataclasses.replace (with_dbname, as_user).
+    import ast
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    makers = []
+    for path in sorted(src.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "BackendCredentials"
+            ):
+                makers.append(f"{path.relative_to(src)}:{node.lineno}")
+    assert [m.split(":")[0] for m in makers] == ["reconcile.py"], makers

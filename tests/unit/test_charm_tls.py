@@ -210,3 +210,40 @@ def test_removing_certificates_goes_back_to_plain(tls_ctx, dirs):
     assert "client_tls" not in ini(dirs)
     assert not (dirs.pgb / "client-tls.key").exists()
     assert out.unit_status.name == "active", out.unit_status
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"tls": "True", "tls-ca": "garbage"}, {"tls": "True"}, {"tls": "yes", "tls-ca": PG_CA.pem}],
+)
+def test_a_refused_backend_ca_never_makes_the_charm_connect_unverified(
+    tls_ctx, dirs, fake_sql, fields
+):
+    """Issue 22: the charm's own connections keep the last good CA when the new one is refused."""
+    good = backend_relation({**SEED_PROVIDER, "tls": "True", "tls-ca": PG_CA.pem})
+    out = tls_ctx.run(tls_ctx.on.update_status(), base_state(dirs, backend=good))
+    assert fake_sql.creds_seen
+    fake_sql.creds_seen.clear()
+    bad = backend_relation({**SEED_PROVIDER, **fields}, relation_id=good.id)
+    others = {r for r in out.relations if r.endpoint != "backend-database"}
+    tls_ctx.run(tls_ctx.on.update_status(), dataclasses.replace(out, relations={*others, bad}))
+    for creds in fake_sql.creds_seen:
+        assert creds.sslrootcert is not None, "a connection without the backend's CA"
+        with open(creds.sslrootcert) as ca:
+            assert ca.read() == PG_CA.pem
+
+
+def test_backend_tls_through_secret_tls_is_verified(tls_ctx, dirs):
+    """The provider may send tls and tls-ca in a secret-tls secret (postgresql_client v0)."""
+    secret = testing.Secret({"tls": "True", "tls-ca": PG_CA.pem}, owner=None)
+    backend = backend_relation({**SEED_PROVIDER, "secret-tls": secret.id})
+    state = dataclasses.replace(base_state(dirs, backend=backend), secrets={secret})
+    tls_ctx.run(tls_ctx.on.config_changed(), state)
+    assert "server_tls_sslmode = verify-full\n" in ini(dirs)
+    assert (dirs.pgb / "server-tls-ca.crt").read_text() == PG_CA.pem
+    # A secret-tls that cannot be read blocks, naming it; nothing is written.
+    before = ini(dirs)
+    lost = backend_relation({**SEED_PROVIDER, "secret-tls": "secret:nope"}, relation_id=backend.id)
+    out = tls_ctx.run(tls_ctx.on.config_changed(), base_state(dirs, backend=lost))
+    assert out.unit_status.name == "blocked" and "secret-tls" in out.unit_status.message
+    assert ini(dirs) == before
