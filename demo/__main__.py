@@ -285,7 +285,9 @@ def run() -> None:
         d.remove_backend()
         after = show_roles(pg, "PostgreSQL roles after clean-up")
         data_owners = [
-            r for r in after if r.startswith(("pgbouncer_owner_", "pgbouncer_orphans_"))
+            r
+            for r in after
+            if r.startswith(("pgbouncer_owner_", "pgbouncer_orphans_", "pgbouncer_databases_"))
         ]
         expect([r for r in after if r not in data_owners] == ["postgres"], f"roles left: {after}")
         logins = pg.execute(

@@ -235,9 +235,12 @@ class Unit:
     def _note_exits(self) -> None:
         """Apply Pebble's ``on-success`` to services whose process exited 0 since the last hook.
 
+        As Pebble does, from the definition the process was *started* with (a charm upgrade that
+        adds ``on-success: ignore`` to the plan does not change what a running process gets).
         ``ignore``: the service is inactive from then on (a PgBouncer handed over exits 0 once
-        its last client has left). Pebble's default, ``restart``: it runs again, from the same
-        definition. A crash (non-zero) is left as it is: the runner reports it
+        its last client has left). Pebble's default, ``restart``: it runs again, from that same
+        definition; if the restarted process fails at once, the service is in back-off, as
+        Pebble reports it (``error`` here: ops.testing has no back-off state). A crash (non-zero) is left as it is: the runner reports it
         (``PebbleProcessRunner.exited``).
         """
         if self.runner is None or not self.can_connect:
@@ -249,20 +252,23 @@ class Unit:
             for name, code in self.runner.exited().items()
             if code == 0 and statuses.get(name) == pebble.ServiceStatus.ACTIVE and name in plan
         }
-        stopped = set()
+        changed: dict[str, pebble.ServiceStatus] = {}
         for name in sorted(done):
+            started_as = self.runner.processes.pop(name).spec
+            if started_as.on_success == "ignore":
+                changed[name] = pebble.ServiceStatus.INACTIVE
+                continue
+            restarted = self.runner.start(name, started_as)
+            try:
+                restarted.proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                continue  # it runs again
             self.runner.processes.pop(name, None)
-            if plan[name].on_success == "ignore":
-                stopped.add(name)
-            else:
-                self.runner.start(name, plan[name])
-        if stopped:
-            self._replace_container(
-                service_statuses={
-                    **statuses,
-                    **dict.fromkeys(stopped, pebble.ServiceStatus.INACTIVE),
-                }
-            )
+            changed[name] = (
+                pebble.ServiceStatus.ERROR
+            )  # Pebble: back-off (ops knows no such state)
+        if changed:
+            self._replace_container(service_statuses={**statuses, **changed})
 
     # Shortcuts for the events an end-to-end story needs.
 

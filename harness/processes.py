@@ -251,6 +251,10 @@ class ServiceSpec:
     working_dir: str | None = None
     startup: str = "enabled"
     kill_delay: float = DEFAULT_KILL_DELAY
+    on_success: str = "restart"
+    """What Pebble does when the process exits 0 (``restart``, its default, or ``ignore``...),
+    as the process was *started*: Pebble applies the definition a process started with, not a
+    later one."""
 
     @classmethod
     def from_service(cls, service: pebble.Service | Mapping[str, Any]) -> ServiceSpec:
@@ -274,6 +278,7 @@ class ServiceSpec:
             working_dir=data.get("working-dir"),
             startup=str(data.get("startup") or "disabled"),
             kill_delay=_duration(data.get("kill-delay")),
+            on_success=str(data.get("on-success") or "restart"),
         )
 
     def argv(self) -> list[str]:

@@ -358,7 +358,9 @@ def _answer(
             record, database=request.database, relation=relation.id, app=app, live=live,
             consent=consent,
         )  # fmt: skip
-        if decision.action != "keep" or username not in record.roles:
+        # A freshly installed lookup (a new backend relation, a repair) has no issued verifier
+        # yet: every client is issued its own again (change-gated, from its password).
+        if decision.action != "keep" or username not in record.roles or outcome.set_up:
             try:
                 record = grant_database(
                     creds,

@@ -49,6 +49,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             )
 
 
+@pytest.fixture(autouse=True)
+def _fresh_hook_budget() -> Iterator[None]:
+    """Each test is a fresh process as far as the hook budget goes.
+
+    Juju runs each hook in a process of its own, and the charm starts a 60 s budget for its
+    PostgreSQL work when it is constructed (``postgres.deadline``). In one pytest process a
+    charm built by one test would otherwise spend the budget of every later test.
+    """
+    from postgres.deadline import start_hook_budget
+
+    start_hook_budget(None)
+    yield
+    start_hook_budget(None)
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """One PostgreSQL 15 cluster for the session; tests keep to their own databases and roles."""

@@ -110,6 +110,14 @@ DEFAULT_CPUS = 1
 FILE_MODE = 0o600
 RUN_DIR_MODE = 0o700
 
+DRAINING_SUFFIX = ".draining"
+"""A slot that gets SIGTERM to drain its clients has its ini moved aside (``<ini>.draining``).
+PgBouncer read it at start and reads it again only on a reload, which a draining process never
+gets; but Pebble restarts a process that exits 0 from the definition it was *started* with, and
+one started by an earlier charm (without ``on-success: ignore``) would come back, from that ini,
+and take new clients. With the file gone, such a restart fails at once and the next apply stops
+the service. The moved file still tells which port the process drains on."""
+
 _CGROUP_FILES = {
     "cpu.max": "/sys/fs/cgroup/cpu.max",
     "cpuset.cpus.effective": "/sys/fs/cgroup/cpuset.cpus.effective",
@@ -749,19 +757,32 @@ class Workload:
                 wanted[path] = content
             elif slot[0] < processes and self._slot_ini(serving[slot[0]]) == path:
                 wanted[path] = content  # the serving slot's file; a draining one keeps its own
+
         # A hand-over needs its slot: a process still draining there from the hand-over
         # before is stopped first (its remaining clients are cut). The others drain until the
         # caller says their time is up.
+        def kept_ini(name: str) -> str:
+            path = self._slot_ini(name)
+            moved = path + DRAINING_SUFFIX
+            return (old(path) if path in present or moved not in present else old(moved)) or ""
+
         same_port_strays = {
-            name
-            for name in strays
-            if self._listen_port(old(self._slot_ini(name)) or "") == listen_port
+            name for name in strays if self._listen_port(kept_ini(name)) == listen_port
         }
         busy_set = (set(handover.values()) | set(fresh.values())) & strays
         if drain_old:
             busy_set |= strays - same_port_strays
         if drain_same_port:
             busy_set |= same_port_strays
+        # A PgBouncer service that is neither running nor stopped (Pebble's back-off or error),
+        # and does not serve: a drained process Pebble tried to bring back. Stopped for good.
+        failing = {
+            name
+            for name, info in before.items()
+            if service_index(name) is not None
+            and info.current not in (pebble.ServiceStatus.ACTIVE, pebble.ServiceStatus.INACTIVE)
+        } - set(serving.values())
+        busy_set |= failing
         busy = sorted(busy_set)
         # Fewer processes: with PgBouncer >= 1.23 the retiring ones drain like a same-port
         # hand-over (SIGTERM below, stopped at the bound); before, they stop at once.
@@ -808,6 +829,23 @@ class Workload:
         if closing:
             with _pebble_errors("close the old processes to new clients"):
                 self._container.send_signal("SIGTERM", *closing)
+            for name in closing:
+                path = self._slot_ini(name)
+                content = old(path)
+                if content is not None:
+                    self._write(path + DRAINING_SUFFIX, content)
+                    self._remove(path)
+                    plan.written.append(path + DRAINING_SUFFIX)
+                    plan.removed.append(path)
+        # Moved-aside files of slots that no longer drain (stopped, exited, or serving again).
+        still_draining = (strays - set(busy)) | set(closing)
+        for path in sorted(present):
+            if not path.endswith(DRAINING_SUFFIX):
+                continue
+            slot = slot_inis.get(path.removesuffix(DRAINING_SUFFIX))
+            if slot is None or service_name(*slot) not in still_draining:
+                self._remove(path)
+                plan.removed.append(path)
         draining = sorted((strays - set(busy)) | {live[i] for i in handover} | set(closing))
         draining_same_port = sorted((same_port_strays - set(busy)) | set(closing))
 

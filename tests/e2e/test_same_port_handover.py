@@ -55,6 +55,13 @@ class PreparingClient(threading.Thread):
             time.sleep(0.005)
 
 
+def _wait_until(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
 def _deployed(
     make_deployment: MakeDeployment,
 ) -> tuple[Deployment, Unit, ClientCredentials, tuple[str, int]]:
@@ -262,6 +269,9 @@ def test_an_upgrade_that_changes_the_service_definition_cuts_no_client(
     _, unit, creds, address = _deployed(make_deployment)
     older = as_older_charm_left_it(unit.container, "on-success")
     unit.state = dataclasses.replace(unit.state, containers={older})
+    assert unit.runner is not None
+    for process in unit.runner.processes.values():  # ...and its processes were started so
+        process.spec = dataclasses.replace(process.spec, on_success="restart")
 
     clients = [PreparingClient(connect_at(address, creds), n) for n in range(4)]
     with _looping(clients):
@@ -272,6 +282,15 @@ def test_an_upgrade_that_changes_the_service_definition_cuts_no_client(
         assert late.execute("SELECT 1").fetchone() == (1,)
     for client in clients:
         client.conn.close()
+    # Its last client gone, the old process exits 0. Pebble applies the definition it was
+    # started with (restart on success): it must not come back serving from its old file.
+    _wait_until(lambda: "pgbouncer_0" not in unit.runner.running(), 15)  # type: ignore[union-attr]
+    unit.run(lambda on, _: on.update_status())
+    assert unit.runner.running() == {"pgbouncer_0_twin"}
+    assert "draining" not in unit.state.unit_status.message
+    for _ in range(8):  # every new login lands on the new process
+        with connect_at(address, creds, autocommit=True) as late:
+            assert late.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_fewer_processes_let_the_retiring_one_serve_its_clients(

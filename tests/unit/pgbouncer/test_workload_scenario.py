@@ -265,18 +265,21 @@ def test_an_upgrade_that_changes_the_service_definition_hands_over(state, signal
 
 
 def test_fewer_processes_drain_the_extra_ones_then_stop_them(state, tmp_path, signals):
-    """PgBouncer >= 1.23: a retiring process gets SIGTERM and keeps its file.
+    """PgBouncer >= 1.23: a retiring process gets SIGTERM and its file is moved aside.
 
-    It takes no new clients and serves the connected ones until they leave; the bound stops it
-    and removes the file.
+    It takes no new clients and serves the connected ones until they leave (it read its file at
+    start); a restart from its file would fail, so Pebble cannot bring it back. The bound stops
+    it and removes the file.
     """
     _, out = run(state, files_for(cfg(processes=2)), 2)
     result, out = run(out, files_for(cfg(processes=1)), 1, drain_old=False)
-    assert result.stopped == () and result.removed == ()
+    assert result.stopped == ()
+    assert result.removed == (f"{PGB}/pgbouncer_1.ini",)
     assert ("SIGTERM", "pgbouncer_1") in WorkloadCharm.calls
     assert result.draining == result.draining_same_port == ("pgbouncer_1",)
     assert result.handover_reason == "processes"
-    assert (tmp_path / "pgbouncer_1.ini").exists()
+    assert (tmp_path / "pgbouncer_1.ini.draining").exists()
+    assert not (tmp_path / "pgbouncer_1.ini").exists()
     container = out.get_container("pgbouncer")
     assert container.plan.services["pgbouncer_1"].startup == "disabled"
     # The [peers] list of process 0 changed: a reload, not a restart; never the retiring one.
@@ -286,7 +289,7 @@ def test_fewer_processes_drain_the_extra_ones_then_stop_them(state, tmp_path, si
     assert not result.changed and result.draining == ("pgbouncer_1",)
     result, out = run(out, files_for(cfg(processes=1)), 1)
     assert result.stopped == ("pgbouncer_1",)
-    assert result.removed == (f"{PGB}/pgbouncer_1.ini",)
+    assert result.removed == (f"{PGB}/pgbouncer_1.ini.draining",)
     # A process index that comes back while its old process still drains gets a fresh slot.
     _, out = run(state, files_for(cfg(processes=2)), 2)
     _, out = run(out, files_for(cfg(processes=1)), 1, drain_old=False)
@@ -469,8 +472,10 @@ def test_a_pool_mode_change_hands_over_on_the_same_port_and_closes_the_old_proce
     assert result.draining == BOTH and result.stopped == () and result.reloaded == ()
     # SIGTERM after the twins started, and nothing else: no PAUSE, no reload of the old ones.
     assert WorkloadCharm.calls == [("SIGTERM", *BOTH)]
-    # The old processes keep the file they run with: a reload can never switch their mode.
-    assert (tmp_path / "pgbouncer_0.ini").read_text() == old_file
+    # The old processes keep the file they run with, moved aside: a reload can never switch
+    # their mode, and Pebble cannot start them again from it (a restart would fail at once).
+    assert (tmp_path / "pgbouncer_0.ini.draining").read_text() == old_file
+    assert not (tmp_path / "pgbouncer_0.ini").exists()
     twin = (tmp_path / "pgbouncer_0_twin.ini").read_text()
     assert "pool_mode = session\n" in twin and "listen_port = 6432\n" in twin
     assert f"unix_socket_dir = {PGB}/run/0_twin\n" in twin and "peer_id = 5\n" in twin
@@ -489,7 +494,7 @@ def test_a_pool_mode_change_hands_over_on_the_same_port_and_closes_the_old_proce
     result, out = run(out, files_for(cfg(pool_mode="session", extra_db=True)), 2, drain_old=False)
     assert result.reloaded == TWINS and result.draining == BOTH
     assert WorkloadCharm.calls == [("SIGHUP", *TWINS)]
-    assert (tmp_path / "pgbouncer_0.ini").read_text() == old_file
+    assert (tmp_path / "pgbouncer_0.ini.draining").read_text() == old_file
 
     # A second mode change (a revert) while the old slots still drain: the third slots take
     # over the same way; the clients that came to the twins keep their mode too.
@@ -607,3 +612,30 @@ def test_a_field_pebble_adds_to_the_plan_is_not_a_new_definition(state):
     )
     result, _ = run(dataclasses.replace(out, containers={more}), files_for(cfg(processes=1)), 1)
     assert result.handed_over == () and result.restarted == ()
+
+
+def test_a_drained_process_pebble_tried_to_bring_back_is_stopped_for_good(state, tmp_path):
+    """A process started by an older charm (no ``on-success: ignore``) exits 0 once drained.
+
+    Pebble restarts it from the definition it started with; its file is moved aside, so the
+    restart fails and Pebble reports the service as failing. The next apply stops it; the slot
+    is free again and nothing else is touched.
+    """
+    _, out = run(state, files_for(cfg()), 2)
+    result, out = run(out, files_for(cfg(pool_mode="session")), 2)
+    assert result.draining == BOTH
+    container = out.get_container("pgbouncer")
+    failing = dataclasses.replace(
+        container,
+        service_statuses={
+            **container.service_statuses,
+            "pgbouncer_0": ops.pebble.ServiceStatus.ERROR,
+        },
+    )
+    out = dataclasses.replace(out, containers={failing})
+    result, out = run(out, files_for(cfg(pool_mode="session")), 2, drain_old=False)
+    assert result.stopped == ("pgbouncer_0",)
+    assert result.draining == ("pgbouncer_1",)
+    assert result.removed == (f"{PGB}/pgbouncer_0.ini.draining",)
+    assert (tmp_path / "pgbouncer_1.ini.draining").exists()
+    assert result.started == result.restarted == result.reloaded == ()
