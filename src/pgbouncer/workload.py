@@ -737,6 +737,12 @@ class Workload:
                     plan.restart.add(i)
             elif same_port and pool_mode_changed(before_ini, after_ini):
                 plan.handover[i] = "pool_mode"
+            elif pool_mode_changed(before_ini, after_ini):
+                # No free slot, or PgBouncer < 1.23: in place, by a restart. A reload would
+                # switch the mode under clients already connected, whose prepared statements
+                # then fail on every later query (seen: 116 to 455 per change); a restart cuts
+                # each of them once, and they reconnect to a process in the new mode.
+                plan.restart.add(i)
             elif same_port and redefined:
                 plan.handover[i] = "restart"
             else:

@@ -212,6 +212,84 @@ def test_a_change_and_its_revert_fail_no_query_of_either_generation(
         client.conn.close()
 
 
+class ReconnectingClient(threading.Thread):
+    """Prepared statements in transactions; after an error, a new connection (as a pool does)."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection], number: int):
+        super().__init__(daemon=True)
+        self.connect, self.number = connect, number
+        self.stop = threading.Event()
+        self.done, self.errors = 0, []
+
+    def run(self) -> None:
+        conn: psycopg.Connection | None = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = self.connect()
+                with conn.transaction():
+                    conn.execute("SELECT %s::int + 1", (self.number,), prepare=True)
+                    conn.execute("SELECT count(*) FROM modes WHERE n = %s", (self.number,))
+                self.done += 1
+            except psycopg.Error as exc:
+                self.errors.append(str(exc).splitlines()[0])
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.05)
+            time.sleep(0.005)
+        if conn is not None:
+            conn.close()
+
+
+@pytest.mark.parametrize("first", ["transaction", "session"])
+def test_a_third_change_within_the_bound_cuts_each_client_once_at_most(
+    make_deployment: MakeDeployment, pg: PostgresServer, first: str
+):
+    """With no slot free the change is made in place, by restarting the serving process.
+
+    A reload would switch the mode under the clients that came since the last change, and each
+    of their prepared queries would then fail (116 to 455 per change, seen from outside). A
+    restart closes each connection once; a client that reconnects is served in the new mode.
+    """
+    d, unit, creds, address = _deployed(make_deployment)
+    other = "session" if first == "transaction" else "transaction"
+    if first == "session":
+        d.app.set_config(pool_mode="session")
+        unit.config_changed()
+        _wait_until(lambda: "pgbouncer_0" not in unit.runner.running(), 15)  # type: ignore[union-attr]
+        unit.update_status()
+    held = []
+    for mode in (other, first):  # two hand-overs: every slot of index 0 is taken
+        held.append(connect_at(address, creds))  # a client that keeps the old process draining
+        held[-1].execute("SELECT 1")
+        d.app.set_config(pool_mode=mode)
+        unit.config_changed()
+    assert unit.runner is not None
+    assert len(unit.runner.running()) == 3
+    clients = [ReconnectingClient(lambda: connect_at(address, creds), n) for n in range(4)]
+    for client in clients:
+        client.start()
+    try:
+        _wait_until(lambda: min(c.done for c in clients) >= 10, 30)
+        d.app.set_config(pool_mode=other)
+        unit.config_changed()
+        report = unit.last_report
+        marks = [c.done for c in clients]
+        _wait_until(lambda: all(c.done >= m + 20 for c, m in zip(clients, marks, strict=True)), 60)
+    finally:
+        for client in clients:
+            client.stop.set()
+        for client in clients:
+            client.join(timeout=30)
+    assert all(len(c.errors) <= 1 for c in clients), [c.errors for c in clients]
+    assert _serves_in_session_mode(address, creds) == (other == "session")
+    assert report is not None and len(report.restarted) == 1
+    for conn in held:  # the draining processes were left alone
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        conn.close()
+
+
 def test_clients_that_never_leave_are_cut_only_at_the_bound(
     make_deployment: MakeDeployment, pg: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ):
