@@ -218,6 +218,13 @@ class ClientDatabaseRelation:
                 elif databag.get(key) != value:
                     databag[key] = value
             return
+        if request.request_id is None:
+            # The library draws a new salt each time it parses a v0 request; answering with it
+            # would rewrite our databag in every hook, and wake every unit of the client with a
+            # relation-changed. The salt already published stays.
+            published = relation.data[self._charm.app].get("salt")
+            if published:
+                request = dataclasses.replace(request, salt=published)
         response = _response(
             request, backend, endpoint, username, password, version, tls_fields or {}
         )

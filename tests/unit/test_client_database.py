@@ -922,3 +922,17 @@ def test_credentials_wait_until_every_unit_serves_the_database(ctx, dirs, fake_c
     )
     assert "secret-user" in later.get_relation(rel.id).local_app_data
     assert later.unit_status == testing.ActiveStatus("1 PgBouncer process")
+
+
+def test_a_steady_leader_hook_rewrites_no_client_databag(ctx, dirs, fake_clients):
+    """Nothing changed, nothing written: the answer (salt included) is the same hook after hook.
+
+    Each rewrite would wake every unit of the client application with a relation-changed.
+    """
+    rel = client_relation(V0_REQUEST)
+    out = changed(ctx, state_with(rel, dirs=dirs), rel)
+    first = dict(out.get_relation(rel.id).local_app_data)
+    assert "secret-user" in first and "salt" in first
+    for hook in (ctx.on.update_status(), ctx.on.config_changed(), ctx.on.update_status()):
+        out = ctx.run(hook, out)
+        assert dict(out.get_relation(rel.id).local_app_data) == first
