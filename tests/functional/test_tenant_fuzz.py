@@ -358,4 +358,5 @@ def test_the_fuzzer_ran_varied_sequences() -> None:
     )
     for run in RUNS:
         print("  ", " / ".join(run))
-    assert distinct == len(RUNS)
+    # Hypothesis may replay an example (the simplest one first); most must differ.
+    assert distinct * 2 >= len(RUNS), "the fuzzer kept drawing the same sequence"
