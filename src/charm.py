@@ -53,6 +53,7 @@ from relations.backend_database import (
     DEPARTED_MARK,
     DEPARTED_REMOVE,
     DEPARTED_REMOVE_AND_MARK,
+    REMOVE_AUTH_FAILED,
     BackendDatabaseRequirer,
     broken_chart,
     created_chart,
@@ -74,7 +75,7 @@ logger = logging.getLogger(__name__)
 
 CONTAINER = "pgbouncer"
 CERTIFICATES_RELATION = "certificates"
-REMOVE_AUTH_FAILED = "failed to remove auth user when disconnecting from postgres application."
+# REMOVE_AUTH_FAILED is the seed's message, defined once in relations.backend_database.
 
 
 def _new_password() -> str:

@@ -22,13 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 from state.charm_state import CharmState, parse_version
 from state.config import (
+    CLIENT_TLS_MODES,
     MAX_POOL_SIZE,
     MAX_TIMEOUT_SECONDS,
+    POOL_MODES,
     POOL_SIZE_OPTIONS,
     TIMEOUT_OPTIONS,
     PoolSettings,
 )
 from state.names import (
+    READONLY_KEY_SUFFIX,
     InvalidNameError,
     auth_query_for,
     validate_database_name,
@@ -51,14 +54,13 @@ AUTH_DATABASE_KEY = "pgb_authdb"
 this key and ``auth_dbname`` points here.
 """
 
-READONLY_SUFFIX = "_readonly"
+READONLY_SUFFIX = READONLY_KEY_SUFFIX
 """Suffix of the ``[databases]`` key that points a client database at a read-only endpoint."""
 
 MIN_PROCESSES = 1
 MAX_PROCESSES = 4
 """PgBouncer processes per unit: one per CPU the pod may use, clamped to this range."""
 
-POOL_MODES = ("session", "transaction", "statement")
 MAX_PREPARED_STATEMENTS = 1000
 MAX_CLIENT_CONN = 10000
 """Client connections each process accepts (PgBouncer's default, 100, is far too low)."""
@@ -104,8 +106,6 @@ NO_RELOAD_KEYS = frozenset(
 ``src/main.c``; ``SHOW CONFIG`` reports them ``changeable = no``). A change to any of them needs
 a restart. ``peer_id``, ``[databases]``, ``[peers]`` and the auth file all reload."""
 
-CLIENT_TLS_MODES = ("prefer", "require")
-"""``client_tls_sslmode`` values the charm renders when it has a certificate (docs/tls.md)."""
 
 SERVER_TLS_MODES = ("verify-ca", "verify-full")
 """``server_tls_sslmode`` values the charm renders when the backend announces TLS."""

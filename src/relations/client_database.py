@@ -39,7 +39,7 @@ from urllib.parse import quote
 
 import ops
 
-from state.names import InvalidNameError, validate_client_database_name
+from state.names import READONLY_KEY_SUFFIX, InvalidNameError, validate_client_database_name
 from state.tenants import ForbiddenRoleError, check_extra_roles
 from state.tenants import client_username as _client_username
 
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from state.backend import BackendDatabase
 
-READONLY_SUFFIX = "_readonly"
+READONLY_SUFFIX = READONLY_KEY_SUFFIX
 
 logger = logging.getLogger(__name__)
 

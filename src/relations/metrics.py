@@ -43,11 +43,12 @@ from pgbouncer.exporter import (
     render_exporter_files,
     render_stats_auth_line,
 )
+from relations.peers import PEER_RELATION
 
 logger = logging.getLogger(__name__)
 
 METRICS_RELATION = "metrics-endpoint"
-PEER_RELATION = "pgb-peers"
+
 STATS_SECRET_LABEL = "pgbouncer-stats"  # noqa: S105 (a label, not a password)
 STATS_SECRET_KEY = "stats_secret_id"  # noqa: S105 (a databag key, not a password)
 """Peer application databag key holding the stats secret's id (never its content)."""

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from state.names import InvalidNameError, validate_client_database_name
 
 POOL_MODES = ("session", "transaction", "statement")
+CLIENT_TLS_MODES = ("prefer", "require")
+"""``client_tls_mode`` values (``client_tls_sslmode`` once there is a certificate, docs/tls.md)."""
 MAX_PREPARED_STATEMENTS_LIMIT = 1000
 MAX_CLIENT_CONN_LIMIT = 100_000
 MAX_CLIENT_CAP = 1_000_000
@@ -133,9 +135,6 @@ class CharmConfig:
             client_tls_mode=_client_tls_mode(options),
             database_sharing=parse_database_sharing(options.get("database_sharing", "")),
         )
-
-
-CLIENT_TLS_MODES = ("prefer", "require")
 
 
 def _client_tls_mode(options: Mapping[str, object]) -> str:

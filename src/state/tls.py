@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from state.config import InvalidConfigError
+from state.config import CLIENT_TLS_MODES, InvalidConfigError
 
 MAX_PEM_BYTES = 65536
 """Longest PEM text accepted for one input (a CA bundle of a few certificates is ~10 KiB)."""
@@ -447,8 +447,6 @@ def libpq_tls_params(ca_path: str) -> dict[str, str]:
 
 CLIENT_TLS_OPTION = "client_tls_mode"
 """The config option saying whether clients must use TLS once the unit has a certificate."""
-
-CLIENT_TLS_MODES = ("prefer", "require")
 
 
 class TLSRequiredError(TLSMaterialError):
