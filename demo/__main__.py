@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 WHO = "SELECT session_user, current_database(), inet_server_port()"
-READ_ONLY = "SELECT pg_is_in_recovery(), current_database(), inet_server_port()"
+READ_ONLY = "SELECT pg_is_in_recovery(), current_database(), inet_server_addr()::text"
 ACTIVE = "active: 1 PgBouncer process"
 NO_BACKEND = "blocked: waiting for a backend-database relation"
 
@@ -169,8 +169,9 @@ def run() -> None:
         auth_functions,
         auth_roles,
         auth_schemas,
+        connect_at,
         databag_table,
-        hot_standby,
+        standby_pair,
     )
 
     say("pgbouncer-k8s: the charm's life story")
@@ -184,15 +185,15 @@ def run() -> None:
     say("  where the charm publishes <app>.<model>.svc.cluster.local:<port> (no Kubernetes here).")
 
     pg = start_postgres(prefix="pgbk8s-demo-pg-")
-    standby = None
+    standbys = []
     app = None
     try:
-        standby = hot_standby(pg)
+        standbys = standby_pair(pg)
         say()
         say(f"PostgreSQL {server_version(pg)} on 127.0.0.1:{pg.port}; {pgbouncer_version()}.")
         say(
-            f"   its replica: a pg_basebackup hot standby on 127.0.0.1:{standby.port},"
-            " streaming from it"
+            f"   its replicas: two pg_basebackup hot standbys on 127.0.0.2 and 127.0.0.3,"
+            f" port {standbys[0].port}, streaming from it"
         )
         show_roles(pg, "PostgreSQL roles at the start")
         listen_port = free_port()
@@ -202,10 +203,12 @@ def run() -> None:
             config={"listen_port": listen_port},
             processes=(0, 1),
             pod_network=True,
-            reach=(pg.port, standby.port),
+            reach=(pg.port, *((s.host, s.port) for s in standbys)),
             model=testing.Model(name="demo"),
         )
-        d = Deployment(app, FakePostgresqlCharm(pg, read_only=standby))
+        d = Deployment(
+            app, FakePostgresqlCharm(pg, read_only=standbys[0], more_read_only=(standbys[1],))
+        )
 
         step(1, f"juju deploy pgbouncer-k8s -n 2 --config listen_port={listen_port}")
         d.deploy()
@@ -218,13 +221,13 @@ def run() -> None:
 
         step(2, "juju integrate pgbouncer-k8s:backend-database postgresql-k8s")
         say("   The PostgreSQL charm answers with the seed's plain fields (username, password),")
-        say("   and its replica as read-only-endpoints.")
+        say("   and its two replicas as read-only-endpoints.")
         rid = d.relate_backend("plain")
         say()
         say(indent(databag_table(app.relation_data(rid), d.provider_data())))
         say()
         expect(
-            d.provider_data().get("read-only-endpoints") == standby.endpoint,
+            d.provider_data().get("read-only-endpoints") == ",".join(s.endpoint for s in standbys),
             "no read-only-endpoints in the backend databag",
         )
         auth = auth_roles(pg)
@@ -256,12 +259,23 @@ def run() -> None:
             expect(row == (creds.username, "appdb", pg.port), f"query through {unit.name}: {row}")
         d.postgresql.wait_replayed()  # the client's role and database reach the replica
         readonly = creds.database + "_readonly"
-        say(f"   {READ_ONLY}, in database {readonly}")
+        ini = (app.units[0].mount_dir / "pgbouncer_0.ini").read_text()
+        say("   pgbouncer-k8s/0's [databases] entry for it (every replica, round-robin):")
+        say(indent(indent(next(ln for ln in ini.splitlines() if ln.startswith(readonly)))))
+        say(f"   {READ_ONLY}, in database {readonly}, 4 clients in a transaction at once:")
+        ro_creds = dataclasses.replace(creds, database=readonly)
         for unit in app.units:
-            row = d.query(unit, dataclasses.replace(creds, database=readonly), READ_ONLY)
-            say(f"     through {unit.name} -> {row}")
+            clients = [connect_at(unit.address(), ro_creds) for _ in range(4)]
+            try:
+                rows = [c.execute(READ_ONLY).fetchone() for c in clients]
+            finally:
+                for c in clients:
+                    c.close()
+            say(f"     through {unit.name} -> {rows}")
+            served = sorted({row[2].split("/")[0] for row in rows if row})
             expect(
-                row == (True, "appdb", standby.port), f"read-only query through {unit.name}: {row}"
+                served == ["127.0.0.2", "127.0.0.3"] and all(r and r[0] for r in rows),
+                f"read-only through {unit.name} not spread over both standbys: {rows}",
             )
         shown = show_statuses(d)
         expect(set(shown.values()) == {ACTIVE}, f"statuses with a client: {shown}")
@@ -285,7 +299,9 @@ def run() -> None:
         d.remove_backend()
         after = show_roles(pg, "PostgreSQL roles after clean-up")
         data_owners = [
-            r for r in after if r.startswith(("pgbouncer_owner_", "pgbouncer_orphans_"))
+            r
+            for r in after
+            if r.startswith(("pgbouncer_owner_", "pgbouncer_orphans_", "pgbouncer_databases_"))
         ]
         expect([r for r in after if r not in data_owners] == ["postgres"], f"roles left: {after}")
         logins = pg.execute(
@@ -320,7 +336,7 @@ def run() -> None:
     finally:
         if app is not None:
             app.close()
-        if standby is not None:
+        for standby in standbys:
             standby.destroy()
         pg.destroy()
         say("(stopped every PgBouncer and PostgreSQL process the demo started)")
