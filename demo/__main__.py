@@ -99,6 +99,42 @@ def scrape(host: str, port: int, timeout: float = 20.0) -> str:
             time.sleep(0.3)
 
 
+def show_dashboard(app) -> None:
+    """Relate a Grafana; decode what the leader published as Grafana's library does."""
+    import base64
+    import json
+    import lzma
+
+    from ops import testing
+
+    from relations.grafana_dashboard import DASHBOARD_RELATION
+
+    rid = app.add_relation(
+        testing.Relation(DASHBOARD_RELATION, remote_app_name="grafana", remote_units_data={0: {}})
+    )
+    for unit in sorted(app.units, key=lambda u: (not u.is_leader, u.unit_id)):
+        unit.relation_joined(rid, remote_unit=0)
+    published = app.relation_data(rid)
+    expect("dashboards" in published, "no dashboards in the grafana-dashboard databag")
+    templates = json.loads(published["dashboards"])["templates"]
+    size = len(published["dashboards"])
+    say(f"   application databag: dashboards ({size} bytes of JSON), templates {list(templates)}")
+    for key, entry in templates.items():
+        raw = lzma.decompress(base64.b64decode(entry["content"].encode()))
+        dashboard = json.loads(raw)
+        variables = [v["name"] for v in dashboard["templating"]["list"]]
+        say(f"   {key}, decoded as Grafana's library does (base64, then LZMA):")
+        say(f"      title {dashboard['title']!r}, uid {dashboard['uid']}, {len(raw)} bytes")
+        say(f"      tags {dashboard['tags']}, {len(dashboard['panels'])} panels")
+        say(f"      dropdowns {variables}")
+        say(f"      juju_topology {entry['juju_topology']}")
+        expect(
+            entry["juju_topology"].get("application") == app.name
+            and {"juju_model", "juju_application", "juju_unit"} <= set(variables),
+            f"{key} is not templated by the Juju topology",
+        )
+
+
 def show_metrics(app, d) -> None:
     """Relate a Prometheus; scrape each unit's exporter; show a few live lines."""
     import json
@@ -285,6 +321,9 @@ def run() -> None:
 
         step(4, "juju integrate prometheus:metrics-endpoint pgbouncer-k8s")
         show_metrics(app, d)
+
+        step(4, "(b) juju integrate grafana:grafana-dashboard pgbouncer-k8s")
+        show_dashboard(app)
 
         step(5, "juju remove-relation app-one pgbouncer-k8s")
         d.remove_client(client)

@@ -50,6 +50,10 @@ def test_demo_runs_the_story_and_ends_with_no_leftover_auth_roles():
     assert out.rstrip().splitlines()[-1].startswith("Every step had its effect.")
     assert "Leftover auth roles: []" in out
     assert out.count('pgbouncer_up{process="0"} 1.0') == 2, "each unit's exporter scraped"
+    # grafana-dashboard: the leader's databag decoded as Grafana's library decodes it
+    assert "file:pgbouncer, decoded as Grafana's library does" in out
+    assert re.search(r"uid [0-9a-f]{40}, \d+ bytes", out)
+    assert "'charm: pgbouncer-k8s'" in out and "'application': 'pgbouncer-k8s'" in out
 
 
 def test_a_failed_step_exits_non_zero_and_stops_every_process(monkeypatch, capsys):
