@@ -71,3 +71,18 @@ def pgbouncer_factory() -> Iterator[PgBouncerFactory]:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_hook_budget_from_an_earlier_test() -> Iterator[None]:
+    """Each test starts without the PostgreSQL time budget an earlier test's charm started.
+
+    The charm starts a 60 s budget when it is constructed (``postgres.deadline``), for the rest
+    of the process: in a hook that is the hook. A test calling the backend code directly later
+    in the same pytest process would inherit whatever was left of an earlier test's budget, and
+    fail once a slow machine took more than 60 s between the two (seen in ``make test``).
+    """
+    from postgres.deadline import start_hook_budget
+
+    start_hook_budget(None)
+    yield
