@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 WHO = "SELECT session_user, current_database(), inet_server_port()"
-READ_ONLY = "SELECT pg_is_in_recovery(), current_database(), inet_server_port()"
+READ_ONLY = "SELECT pg_is_in_recovery(), current_database(), inet_server_addr()::text"
 ACTIVE = "active: 1 PgBouncer process"
 NO_BACKEND = "blocked: waiting for a backend-database relation"
 
@@ -99,6 +99,42 @@ def scrape(host: str, port: int, timeout: float = 20.0) -> str:
             time.sleep(0.3)
 
 
+def show_dashboard(app) -> None:
+    """Relate a Grafana; decode what the leader published as Grafana's library does."""
+    import base64
+    import json
+    import lzma
+
+    from ops import testing
+
+    from relations.grafana_dashboard import DASHBOARD_RELATION
+
+    rid = app.add_relation(
+        testing.Relation(DASHBOARD_RELATION, remote_app_name="grafana", remote_units_data={0: {}})
+    )
+    for unit in sorted(app.units, key=lambda u: (not u.is_leader, u.unit_id)):
+        unit.relation_joined(rid, remote_unit=0)
+    published = app.relation_data(rid)
+    expect("dashboards" in published, "no dashboards in the grafana-dashboard databag")
+    templates = json.loads(published["dashboards"])["templates"]
+    size = len(published["dashboards"])
+    say(f"   application databag: dashboards ({size} bytes of JSON), templates {list(templates)}")
+    for key, entry in templates.items():
+        raw = lzma.decompress(base64.b64decode(entry["content"].encode()))
+        dashboard = json.loads(raw)
+        variables = [v["name"] for v in dashboard["templating"]["list"]]
+        say(f"   {key}, decoded as Grafana's library does (base64, then LZMA):")
+        say(f"      title {dashboard['title']!r}, uid {dashboard['uid']}, {len(raw)} bytes")
+        say(f"      tags {dashboard['tags']}, {len(dashboard['panels'])} panels")
+        say(f"      dropdowns {variables}")
+        say(f"      juju_topology {entry['juju_topology']}")
+        expect(
+            entry["juju_topology"].get("application") == app.name
+            and {"juju_model", "juju_application", "juju_unit"} <= set(variables),
+            f"{key} is not templated by the Juju topology",
+        )
+
+
 def show_metrics(app, d) -> None:
     """Relate a Prometheus; scrape each unit's exporter; show a few live lines."""
     import json
@@ -169,8 +205,9 @@ def run() -> None:
         auth_functions,
         auth_roles,
         auth_schemas,
+        connect_at,
         databag_table,
-        hot_standby,
+        standby_pair,
     )
 
     say("pgbouncer-k8s: the charm's life story")
@@ -184,15 +221,15 @@ def run() -> None:
     say("  where the charm publishes <app>.<model>.svc.cluster.local:<port> (no Kubernetes here).")
 
     pg = start_postgres(prefix="pgbk8s-demo-pg-")
-    standby = None
+    standbys = []
     app = None
     try:
-        standby = hot_standby(pg)
+        standbys = standby_pair(pg)
         say()
         say(f"PostgreSQL {server_version(pg)} on 127.0.0.1:{pg.port}; {pgbouncer_version()}.")
         say(
-            f"   its replica: a pg_basebackup hot standby on 127.0.0.1:{standby.port},"
-            " streaming from it"
+            f"   its replicas: two pg_basebackup hot standbys on 127.0.0.2 and 127.0.0.3,"
+            f" port {standbys[0].port}, streaming from it"
         )
         show_roles(pg, "PostgreSQL roles at the start")
         listen_port = free_port()
@@ -202,10 +239,12 @@ def run() -> None:
             config={"listen_port": listen_port},
             processes=(0, 1),
             pod_network=True,
-            reach=(pg.port, standby.port),
+            reach=(pg.port, *((s.host, s.port) for s in standbys)),
             model=testing.Model(name="demo"),
         )
-        d = Deployment(app, FakePostgresqlCharm(pg, read_only=standby))
+        d = Deployment(
+            app, FakePostgresqlCharm(pg, read_only=standbys[0], more_read_only=(standbys[1],))
+        )
 
         step(1, f"juju deploy pgbouncer-k8s -n 2 --config listen_port={listen_port}")
         d.deploy()
@@ -218,13 +257,13 @@ def run() -> None:
 
         step(2, "juju integrate pgbouncer-k8s:backend-database postgresql-k8s")
         say("   The PostgreSQL charm answers with the seed's plain fields (username, password),")
-        say("   and its replica as read-only-endpoints.")
+        say("   and its two replicas as read-only-endpoints.")
         rid = d.relate_backend("plain")
         say()
         say(indent(databag_table(app.relation_data(rid), d.provider_data())))
         say()
         expect(
-            d.provider_data().get("read-only-endpoints") == standby.endpoint,
+            d.provider_data().get("read-only-endpoints") == ",".join(s.endpoint for s in standbys),
             "no read-only-endpoints in the backend databag",
         )
         auth = auth_roles(pg)
@@ -256,12 +295,23 @@ def run() -> None:
             expect(row == (creds.username, "appdb", pg.port), f"query through {unit.name}: {row}")
         d.postgresql.wait_replayed()  # the client's role and database reach the replica
         readonly = creds.database + "_readonly"
-        say(f"   {READ_ONLY}, in database {readonly}")
+        ini = (app.units[0].mount_dir / "pgbouncer_0.ini").read_text()
+        say("   pgbouncer-k8s/0's [databases] entry for it (every replica, round-robin):")
+        say(indent(indent(next(ln for ln in ini.splitlines() if ln.startswith(readonly)))))
+        say(f"   {READ_ONLY}, in database {readonly}, 4 clients in a transaction at once:")
+        ro_creds = dataclasses.replace(creds, database=readonly)
         for unit in app.units:
-            row = d.query(unit, dataclasses.replace(creds, database=readonly), READ_ONLY)
-            say(f"     through {unit.name} -> {row}")
+            clients = [connect_at(unit.address(), ro_creds) for _ in range(4)]
+            try:
+                rows = [c.execute(READ_ONLY).fetchone() for c in clients]
+            finally:
+                for c in clients:
+                    c.close()
+            say(f"     through {unit.name} -> {rows}")
+            served = sorted({row[2].split("/")[0] for row in rows if row})
             expect(
-                row == (True, "appdb", standby.port), f"read-only query through {unit.name}: {row}"
+                served == ["127.0.0.2", "127.0.0.3"] and all(r and r[0] for r in rows),
+                f"read-only through {unit.name} not spread over both standbys: {rows}",
             )
         shown = show_statuses(d)
         expect(set(shown.values()) == {ACTIVE}, f"statuses with a client: {shown}")
@@ -271,6 +321,9 @@ def run() -> None:
 
         step(4, "juju integrate prometheus:metrics-endpoint pgbouncer-k8s")
         show_metrics(app, d)
+
+        step(4, "(b) juju integrate grafana:grafana-dashboard pgbouncer-k8s")
+        show_dashboard(app)
 
         step(5, "juju remove-relation app-one pgbouncer-k8s")
         d.remove_client(client)
@@ -322,7 +375,7 @@ def run() -> None:
     finally:
         if app is not None:
             app.close()
-        if standby is not None:
+        for standby in standbys:
             standby.destroy()
         pg.destroy()
         say("(stopped every PgBouncer and PostgreSQL process the demo started)")

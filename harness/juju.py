@@ -41,7 +41,7 @@ from typing import Any, cast
 
 from ops import pebble, testing
 
-from harness.network import PodNetwork
+from harness.network import LOOPBACK, PodNetwork
 from harness.ops_internals import runtime_class
 from harness.processes import (
     CONTAINER_PATH,
@@ -371,7 +371,8 @@ class Application:
         processes: ids of the units whose Pebble services run as real processes.
         process_ready: text a started service logs once it serves (PgBouncer: ``process up``).
         pod_network: give each unit with processes its own network namespace (see above).
-        reach: host ports (PostgreSQL servers) every pod network can reach at ``127.0.0.1``.
+        reach: host ports (PostgreSQL servers) every pod network can reach at ``127.0.0.1``, or
+            ``(address, port)`` for a server on another loopback address.
         juju_version: the Juju version Scenario pretends to be.
         model: the model (shared by every unit).
     """
@@ -391,7 +392,7 @@ class Application:
         processes: Iterable[int] = (0,),
         process_ready: str | None = "process up",
         pod_network: bool = False,
-        reach: Iterable[int] = (),
+        reach: Iterable[int | tuple[str, int]] = (),
         juju_version: str = DEFAULT_JUJU_VERSION,
         model: testing.Model | None = None,
     ):
@@ -409,7 +410,7 @@ class Application:
         execs = set(execs) if execs is not None else {image_check_exec()}
         peer = testing.PeerRelation(peer_endpoint) if peer_endpoint else None
         process_units = set(processes)
-        self._reach = list(reach)
+        self._reach = [(LOOPBACK, r) if isinstance(r, int) else r for r in reach]
         try:
             for unit_id in range(num_units):
                 mount_dir = service_tempdir(f"pgbk8s-unit{unit_id}-")
@@ -444,8 +445,8 @@ class Application:
                 if unit_id in process_units:
                     if pod_network:
                         network = PodNetwork()
-                        for port in self._reach:
-                            network.reach(port)
+                        for address, port in self._reach:
+                            network.reach(port, address)
                     runner = PebbleProcessRunner(
                         {mount_location: mount_dir},
                         enter_argv=network.enter_argv() if network else (),
@@ -514,12 +515,12 @@ class Application:
 
         self._each(change)
 
-    def reach(self, host_port: int) -> None:
+    def reach(self, host_port: int, address: str = LOOPBACK) -> None:
         """Make one more host port (a new PostgreSQL server) reachable from every pod."""
-        self._reach.append(host_port)
+        self._reach.append((address, host_port))
         for unit in self.units:
             if unit.network is not None:
-                unit.network.reach(host_port)
+                unit.network.reach(host_port, address)
 
     # -- changing the world between hooks ---------------------------------------------------
 

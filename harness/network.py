@@ -66,10 +66,10 @@ def _in_netns(ns_path: str | None, make: Callable[[], socket.socket]) -> socket.
     return box["sock"]  # type: ignore[return-value]
 
 
-def _listener(port: int) -> socket.socket:
+def _listener(port: int, address: str = LOOPBACK) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((LOOPBACK, port))
+    sock.bind((address, port))
     sock.listen(64)
     sock.settimeout(0.2)
     return sock
@@ -82,13 +82,21 @@ class Relay:
         listener: a bound, listening socket (in whichever namespace it was made).
         target_ns: network namespace file of the upstream side, None for the host.
         target_port: the upstream port on that namespace's ``127.0.0.1``.
+        target_address: the upstream loopback address, ``127.0.0.1`` unless said otherwise.
     """
 
-    def __init__(self, listener: socket.socket, target_ns: str | None, target_port: int):
+    def __init__(
+        self,
+        listener: socket.socket,
+        target_ns: str | None,
+        target_port: int,
+        target_address: str = LOOPBACK,
+    ):
         self.listener = listener
         self.port = listener.getsockname()[1]
         self.target_ns = target_ns
         self.target_port = target_port
+        self.target_address = target_address
         self._stop = threading.Event()
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -110,7 +118,7 @@ class Relay:
                     self.target_ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 )
                 upstream.settimeout(5)
-                upstream.connect((LOOPBACK, self.target_port))
+                upstream.connect((self.target_address, self.target_port))
                 upstream.settimeout(None)
             except OSError as exc:
                 logger.info("relay %s: upstream %s refused: %s", self.port, self.target_port, exc)
@@ -207,19 +215,22 @@ class PodNetwork:
             self.close()
             raise RuntimeError(f"could not create a network namespace: {line} {err}")
         self.ns_path = f"/proc/{self._holder.pid}/ns/net"
-        self._reached: dict[int, Relay] = {}
+        self._reached: dict[tuple[str, int], Relay] = {}
         self._published: dict[int, Relay] = {}
 
     def enter_argv(self) -> list[str]:
         """Command prefix that runs a command inside the pod's network namespace (execs in place)."""
         return ["nsenter", f"--net={self.ns_path}", "--"]
 
-    def reach(self, host_port: int) -> None:
-        """Make ``127.0.0.1:<host_port>`` of the host answer at the same address in the pod."""
-        if host_port in self._reached:
+    def reach(self, host_port: int, address: str = LOOPBACK) -> None:
+        """Make ``<address>:<host_port>`` of the host answer at the same address in the pod.
+
+        ``address`` is a loopback address (``127.0.0.2`` for a second replica on one port).
+        """
+        if (address, host_port) in self._reached:
             return
-        listener = _in_netns(self.ns_path, lambda: _listener(host_port))
-        self._reached[host_port] = Relay(listener, None, host_port)
+        listener = _in_netns(self.ns_path, lambda: _listener(host_port, address))
+        self._reached[address, host_port] = Relay(listener, None, host_port, address)
 
     def publish(self, pod_port: int, host_port: int | None = None) -> int:
         """Make the pod's ``127.0.0.1:<pod_port>`` reachable from the host; the host port."""

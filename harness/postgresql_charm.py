@@ -73,6 +73,9 @@ class FakePostgresqlCharm:
             standby replayed it. Any other server stands in for replication: they are made on
             it too.
         app_name: the remote application name.
+        more_read_only: further replicas, published after ``read_only`` in
+            ``read-only-endpoints`` (a comma list, as the PostgreSQL charm writes for several);
+            hot standbys like ``read_only``.
     """
 
     def __init__(
@@ -80,9 +83,11 @@ class FakePostgresqlCharm:
         server: PostgresServer,
         read_only: PostgresServer | None = None,
         app_name: str = APP_NAME,
+        more_read_only: tuple[PostgresServer, ...] = (),
     ):
         self.server = server
         self.read_only = read_only
+        self.more_read_only = more_read_only
         self.app_name = app_name
         self.users: dict[int, Credentials] = {}
         self.created_databases: set[str] = set()
@@ -106,12 +111,20 @@ class FakePostgresqlCharm:
             return
         target = self.server.execute("SELECT pg_catalog.pg_current_wal_insert_lsn()::text")[0][0]
         deadline = time.monotonic() + timeout
-        while not self.read_only.execute(
-            "SELECT pg_catalog.pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)
-        )[0][0]:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the standby has not replayed {target} after {timeout}s")
-            time.sleep(0.02)
+        for replica in (self.read_only, *self.more_read_only):
+            while not replica.execute(
+                "SELECT pg_catalog.pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)
+            )[0][0]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the standby has not replayed {target} after {timeout}s")
+                time.sleep(0.02)
+
+    @property
+    def read_only_endpoints(self) -> str | None:
+        """``read-only-endpoints`` as published: every replica's ``host:port``, comma-separated."""
+        if self.read_only is None:
+            return None
+        return ",".join(r.endpoint for r in (self.read_only, *self.more_read_only))
 
     def uri(self, creds: Credentials, server: PostgresServer | None = None) -> str:
         """The libpq URI of a relation user (password URL-encoded)."""
@@ -246,7 +259,7 @@ class FakePostgresqlCharm:
             "uris": self.uri(creds),
         }
         if self.read_only is not None:
-            data["read-only-endpoints"] = self.read_only.endpoint
+            data["read-only-endpoints"] = self.read_only_endpoints or ""
             user_content["read-only-uris"] = self.uri(creds, self.read_only)
         if not use_secret:
             return {**data, **user_content}, None
@@ -333,7 +346,7 @@ class FakePostgresqlCharm:
                     password=creds.password,
                     uris=fake.uri(creds),
                     endpoints=fake.server.endpoint,
-                    read_only_endpoints=fake.read_only.endpoint if fake.read_only else None,
+                    read_only_endpoints=fake.read_only_endpoints,
                     read_only_uris=fake.uri(creds, fake.read_only) if fake.read_only else None,
                     version=server_version(fake.server),
                 )

@@ -387,13 +387,28 @@ def promoted_copy(primary: PostgresServer) -> PostgresServer:
     return server
 
 
-def hot_standby(primary: PostgresServer, timeout: float = 30.0) -> PostgresServer:
+def hot_standby(
+    primary: PostgresServer,
+    timeout: float = 30.0,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    name: str = "pgbk8s_standby",
+) -> PostgresServer:
     """A streaming hot standby of ``primary``: the PostgreSQL charm's replica, on this machine.
 
     A base backup started with ``standby.signal`` and a ``primary_conninfo`` whose password is
     read from a 0600 passfile owned by ``postgres`` (not written into the configuration). Every
     role, verifier and database made on the primary reaches it by replication; it refuses writes
     and answers ``pg_is_in_recovery()`` with true. Returns once it streams from the primary.
+
+    Args:
+        primary: the server to replicate.
+        timeout: seconds to wait for streaming.
+        host: the loopback address it listens on: replicas on one port need distinct
+            addresses (``127.0.0.2``, ``127.0.0.3``…), as pods of a Kubernetes service have.
+        port: its port (a free one by default).
+        name: its ``application_name`` on the primary (one per standby).
     """
     base = _base_backup(primary, "pgbk8s-pg-standby-")
     passfile = base / "pgpass"
@@ -402,20 +417,25 @@ def hot_standby(primary: PostgresServer, timeout: float = 30.0) -> PostgresServe
     )
     conninfo = (
         f"host={primary.host} port={primary.port} user={primary.user} passfile={passfile}"
-        " application_name=pgbk8s_standby"
+        f" application_name={name}"
     )
     with (base / "data" / "postgresql.auto.conf").open("a") as conf:
         conf.write(f"primary_conninfo = '{conninfo}'\n")
     write_service_file(base / "data" / "standby.signal", "")
     server = PostgresServer(
-        base=base, port=free_port(), password=primary.password, settings=dict(primary.settings)
+        base=base,
+        port=port or free_port(),
+        password=primary.password,
+        host=host,
+        settings=dict(primary.settings),
     )
     try:
         server.start()
         deadline = time.monotonic() + timeout
         while not primary.execute(
             "SELECT 1 FROM pg_catalog.pg_stat_replication"
-            " WHERE application_name = 'pgbk8s_standby' AND state = 'streaming'"
+            " WHERE application_name = %s AND state = 'streaming'",
+            (name,),
         ):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the standby is not streaming after {timeout}s")
@@ -424,6 +444,21 @@ def hot_standby(primary: PostgresServer, timeout: float = 30.0) -> PostgresServe
         server.destroy()
         raise
     return server
+
+
+def standby_pair(primary: PostgresServer) -> list[PostgresServer]:
+    """Two hot standbys of ``primary`` on one port, at ``127.0.0.2`` and ``127.0.0.3``.
+
+    A Kubernetes PostgreSQL cluster's replicas all listen on 5432 at addresses of their own; on
+    one machine that is one port on two loopback addresses.
+    """
+    port = free_port()
+    first = hot_standby(primary, host="127.0.0.2", port=port, name="pgbk8s_standby_1")
+    try:
+        return [first, hot_standby(primary, host="127.0.0.3", port=port, name="pgbk8s_standby_2")]
+    except BaseException:
+        first.destroy()
+        raise
 
 
 # -- the seed's databag table ------------------------------------------------------------------

@@ -9,8 +9,15 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PREFIX="$ROOT/.build/pgbouncer"
-PIN_VERSION="1.24.1-1+deb13u2"   # the revision FACTS were checked against; falls back if gone
+# PGB_SUITE selects the Debian suite whose PgBouncer source is built: trixie (1.24.1, the
+# default, into .build/pgbouncer) or sid (1.26.1 at the time of writing, into
+# .build/pgbouncer-sid; the version matrix, `make test-pgbouncer-sid`).
+PGB_SUITE="${PGB_SUITE:-trixie}"
+case "$PGB_SUITE" in
+  trixie) PREFIX="$ROOT/.build/pgbouncer"; PIN_VERSION="1.24.1-1+deb13u2" ;;  # FACTS' revision
+  sid) PREFIX="$ROOT/.build/pgbouncer-sid"; PIN_VERSION="1.26.1-1" ;;
+  *) printf '[setup] PGB_SUITE must be trixie or sid\n' >&2; exit 1 ;;
+esac
 MIN_VERSION="1.21"
 PG_BIN="/usr/lib/postgresql/15/bin"
 
@@ -86,14 +93,15 @@ if [ -x "$PREFIX/bin/pgbouncer" ] && version_ok "$(pgb_version_of "$PREFIX/bin/p
   log "PgBouncer $(pgb_version_of "$PREFIX/bin/pgbouncer") already built in .build/pgbouncer"
   exit 0
 fi
-if command -v pgbouncer >/dev/null && version_ok "$(pgb_version_of "$(command -v pgbouncer)")"; then
+if [ "$PGB_SUITE" = trixie ] && command -v pgbouncer >/dev/null \
+   && version_ok "$(pgb_version_of "$(command -v pgbouncer)")"; then
   log "using PgBouncer $(pgb_version_of "$(command -v pgbouncer)") from PATH"
   mkdir -p "$PREFIX/bin"
   ln -sf "$(command -v pgbouncer)" "$PREFIX/bin/pgbouncer"
   exit 0
 fi
 
-log "building PgBouncer from Debian trixie's source package"
+log "building PgBouncer from Debian $PGB_SUITE's source package"
 dpkg -s libevent-dev libc-ares-dev pkg-config libssl-dev patch make gcc >/dev/null 2>&1 \
   || apt_install libevent-dev libc-ares-dev pkg-config libssl-dev patch make gcc
 need_root "the PgBouncer source"
@@ -114,7 +122,7 @@ chown -R _apt "$WORK/lists" "$WORK/cache" "$WORK/dl" 2>/dev/null || true
 cat > "$WORK/trixie-src.sources" <<SRC
 Types: deb-src
 URIs: $URI
-Suites: trixie
+Suites: $PGB_SUITE
 Components: main
 Signed-By: $KEYRING
 SRC
@@ -124,13 +132,13 @@ APT_OPTS=(-o "Dir::Etc::sourcelist=$WORK/trixie-src.sources" -o "Dir::Etc::sourc
 apt-get "${APT_OPTS[@]}" update -qq >/dev/null
 cd "$WORK/dl"
 if ! apt-get "${APT_OPTS[@]}" source --download-only "pgbouncer=$PIN_VERSION" >/dev/null 2>&1; then
-  log "pinned revision $PIN_VERSION not in the archive: taking trixie's current pgbouncer"
+  log "pinned revision $PIN_VERSION not in the archive: taking $PGB_SUITE's current pgbouncer"
   apt-get "${APT_OPTS[@]}" source --download-only pgbouncer >/dev/null
 fi
 ORIG="$(ls "$WORK"/dl/pgbouncer_*.orig.tar.* | head -n1)"
 DEB="$(ls "$WORK"/dl/pgbouncer_*.debian.tar.* | head -n1)"
 UPSTREAM="$(basename "$ORIG" | sed -E 's/^pgbouncer_([^.]+\.[^.]+\.[^.]+)\.orig.*/\1/')"
-version_ok "$UPSTREAM" || { log "trixie's PgBouncer $UPSTREAM is older than $MIN_VERSION"; exit 1; }
+version_ok "$UPSTREAM" || { log "$PGB_SUITE's PgBouncer $UPSTREAM is older than $MIN_VERSION"; exit 1; }
 
 mkdir "$WORK/src"
 tar -xf "$ORIG" -C "$WORK/src" --strip-components=1
@@ -144,4 +152,4 @@ done < debian/patches/series
 make -j"$(nproc)" >/dev/null 2>&1
 rm -rf "$PREFIX"
 make install >/dev/null
-log "built $("$PREFIX/bin/pgbouncer" --version | head -n1) into .build/pgbouncer"
+log "built $("$PREFIX/bin/pgbouncer" --version | head -n1) into ${PREFIX#"$ROOT"/}"

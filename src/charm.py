@@ -60,6 +60,8 @@ from relations.backend_database import (
     departed_chart,
 )
 from relations.client_database import CLIENT_RELATION, ClientDatabaseRelation, client_endpoint
+from relations.grafana_dashboard import DASHBOARD_RELATION, GrafanaDashboardProvider
+from relations.logging import LOGGING_RELATION, LogForwarding
 from relations.metrics import METRICS_RELATION, Monitoring
 from relations.peers import PEER_RELATION, Peers
 from state.backend import InvalidBackendDataError
@@ -149,6 +151,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
             self.on[CERTIFICATES_RELATION].relation_broken,
             self.on[METRICS_RELATION].relation_joined,
             self.on[METRICS_RELATION].relation_changed,
+            self.on[DASHBOARD_RELATION].relation_joined,
+            self.on[LOGGING_RELATION].relation_changed,
+            self.on[LOGGING_RELATION].relation_departed,
+            self.on[LOGGING_RELATION].relation_broken,
         ):
             observe(event, self._on_change)
         observe(self.on.update_status, self._on_update_status)
@@ -266,6 +272,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
         state = self._load_state()
         self._apply(state, with_backend)
         self.monitoring.publish(serving=not self._stored.exporter_absent)
+        GrafanaDashboardProvider(self, self.monitoring.topology()).publish()
+        container = self.unit.get_container(CONTAINER)
+        LogForwarding(self, container, self.monitoring.topology()).apply()
         if not with_backend:
             self._state = state
             return

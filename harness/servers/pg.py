@@ -89,7 +89,7 @@ class PostgresServer:
         opts = [
             f"-p {self.port}",
             f"-k {self.socket_dir}",
-            "-c listen_addresses=127.0.0.1",
+            f"-c listen_addresses={self.host}",
             "-c fsync=off",
             "-c synchronous_commit=off",
             "-c full_page_writes=off",

@@ -17,8 +17,17 @@ SERVICE_USER = "postgres"
 
 
 def pgbouncer_binary() -> str:
-    """The PgBouncer built by scripts/setup-system.sh, else one on PATH."""
-    built = PROJECT_ROOT / ".build" / "pgbouncer" / "bin" / "pgbouncer"
+    """The PgBouncer built by scripts/setup-system.sh, else one on PATH.
+
+    ``PGBOUNCER_BUILD`` names another build under ``.build`` (``pgbouncer-sid``: the version
+    matrix, ``make test-pgbouncer-sid``).
+    """
+    build = os.environ.get("PGBOUNCER_BUILD", "pgbouncer")
+    if not build.replace("-", "").isalnum():
+        raise RuntimeError("PGBOUNCER_BUILD must be a directory name under .build")
+    built = PROJECT_ROOT / ".build" / build / "bin" / "pgbouncer"
+    if build != "pgbouncer" and not built.exists():
+        raise RuntimeError(f"no .build/{build}: run PGB_SUITE=sid scripts/setup-system.sh")
     if built.exists():
         return str(built.resolve())
     found = shutil.which("pgbouncer")

@@ -72,6 +72,15 @@ default)."""
 MIN_SUPPORTED_VERSION = (1, 21)
 """The oldest PgBouncer the charm renders for (the pinned default image's, docs/image.md)."""
 
+LOAD_BALANCE_HOSTS_SINCE = (1, 24)
+"""``load_balance_hosts`` (a ``[databases]`` parameter) exists from PgBouncer 1.24.0 on; older
+versions refuse the entry. Multi-host ``host=a,b`` exists since 1.17. A port list
+(``port=x,y``) is not honoured by 1.24.1 (every host was reached on the first port: seen
+here), so a multi-host entry only ever lists hosts sharing one port."""
+
+MAX_HOSTS = 16
+"""Hosts in one multi-host entry (the backend databag's endpoint limit)."""
+
 SETTINGS_SINCE: dict[str, tuple[int, int]] = {
     "max_db_client_connections": (1, 24),
     "max_user_client_connections": (1, 24),
@@ -141,12 +150,21 @@ class DatabaseTarget:
         host: backend host (DNS name or IP address).
         port: backend port.
         dbname: the database's name on the backend.
+        more_hosts: further hosts on the same ``port`` (read-only replicas): rendered as
+            PgBouncer's multi-host list ``host=<host>,<more>…``, which spreads new server
+            connections round-robin (``docs/read-only.md``).
     """
 
     key: str
     host: str
     port: int
     dbname: str
+    more_hosts: tuple[str, ...] = ()
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every host of the entry, the first one first."""
+        return (self.host, *self.more_hosts)
 
 
 @dataclass(frozen=True)
@@ -417,8 +435,13 @@ def _check_target(target: DatabaseTarget) -> DatabaseTarget:
     if not isinstance(target, DatabaseTarget):
         raise RenderError("[databases]", "not a DatabaseTarget")
     key = _check_key(target.key)
+    if not isinstance(target.more_hosts, tuple) or len(target.more_hosts) >= MAX_HOSTS:
+        raise RenderError("database host", f"more than {MAX_HOSTS} hosts")
     try:
         host = validate_host(target.host, "database host")
+        # Each host of a list is checked alone: validate_host admits no ',' or space, so the
+        # joined list reads back as exactly these hosts.
+        more = tuple(validate_host(h, "database host") for h in target.more_hosts)
         port = validate_port(target.port, "database port")
         # The backend name may be one PgBouncer reserves as a *key* (we ask the PostgreSQL charm
         # for a database called "pgbouncer"), so only the character set and length are checked:
@@ -426,7 +449,48 @@ def _check_target(target: DatabaseTarget) -> DatabaseTarget:
         dbname = validate_role_name(target.dbname, "database name")
     except InvalidNameError as exc:
         raise _invalid(exc) from None
-    return DatabaseTarget(key=key, host=host, port=port, dbname=dbname)
+    if len({host, *more}) != 1 + len(more):
+        raise RenderError("database host", "the same host appears twice")
+    return DatabaseTarget(key=key, host=host, port=port, dbname=dbname, more_hosts=more)
+
+
+def _target_line(target: DatabaseTarget, version: tuple[int, ...]) -> str:
+    line = (
+        f"{target.key} = host={','.join(target.hosts)} port={target.port} dbname={target.dbname}"
+    )
+    if target.more_hosts and _balances(version):
+        line += " load_balance_hosts=round-robin"
+    return line
+
+
+def _balances(version: tuple[int, ...]) -> bool:
+    """Whether ``load_balance_hosts`` is rendered for PgBouncer ``version``."""
+    return tuple(version or MIN_SUPPORTED_VERSION) >= LOAD_BALANCE_HOSTS_SINCE
+
+
+def read_only_group(endpoints: Iterable[Any]) -> tuple[tuple[str, ...], int] | None:
+    """The replicas one ``<db>_readonly`` entry spreads over: hosts sharing one port.
+
+    PgBouncer takes a single port for a whole host list, so the replicas on the port most of
+    them use are listed (ties: the port of the first replica listed); replicas on other ports
+    are left out, not reached on the wrong port.
+
+    Args:
+        endpoints: the backend's read-only endpoints (objects with ``host`` and ``port``), in
+            the provider's order.
+
+    Returns:
+        ``(hosts, port)`` in the provider's order, or None without replicas.
+    """
+    by_port: dict[int, list[str]] = {}
+    for endpoint in endpoints:
+        hosts = by_port.setdefault(endpoint.port, [])
+        if endpoint.host not in hosts:
+            hosts.append(endpoint.host)
+    if not by_port:
+        return None
+    port = max(by_port, key=lambda p: len(by_port[p]))  # first of the largest, by insertion
+    return tuple(by_port[port][:MAX_HOSTS]), port
 
 
 def _check_single_line(field: str, value: object, max_bytes: int) -> str:
@@ -566,7 +630,7 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str, slot: int =
         "",
         "[databases]",
     ]
-    lines += [f"{t.key} = host={t.host} port={t.port} dbname={t.dbname}" for t in cfg.databases]
+    lines += [_target_line(t, cfg.version) for t in cfg.databases]
     lines += ["", "[peers]"]
     # Every process gets the same list, its own entry included (PgBouncer ignores that one):
     # a cancel request lands on whichever process the kernel picks and is forwarded to the peer
@@ -662,7 +726,13 @@ def verify_round_trip(
     if set(parsed) != {"databases", "peers", "pgbouncer"}:
         raise RenderError("ini", "sections do not read back as written")
     expected_dbs = {
-        t.key: {"host": t.host, "port": str(t.port), "dbname": t.dbname} for t in cfg.databases
+        t.key: {"host": ",".join(t.hosts), "port": str(t.port), "dbname": t.dbname}
+        | (
+            {"load_balance_hosts": "round-robin"}
+            if t.more_hosts and _balances(cfg.version)
+            else {}
+        )
+        for t in cfg.databases
     }
     got_dbs = {k: _parse_connstr(v) for k, v in parsed["databases"].items()}
     if got_dbs != expected_dbs:
@@ -947,12 +1017,13 @@ def desired_config(
                 state.peer.auth_dbname or backend.database,
             )
         )
-        replica = backend.read_only_endpoints[0] if backend.read_only_endpoints else None
+        replicas = read_only_group(backend.read_only_endpoints)
         for name in sorted(state.peer.databases):
             databases.append(DatabaseTarget(name, primary.host, primary.port, name))
-            if replica is not None:
+            if replicas is not None:
+                (first, *more), port = replicas
                 databases.append(
-                    DatabaseTarget(f"{name}{READONLY_SUFFIX}", replica.host, replica.port, name)
+                    DatabaseTarget(f"{name}{READONLY_SUFFIX}", first, port, name, tuple(more))
                 )
         auth_settings = AuthSettings(
             auth_user=state.auth.username,

@@ -32,21 +32,28 @@ def test_demo_runs_the_story_and_ends_with_no_leftover_auth_roles():
     assert "| category " in out and "| metadata " in out
     assert re.search(r"\| password +\| +\| <redacted> +\|", out)
     assert out.count("-> ('pgbouncer_client_") == 2, "a query through each unit"
-    # The seed's table has a read-only-endpoints row: the replica is a real hot standby, and
-    # each unit sends the client's <db>_readonly queries to it.
-    assert re.search(r"\| read-only-endpoints +\| +\| 127\.0\.0\.1:\d+ +\|", out)
+    # The seed's table has a read-only-endpoints row: two real hot standbys, and each unit
+    # spreads the client's <db>_readonly transactions over both.
+    assert re.search(r"\| read-only-endpoints +\| +\| 127\.0\.0\.2:(\d+),127\.0\.0\.3:\1 +\|", out)
     assert re.search(r"\| read-only-uris +\| +\| <redacted> +\|", out)
-    standby = re.search(r"hot standby on 127\.0\.0\.1:(\d+)", out)
-    assert standby, out
-    assert out.count(f"-> (True, 'appdb', {standby.group(1)})") == 2, "read-only through each unit"
+    assert re.search(r"appdb_readonly = host=127\.0\.0\.2,127\.0\.0\.3 port=\d+ dbname=appdb", out)
+    for unit in (0, 1):
+        line = re.search(rf"through pgbouncer-k8s/{unit} -> (\[\(True, 'appdb'.*)", out)
+        assert line, out
+        assert "'127.0.0.2/32'" in line.group(1) and "'127.0.0.3/32'" in line.group(1)
     assert re.search(
-        r"PostgreSQL roles after clean-up: pgbouncer_orphans_\w+, (pgbouncer_owner_\w+, )+postgres\n",
+        r"PostgreSQL roles after clean-up: pgbouncer_databases_\w+, pgbouncer_orphans_\w+,"
+        r" (pgbouncer_owner_\w+, )+postgres\n",
         out,
     )
     assert "owns the clients' data and cannot log in" in out
     assert out.rstrip().splitlines()[-1].startswith("Every step had its effect.")
     assert "Leftover auth roles: []" in out
     assert out.count('pgbouncer_up{process="0"} 1.0') == 2, "each unit's exporter scraped"
+    # grafana-dashboard: the leader's databag decoded as Grafana's library decodes it
+    assert "file:pgbouncer, decoded as Grafana's library does" in out
+    assert re.search(r"uid [0-9a-f]{40}, \d+ bytes", out)
+    assert "'charm: pgbouncer-k8s'" in out and "'application': 'pgbouncer-k8s'" in out
 
 
 def test_a_failed_step_exits_non_zero_and_stops_every_process(monkeypatch, capsys):

@@ -19,6 +19,7 @@ from pgbouncer.config import (
     connection_share,
     effective_processes,
     needs_restart,
+    read_only_group,
     render_auth_file,
     render_files,
     render_ini,
@@ -88,7 +89,12 @@ def targets(draw) -> tuple[DatabaseTarget, ...]:
     for name in base:
         out.append(DatabaseTarget(name, draw(hosts), draw(ports), name))
         if len(name) <= 63 - len("_readonly") and draw(st.booleans()):
-            out.append(DatabaseTarget(f"{name}_readonly", draw(hosts), draw(ports), name))
+            replicas = draw(st.lists(hosts, min_size=1, max_size=4, unique=True))
+            out.append(
+                DatabaseTarget(
+                    f"{name}_readonly", replicas[0], draw(ports), name, tuple(replicas[1:])
+                )
+            )
     if draw(st.booleans()):
         out.append(DatabaseTarget(AUTH_DATABASE_KEY, draw(hosts), draw(ports), "pgbouncer"))
     return tuple(out)
@@ -106,6 +112,7 @@ def configs(draw) -> PgBouncerConfig:
         user = draw(names)
         auth = AuthSettings(user, f"SELECT usename, passwd FROM {user}.get_auth($1)")  # noqa: S608
     return PgBouncerConfig(
+        version=draw(st.sampled_from([(), (1, 21, 0), (1, 24, 1), (1, 26, 1)])),
         listen_port=draw(ports),
         pool_mode=draw(st.sampled_from(["session", "transaction", "statement"])),
         max_db_connections=max_db,
@@ -133,8 +140,11 @@ def test_what_the_renderer_accepts_parses_back_to_the_same_values(cfg):
         assert list(ini) == ["databases", "peers", "pgbouncer"]
         databases = {key: read_connstring(value) for key, value in ini["databases"]}
         assert len(databases) == len(ini["databases"]), "duplicate key"
+        balances = cfg.version >= (1, 24)
         assert databases == {
-            t.key: {"host": t.host, "port": str(t.port), "dbname": t.dbname} for t in cfg.databases
+            t.key: {"host": ",".join(t.hosts), "port": str(t.port), "dbname": t.dbname}
+            | ({"load_balance_hosts": "round-robin"} if t.more_hosts and balances else {})
+            for t in cfg.databases
         }
         assert [k for k, _ in ini["databases"]] == sorted(databases)
         peers = {key: read_connstring(value) for key, value in ini["peers"]}
@@ -219,6 +229,46 @@ def test_a_hostile_dbname_is_refused(bad):
 def test_a_hostile_host_is_refused(bad):
     with pytest.raises(RenderError):
         render_files(_cfg(databases=(DatabaseTarget("appdb", bad, 5432, "appdb"),)))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [("a,b",), ("b port=1",), ("",), ("10.0.0.1",), ("x",) * 16, ["b"], ("b", "b"), ("h\nx",)],
+)
+def test_a_bad_host_list_is_refused(bad):
+    with pytest.raises(RenderError):
+        render_files(
+            _cfg(databases=(DatabaseTarget("appdb_readonly", "10.0.0.1", 5432, "appdb", bad),))
+        )
+
+
+def test_a_host_list_balances_only_where_pgbouncer_has_load_balance_hosts():
+    target = DatabaseTarget("appdb_readonly", "10.0.0.2", 5432, "appdb", ("10.0.0.3",))
+    new = render_ini(_cfg(databases=(target,), version=(1, 24, 1)), 0)
+    old = render_ini(_cfg(databases=(target,), version=(1, 21, 0)), 0)
+    line = "appdb_readonly = host=10.0.0.2,10.0.0.3 port=5432 dbname=appdb"
+    assert line + " load_balance_hosts=round-robin\n" in new
+    assert line + "\n" in old
+    single = DatabaseTarget("appdb_readonly", "10.0.0.2", 5432, "appdb")
+    assert "load_balance_hosts" not in render_ini(_cfg(databases=(single,), version=(1, 24)), 0)
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "expected"),
+    [
+        ([], None),
+        ([("r1", 5432)], (("r1",), 5432)),
+        ([("r1", 5432), ("r2", 5432), ("r1", 5432)], (("r1", "r2"), 5432)),
+        # one port for a whole list: the port most replicas share wins, the others are left out
+        ([("r1", 5433), ("r2", 5432), ("r3", 5432)], (("r2", "r3"), 5432)),
+        # a tie goes to the first replica's port
+        ([("r1", 5433), ("r2", 5432)], (("r1",), 5433)),
+    ],
+)
+def test_read_only_group(endpoints, expected):
+    from state.backend import Endpoint
+
+    assert read_only_group([Endpoint(h, p) for h, p in endpoints]) == expected
 
 
 @pytest.mark.parametrize("bad", [0, 65536, -1, "5432 x", True, 5432.0])
