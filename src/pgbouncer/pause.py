@@ -23,7 +23,8 @@ is paused too. A new pod has no such file: it starts serving.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -31,7 +32,7 @@ import ops
 from ops import pebble
 
 from pgbouncer.config import DEFAULT_BASE_DIR
-from pgbouncer.workload import WORKLOAD_USER, service_index
+from pgbouncer.workload import RESUME_AFTER_S, WORKLOAD_USER, service_index
 
 PAUSED_FILE = str(PurePosixPath(DEFAULT_BASE_DIR) / "paused.json")
 """Present while the unit is paused by the ``pause`` action: ``{"since": <unix time>}``."""
@@ -47,14 +48,22 @@ class Processes:
     draining: tuple[str, ...]
 
 
+ACTIVE, ENABLED = pebble.ServiceStatus.ACTIVE, pebble.ServiceStartup.ENABLED
+
+
+def _value(item: object) -> str:
+    """An enum's value or a plain string (the plan holds ``startup`` as either)."""
+    return str(getattr(item, "value", item))
+
+
 def split_processes(plan: pebble.Plan, statuses: Mapping[str, object]) -> Processes:
     """Serving: running PgBouncer services the plan enables; draining: the other running ones."""
     serving, draining = [], []
     for name in sorted(statuses):
-        if service_index(name) is None or statuses[name] != pebble.ServiceStatus.ACTIVE:
+        if service_index(name) is None or _value(statuses[name]) != _value(ACTIVE):
             continue
         service = plan.services.get(name)
-        enabled = service is not None and service.startup == pebble.ServiceStartup.ENABLED
+        enabled = service is not None and _value(service.startup) == _value(ENABLED)
         (serving if enabled else draining).append(name)
     return Processes(tuple(serving), tuple(draining))
 
@@ -102,11 +111,15 @@ def hold(container: ops.Container) -> tuple[str, ...]:
     return processes.serving
 
 
-def resume(container: ops.Container) -> Processes:
+def resume(container: ops.Container, sleep: Callable[[float], None] = time.sleep) -> Processes:
     """RESUME every serving process, then forget the pause."""
     processes = running_processes(container)
     if processes.serving:
         container.send_signal(RESUME_SIGNAL, *processes.serving)
+        # The reconcile that follows may SIGTERM a process (a hand-over of what was held
+        # back): PgBouncer handles two signals in either order and refuses RESUME once it
+        # shuts down, so RESUME goes first, and alone.
+        sleep(RESUME_AFTER_S)
     if container.exists(PAUSED_FILE):
         container.remove_path(PAUSED_FILE)
     return processes
