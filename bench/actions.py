@@ -39,6 +39,8 @@ def _spread(values: list[float]) -> str:
 
 def audit_part() -> list[str]:
     """Time the audit on TENANTS tenants; returns the report rows."""
+    from psycopg import sql
+
     from harness.servers.backend import create_relation_user
     from harness.servers.pg import start_postgres
     from postgres.audit import audit_tenancy
@@ -46,7 +48,7 @@ def audit_part() -> list[str]:
     from postgres.clients import grant_database
     from postgres.passwords import generate_password
     from state.names import auth_username_for
-    from state.tenants import TenantRecord, client_username
+    from state.tenants import TenantRecord, client_username, owner_role_for
 
     server = start_postgres(prefix="pgbk8s-bench-audit-")
     rows: list[str] = []
@@ -73,13 +75,17 @@ def audit_part() -> list[str]:
         made = time.monotonic() - made
         print(f"  {TENANTS} tenants made in {made:.0f} s", flush=True)
         for rel in (1, 2, 3):
-            server.execute(f"CREATE TABLE t{rel} (x int)", dbname=f"tenant_{rel:03d}")
+            db = f"tenant_{rel:03d}"
+            server.execute(f"CREATE TABLE t{rel} (x int)", dbname=db)
+            owner = sql.Identifier(owner_role_for(db, tag))
+            server.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
+                sql.Identifier(f"t{rel}"), owner), dbname=db)  # fmt: skip
         # A session holding an exclusive lock on a tenant table the whole time, and another
         # querying a tenant table in a loop: the audit must wait on neither, nor hold them up.
         holder = server.connect("tenant_001")
         holder.execute("BEGIN")
         holder.execute("LOCK TABLE t1 IN ACCESS EXCLUSIVE MODE")
-        seconds, findings = [], []
+        seconds, findings, kinds = [], [], []
         stop = threading.Event()
         waits: list[float] = []
 
@@ -98,6 +104,7 @@ def audit_part() -> list[str]:
             found = audit_tenancy(creds, record, live, owner_tag=tag)
             seconds.append(time.monotonic() - start)
             findings.append(len(found))
+            kinds = sorted({f"{v.kind}:{v.detail}" for v in found})
         stop.set()
         prober.join(timeout=10)
         holder.rollback()
@@ -105,7 +112,7 @@ def audit_part() -> list[str]:
         rows.append(
             f"| audit-tenancy, {TENANTS} tenants ({len(record.databases)} databases, "
             f"{len(record.roles)} logins), {AUDIT_RUNS} runs | {_spread(seconds)} s per audit; "
-            f"findings {sorted(set(findings))}; a tenant's query meanwhile at most "
+            f"findings {sorted(set(findings))} {kinds}; a tenant's query meanwhile at most "
             f"{max(waits) * 1000:.0f} ms over {len(waits)} queries |"
         )
     finally:
