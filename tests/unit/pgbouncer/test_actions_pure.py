@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from ops import pebble
 
@@ -17,7 +19,7 @@ def plan(enabled: list[str], disabled: list[str]) -> pebble.Plan:
         for names, startup in ((enabled, "enabled"), (disabled, "disabled"))
         for name in names
     }
-    return pebble.Plan({"services": services})
+    return pebble.Plan(cast(pebble.PlanDict, {"services": services}))
 
 
 def test_serving_processes_are_the_running_enabled_ones_and_the_rest_drain():
