@@ -71,3 +71,19 @@ def pgbouncer_factory() -> Iterator[PgBouncerFactory]:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture(autouse=True)
+def no_hook_budget_left_by_another_test() -> Iterator[None]:
+    """Each test starts without a hook budget (``postgres.deadline``).
+
+    The budget is process-wide: in Juju every hook is a fresh process, but here a charm built
+    by one test (Scenario) starts a 60 s budget that the next tests, which build no charm,
+    would share; a tier that outlives it then fails with "time budget … is spent". A test
+    that builds the charm starts its own budget, as a hook does.
+    """
+    from postgres.deadline import start_hook_budget
+
+    start_hook_budget(None)
+    yield
+    start_hook_budget(None)
