@@ -321,6 +321,7 @@ def run() -> None:
 
         step(4, "juju integrate prometheus:metrics-endpoint pgbouncer-k8s")
         show_metrics(app, d)
+        actions_step(d, creds)
 
         step(4, "(b) juju integrate grafana:grafana-dashboard pgbouncer-k8s")
         show_dashboard(app)
@@ -379,6 +380,42 @@ def run() -> None:
             standby.destroy()
         pg.destroy()
         say("(stopped every PgBouncer and PostgreSQL process the demo started)")
+
+
+def actions_step(d, creds) -> None:
+    """The operator's actions: audit-tenancy on the leader, show-pools on each unit."""
+    import json
+
+    say()
+    say("== 4. (b) juju run pgbouncer-k8s/leader audit-tenancy")
+    results = d.app.leader.run_action("audit-tenancy")
+    say(f"   ok={results['ok']} violations={results['violations']} counts={results['counts']}")
+    say(f"   ({results['tenants']} tenant database(s), {results['seconds']} s)")
+    expect(results["ok"] == "true", f"the audit of the demo's cluster: {results}")
+    with d.connect(d.app.leader, creds) as held:
+        held.execute("SELECT 1")
+        for unit in d.app.units:
+            say(
+                f"   juju run {unit.name} show-pools   (a client holds a connection to the leader)"
+            )
+            pools = unit.run_action("show-pools")
+            for process in json.loads(pools["processes"]):
+                state = "paused" if process["state"].get("paused") == "yes" else "serving"
+                say(f"     {process['service']} (peer_id {process['peer_id']}, {state}):")
+                for pool in process["pools"]:
+                    say(
+                        f"       {pool['database']}/{pool['user']}: cl_active "
+                        f"{pool['cl_active']}, cl_waiting {pool['cl_waiting']}, sv_active "
+                        f"{pool['sv_active']}, sv_idle {pool['sv_idle']}, {pool['pool_mode']}"
+                    )
+            for pool in json.loads(pools["total"]):
+                say(
+                    f"     unit total {pool['database']}/{pool['user']}: cl_active "
+                    f"{pool['cl_active']}, sv_active {pool['sv_active']}, sv_idle "
+                    f"{pool['sv_idle']} over {pool['processes']} process(es)"
+                )
+            expect(json.loads(pools["not-reached"]) == [], f"{unit.name}: {pools}")
+    expect(creds.password not in json.dumps(results), "the client's password in the results")
 
 
 def tls_step(d, pg_port: int) -> None:

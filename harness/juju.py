@@ -205,7 +205,11 @@ class Unit:
         return self.state.get_secret(id=secret_id)
 
     def run(
-        self, event_factory: EventFactory, env: Mapping[str, str] | None = None
+        self,
+        event_factory: EventFactory,
+        env: Mapping[str, str] | None = None,
+        *,
+        in_pod: bool = False,
     ) -> testing.State:
         """Run one event on this unit, keep its output state, replay its Pebble calls.
 
@@ -213,6 +217,9 @@ class Unit:
             event_factory: ``lambda on, state: on.<event>(...)``; it gets this unit's
                 ``ctx.on`` and current state (take relations, containers and secrets from it).
             env: hook environment variables to force (see :func:`juju_env`).
+            in_pod: run the charm in the pod's network namespace (when the unit has one), as
+                the charm container shares the pod's network; the processes are replayed
+                from this thread all the same.
 
         Returns:
             the output state (also kept as ``self.state``).
@@ -221,7 +228,16 @@ class Unit:
         before = self.state
         event = event_factory(self.ctx.on, before)
         with PebbleRecorder() as recorder, juju_env(env):
-            out = self.ctx.run(event, before)
+            network = self.network if in_pod else None
+            try:
+                if network is None:
+                    out = self.ctx.run(event, before)
+                else:
+                    out = network.run_inside(lambda: self.ctx.run(event, before))
+            except testing.ActionFailed as exc:
+                self.state = cast(testing.State, exc.state) if exc.state is not None else before
+                self.last_calls = recorder.for_container(self.app.container_name)
+                raise
         self.state = out
         self.last_calls = recorder.for_container(self.app.container_name)
         self.app._propagate(self, before)
@@ -231,6 +247,20 @@ class Unit:
                 self.last_calls, container.plan.services, ready=self.app.process_ready
             )
         return out
+
+    def run_action(self, name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Run action ``name`` on this unit, in its pod's network when it has one; its results.
+
+        The charm container shares the pod's network, so what the charm reaches on
+        ``127.0.0.1`` (the shared PgBouncer port) is the pod's. Raises
+        ``testing.ActionFailed`` when the charm fails the action (its state is kept).
+        """
+
+        def event(on: Any, _: testing.State) -> Any:
+            return on.action(name, params=dict(params or {}))
+
+        self.run(event, in_pod=True)
+        return dict(self.ctx.action_results or {})
 
     def _note_exits(self) -> None:
         """Apply Pebble's ``on-success`` to services whose process exited 0 since the last hook.

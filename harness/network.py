@@ -29,11 +29,13 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 from harness.servers.system import free_port
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 LOOPBACK = "127.0.0.1"
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -217,6 +219,21 @@ class PodNetwork:
         self.ns_path = f"/proc/{self._holder.pid}/ns/net"
         self._reached: dict[tuple[str, int], Relay] = {}
         self._published: dict[int, Relay] = {}
+
+    def run_inside(self, fn: Callable[[], T]) -> T:
+        """Call ``fn`` in a thread inside the pod's network namespace; its return value.
+
+        A charm's hooks run in the charm container, which shares the pod's network: an action
+        that reaches the workload on ``127.0.0.1`` runs this way.
+        """
+        box: dict[str, object] = {}
+
+        def make() -> socket.socket:
+            box["value"] = fn()
+            return socket.socket()  # _in_netns wants a socket; closed at once
+
+        _in_netns(self.ns_path, make).close()
+        return box["value"]  # type: ignore[return-value]
 
     def enter_argv(self) -> list[str]:
         """Command prefix that runs a command inside the pod's network namespace (execs in place)."""

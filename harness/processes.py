@@ -374,6 +374,8 @@ class PebbleProcessRunner:
         if path_dirs is None:
             path_dirs = [str(Path(pgbouncer_binary()).parent)]
         self.path_dirs = list(path_dirs)
+        self.quiet: set[str] = set()
+        """Services that log nothing when they start (the exporter): never waited for."""
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pgbk8s-runner-"))
         self.processes: dict[str, ServiceProcess] = {}
@@ -542,7 +544,7 @@ class PebbleProcessRunner:
             self.stop(name)
             mark = self.log_offset(name)
             self.start(name, spec)
-            if ready:
+            if ready and name not in self.quiet:
                 self.wait_for_log(name, ready, timeout=timeout, after=mark)
 
     def stop_all(self, grace: float | None = None) -> None:
@@ -623,7 +625,7 @@ class PebbleProcessRunner:
         def start(name: str) -> None:
             mark = self.log_offset(name)
             self.start(name, specs[name])
-            if ready:
+            if ready and name not in self.quiet:
                 self.wait_for_log(name, ready, timeout=timeout, after=mark)
 
         last_signal: float | None = None
@@ -717,7 +719,7 @@ class PebbleProcessRunner:
                 self.processes.pop(name, None)
             mark = self.log_offset(name)
             self.start(name, specs[name])
-            if ready:
+            if ready and name not in self.quiet:
                 self.wait_for_log(name, ready, timeout=timeout, after=mark)
             (report.restarted if changed else report.started).append(name)
         return report

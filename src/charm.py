@@ -17,6 +17,8 @@ from typing import Any
 
 import ops
 
+from actions import Actions
+from pgbouncer import pause
 from pgbouncer.config import (
     AUTH_FILE,
     PgBouncerConfig,
@@ -138,6 +140,12 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self._processes = 0
         self._cfg: PgBouncerConfig | None = None
         self._tls_required = False
+        self._paused_since: float | None = None
+        # Operator actions (docs/actions.md); the pause they set is read by every _apply.
+        self.actions = Actions(
+            self, self.unit.get_container(CONTAINER), self.clients, self.monitoring,
+            self._load_state, self._ca_dir,
+        )  # fmt: skip
         observe = framework.observe
         observe(self.on[CONTAINER].pebble_ready, self._on_version_source)
         observe(self.on.upgrade_charm, self._on_version_source)
@@ -325,6 +333,13 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self._render_error = self._apply_error = None
         self._tls_required = False
         if not state.can_connect or state.version_too_old or state.config is None:
+            return
+        self._paused_since = pause.paused_since(self.unit.get_container(CONTAINER))
+        if self._paused_since is not None:
+            # Paused by the pause action: nothing is applied until resume (a reload under PAUSE
+            # ends with RESUME; a hand-over would SIGTERM a paused process, which then refuses
+            # RESUME). A process Pebble restarted meanwhile is paused too.
+            pause.hold(self.unit.get_container(CONTAINER))
             return
         if self._stored.image_missing or state.tls_error:
             # Unusable TLS material: the last good configuration (and its files) keeps running.
@@ -579,6 +594,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if state.peer.auth_removal_failed:
             statuses.append(ops.BlockedStatus(REMOVE_AUTH_FAILED))
         statuses.extend(self._backend_statuses(state, outcome))
+        if self._paused_since is not None:
+            statuses.append(
+                ops.MaintenanceStatus("paused (pause action): clients wait until resume")
+            )
         statuses.extend(ops.BlockedStatus(message) for message in outcome.client_blocked)
         statuses.extend(
             ops.BlockedStatus(f"client user {user} of a removed relation not dropped yet: {why}")

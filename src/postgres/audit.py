@@ -1,8 +1,12 @@
 """The tenancy audit: the invariants of docs/tenancy.md, checked on the live backend.
 
 Read-only: catalog queries as the relation user, one connection for the cluster-wide view and
-one per tenant database; it changes nothing and takes no lock a tenant could wait on (catalog
-reads take only share locks, which no tenant can hold against). The tenant fuzzer
+one per tenant database, each session read-only (``default_transaction_read_only``, so a
+statement that would write fails instead) with a :data:`AUDIT_LOCK_TIMEOUT_MS` lock timeout
+and the connection's statement timeout and deadline (``postgres.connection``). It changes
+nothing and takes no lock a tenant could wait on: catalog reads take only ``ACCESS SHARE``,
+which conflicts with nothing a tenant can take on a catalog, and no statement is left in an
+open transaction. The tenant fuzzer
 (``tests/functional/test_tenant_fuzz.py``) uses it as its oracle, so the tests and the operator's
 view agree by construction.
 
@@ -23,6 +27,7 @@ import re
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 
+import psycopg
 from psycopg import sql
 
 from postgres.auth import auth_schemas, definer_role_for
@@ -41,6 +46,21 @@ from state.tenants import (
 
 BREACH, DRIFT, HAZARD = "breach", "drift", "hazard"
 _DB_PRIVILEGES = ("CONNECT", "CREATE", "TEMPORARY")
+AUTH_ROLE_SETTINGS = frozenset(
+    {"default_transaction_read_only=on", "statement_timeout=5s", "temp_file_limit=0"}
+)
+"""The role-wide settings ``postgres/sql/auth.sql`` gives the auth role, and no others."""
+AUDIT_LOCK_TIMEOUT_MS = 1000
+"""How long one audit statement may wait for a lock before it gives up (and reports)."""
+
+
+def _read_only(conn: psycopg.Connection) -> psycopg.Connection:
+    """Make an audit session read-only, with a short lock wait; returns ``conn``."""
+    conn.execute("SET default_transaction_read_only = on")
+    conn.execute(
+        sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{AUDIT_LOCK_TIMEOUT_MS}ms"))
+    )
+    return conn
 
 
 @dataclass(frozen=True)
@@ -108,7 +128,8 @@ def audit_tenancy(
     def add(kind: str, database: str, obj: str, detail: str, severity: str = BREACH) -> None:
         found.append(Violation(kind, database, obj, detail, severity))
 
-    with connect(creds) as conn:
+    with connect(creds) as raw:
+        conn = _read_only(raw)
         oid_to_db: dict[int, str] = {}
         databases = conn.execute(
             query("audit.sql", "tenant_databases"), {"names": sorted(record.databases)}
@@ -249,6 +270,7 @@ def audit_tenancy(
                 extra = sorted(set(executors) - {auth_user, owner})
                 if extra:
                     add("lookup", creds.dbname, where, f"EXECUTE held by {', '.join(extra)}")
+            _audit_plumbing_roles(conn, auth_user, add)
 
     for name, oid, _datdba, _t, allow, *_ in databases:
         if not allow or int(oid) != record.databases[name].oid:
@@ -262,6 +284,42 @@ def audit_tenancy(
     return sorted(found, key=lambda v: (order[v.severity], v.kind, v.database, v.object))
 
 
+def _audit_plumbing_roles(
+    conn: psycopg.Connection, auth_user: str, add: Callable[..., None]
+) -> None:
+    """The auth role and the lookup's owner against what ``auth.sql`` made of them.
+
+    Either role gained an attribute, a membership (the lookup's reach grows with it) or a
+    member (who can ``SET ROLE`` to it reads every verifier the lookup serves); the auth role
+    holds a setting beyond its three, e.g. ``search_path`` or ``role``, which would change what
+    its lookups resolve or who they run as, or is missing one of them.
+    """
+    definer = definer_role_for(auth_user)
+    rows = conn.execute(
+        query("audit.sql", "plumbing_roles"), {"names": [auth_user, definer]}
+    ).fetchall()
+    for name, login, *attributes, member_of, members, settings in rows:
+        if any(attributes):
+            add("auth-role", "", name, "CREATEDB, CREATEROLE, SUPERUSER, REPLICATION or BYPASSRLS")
+        if login != (name == auth_user):
+            add("auth-role", "", name, "can log in" if login else "cannot log in")
+        for membership in member_of:
+            add("auth-role", "", name, f"member of {membership}")
+        for member in members:
+            add("auth-role", "", name, f"{member} is a member of it")
+        seen = set()
+        for setting in settings or []:
+            db_oid, _, value = setting.partition(":")
+            if name == auth_user and db_oid == "0" and value in AUTH_ROLE_SETTINGS:
+                seen.add(value)
+                continue
+            scope = "role-wide" if db_oid == "0" else f"in database {db_oid}"
+            add("auth-role", "", name, f"{scope} setting {value}")
+        if name == auth_user:
+            for value in sorted(AUTH_ROLE_SETTINGS - seen):
+                add("auth-role", "", name, f"setting {value} is missing", DRIFT)
+
+
 def _audit_database(
     creds: BackendCredentials,
     database: str,
@@ -270,7 +328,8 @@ def _audit_database(
     add: Callable[..., None],
 ) -> None:
     """The checks that need a connection to the tenant database itself."""
-    with connect(creds, database) as conn:
+    with connect(creds, database) as raw:
+        conn = _read_only(raw)
         for obj, owner in conn.execute(
             query("audit.sql", "objects_by_owner"), {"allowed": allowed}
         ).fetchall():

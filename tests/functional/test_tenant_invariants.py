@@ -466,6 +466,15 @@ PLANTS = {
         "lookup",
     ),
     "issued": ("DELETE FROM {auth}.issued @auth", "issued"),
+    "definer-unpinned": (
+        "CREATE FUNCTION public.g() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';"
+        " ALTER FUNCTION public.g() OWNER TO {owner}",
+        "security-definer",
+    ),
+    "auth-attribute": ("ALTER ROLE {auth} CREATEROLE", "auth-role"),
+    "auth-member": ("GRANT {auth} TO {other_login}", "auth-role"),
+    "auth-membership": ("GRANT pg_read_all_data TO {auth}", "auth-role"),
+    "auth-setting": ("ALTER ROLE {auth} SET search_path = trap, pg_catalog", "auth-role"),
 }
 
 
@@ -510,5 +519,14 @@ def test_the_audit_reports_each_planted_violation_and_changes_nothing(t, auth, p
     # Undo what would outlive the test's clean-up.
     if plant in ("template", "closed"):
         su(t, f"ALTER DATABASE {shop} IS_TEMPLATE false ALLOW_CONNECTIONS true")
+    if plant.startswith("auth-"):
+        # The fixture's clean-up drops the auth role; what was planted on it must go first.
+        undo = {
+            "auth-attribute": "ALTER ROLE {auth} NOCREATEROLE",
+            "auth-member": "REVOKE {auth} FROM {other_login}",
+            "auth-membership": "REVOKE pg_read_all_data FROM {auth}",
+            "auth-setting": "ALTER ROLE {auth} RESET search_path",
+        }[plant]
+        su(t, sql.SQL(undo).format(**names).as_string())  # type: ignore[arg-type]
     if plant == "stray-login":
         su(t, sql.SQL("DROP ROLE {stray}").format(**names).as_string())  # type: ignore[arg-type]

@@ -1,0 +1,208 @@
+"""The operator's actions measured (issue 24): ``python -m bench.actions [audit|pause ...]``.
+
+- ``audit``: ``postgres.audit.audit_tenancy`` (what ``audit-tenancy`` runs) against a fresh
+  PostgreSQL 15 holding :data:`TENANTS` tenants made by the charm's own ``grant_database``, each
+  with a table, one shared by two relations; :data:`AUDIT_RUNS` runs, each timed, and the
+  longest statement wait seen by a tenant session holding locks meanwhile.
+- ``pause``: ``pause`` and ``resume`` driven through the charm (Scenario, real PgBouncer, two
+  processes) while ``bench.clients`` runs persistent, prepared-statement and reconnecting
+  clients; :data:`PAUSE_ROUNDS` rounds, each: load, pause, hold :data:`HOLD_S`, resume. Counted:
+  failed connects, cuts and errors (all kinds), transactions during the pause, the longest wait.
+
+Each part prints its rows and appends them to ``bench/results/actions.md``. Figures move with
+the machine's load (FACTS): quote ranges.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "actions.md"
+TENANTS = 200
+AUDIT_RUNS = 5
+PAUSE_ROUNDS = 5
+HOLD_S = 2.0
+
+
+def _spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})"
+
+
+def audit_part() -> list[str]:
+    """Time the audit on TENANTS tenants; returns the report rows."""
+    from psycopg import sql
+
+    from harness.servers.backend import create_relation_user
+    from harness.servers.pg import start_postgres
+    from postgres.audit import audit_tenancy
+    from postgres.auth import install_auth
+    from postgres.clients import grant_database
+    from postgres.passwords import generate_password
+    from state.names import auth_username_for
+    from state.tenants import TenantRecord, client_username, owner_role_for
+
+    server = start_postgres(prefix="pgbk8s-bench-audit-")
+    rows: list[str] = []
+    try:
+        creds = create_relation_user(server, "bench")
+        tag = f"{uuid.uuid4()}/pgbouncer-k8s"
+        install_auth(
+            creds,
+            auth_user=auth_username_for(creds.user),
+            auth_password=generate_password(),
+            owner_tag=tag,
+        )
+        record, live = TenantRecord(), set()
+        made = time.monotonic()
+        for rel in range(1, TENANTS + 1):
+            database = f"tenant_{rel:03d}" if rel != TENANTS else "tenant_001"
+            record = grant_database(
+                creds, record, username=client_username(rel, tag),
+                password=generate_password(), database=database, extra_roles=[],
+                owner_tag=tag, relation_id=rel, app=f"app{rel:03d}" if rel != TENANTS else "app001",
+                live=live, consent={},
+            )  # fmt: skip
+            live.add(rel)
+        made = time.monotonic() - made
+        print(f"  {TENANTS} tenants made in {made:.0f} s", flush=True)
+        for rel in (1, 2, 3):
+            db = f"tenant_{rel:03d}"
+            server.execute(f"CREATE TABLE t{rel} (x int)", dbname=db)
+            owner = sql.Identifier(owner_role_for(db, tag))
+            server.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
+                sql.Identifier(f"t{rel}"), owner), dbname=db)  # fmt: skip
+        # A session holding an exclusive lock on a tenant table the whole time, and another
+        # querying a tenant table in a loop: the audit must wait on neither, nor hold them up.
+        holder = server.connect("tenant_001")
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE t1 IN ACCESS EXCLUSIVE MODE")
+        seconds, findings, kinds = [], [], []
+        stop = threading.Event()
+        waits: list[float] = []
+
+        def probe() -> None:  # a second tenant's trivial query, timed, while the audit runs
+            with server.connect("tenant_002") as conn:
+                while not stop.is_set():
+                    start = time.monotonic()
+                    conn.execute("SELECT count(*) FROM t2")
+                    waits.append(time.monotonic() - start)
+                    time.sleep(0.05)
+
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        for _ in range(AUDIT_RUNS):
+            start = time.monotonic()
+            found = audit_tenancy(creds, record, live, owner_tag=tag)
+            seconds.append(time.monotonic() - start)
+            findings.append(len(found))
+            kinds = sorted({f"{v.kind}:{v.detail}" for v in found})
+        stop.set()
+        prober.join(timeout=10)
+        holder.rollback()
+        holder.close()
+        rows.append(
+            f"| audit-tenancy, {TENANTS} tenants ({len(record.databases)} databases, "
+            f"{len(record.roles)} logins), {AUDIT_RUNS} runs | {_spread(seconds)} s per audit; "
+            f"findings {sorted(set(findings))} {kinds}; a tenant's query meanwhile at most "
+            f"{max(waits) * 1000:.0f} ms over {len(waits)} queries |"
+        )
+    finally:
+        server.destroy()
+    return rows
+
+
+def pause_part(work: Path) -> list[str]:
+    """Pause and resume under load through the charm; returns the report rows."""
+    from bench.changes import Load
+    from bench.pgbench import Target
+    from charm import PgBouncerK8sCharm
+    from harness.juju import Application, limit_cpus
+    from harness.postgresql_charm import FakePostgresqlCharm
+    from harness.servers.pg import start_postgres
+    from harness.servers.system import free_port
+    from harness.story import Deployment
+
+    server = start_postgres(prefix="pgbk8s-bench-pause-")
+    app = Application(
+        PgBouncerK8sCharm,
+        num_units=1,
+        config={"listen_port": free_port(), "pool_mode": "transaction"},
+    )
+    failed, during, waited, totals = [], [], [], []
+    try:
+        unit = app.leader
+        cgroup = work / "cgroup"
+        cgroup.mkdir()
+        limit_cpus(unit, cgroup, 2)
+        d = Deployment(app, FakePostgresqlCharm(server))
+        d.deploy()
+        d.relate_backend("plain")
+        creds = d.credentials(d.relate_client("bench-client", "benchdb"))
+        host, port = unit.address()
+        target = Target("charm", host, port, creds.database, creds.username, creds.password)
+        kinds = ("txn", "prepared", "connector")
+        workers = {"txn": 4, "prepared": 2, "connector": 4}
+        for n in range(PAUSE_ROUNDS):
+            load = Load(target, workers, work, f"pause{n}")
+            try:
+                time.sleep(2.0)
+                unit.run_action("pause")
+                paused = time.time()
+                time.sleep(HOLD_S)
+                resumed = time.time()
+                unit.run_action("resume")
+                time.sleep(2.0)
+            finally:
+                record = load.stop()
+            bad = [e for e in record.events if e[3] in ("connect_fail", "cut", "error")]
+            failed.append(len(bad))
+            during.append(record.window(paused + 0.5, resumed, kinds)[0])
+            waited.append(record.window(paused - 0.5, resumed + 0.5, kinds)[1] / 1000)
+            totals.append(record.window(0, time.time() + 1, kinds)[0])
+            print(f"  round {n + 1}: failed {len(bad)}, {bad[:3]}", flush=True)
+        rows = [
+            f"| pause/resume under load ({sum(workers.values())} clients: 4 persistent, "
+            f"2 prepared, 4 reconnecting; 2 processes; hold {HOLD_S:.0f} s), {PAUSE_ROUNDS} "
+            f"rounds | failed {min(failed)}-{max(failed)} per round (of {min(totals)}-"
+            f"{max(totals)} transactions); started during the pause and done after it "
+            f"{min(during)}-{max(during)}; longest client wait {_spread(waited)} s |"
+        ]
+    finally:
+        app.close()
+        server.destroy()
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    """Run the parts named (default: both) and append their rows to the report."""
+    parts = argv or ["audit", "pause"]
+    rows: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="pgbk8s-bench-actions-") as tmp:
+        if "audit" in parts:
+            rows += audit_part()
+        if "pause" in parts:
+            rows += pause_part(Path(tmp))
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    header = not RESULTS.exists()
+    with RESULTS.open("a") as out:
+        if header:
+            out.write("# Actions (issue 24): `python -m bench.actions`\n\n")
+            out.write("| what | result |\n|---|---|\n")
+        for row in rows:
+            out.write(row[:-1] + f" ({stamp}) |\n")
+    print("\n".join(rows))
+    print(json.dumps({"written": str(RESULTS)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,125 @@
+"""Pausing a unit's PgBouncer for maintenance (the ``pause`` and ``resume`` actions).
+
+PAUSE and RESUME reach each serving process as SIGUSR1 and SIGUSR2 through Pebble, the way
+:mod:`pgbouncer.workload` already pauses around a reload: the charm runs no admin user, so
+nothing can send ``PAUSE`` on a console, and a signal names one Pebble service, so each process
+is reached (the shared TCP port would reach whichever the kernel picks). Under PAUSE, PgBouncer
+closes each server connection as its transaction ends and holds every client's next query (and
+every new client's login, which needs the auth lookup's server connection) until RESUME: clients
+wait, none gets an error (``query_wait_timeout``, 120 s by default, still applies to a query that
+waits).
+
+Only serving processes are paused: a process draining after a hand-over (running, but no longer
+enabled in the plan) is left alone, since PgBouncer refuses RESUME once it is shutting down and
+its clients would wait until it is stopped.
+
+The paused state lives in a file in the container (:data:`PAUSED_FILE`), not in the charm:
+every hook reads it, the status shows it, and while it is there the charm applies no change to
+the processes (a reload under PAUSE ends with RESUME, and a hand-over would SIGTERM a paused
+process) but sends PAUSE again to every serving process, so that a process Pebble restarted
+is paused too. A new pod has no such file: it starts serving.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import ops
+from ops import pebble
+
+from pgbouncer.config import DEFAULT_BASE_DIR
+from pgbouncer.workload import RESUME_AFTER_S, WORKLOAD_USER, service_index
+
+PAUSED_FILE = str(PurePosixPath(DEFAULT_BASE_DIR) / "paused.json")
+"""Present while the unit is paused by the ``pause`` action: ``{"since": <unix time>}``."""
+
+PAUSE_SIGNAL, RESUME_SIGNAL = "SIGUSR1", "SIGUSR2"
+
+
+@dataclass(frozen=True)
+class Processes:
+    """The unit's running PgBouncer services: those that serve, those that drain."""
+
+    serving: tuple[str, ...]
+    draining: tuple[str, ...]
+
+
+ACTIVE, ENABLED = pebble.ServiceStatus.ACTIVE, pebble.ServiceStartup.ENABLED
+
+
+def _value(item: object) -> str:
+    """An enum's value or a plain string (the plan holds ``startup`` as either)."""
+    return str(getattr(item, "value", item))
+
+
+def split_processes(plan: pebble.Plan, statuses: Mapping[str, object]) -> Processes:
+    """Serving: running PgBouncer services the plan enables; draining: the other running ones."""
+    serving, draining = [], []
+    for name in sorted(statuses):
+        if service_index(name) is None or _value(statuses[name]) != _value(ACTIVE):
+            continue
+        service = plan.services.get(name)
+        enabled = service is not None and _value(service.startup) == _value(ENABLED)
+        (serving if enabled else draining).append(name)
+    return Processes(tuple(serving), tuple(draining))
+
+
+def running_processes(container: ops.Container) -> Processes:
+    """:func:`split_processes` of what Pebble says now (two calls)."""
+    plan = container.get_plan()
+    statuses = {name: info.current for name, info in container.get_services().items()}
+    return split_processes(plan, statuses)
+
+
+def paused_since(container: ops.Container) -> float | None:
+    """When the unit was paused (unix time), or None when it is not (one or two calls)."""
+    if not container.exists(PAUSED_FILE):
+        return None
+    try:
+        content = json.loads(container.pull(PAUSED_FILE).read())
+        return float(content.get("since", 0.0))
+    except (ValueError, AttributeError, pebble.PathError):
+        return 0.0  # a damaged file still means paused: only resume removes it
+
+
+def pause(container: ops.Container, now: float) -> Processes:
+    """Record the pause, then PAUSE every serving process; returns who was (and was not)."""
+    processes = running_processes(container)
+    if paused_since(container) is None:
+        container.push(
+            PAUSED_FILE,
+            json.dumps({"since": now}),
+            make_dirs=True,
+            permissions=0o600,
+            user=WORKLOAD_USER,
+            group=WORKLOAD_USER,
+        )
+    if processes.serving:
+        container.send_signal(PAUSE_SIGNAL, *processes.serving)
+    return processes
+
+
+def hold(container: ops.Container) -> tuple[str, ...]:
+    """While paused: PAUSE every serving process again (a restarted one starts unpaused)."""
+    processes = running_processes(container)
+    if processes.serving:
+        container.send_signal(PAUSE_SIGNAL, *processes.serving)
+    return processes.serving
+
+
+def resume(container: ops.Container, sleep: Callable[[float], None] = time.sleep) -> Processes:
+    """RESUME every serving process, then forget the pause."""
+    processes = running_processes(container)
+    if processes.serving:
+        container.send_signal(RESUME_SIGNAL, *processes.serving)
+        # The reconcile that follows may SIGTERM a process (a hand-over of what was held
+        # back): PgBouncer handles two signals in either order and refuses RESUME once it
+        # shuts down, so RESUME goes first, and alone.
+        sleep(RESUME_AFTER_S)
+    if container.exists(PAUSED_FILE):
+        container.remove_path(PAUSED_FILE)
+    return processes
