@@ -331,7 +331,7 @@ def _audit_database(
     with connect(creds, database) as raw:
         conn = _read_only(raw)
         for obj, owner in conn.execute(
-            query("audit.sql", "objects_by_owner"), {"allowed": allowed}
+            query("clients.sql", "foreign_objects"), {"allowed": allowed, "limit": 20}
         ).fetchall():
             add("object-owner", database, obj, f"owned by {owner}")
         for func, owner, pinned in conn.execute(query("audit.sql", "definer_functions")):

@@ -241,10 +241,10 @@ def _give_public_schema(creds: BackendCredentials, database: str, owner: str) ->
         return True
 
 
-def _check_traps(creds: BackendCredentials, database: str, owner_oid: int) -> None:
+def _check_traps(creds: BackendCredentials, database: str, owner: str) -> None:
     with connect(creds, database) as conn:
         found = conn.execute(
-            query("clients.sql", "foreign_objects"), {"owner": owner_oid}
+            query("clients.sql", "foreign_objects"), {"allowed": [owner], "limit": 5}
         ).fetchall()
     if found:
         raise TrapError(database, [(str(obj), str(owner)) for obj, owner in found])
@@ -385,7 +385,7 @@ def create_client(
             ensure_tenant_role(conn, group, owner_tag)
             ensure_tenant_role(conn, orphan_role_for(owner_tag), owner_tag)
             ensure_tenant_role(conn, keeper, owner_tag)
-            owner_oid = ensure_tenant_role(conn, owner, owner_tag)
+            ensure_tenant_role(conn, owner, owner_tag)
             role_oid, verifier = _ensure_client_role(
                 conn, username, password, createdb="CREATEDB" in roles, mark=mark,
                 is_ours=is_ours, allowed_groups=allowed,
@@ -402,7 +402,7 @@ def create_client(
         if db_info is None or "owner" in neutralised:
             _give_public_schema(creds, database, owner)
         if db_info is not None and decision.action in ("join", "reclaim"):
-            _check_traps(creds, database, owner_oid)
+            _check_traps(creds, database, owner)
 
         with conn.transaction():
             if owner not in {

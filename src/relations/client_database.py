@@ -325,10 +325,8 @@ def _response(
 ) -> ResourceProviderModel:
     from dpcharmlibs.interfaces import ResourceProviderModel
 
-    userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}"
-    uri = f"postgresql://{userinfo}@{endpoint}/{request.database}"
-    has_replicas = bool(backend.read_only_endpoints)
-    read_only_uri = f"postgresql://{userinfo}@{endpoint}/{request.database}{READONLY_SUFFIX}"
+    uri, read_only_uri = _uris(request.database, endpoint, username, password, backend)
+    has_replicas = read_only_uri is not None
     return ResourceProviderModel(
         salt=request.salt,
         request_id=request.request_id,
@@ -359,26 +357,29 @@ def plain_answer(
     ``endpoints`` required; ``uris``, ``read-only-endpoints``, ``read-only-uris``,
     ``version``, ``tls`` (``"true"``/``"false"``) and ``tls-ca`` optional; all strings.
     """
-    userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}"
-    has_replicas = bool(backend.read_only_endpoints)
-    database = request.database
+    uri, read_only_uri = _uris(request.database, endpoint, username, password, backend)
     tls_ca = tls_fields.get("tls_ca")
     return {
-        "database": database,
+        "database": request.database,
         "endpoints": endpoint,
         "username": username,
         "password": password,
-        "uris": f"postgresql://{userinfo}@{endpoint}/{database}",
-        "read-only-endpoints": endpoint if has_replicas else None,
-        "read-only-uris": (
-            f"postgresql://{userinfo}@{endpoint}/{database}{READONLY_SUFFIX}"
-            if has_replicas
-            else None
-        ),
+        "uris": uri,
+        "read-only-endpoints": endpoint if read_only_uri is not None else None,
+        "read-only-uris": read_only_uri,
         "version": version,
         "tls": "true" if tls_fields.get("tls") else "false",
         "tls-ca": tls_ca if isinstance(tls_ca, str) and tls_ca else None,
     }
+
+
+def _uris(
+    database: str, endpoint: str, username: str, password: str, backend: BackendDatabase
+) -> tuple[str, str | None]:
+    """The client's libpq URI, and its read-only twin when the backend has replicas."""
+    userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}"
+    uri = f"postgresql://{userinfo}@{endpoint}/{database}"
+    return uri, (uri + READONLY_SUFFIX if backend.read_only_endpoints else None)
 
 
 def client_endpoint(app_name: str, model_name: str, listen_port: int) -> str:

@@ -179,7 +179,8 @@ ALTER DATABASE {database} RESET ALL
 ALTER ROLE {role} IN DATABASE {database} RESET ALL
 
 -- name: foreign_objects
--- Objects in the current database owned by any role but the database's owner role, except
+-- Objects in the current database owned by any role but the allowed ones (the database's
+-- owner role for a hand-over; also its live holders' logins for the audit), except
 -- built-in objects (OID below 16384) and members of an extension (the server's own scripts).
 -- Such an object would run or be read with its owner's rights by whoever takes the database.
 WITH owned (catalog, oid, owner) AS (
@@ -244,13 +245,14 @@ SELECT pg_catalog.pg_describe_object(o.catalog, o.oid, 0) AS object,
        pg_catalog.pg_get_userbyid(o.owner) AS owner
   FROM owned AS o
  WHERE o.oid OPERATOR(pg_catalog.>=) 16384
-   AND o.owner OPERATOR(pg_catalog.<>) %(owner)s::pg_catalog.oid
+   AND pg_catalog.pg_get_userbyid(o.owner) OPERATOR(pg_catalog.<>)
+       ALL (%(allowed)s::pg_catalog.text[])
    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend AS d
                     WHERE d.classid OPERATOR(pg_catalog.=) o.catalog
                       AND d.objid OPERATOR(pg_catalog.=) o.oid
                       AND d.deptype OPERATOR(pg_catalog.=) 'e')
  ORDER BY 1
- LIMIT 5
+ LIMIT %(limit)s
 
 -- name: databases_with_objects_of
 -- Databases where the role owns objects or holds privileges (pg_shdepend), plus the ones it
