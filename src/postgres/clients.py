@@ -36,7 +36,7 @@ from postgres.connection import (
     ForeignObjectError,
     connect,
 )
-from postgres.locks import clearing
+from postgres.locks import connect_clearing
 from postgres.passwords import set_password
 from postgres.queries import query
 from state.names import InvalidNameError, validate_client_database_name, validate_role_name
@@ -231,9 +231,14 @@ def secure_database(
     return changed
 
 
-def _give_public_schema(creds: BackendCredentials, database: str, owner: str) -> bool:
-    """In a database of ours, the ``public`` schema belongs to its owner role (if it exists)."""
-    with connect(creds, database) as conn:
+def _give_public_schema(
+    creds: BackendCredentials, database: str, owner: str, owner_tag: str
+) -> bool:
+    """In a database of ours, the ``public`` schema belongs to its owner role (if it exists).
+
+    ``ALTER SCHEMA`` waits on any tenant transaction that created in the schema: watched.
+    """
+    with connect_clearing(creds, tenant_roles_regex(owner_tag), database) as conn:
         row = conn.execute(query("clients.sql", "public_schema_owner")).fetchone()
         if row is None or row[0] == owner:
             return False
@@ -367,7 +372,7 @@ def create_client(
     owner_id = sql.Identifier(owner)
     allowed = {owner_role_for(d, owner_tag) for d in held} | {owner}
 
-    with connect(creds) as conn, clearing(creds, conn, tenant_roles_regex(owner_tag)):
+    with connect_clearing(creds, tenant_roles_regex(owner_tag)) as conn:
         # The database first: nothing is created for a request that is refused.
         db_info = conn.execute(
             query("clients.sql", "database_info"), {"name": database}
@@ -400,7 +405,7 @@ def create_client(
         with conn.transaction():
             neutralised = secure_database(conn, database, owner_tag, comment=mark)
         if db_info is None or "owner" in neutralised:
-            _give_public_schema(creds, database, owner)
+            _give_public_schema(creds, database, owner, owner_tag)
         if db_info is not None and decision.action in ("join", "reclaim"):
             _check_traps(creds, database, owner)
 
@@ -539,7 +544,7 @@ def drop_client(
     orphan = orphan_role_for(owner_tag)
     regex = tenant_roles_regex(owner_tag)
     role_id = sql.Identifier(username)
-    with connect(creds) as conn, clearing(creds, conn, regex):
+    with connect_clearing(creds, regex) as conn:
         row = conn.execute(query("clients.sql", "role_state"), {"name": username}).fetchone()
         if row is None:
             with conn.transaction():
@@ -594,10 +599,10 @@ def drop_client(
     ordered = sorted({name for name, _ in databases} | {creds.dbname})
     for dbname in ordered:
         new_owner = sql.Identifier(owners.get(dbname, orphan))
-        with connect(creds, dbname) as conn, clearing(creds, conn, regex), conn.transaction():
+        with connect_clearing(creds, regex, dbname) as conn, conn.transaction():
             _run(conn, "reassign_owned", role=role_id, new_owner=new_owner)
             _run(conn, "drop_owned", role=role_id)
-    with connect(creds) as conn, clearing(creds, conn, regex):
+    with connect_clearing(creds, regex) as conn:
         try:
             conn.execute(query("common.sql", "drop_role").format(role=role_id))
         except psycopg.Error as exc:
@@ -651,7 +656,7 @@ def repair_tenancy(
     group = group_role_for(owner_tag)
     live_roles = {n: r for n, r in record.roles.items() if r.relation in live}
     repaired: list[str] = []
-    with connect(creds) as conn, clearing(creds, conn, regex):
+    with connect_clearing(creds, regex) as conn:
         for schema in auth_schemas(conn, owner_tag):
             schema_id = sql.Identifier(schema)
             rows = conn.execute(
@@ -720,7 +725,7 @@ def repair_tenancy(
             if changed:
                 repaired.append(f"database {database}: {', '.join(changed)} put back")
             if "owner" in changed:
-                _give_public_schema(creds, database, db.owner)
+                _give_public_schema(creds, database, db.owner, owner_tag)
     repaired += [f"grants to {pair}: revoked" for pair in sweep_grants(
         creds, record, live, owner_tag=owner_tag)]  # fmt: skip
     for line in repaired:
@@ -760,7 +765,7 @@ def sweep_grants(
         database = databases[db_oid]
         if database in role.databases:
             continue
-        with connect(creds, database) as conn, clearing(creds, conn, regex):
+        with connect_clearing(creds, regex, database) as conn:
             _run(conn, "drop_owned", role=sql.Identifier(name))
         swept.append(f"{name} in {database}")
         logger.warning("revoked what tenants of %s had granted to %s", database, name)

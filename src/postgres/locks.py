@@ -108,3 +108,15 @@ def clearing(
     finally:
         watcher.stop.set()
         watcher.join(timeout=5)
+
+
+@contextmanager
+def connect_clearing(
+    creds: BackendCredentials, tenant_pattern: str, dbname: str | None = None
+) -> Iterator[psycopg.Connection]:
+    """:func:`~postgres.connection.connect`, with :func:`clearing` watching its statements.
+
+    Every connection on which the charm changes what tenants can lock goes through here.
+    """
+    with connect(creds, dbname) as conn, clearing(creds, conn, tenant_pattern):
+        yield conn
