@@ -164,11 +164,13 @@ def audit_tenancy(
         for name in sorted(set(record.databases) - present):
             add("record", name, name, "recorded database is gone from the server", DRIFT)
 
-        roles = conn.execute(query("audit.sql", "tenant_roles"), {"pattern": pattern}).fetchall()
+        roles = conn.execute(
+            query("audit.sql", "roles"), {"pattern": pattern, "names": []}
+        ).fetchall()
         existing = set()
         for row in roles:
             oid, name, login, superuser, _inherit, createrole, createdb, repl, bypass = row[:9]
-            member_of, settings = row[9], row[10]
+            member_of, settings = row[9], row[11]
             existing.add(name)
             if superuser or createrole or repl or bypass:
                 add("role-attribute", "", name, "SUPERUSER, CREATEROLE, REPLICATION or BYPASSRLS")
@@ -234,9 +236,10 @@ def audit_tenancy(
 
         schemas = auth_schemas(conn, owner_tag)
         for schema in schemas:
-            for rolname, roloid, issued, oid, current in conn.execute(
+            issued_rows = conn.execute(
                 query("audit.sql", "issued_all").format(schema=sql.Identifier(schema))
-            ).fetchall():
+            ).fetchall()
+            for rolname, roloid, issued, oid, current in issued_rows:
                 if rolname not in live_roles:
                     add("issued", "", rolname, "issued verifier of no live relation")
                 elif oid is None or roloid != oid:
@@ -244,12 +247,7 @@ def audit_tenancy(
                 elif issued != current:
                     add("password", "", rolname, "password changed since the charm issued it",
                         DRIFT)  # fmt: skip
-            issued_names = {
-                r[0]
-                for r in conn.execute(
-                    query("audit.sql", "issued_all").format(schema=sql.Identifier(schema))
-                ).fetchall()
-            }
+            issued_names = {row[0] for row in issued_rows}
             for name in sorted(set(live_roles) - issued_names):
                 add("issued", "", name, "no issued verifier: the pooler refuses it", DRIFT)
         if auth_user in schemas:
@@ -296,10 +294,12 @@ def _audit_plumbing_roles(
     """
     definer = definer_role_for(auth_user)
     rows = conn.execute(
-        query("audit.sql", "plumbing_roles"), {"names": [auth_user, definer]}
+        query("audit.sql", "roles"), {"pattern": None, "names": [auth_user, definer]}
     ).fetchall()
-    for name, login, *attributes, member_of, members, settings in rows:
-        if any(attributes):
+    for row in rows:
+        _oid, name, login, superuser, _inherit, createrole, createdb, repl, bypass = row[:9]
+        member_of, members, settings = row[9:12]
+        if superuser or createdb or createrole or repl or bypass:
             add("auth-role", "", name, "CREATEDB, CREATEROLE, SUPERUSER, REPLICATION or BYPASSRLS")
         if login != (name == auth_user):
             add("auth-role", "", name, "can log in" if login else "cannot log in")

@@ -2,9 +2,10 @@
 -- catalogs' own share locks. Each statement follows a "-- name: <key>" line; %(x)s placeholders
 -- are bound parameters; {schema} is filled by psycopg.sql.
 
--- name: tenant_roles
--- Every role named like one of this application's tenant roles: attributes, direct
--- memberships, and settings ("<database oid>:<setting>", 0 for role-wide).
+-- name: roles
+-- Roles named like one of this application's tenant roles (``pattern``; NULL: none), or named
+-- in ``names``: attributes, direct memberships both ways, and settings ("<database oid>:
+-- <setting>", 0 for role-wide).
 SELECT r.oid, r.rolname::pg_catalog.text, r.rolcanlogin, r.rolsuper, r.rolinherit,
        r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypassrls,
        ARRAY(SELECT g.rolname::pg_catalog.text
@@ -12,13 +13,19 @@ SELECT r.oid, r.rolname::pg_catalog.text, r.rolcanlogin, r.rolsuper, r.rolinheri
                JOIN pg_catalog.pg_roles AS g ON g.oid OPERATOR(pg_catalog.=) m.roleid
               WHERE m.member OPERATOR(pg_catalog.=) r.oid
               ORDER BY 1) AS member_of,
+       ARRAY(SELECT u.rolname::pg_catalog.text
+               FROM pg_catalog.pg_auth_members AS m
+               JOIN pg_catalog.pg_roles AS u ON u.oid OPERATOR(pg_catalog.=) m.member
+              WHERE m.roleid OPERATOR(pg_catalog.=) r.oid
+              ORDER BY 1) AS members,
        ARRAY(SELECT pg_catalog.format('%%s:%%s', s.setdatabase, c)
                FROM pg_catalog.pg_db_role_setting AS s,
                     pg_catalog.unnest(s.setconfig) AS c
               WHERE s.setrole OPERATOR(pg_catalog.=) r.oid
               ORDER BY 1) AS settings
   FROM pg_catalog.pg_roles AS r
- WHERE r.rolname OPERATOR(pg_catalog.~) %(pattern)s
+ WHERE r.rolname OPERATOR(pg_catalog.~) %(pattern)s::pg_catalog.text
+    OR r.rolname::pg_catalog.text OPERATOR(pg_catalog.=) ANY (%(names)s::pg_catalog.text[])
  ORDER BY 2
 
 -- name: members_of_tenant_roles
@@ -111,28 +118,4 @@ SELECT DISTINCT pg_catalog.pg_get_userbyid(s.refobjid)
          WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
    AND s.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass
    AND s.deptype OPERATOR(pg_catalog.=) 'a'
- ORDER BY 1
-
--- name: plumbing_roles
--- The auth role and the lookup's owner: attributes, memberships both ways, and settings
--- ("<database oid>:<setting>", 0 for role-wide).
-SELECT r.rolname::pg_catalog.text, r.rolcanlogin, r.rolsuper, r.rolcreatedb, r.rolcreaterole,
-       r.rolreplication, r.rolbypassrls,
-       ARRAY(SELECT g.rolname::pg_catalog.text
-               FROM pg_catalog.pg_auth_members AS m
-               JOIN pg_catalog.pg_roles AS g ON g.oid OPERATOR(pg_catalog.=) m.roleid
-              WHERE m.member OPERATOR(pg_catalog.=) r.oid
-              ORDER BY 1) AS member_of,
-       ARRAY(SELECT u.rolname::pg_catalog.text
-               FROM pg_catalog.pg_auth_members AS m
-               JOIN pg_catalog.pg_roles AS u ON u.oid OPERATOR(pg_catalog.=) m.member
-              WHERE m.roleid OPERATOR(pg_catalog.=) r.oid
-              ORDER BY 1) AS members,
-       ARRAY(SELECT pg_catalog.format('%%s:%%s', s.setdatabase, c)
-               FROM pg_catalog.pg_db_role_setting AS s,
-                    pg_catalog.unnest(s.setconfig) AS c
-              WHERE s.setrole OPERATOR(pg_catalog.=) r.oid
-              ORDER BY 1) AS settings
-  FROM pg_catalog.pg_roles AS r
- WHERE r.rolname OPERATOR(pg_catalog.=) ANY (%(names)s::pg_catalog.text[])
  ORDER BY 1
