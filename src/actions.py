@@ -115,15 +115,21 @@ class Actions(ops.Object):
         )
 
     # -- pause / resume ----------------------------------------------------------------------
-    def _on_pause(self, event: ops.ActionEvent) -> None:
+    def _pausable(self, event: ops.ActionEvent) -> bool:
+        """Whether ``pause``/``resume`` can run; fails the action saying why not."""
         if event.params.get("database"):
             event.fail(NO_DATABASE_PAUSE)
+            return False
+        if not self._container.can_connect():
+            event.fail("the pgbouncer container does not answer")
+            return False
+        return True
+
+    def _on_pause(self, event: ops.ActionEvent) -> None:
+        if not self._pausable(event):
             return
         from pgbouncer import pause
 
-        if not self._container.can_connect():
-            event.fail("the pgbouncer container does not answer")
-            return
         processes = pause.pause(self._container, time.time())
         if not processes.serving:
             event.log("no PgBouncer process serves now; the unit stays paused until resume")
@@ -135,14 +141,10 @@ class Actions(ops.Object):
         )
 
     def _on_resume(self, event: ops.ActionEvent) -> None:
-        if event.params.get("database"):
-            event.fail(NO_DATABASE_PAUSE)
+        if not self._pausable(event):
             return
         from pgbouncer import pause
 
-        if not self._container.can_connect():
-            event.fail("the pgbouncer container does not answer")
-            return
         was = pause.paused_since(self._container)
         processes = pause.resume(self._container)
         event.set_results(

@@ -326,7 +326,6 @@ def _response(
     from dpcharmlibs.interfaces import ResourceProviderModel
 
     uri, read_only_uri = _uris(request.database, endpoint, username, password, backend)
-    has_replicas = read_only_uri is not None
     return ResourceProviderModel(
         salt=request.salt,
         request_id=request.request_id,
@@ -334,9 +333,9 @@ def _response(
         username=username,
         password=password,
         endpoints=endpoint,
-        read_only_endpoints=endpoint if has_replicas else None,
+        read_only_endpoints=endpoint if read_only_uri is not None else None,
         uris=uri,
-        read_only_uris=read_only_uri if has_replicas else None,
+        read_only_uris=read_only_uri,
         version=version,
         **tls_fields,  # type: ignore[arg-type]  # validated (and wrapped) by the model
     )
