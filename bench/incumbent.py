@@ -26,7 +26,12 @@ from pathlib import Path
 from bench.stack import APP_DB, AUTH_DB, Backend, Pooler, Stack
 from harness.servers.pgb import make_run_dirs
 from harness.servers.system import write_service_file
-from pgbouncer.config import AUTH_DATABASE_KEY, PgBouncerConfig, render_auth_file, run_dir
+from pgbouncer.config import (
+    AUTH_DATABASE_KEY,
+    PgBouncerConfig,
+    render_auth_file,
+)
+from pgbouncer.slots import run_dir
 
 
 def pool_sizes(max_db_connections: int, processes: int) -> tuple[int, int, int]:

@@ -11,9 +11,9 @@ that a follower's hook never loads it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from state.charm_state import CharmState
 from state.peers import AuthData
@@ -32,6 +32,68 @@ logger = logging.getLogger(__name__)
 WAITING_FOR_BACKEND = "waiting for the backend database"
 
 
+class BackendEffects(Protocol):
+    """What the reconcile does to PostgreSQL (:class:`postgres.effects.PostgreSQL` does it).
+
+    Each method takes the credentials to connect with; failures raise
+    ``postgres.connection.BackendError`` (or a subclass). Unit tests pass another object.
+    """
+
+    def connect_check(self, creds: BackendCredentials) -> None: ...  # noqa: D102
+
+    def install_auth(  # noqa: D102
+        self, creds: BackendCredentials, *, auth_user: str, auth_password: str, owner_tag: str
+    ) -> object: ...
+
+    def check_auth(  # noqa: D102
+        self, creds: BackendCredentials, *, auth_user: str, auth_password: str, owner_tag: str
+    ) -> str | None: ...
+
+    def remove_auth(  # noqa: D102
+        self, creds: BackendCredentials, *, auth_user: str, owner_tag: str
+    ) -> None: ...
+
+    def remove_leftovers(  # noqa: D102
+        self, creds: BackendCredentials, *, owner_tag: str, keep: str | None
+    ) -> list[str]: ...
+
+    def grant_database(  # noqa: D102
+        self,
+        creds: BackendCredentials,
+        record: TenantRecord,
+        *,
+        username: str,
+        password: str,
+        database: str,
+        extra_roles: Sequence[str],
+        owner_tag: str,
+        relation_id: int,
+        app: str,
+        live: Collection[int],
+        consent: Mapping[str, frozenset[str]] | None = None,
+    ) -> TenantRecord: ...
+
+    def drop_gone(  # noqa: D102
+        self,
+        creds: BackendCredentials,
+        record: TenantRecord,
+        live: Collection[int],
+        *,
+        owner_tag: str,
+    ) -> tuple[TenantRecord, dict[str, str]]: ...
+
+    def repair_tenancy(  # noqa: D102
+        self,
+        creds: BackendCredentials,
+        record: TenantRecord,
+        live: Collection[int],
+        *,
+        owner_tag: str,
+    ) -> list[str]: ...
+
+    def backend_version(self, creds: BackendCredentials) -> str: ...  # noqa: D102
+
+
 @dataclass
 class LeaderOutcome:
     """What the leader's part of one reconcile did.
@@ -47,6 +109,7 @@ class LeaderOutcome:
         cleanup_failed: client roles of removed relations not dropped yet, and why.
         tenancy_repaired: what drifted from the tenant model and was put back.
         tenancy_problem: why the tenancy check could not run (and whether it is blocked).
+        auth: the auth role's credentials when this reconcile set them up (and shared them).
     """
 
     backend_problem: str | None = None
@@ -59,6 +122,7 @@ class LeaderOutcome:
     cleanup_failed: dict[str, str] = field(default_factory=dict)
     tenancy_repaired: list[str] = field(default_factory=list)
     tenancy_problem: tuple[str, bool] | None = None
+    auth: AuthData | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +175,7 @@ def credentials(state: CharmState, ca_dir: str) -> BackendCredentials:
 def ensure_auth(
     state: CharmState,
     peers: Peers,
+    sql: BackendEffects,
     *,
     owner_tag: str,
     verify: bool,
@@ -125,8 +190,8 @@ def ensure_auth(
     backend = state.backend
     if not state.leader or backend is None or not state.request_written or not state.running:
         return
-    from postgres.auth import check_auth, generate_password, install_auth, remove_leftovers
     from postgres.connection import BackendError
+    from postgres.passwords import generate_password
 
     auth_user = state.expected_auth_user
     if auth_user is None:
@@ -135,7 +200,7 @@ def ensure_auth(
     if state.auth_ready and state.auth is not None:
         if not verify:
             return
-        problem = check_auth(
+        problem = sql.check_auth(
             creds, auth_user=auth_user, auth_password=state.auth.password, owner_tag=owner_tag
         )
         if problem is None:
@@ -151,10 +216,10 @@ def ensure_auth(
             current.password if current and current.username == auth_user else generate_password()
         )
     try:
-        removed = remove_leftovers(creds, owner_tag=owner_tag, keep=auth_user)
+        removed = sql.remove_leftovers(creds, owner_tag=owner_tag, keep=auth_user)
         if removed:
             logger.info("removed auth leftovers of earlier relations: %s", ", ".join(removed))
-        install_auth(creds, auth_user=auth_user, auth_password=password, owner_tag=owner_tag)
+        sql.install_auth(creds, auth_user=auth_user, auth_password=password, owner_tag=owner_tag)
     except BackendError as exc:
         logger.warning("could not install the auth function: %s", exc)
         outcome.backend_problem = str(exc)
@@ -167,13 +232,15 @@ def ensure_auth(
     # A failed removal of an earlier relation's auth user is resolved once its leftovers are
     # gone, which remove_leftovers just made sure of.
     peers.set_auth_removal_failed(False)
-    peers.save_auth(AuthData(auth_user, password), backend.database)
+    outcome.auth = AuthData(auth_user, password)
+    peers.save_auth(outcome.auth, backend.database)
 
 
 def serve_clients(
     state: CharmState,
     clients: ClientDatabaseRelation,
     peers: Peers,
+    sql: BackendEffects,
     *,
     owner_tag: str,
     endpoint: str | None,
@@ -205,15 +272,15 @@ def serve_clients(
             outcome.blocked_relations.add(relation.id)
     if backend is not None:
         creds = credentials(state, ca_dir)
-        record = _drop_gone(creds, record, live, owner_tag, outcome)
+        record = _drop_gone(sql, creds, record, live, owner_tag, outcome)
         if verify and (record.roles or record.databases):
-            _repair_tenancy(creds, record, live, owner_tag, outcome)
+            _repair_tenancy(sql, creds, record, live, owner_tag, outcome)
         # Read from the server only when an answer needs it (not in every leader hook).
-        version = _version(backend, creds) if any(requests.values()) else None
+        version = _version(sql, backend, creds) if any(requests.values()) else None
         for relation in relations:
             if relation.id in requests and relation.app is not None and endpoint is not None:
                 record = _answer(
-                    clients, relation, requests[relation.id], backend, creds, record, live,
+                    sql, clients, relation, requests[relation.id], backend, creds, record, live,
                     owner_tag=owner_tag, endpoint=endpoint, version=version, outcome=outcome,
                     tls_fields=tls_fields or {},
                     consent=state.config.database_sharing if state.config else {},
@@ -228,7 +295,9 @@ def serve_clients(
     return record.served(live)
 
 
-def drop_all_clients(state: CharmState, peers: Peers, *, owner_tag: str, ca_dir: str) -> bool:
+def drop_all_clients(
+    state: CharmState, peers: Peers, sql: BackendEffects, *, owner_tag: str, ca_dir: str
+) -> bool:
     """Drop every client login role we created (the backend relation is going).
 
     Their databases and data stay with the owner roles; a later backend gives each live relation
@@ -237,14 +306,16 @@ def drop_all_clients(state: CharmState, peers: Peers, *, owner_tag: str, ca_dir:
     """
     if state.backend is None:
         return not state.tenants.roles
-    record = _drop_gone(credentials(state, ca_dir), state.tenants, set(), owner_tag, None)
+    record = _drop_gone(sql, credentials(state, ca_dir), state.tenants, set(), owner_tag, None)
     if record != state.tenants:
         peers.set_tenants(record)
     peers.set_databases({})
     return not record.roles
 
 
-def remove_auth_plumbing(state: CharmState, peers: Peers, *, owner_tag: str, ca_dir: str) -> bool:
+def remove_auth_plumbing(
+    state: CharmState, peers: Peers, sql: BackendEffects, *, owner_tag: str, ca_dir: str
+) -> bool:
     """The departed chart's removal: client roles first, then the auth role and its function.
 
     Returns:
@@ -254,13 +325,12 @@ def remove_auth_plumbing(state: CharmState, peers: Peers, *, owner_tag: str, ca_
     if backend is None or auth is None:
         logger.info("no auth user to remove")
         return True
-    from postgres.auth import remove_auth
     from postgres.connection import BackendError
 
-    if not drop_all_clients(state, peers, owner_tag=owner_tag, ca_dir=ca_dir):
+    if not drop_all_clients(state, peers, sql, owner_tag=owner_tag, ca_dir=ca_dir):
         logger.error("some client users could not be dropped; they stay in the record")
     try:
-        remove_auth(credentials(state, ca_dir), auth_user=auth.username, owner_tag=owner_tag)
+        sql.remove_auth(credentials(state, ca_dir), auth_user=auth.username, owner_tag=owner_tag)
     except BackendError as exc:
         logger.error("failed to remove the auth user: %s", exc)
         peers.set_auth_removal_failed(True)
@@ -270,67 +340,68 @@ def remove_auth_plumbing(state: CharmState, peers: Peers, *, owner_tag: str, ca_
     return True
 
 
-def check_backend(state: CharmState, ca_dir: str) -> str | None:
+def check_backend(state: CharmState, sql: BackendEffects, ca_dir: str) -> str | None:
     """Whether the backend accepts a connection as the relation user: the problem, if not."""
     if state.backend is None:
         return None
-    from postgres.connection import BackendError, connect
+    from postgres.connection import BackendError
 
     try:
-        with connect(credentials(state, ca_dir)):
-            return None
+        sql.connect_check(credentials(state, ca_dir))
+        return None
     except BackendError as exc:
         return str(exc)
 
 
 # -- helpers ----------------------------------------------------------------------------------
 def _drop_gone(
+    sql: BackendEffects,
     creds: BackendCredentials,
     record: TenantRecord,
     live: set[int],
     owner_tag: str,
     outcome: LeaderOutcome | None,
 ) -> TenantRecord:
-    from postgres.clients import drop_gone
-
-    record, failures = drop_gone(creds, record, live, owner_tag=owner_tag)
+    record, failures = sql.drop_gone(creds, record, live, owner_tag=owner_tag)
     if outcome is not None:
         outcome.cleanup_failed.update(failures)
     return record
 
 
 def _repair_tenancy(
+    sql: BackendEffects,
     creds: BackendCredentials,
     record: TenantRecord,
     live: set[int],
     owner_tag: str,
     outcome: LeaderOutcome,
 ) -> None:
-    from postgres.clients import repair_tenancy
     from postgres.connection import BackendError
     from postgres.locks import Blocked
 
     try:
-        outcome.tenancy_repaired = repair_tenancy(creds, record, live, owner_tag=owner_tag)
+        outcome.tenancy_repaired = sql.repair_tenancy(creds, record, live, owner_tag=owner_tag)
     except BackendError as exc:
         logger.warning("could not check the tenant model: %s", exc)
         outcome.tenancy_problem = (str(exc), isinstance(exc, Blocked))
 
 
-def _version(backend: BackendDatabase, creds: BackendCredentials) -> str | None:
+def _version(
+    sql: BackendEffects, backend: BackendDatabase, creds: BackendCredentials
+) -> str | None:
     if backend.version:
         return backend.version
-    from postgres.clients import backend_version
     from postgres.connection import BackendError
 
     try:
-        return backend_version(creds)
+        return sql.backend_version(creds)
     except BackendError as exc:
         logger.warning("could not read the backend's version: %s", exc)
         return None
 
 
 def _answer(
+    sql: BackendEffects,
     clients: ClientDatabaseRelation,
     relation,
     requests,
@@ -346,7 +417,6 @@ def _answer(
     tls_fields: dict[str, object],
     consent: Mapping[str, frozenset[str]],
 ) -> TenantRecord:
-    from postgres.clients import grant_database
     from postgres.connection import BackendError, ForeignObjectError
     from postgres.passwords import generate_password
 
@@ -362,7 +432,7 @@ def _answer(
         # yet: every client is issued its own again (change-gated, from its password).
         if decision.action != "keep" or username not in record.roles or outcome.set_up:
             try:
-                record = grant_database(
+                record = sql.grant_database(
                     creds,
                     record,
                     username=username,

@@ -22,7 +22,7 @@ from harness.servers.system import (
     stop_process,
     write_service_file,
 )
-from pgbouncer.config import ini_path, run_dir
+from pgbouncer.slots import ini_path, run_dir
 
 
 def first_slots(files: dict[str, str]) -> dict[str, str]:

@@ -20,7 +20,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from state.charm_state import CharmState, parse_version
+from pgbouncer.slots import (
+    DEFAULT_BASE_DIR,
+    MAX_PROCESSES,
+    MIN_PROCESSES,
+    SLOTS,
+    ini_path,
+    peer_id,
+    run_dir,
+)
+from state.charm_state import MIN_PGBOUNCER_VERSION, CharmState, parse_version
 from state.config import (
     CLIENT_TLS_MODES,
     MAX_POOL_SIZE,
@@ -40,9 +49,6 @@ from state.names import (
     validate_role_name,
 )
 
-DEFAULT_BASE_DIR = "/var/lib/pgbouncer"
-"""Everything PgBouncer reads or writes lives under this directory (docs/architecture.md)."""
-
 if TYPE_CHECKING:  # cryptography is loaded only by hooks that use TLS
     from state.tls import BackendTLS, ClientTLSMaterial
 
@@ -57,10 +63,6 @@ this key and ``auth_dbname`` points here.
 READONLY_SUFFIX = READONLY_KEY_SUFFIX
 """Suffix of the ``[databases]`` key that points a client database at a read-only endpoint."""
 
-MIN_PROCESSES = 1
-MAX_PROCESSES = 4
-"""PgBouncer processes per unit: one per CPU the pod may use, clamped to this range."""
-
 MAX_PREPARED_STATEMENTS = 1000
 MAX_CLIENT_CONN = 10000
 """Client connections each process accepts (PgBouncer's default, 100, is far too low)."""
@@ -68,9 +70,6 @@ MAX_CLIENT_CONN = 10000
 DEFAULT_POOL_SIZE_UNLIMITED = 20
 """Pool size per (database, user) and process when ``max_db_connections`` is 0 (PgBouncer's
 default)."""
-
-MIN_SUPPORTED_VERSION = (1, 21)
-"""The oldest PgBouncer the charm renders for (the pinned default image's, docs/image.md)."""
 
 LOAD_BALANCE_HOSTS_SINCE = (1, 24)
 """``load_balance_hosts`` (a ``[databases]`` parameter) exists from PgBouncer 1.24.0 on; older
@@ -123,6 +122,14 @@ SERVER_TLS_MODES = ("verify-ca", "verify-full")
 _INI_KEY = re.compile(r"[A-Za-z0-9_.*\-]+")
 _SCRAM_SECRET = re.compile(r"SCRAM-SHA-256\$")
 _MD5_HASH = re.compile(r"md5[0-9a-fA-F]{32}")
+
+
+class CertificateRequired(Exception):  # noqa: N818 (reads as a state of the unit)
+    """``client_tls_mode`` is ``require`` and the unit has no certificate to serve.
+
+    Not a :class:`RenderError`: nothing is wrong with a value; the unit waits for a certificate
+    and keeps its last applied configuration meanwhile.
+    """
 
 
 class RenderError(ValueError):
@@ -223,7 +230,7 @@ class PgBouncerConfig:
         pools: pool sizes and timeouts.
         version: the running PgBouncer's version, ``(1, 24, 1)``; settings it lacks
             (:data:`SETTINGS_SINCE`) are left out. Empty (unknown) renders for
-            :data:`MIN_SUPPORTED_VERSION`.
+            :data:`MIN_PGBOUNCER_VERSION`.
         client_tls: TLS towards clients, or None for plain only.
         server_tls: verified TLS towards PostgreSQL, or None for PgBouncer's default
             (``prefer``: encrypted when the server offers it, never verified).
@@ -253,14 +260,14 @@ def supports(version: tuple[int, ...], key: str) -> bool:
 
     Args:
         version: ``(major, minor[, patch])``; empty when unknown, read as
-            :data:`MIN_SUPPORTED_VERSION`.
+            :data:`MIN_PGBOUNCER_VERSION`.
         key: a ``[pgbouncer]`` key.
 
     Returns:
         False only for a key in :data:`SETTINGS_SINCE` that needs a newer version.
     """
     since = SETTINGS_SINCE.get(key)
-    return since is None or tuple(version or MIN_SUPPORTED_VERSION) >= since
+    return since is None or tuple(version or MIN_PGBOUNCER_VERSION) >= since
 
 
 def left_out_settings(cfg: PgBouncerConfig) -> tuple[str, ...]:
@@ -330,41 +337,6 @@ def connection_share(max_db_connections: int, processes: int, index: int) -> int
     """
     base, extra = divmod(max_db_connections, processes)
     return base + (1 if index < extra else 0)
-
-
-SLOTS = 3
-"""Slots of each process index: Pebble services that can run it, each with its own ini file,
-socket directory and ``peer_id``. One serves; ``pgbouncer.workload`` hands a process over to a
-free slot of its index, the old one draining meanwhile. Three, so that a change and its revert
-within the drain bound both hand over."""
-
-TWIN = "_twin"
-
-
-def slot_suffix(slot: int) -> str:
-    """What names slot ``slot`` of an index: ``""``, ``"_twin"``, ``"_twin2"``."""
-    if not 0 <= slot < SLOTS:
-        raise ValueError(f"slot must be 0 to {SLOTS - 1}")
-    return "" if slot == 0 else TWIN + (str(slot) if slot > 1 else "")
-
-
-def ini_path(index: int, base_dir: str = DEFAULT_BASE_DIR, slot: int = 0) -> str:
-    """Path of the configuration file of slot ``slot`` of process ``index``."""
-    return str(PurePosixPath(base_dir) / f"pgbouncer_{index}{slot_suffix(slot)}.ini")
-
-
-def run_dir(index: int, base_dir: str = DEFAULT_BASE_DIR, slot: int = 0) -> str:
-    """Unix socket directory of slot ``slot`` of process ``index``.
-
-    Each slot has its own: two processes of one index run side by side during a hand-over, on
-    the same port, and PgBouncer refuses to start where a live process holds the socket.
-    """
-    return str(PurePosixPath(base_dir) / "run" / f"{index}{slot_suffix(slot)}")
-
-
-def peer_id(index: int, slot: int = 0) -> int:
-    """``peer_id`` of slot ``slot`` of process ``index``: 1 to 4, then 5 to 8, 9 to 12."""
-    return index + 1 + slot * MAX_PROCESSES
 
 
 def _peers(cfg: PgBouncerConfig, base_dir: str) -> dict[str, dict[str, str]]:
@@ -465,7 +437,7 @@ def _target_line(target: DatabaseTarget, version: tuple[int, ...]) -> str:
 
 def _balances(version: tuple[int, ...]) -> bool:
     """Whether ``load_balance_hosts`` is rendered for PgBouncer ``version``."""
-    return tuple(version or MIN_SUPPORTED_VERSION) >= LOAD_BALANCE_HOSTS_SINCE
+    return tuple(version or MIN_PGBOUNCER_VERSION) >= LOAD_BALANCE_HOSTS_SINCE
 
 
 def read_only_group(endpoints: Iterable[Any]) -> tuple[tuple[str, ...], int] | None:
@@ -997,8 +969,8 @@ def desired_config(
 
     Raises:
         RenderError: no valid configuration (``state.config`` is None).
-        state.tls.TLSRequiredError: ``client_tls_mode`` is ``require`` and there is no
-            certificate (the caller keeps the last configuration).
+        CertificateRequired: ``client_tls_mode`` is ``require`` and there is no certificate
+            (the caller keeps the last configuration).
     """
     config = state.config
     if config is None:
@@ -1048,7 +1020,11 @@ def desired_config(
     if state.tls_material is None and backend_tls is None and config.client_tls_mode == "prefer":
         return cfg, auth_file, render_tls_files(None, None)
     from pgbouncer.tls import plan_tls
+    from state.tls import TLSRequiredError
 
-    plan = plan_tls(config.client_tls_mode, state.tls_material, backend_tls)  # type: ignore[arg-type]
+    try:
+        plan = plan_tls(config.client_tls_mode, state.tls_material, backend_tls)  # type: ignore[arg-type]
+    except TLSRequiredError as exc:
+        raise CertificateRequired(str(exc)) from exc
     cfg = replace(cfg, client_tls=plan.client_tls, server_tls=plan.server_tls)
     return cfg, auth_file, plan.files

@@ -23,9 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgbouncer.config import MAX_PROCESSES
 from pgbouncer.exporter import ADMIN_DATABASE, STATS_USER
-from pgbouncer.workload import service_name
+from pgbouncer.slots import MAX_PROCESSES, service_name
 
 CONNECT_TIMEOUT_S = 3
 """libpq's connect timeout for one console connection."""

@@ -28,11 +28,11 @@ from pathlib import PurePosixPath
 
 from ops import pebble
 
-from pgbouncer.config import (
+from pgbouncer.config import RenderError
+from pgbouncer.slots import (
     DEFAULT_BASE_DIR,
     MAX_PROCESSES,
     MIN_PROCESSES,
-    RenderError,
     run_dir,
 )
 

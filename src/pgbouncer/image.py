@@ -2,7 +2,7 @@
 
 The charm relies on a few things in the ``pgbouncer`` container: a ``postgres`` user that is not
 root, a base directory that user can write, ``pgbouncer`` on PATH and at least
-:data:`MIN_VERSION`. :data:`CONTRACT_SCRIPT` checks all of them in one POSIX ``sh`` run as the
+:data:`~state.charm_state.MIN_PGBOUNCER_VERSION`. :data:`CONTRACT_SCRIPT` checks all of them in one POSIX ``sh`` run as the
 workload user, so the status can name every missing piece at once instead of the first failure
 showing up later as a crash loop. The script prints one ``missing <what>`` line per failed
 item, then a marker line, then PgBouncer's own ``--version`` output: nothing the binary prints
@@ -11,16 +11,20 @@ can pass for a ``missing`` line or hide one.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import ops
 from ops import pebble
 
-from pgbouncer.config import DEFAULT_BASE_DIR, MIN_SUPPORTED_VERSION
 from pgbouncer.exporter import EXPORTER_COMMAND
-from pgbouncer.workload import WORKLOAD_USER, parse_version
+from pgbouncer.plan import WORKLOAD_USER
+from pgbouncer.slots import DEFAULT_BASE_DIR
+from pgbouncer.workload import version_from_output as parse_version
+from state.charm_state import MIN_PGBOUNCER_VERSION, UNKNOWN_VERSION
+from state.charm_state import parse_version as version_tuple
 
-MIN_VERSION = MIN_SUPPORTED_VERSION
 VERSION_MARKER = "--- pgbouncer --version ---"
 
 CONTRACT_SCRIPT = f"""\
@@ -102,10 +106,10 @@ def problems(report: ImageReport) -> tuple[str, ...]:
     """Every way the image breaks the contract, the version included, for a status message."""
     found = list(report.missing)
     if "pgbouncer on PATH" not in found:
-        need = ".".join(map(str, MIN_VERSION))
+        need = ".".join(map(str, MIN_PGBOUNCER_VERSION))
         if report.version is None:
             found.append(f"PgBouncer >= {need} (no version reported)")
-        elif tuple(map(int, report.version.split("."))) < MIN_VERSION:  # digits and dots
+        elif version_tuple(report.version) < MIN_PGBOUNCER_VERSION:
             found.append(f"PgBouncer >= {need} (found {report.version})")
     return tuple(found)
 
@@ -145,3 +149,63 @@ def check_image(container: ops.Container, base_dir: str = DEFAULT_BASE_DIR) -> I
     report = parse_report(stdout)
     ran = VERSION_MARKER in stdout and "pgbouncer on PATH" not in report.missing
     return ImageCheck(problems(report), report.version, ran, report.absent)
+
+
+def facts_path(base_dir: str = DEFAULT_BASE_DIR) -> str:
+    """Where the check's findings are kept in the container (no secret in it)."""
+    return str(PurePosixPath(base_dir) / "image-check.json")
+
+
+FACTS_FILE = facts_path()
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the last check found, kept in the container it describes (:data:`FACTS_FILE`).
+
+    A fact of this container, not of the application: a new container (a new pod, a refresh)
+    starts without the file and is checked again at its ``pebble-ready``.
+
+    Attributes:
+        version: PgBouncer's version; ``""`` before any check,
+            :data:`~state.charm_state.UNKNOWN_VERSION` when ``--version`` named none.
+        problems: every way the image breaks the contract.
+        exporter_absent: the image has no metrics exporter.
+    """
+
+    version: str = ""
+    problems: tuple[str, ...] = ()
+    exporter_absent: bool = False
+
+    @classmethod
+    def from_check(cls, check: ImageCheck) -> ImageFacts:
+        """The facts of a check that ran."""
+        return cls(
+            version=check.version or (UNKNOWN_VERSION if check.ran else ""),
+            problems=check.problems,
+            exporter_absent=EXPORTER_COMMAND in check.absent,
+        )
+
+    @classmethod
+    def from_text(cls, text: str | None) -> ImageFacts:
+        """The facts in the file's text; none (never checked) when absent or unreadable."""
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+            return cls(
+                version=str(data.get("version", "")),
+                problems=tuple(str(p) for p in data.get("problems", ())),
+                exporter_absent=bool(data.get("exporter_absent", False)),
+            )
+        except (ValueError, TypeError, AttributeError):
+            return cls()
+
+    def to_text(self) -> str:
+        """The file's text (sorted keys: equal facts give equal bytes)."""
+        data = {
+            "version": self.version,
+            "problems": list(self.problems),
+            "exporter_absent": self.exporter_absent,
+        }
+        return json.dumps(data, sort_keys=True) + "\n"

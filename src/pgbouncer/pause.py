@@ -31,8 +31,8 @@ from pathlib import PurePosixPath
 import ops
 from ops import pebble
 
-from pgbouncer.config import DEFAULT_BASE_DIR
-from pgbouncer.workload import RESUME_AFTER_S, WORKLOAD_USER, service_index
+from pgbouncer.plan import RESUME_AFTER_S, WORKLOAD_USER
+from pgbouncer.slots import DEFAULT_BASE_DIR, service_index
 
 PAUSED_FILE = str(PurePosixPath(DEFAULT_BASE_DIR) / "paused.json")
 """Present while the unit is paused by the ``pause`` action: ``{"since": <unix time>}``."""
@@ -73,6 +73,17 @@ def running_processes(container: ops.Container) -> Processes:
     plan = container.get_plan()
     statuses = {name: info.current for name, info in container.get_services().items()}
     return split_processes(plan, statuses)
+
+
+def paused_since_in(files: Mapping[str, str]) -> float | None:
+    """When the unit was paused, from the container's files as read (None: not paused)."""
+    text = files.get(PAUSED_FILE)
+    if text is None:
+        return None
+    try:
+        return float(json.loads(text).get("since", 0.0))
+    except (ValueError, AttributeError, TypeError):
+        return 0.0  # a damaged file still means paused: only resume removes it
 
 
 def paused_since(container: ops.Container) -> float | None:

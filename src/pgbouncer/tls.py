@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgbouncer.config import DEFAULT_BASE_DIR, ClientTLS, ServerTLS, render_tls_files
+from pgbouncer.config import (
+    ClientTLS,
+    ServerTLS,
+    render_tls_files,
+)
+from pgbouncer.slots import DEFAULT_BASE_DIR
 from state.tls import SERVER_SSLMODE, BackendTLS, ClientTLSMaterial, client_sslmode
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import ops
 import yaml
 
-from pgbouncer.config import DEFAULT_BASE_DIR, RenderError
+from pgbouncer.config import RenderError
 from pgbouncer.exporter import (
     EXPORTER_PORT,
     check_stats_password,
@@ -43,6 +43,7 @@ from pgbouncer.exporter import (
     render_exporter_files,
     render_stats_auth_line,
 )
+from pgbouncer.slots import DEFAULT_BASE_DIR
 from relations.peers import PEER_RELATION
 
 logger = logging.getLogger(__name__)

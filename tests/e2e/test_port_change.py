@@ -22,7 +22,7 @@ import pytest
 from harness.servers.pg import PostgresServer
 from harness.servers.system import free_port
 from harness.story import Deployment, connect_at
-from pgbouncer.workload import DRAIN_GRACE_S
+from pgbouncer.drain import DRAIN_GRACE_S
 
 pytestmark = pytest.mark.needs_root
 

@@ -26,7 +26,7 @@ import pytest
 from harness.juju import Unit, as_older_charm_left_it, limit_cpus
 from harness.servers.pg import PostgresServer
 from harness.story import ClientCredentials, Deployment, connect_at
-from pgbouncer.workload import SAME_PORT_DRAIN_S
+from pgbouncer.drain import SAME_PORT_DRAIN_S
 
 pytestmark = pytest.mark.needs_root
 

@@ -44,7 +44,6 @@ from pgbouncer.config import (
     auth_file_path,
     render_auth_file,
     render_files,
-    run_dir,
 )
 from pgbouncer.exporter import (
     EXPORTER_SERVICE,
@@ -55,7 +54,8 @@ from pgbouncer.exporter import (
     render_passfile,
     render_stats_auth_line,
 )
-from pgbouncer.workload import build_layer
+from pgbouncer.plan import build_layer
+from pgbouncer.slots import run_dir
 from postgres.passwords import generate_password
 
 pytestmark = pytest.mark.needs_root

@@ -32,9 +32,14 @@ from pgbouncer.config import (
     needs_restart,
     render_auth_file,
     render_files,
-    run_dir,
 )
-from pgbouncer.workload import KILL_DELAY, PAUSE_SETTLE_S, RESUME_AFTER_S, drain_reason
+from pgbouncer.plan import (
+    KILL_DELAY,
+    PAUSE_SETTLE_S,
+    RESUME_AFTER_S,
+    drain_reason,
+)
+from pgbouncer.slots import run_dir
 
 pytestmark = pytest.mark.needs_root
 

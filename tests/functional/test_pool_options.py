@@ -13,7 +13,11 @@ import psycopg
 import pytest
 
 from harness.servers.system import pgbouncer_version
-from pgbouncer.config import NO_RELOAD_KEYS, PoolSettings, render_files
+from pgbouncer.config import (
+    NO_RELOAD_KEYS,
+    PoolSettings,
+    render_files,
+)
 from tests.functional.test_pgbouncer_workload import (
     config,
     connect,

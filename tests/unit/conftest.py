@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import pytest
 from ops import pebble, testing
 
 from charm import PgBouncerK8sCharm
 from pgbouncer.image import VERSION_MARKER
-from pgbouncer.workload import build_layer
+from pgbouncer.plan import build_layer
 from postgres.connection import BackendUnreachable
+from postgres.effects import PostgreSQL
 
 PGB_DIR = "/var/lib/pgbouncer"
 SEED_PROVIDER = {
@@ -38,9 +39,66 @@ AUTH_USER = "pgbouncer_auth_relation_18"
 AUTH_PASSWORD = "A" * 12 + "uthPassw0rdFromThePeerSecret00"  # 42 chars
 
 
+class Effects:
+    """The backend as the unit tests hand it to the charm (``PgBouncerK8sCharm.effects``).
+
+    The fakes a test asked for (``fake_sql`` for the auth plumbing, ``fake_clients`` for the
+    client roles); the real :class:`~postgres.effects.PostgreSQL` for a part no fake stands in
+    for (it fails to reach the relation's made-up hosts, as a backend that is down would).
+    """
+
+    def __init__(self, auth: FakeBackendSQL | None = None, clients: Any = None):
+        self.auth = auth
+        self.clients = clients
+        self._real = PostgreSQL()
+
+    def connect_check(self, creds):
+        if self.auth is None:
+            return self._real.connect_check(creds)
+        with self.auth.connect(creds):
+            return None
+
+    def install_auth(self, creds, **kwargs):
+        return (self.auth or self._real).install_auth(creds, **kwargs)
+
+    def check_auth(self, creds, **kwargs):
+        return (self.auth or self._real).check_auth(creds, **kwargs)
+
+    def remove_auth(self, creds, **kwargs):
+        return (self.auth or self._real).remove_auth(creds, **kwargs)
+
+    def remove_leftovers(self, creds, **kwargs):
+        return (self.auth or self._real).remove_leftovers(creds, **kwargs)
+
+    def grant_database(self, creds, record, **kwargs):
+        return (self.clients or self._real).grant_database(creds, record, **kwargs)
+
+    def drop_gone(self, creds, record, live, **kwargs):
+        return (self.clients or self._real).drop_gone(creds, record, live, **kwargs)
+
+    def repair_tenancy(self, creds, record, live, **kwargs):
+        return (self.clients or self._real).repair_tenancy(creds, record, live, **kwargs)
+
+    def backend_version(self, creds):
+        return (self.clients or self._real).backend_version(creds)
+
+
+def charm_with(effects: Effects) -> type[PgBouncerK8sCharm]:
+    """The charm class, given ``effects`` as its backend (a subclass: nothing is patched)."""
+    # __module__ "charm": Scenario finds charmcraft.yaml from the module the class is in.
+    return type(
+        "PgBouncerUnderTest", (PgBouncerK8sCharm,), {"effects": effects, "__module__": "charm"}
+    )
+
+
 @pytest.fixture
-def ctx() -> testing.Context:
-    return testing.Context(PgBouncerK8sCharm)
+def effects() -> Effects:
+    return Effects()
+
+
+@pytest.fixture
+def ctx(effects: Effects) -> testing.Context:
+    return testing.Context(charm_with(effects))
 
 
 @dataclass
@@ -186,17 +244,6 @@ class _NullConnection:
 
 
 @pytest.fixture
-def fake_sql(monkeypatch: pytest.MonkeyPatch) -> FakeBackendSQL:
-    fake = FakeBackendSQL()
-    patch_backend_sql(monkeypatch, fake)
-    return fake
-
-
-def patch_backend_sql(mp: pytest.MonkeyPatch, fake: FakeBackendSQL) -> None:
-    """Point the leader's lazily imported SQL functions at ``fake``."""
-    import postgres.auth as auth_module
-    import postgres.connection as connection_module
-
-    mp.setattr(connection_module, "connect", fake.connect)
-    for name in ("install_auth", "remove_auth", "remove_leftovers", "check_auth"):
-        mp.setattr(auth_module, name, getattr(fake, name))
+def fake_sql(effects: Effects) -> FakeBackendSQL:
+    effects.auth = FakeBackendSQL()
+    return effects.auth

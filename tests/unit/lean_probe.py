@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
 
     before = _loaded()
     from charm import PgBouncerK8sCharm
-    from pgbouncer.workload import build_layer
+    from pgbouncer.plan import build_layer
 
     tmp = Path(tempfile.mkdtemp(prefix="pgbk8s-lean-"))
     (tmp / "pgb").mkdir()

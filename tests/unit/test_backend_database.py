@@ -9,8 +9,7 @@ import json
 
 from ops import testing
 
-from charm import REMOVE_AUTH_FAILED
-from relations.backend_database import CREATED_RETURN, created_chart
+from relations.backend_database import CREATED_RETURN, REMOVE_AUTH_FAILED, created_chart
 from state.backend import BackendDatabase, Endpoint
 from tests.unit.conftest import (
     AUTH_PASSWORD,

@@ -79,10 +79,10 @@ def base_state(dirs, *extra, config=None, backend=None) -> testing.State:
 
 
 @pytest.fixture
-def tls_ctx() -> testing.Context:
-    from charm import PgBouncerK8sCharm
+def tls_ctx(effects) -> testing.Context:
+    from tests.unit.conftest import charm_with
 
-    return testing.Context(PgBouncerK8sCharm)
+    return testing.Context(charm_with(effects))
 
 
 def test_a_certificate_is_served_and_published_to_clients(tls_ctx, dirs, fake_clients):  # noqa: F811

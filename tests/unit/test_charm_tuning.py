@@ -133,6 +133,7 @@ def test_each_option_change_is_rendered_and_reloaded_without_restart(ctx, dirs, 
 def _active_message(ctx, state) -> str:
     """The active status the charm adds (a missing backend outranks it in the unit status)."""
     with ctx(ctx.on.update_status(), state) as manager:
+        manager.run()
         statuses = manager.charm._statuses()
     return next(s.message for s in statuses if s.name == "active")
 

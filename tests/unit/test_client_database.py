@@ -18,15 +18,15 @@ import pytest
 from dpcharmlibs.interfaces import RequirerCommonModel, RequirerDataContractV1, gen_hash
 from ops import testing
 
-import postgres.clients as client_module
-from pgbouncer.workload import DRAIN_GRACE_S
+from pgbouncer.drain import DRAIN_GRACE_S
 from postgres.clients import RefusedDatabaseError
-from postgres.connection import BackendUnreachable, ForeignObjectError
+from postgres.connection import BackendError, BackendUnreachable, ForeignObjectError
 from relations.client_database import CLIENT_SECRET_LABEL_PREFIX, client_username
-from state.tenants import TenantRecord, grant_decision, owner_role_for
+from state.tenants import TenantRecord, grant_decision, owner_role_for, roles_to_drop
 from tests.unit.conftest import (
     OUR_REQUEST,
     SEED_PROVIDER,
+    Effects,
     auth_secret,
     backend_relation,
     make_container,
@@ -114,22 +114,20 @@ class FakeClientSQL:
             raise self.fail
         return []
 
-    def sweep_grants(self, creds, record, live, *, owner_tag):
-        return []
+    def drop_gone(self, creds, record, live, *, owner_tag):
+        failures = {}
+        for username in roles_to_drop(record, live):
+            try:
+                record = self.revoke_client(creds, record, username=username, owner_tag=owner_tag)
+            except BackendError as exc:
+                failures[username] = str(exc)
+        return record, failures
 
 
 @pytest.fixture
-def fake_clients(monkeypatch: pytest.MonkeyPatch) -> FakeClientSQL:
-    fake = FakeClientSQL()
-    for name in (
-        "grant_database",
-        "revoke_client",
-        "backend_version",
-        "repair_tenancy",
-        "sweep_grants",
-    ):
-        monkeypatch.setattr(client_module, name, getattr(fake, name))
-    return fake
+def fake_clients(effects: Effects) -> FakeClientSQL:
+    effects.clients = FakeClientSQL()
+    return effects.clients
 
 
 def tenants(held: dict[str, tuple[int, str]]) -> str:

@@ -25,17 +25,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ops import testing
 
-import postgres.clients as client_module
-from charm import PgBouncerK8sCharm
 from pgbouncer.config import parse_ini
 from tests.unit.conftest import (
     SEED_PROVIDER,
     Dirs,
+    Effects,
     FakeBackendSQL,
     auth_secret,
     backend_relation,
+    charm_with,
     make_container,
-    patch_backend_sql,
     peer_relation,
 )
 from tests.unit.test_client_database import MODEL, FakeClientSQL
@@ -130,17 +129,20 @@ def check_ini_shape(dirs: Dirs, baseline_keys: set[str]) -> dict[str, dict[str, 
 def baseline_keys() -> set[str]:
     """The [pgbouncer] keys of a configuration rendered from the seed's valid databag."""
     fake = FakeBackendSQL()
-    with pytest.MonkeyPatch.context() as mp, mount_dirs() as dirs:
-        patch_backend_sql(mp, fake)
-        out = run_backend(dirs, SEED_PROVIDER)
+    with mount_dirs() as dirs:
+        out = run_backend(dirs, SEED_PROVIDER, fake=fake)
         assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
         return set(parse_ini((dirs.pgb / "pgbouncer_0.ini").read_text())["pgbouncer"])
 
 
 def run_backend(
-    dirs: Dirs, remote: dict[str, str], secrets: frozenset[testing.Secret] = frozenset()
+    dirs: Dirs,
+    remote: dict[str, str],
+    secrets: frozenset[testing.Secret] = frozenset(),
+    *,
+    fake: FakeBackendSQL,
 ) -> testing.State:
-    ctx = testing.Context(PgBouncerK8sCharm)
+    ctx = testing.Context(charm_with(Effects(auth=fake)))
     rel = backend_relation(remote=remote)
     state = testing.State(
         leader=True,
@@ -190,9 +192,8 @@ def assert_outcome(out: testing.State, dirs: Dirs, field: str, value: str, basel
 def test_backend_databag_field_fuzz(field: str, value: str, baseline_keys: set[str]):
     fake = FakeBackendSQL()
     remote = {**SEED_PROVIDER, "database": "pgbouncer", field: value}
-    with pytest.MonkeyPatch.context() as mp, mount_dirs() as dirs:
-        patch_backend_sql(mp, fake)
-        out = run_backend(dirs, remote)
+    with mount_dirs() as dirs:
+        out = run_backend(dirs, remote, fake=fake)
         assert_outcome(out, dirs, field, value, baseline_keys)
         if out.unit_status.name == "active" and field in ("endpoints", "database"):
             expected = endpoint_entry(remote["endpoints"], remote["database"])
@@ -214,9 +215,8 @@ def test_secret_user_content_fuzz(field: str, value: str, extra: dict, baseline_
     creds = testing.Secret(content, owner=None, remote_grants={})
     remote = {"endpoints": "10.1.2.3:5432", "secret-user": creds.id, "database": "pgbouncer"}
     fake = FakeBackendSQL()
-    with pytest.MonkeyPatch.context() as mp, mount_dirs() as dirs:
-        patch_backend_sql(mp, fake)
-        out = run_backend(dirs, remote, frozenset({creds}))
+    with mount_dirs() as dirs:
+        out = run_backend(dirs, remote, frozenset({creds}), fake=fake)
         assert_outcome(out, dirs, f"secret-user {field}", value, baseline_keys)
 
 
@@ -229,9 +229,8 @@ def test_secret_user_content_fuzz(field: str, value: str, extra: dict, baseline_
 def test_secret_user_id_fuzz(value: str, baseline_keys: set[str]):
     remote = {"endpoints": "10.1.2.3:5432", "secret-user": value, "database": "pgbouncer"}
     fake = FakeBackendSQL()
-    with pytest.MonkeyPatch.context() as mp, mount_dirs() as dirs:
-        patch_backend_sql(mp, fake)
-        out = run_backend(dirs, remote)
+    with mount_dirs() as dirs:
+        out = run_backend(dirs, remote, fake=fake)
         assert out.unit_status.name in ("blocked", "waiting")
         assert "secret-user" in out.unit_status.message or "credentials" in out.unit_status.message
         check_ini_shape(dirs, baseline_keys)
@@ -254,9 +253,8 @@ def test_damaged_json_in_our_own_databags(data: str, peer_databases: str, baseli
         "pgb-peers",
         local_app_data={**peers.local_app_data, "databases": peer_databases},
     )
-    with pytest.MonkeyPatch.context() as mp, mount_dirs() as dirs:
-        patch_backend_sql(mp, fake)
-        ctx = testing.Context(PgBouncerK8sCharm)
+    with mount_dirs() as dirs:
+        ctx = testing.Context(charm_with(Effects(auth=fake)))
         state = testing.State(
             leader=True,
             relations={rel, peers},
@@ -292,14 +290,12 @@ def test_client_databag_field_fuzz(field: str, value: str, baseline_keys: set[st
     if field == "requests":
         remote["version"] = "v1"
     fake = FakeClientSQL()
-    with pytest.MonkeyPatch.context() as mp, mount_dirs() as dirs:
-        for name in ("grant_database", "revoke_client", "backend_version"):
-            mp.setattr(client_module, name, getattr(fake, name))
+    with mount_dirs() as dirs:
         client = testing.Relation(
             "database", remote_app_name="myapp", remote_app_data=remote, remote_units_data={0: {}}
         )
         secret = auth_secret()
-        ctx = testing.Context(PgBouncerK8sCharm)
+        ctx = testing.Context(charm_with(Effects(clients=fake)))
         state = testing.State(
             leader=True,
             model=MODEL,

@@ -29,7 +29,7 @@ from ops import pebble, testing
 from harness.processes import PebbleRecorder
 from pgbouncer.exporter import EXPORTER_PORT, EXPORTER_SERVICE, STATS_USER
 from pgbouncer.image import VERSION_MARKER
-from pgbouncer.workload import build_layer
+from pgbouncer.plan import build_layer
 from relations.metrics import (
     STATS_SECRET_KEY,
     STATS_SECRET_LABEL,

@@ -7,10 +7,9 @@ from typing import cast
 import pytest
 from ops import pebble
 
-from pgbouncer.config import peer_id
 from pgbouncer.console import ProcessPools, pool_rows, service_of_peer, sum_pools
 from pgbouncer.pause import split_processes
-from pgbouncer.workload import service_name
+from pgbouncer.slots import peer_id, service_name
 
 
 def plan(enabled: list[str], disabled: list[str]) -> pebble.Plan:

@@ -24,7 +24,7 @@ from pgbouncer.exporter import (
     retarget,
     scram_verifier,
 )
-from pgbouncer.workload import build_layer
+from pgbouncer.plan import build_layer
 from postgres.passwords import generate_password, scram_verifier_matches
 
 PASSWORD = generate_password()

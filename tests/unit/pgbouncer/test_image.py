@@ -9,6 +9,7 @@ from ops import testing
 
 from pgbouncer.image import (
     VERSION_MARKER,
+    ImageFacts,
     ImageReport,
     contract_command,
     parse_report,
@@ -101,7 +102,23 @@ def test_a_bad_image_blocks_naming_every_missing_piece_and_runs_nothing(ctx, dir
         "pgbouncer-image lacks: user postgres; writable /var/lib/pgbouncer; pgbouncer on PATH"
     )
     assert out.get_container("pgbouncer").plan.services == {}
-    assert list(dirs.pgb.iterdir()) == []
+    # Nothing PgBouncer reads: only what the check found, kept for the next hooks' status.
+    assert [p.name for p in dirs.pgb.iterdir()] == ["image-check.json"]
+    facts = ImageFacts.from_text((dirs.pgb / "image-check.json").read_text())
+    assert facts.problems == ("user postgres", "writable /var/lib/pgbouncer", "pgbouncer on PATH")
+
+
+def test_a_later_hook_still_blocks_on_what_the_check_found(ctx, dirs):
+    """The findings outlive the pebble-ready hook (in the container, not in the charm)."""
+    _ready(ctx, dirs, BAD)
+    state = testing.State(
+        leader=True, relations={peer_relation()}, containers={make_container(dirs, running=False)}
+    )
+    out = ctx.run(ctx.on.config_changed(), state)
+    assert out.unit_status == testing.BlockedStatus(
+        "pgbouncer-image lacks: user postgres; writable /var/lib/pgbouncer; pgbouncer on PATH"
+    )
+    assert out.get_container("pgbouncer").plan.services == {}
 
 
 def test_the_check_is_one_exec_as_the_workload_user(ctx, dirs):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from ops import pebble
 
-from pgbouncer.workload import (
+from pgbouncer.plan import (
     CHECK_NAME,
     ApplyResult,
     build_layer,
-    cpu_count_from_cgroup,
     drain_reason,
-    parse_version,
 )
+from pgbouncer.workload import cpu_count_from_cgroup
+from pgbouncer.workload import version_from_output as parse_version
 
 
 @pytest.mark.parametrize("processes", [1, 2, 3, 4])

@@ -15,16 +15,21 @@ import pytest
 from ops import testing
 
 from harness.juju import as_older_charm_left_it
-from pgbouncer.config import AUTH_FILE, DatabaseTarget, PgBouncerConfig, render_files
+from pgbouncer.config import (
+    AUTH_FILE,
+    DatabaseTarget,
+    PgBouncerConfig,
+    render_files,
+)
 from pgbouncer.exporter import render_exporter_files
-from pgbouncer.workload import (
-    ApplyResult,
-    Workload,
+from pgbouncer.plan import ApplyResult
+from pgbouncer.slots import (
     next_slots,
     service_index,
     service_name,
     service_slot,
 )
+from pgbouncer.workload import Workload
 from tests.unit.pgbouncer.conftest import PGB
 
 ACTIVE = ops.pebble.ServiceStatus.ACTIVE

@@ -1,0 +1,118 @@
+"""What the leader's reconcile needs from PostgreSQL, done on the real server.
+
+:class:`PostgreSQL` is the production side of :class:`reconcile.BackendEffects`: each method is
+one call into :mod:`postgres.auth` or :mod:`postgres.clients`, imported on first use, so that a
+hook that never reaches the backend never loads psycopg. Unit tests hand the charm another
+object with the same methods instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from postgres.auth import AuthQuery
+    from postgres.connection import BackendCredentials
+    from state.tenants import TenantRecord
+
+
+class PostgreSQL:
+    """The backend's effects, on the server ``creds`` name (see each function's docs)."""
+
+    def connect_check(self, creds: BackendCredentials) -> None:
+        """Open and close one connection (raises ``BackendError`` when it fails)."""
+        from postgres.connection import connect
+
+        with connect(creds):
+            pass
+
+    def install_auth(
+        self, creds: BackendCredentials, *, auth_user: str, auth_password: str, owner_tag: str
+    ) -> AuthQuery:
+        """:func:`postgres.auth.install_auth`."""
+        from postgres.auth import install_auth
+
+        return install_auth(
+            creds, auth_user=auth_user, auth_password=auth_password, owner_tag=owner_tag
+        )
+
+    def check_auth(
+        self, creds: BackendCredentials, *, auth_user: str, auth_password: str, owner_tag: str
+    ) -> str | None:
+        """:func:`postgres.auth.check_auth`."""
+        from postgres.auth import check_auth
+
+        return check_auth(
+            creds, auth_user=auth_user, auth_password=auth_password, owner_tag=owner_tag
+        )
+
+    def remove_auth(self, creds: BackendCredentials, *, auth_user: str, owner_tag: str) -> None:
+        """:func:`postgres.auth.remove_auth`."""
+        from postgres.auth import remove_auth
+
+        remove_auth(creds, auth_user=auth_user, owner_tag=owner_tag)
+
+    def remove_leftovers(
+        self, creds: BackendCredentials, *, owner_tag: str, keep: str | None
+    ) -> list[str]:
+        """:func:`postgres.auth.remove_leftovers`."""
+        from postgres.auth import remove_leftovers
+
+        return remove_leftovers(creds, owner_tag=owner_tag, keep=keep)
+
+    def grant_database(
+        self,
+        creds: BackendCredentials,
+        record: TenantRecord,
+        *,
+        username: str,
+        password: str,
+        database: str,
+        extra_roles: Sequence[str],
+        owner_tag: str,
+        relation_id: int,
+        app: str,
+        live: Collection[int],
+        consent: Mapping[str, frozenset[str]] | None = None,
+    ) -> TenantRecord:
+        """:func:`postgres.clients.grant_database`."""
+        from postgres.clients import grant_database
+
+        return grant_database(
+            creds, record, username=username, password=password, database=database,
+            extra_roles=extra_roles, owner_tag=owner_tag, relation_id=relation_id, app=app,
+            live=live, consent=consent,
+        )  # fmt: skip
+
+    def drop_gone(
+        self,
+        creds: BackendCredentials,
+        record: TenantRecord,
+        live: Collection[int],
+        *,
+        owner_tag: str,
+    ) -> tuple[TenantRecord, dict[str, str]]:
+        """:func:`postgres.clients.drop_gone`."""
+        from postgres.clients import drop_gone
+
+        return drop_gone(creds, record, live, owner_tag=owner_tag)
+
+    def repair_tenancy(
+        self,
+        creds: BackendCredentials,
+        record: TenantRecord,
+        live: Collection[int],
+        *,
+        owner_tag: str,
+    ) -> list[str]:
+        """:func:`postgres.clients.repair_tenancy`."""
+        from postgres.clients import repair_tenancy
+
+        return repair_tenancy(creds, record, live, owner_tag=owner_tag)
+
+    def backend_version(self, creds: BackendCredentials) -> str:
+        """:func:`postgres.clients.backend_version`."""
+        from postgres.clients import backend_version
+
+        return backend_version(creds)
