@@ -126,6 +126,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
         observe(self.on[BACKEND_RELATION].relation_broken, self._on_backend_broken)
         observe(self.on[CLIENT_RELATION].relation_broken, self._on_client_broken)
         observe(self.on.collect_unit_status, self._on_collect_status)
+        # pause and resume change what the unit serves: the reconcile after them (their own
+        # handlers ran first) applies nothing while paused, and the status says so.
+        observe(self.on.pause_action, self._on_change)
+        observe(self.on.resume_action, self._on_change)
         # Every other hook runs the one reconcile (config, leadership, secrets, every relation's
         # other events), so that the status always tells what is: said here, not found out
         # by the status.

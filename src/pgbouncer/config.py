@@ -31,8 +31,14 @@ from pgbouncer.slots import (
 )
 from state.charm_state import MIN_PGBOUNCER_VERSION, CharmState, parse_version
 from state.config import (
+    CLIENT_CAP_OPTIONS,
     CLIENT_TLS_MODES,
+    DEFAULT_MAX_CLIENT_CONN,
+    MAX_CLIENT_CAP,
+    MAX_CLIENT_CONN_LIMIT,
+    MAX_DB_CONNECTIONS_LIMIT,
     MAX_POOL_SIZE,
+    MAX_PREPARED_STATEMENTS_LIMIT,
     MAX_TIMEOUT_SECONDS,
     POOL_MODES,
     POOL_SIZE_OPTIONS,
@@ -60,12 +66,6 @@ AUTH_DATABASE_KEY = "pgb_authdb"
 this key and ``auth_dbname`` points here.
 """
 
-READONLY_SUFFIX = READONLY_KEY_SUFFIX
-"""Suffix of the ``[databases]`` key that points a client database at a read-only endpoint."""
-
-MAX_PREPARED_STATEMENTS = 1000
-MAX_CLIENT_CONN = 10000
-"""Client connections each process accepts (PgBouncer's default, 100, is far too low)."""
 
 DEFAULT_POOL_SIZE_UNLIMITED = 20
 """Pool size per (database, user) and process when ``max_db_connections`` is 0 (PgBouncer's
@@ -247,7 +247,7 @@ class PgBouncerConfig:
     databases: tuple[DatabaseTarget, ...] = ()
     auth: AuthSettings | None = None
     listen_addr: str = "*"
-    max_client_conn: int = MAX_CLIENT_CONN
+    max_client_conn: int = DEFAULT_MAX_CLIENT_CONN
     pools: PoolSettings = field(default_factory=PoolSettings)
     version: tuple[int, ...] = ()
     client_tls: ClientTLS | None = None
@@ -394,8 +394,8 @@ def _check_key(key: object) -> str:
     if not isinstance(key, str):
         raise RenderError(field, "not a string")
     try:
-        if key.endswith(READONLY_SUFFIX) and len(key) > len(READONLY_SUFFIX):
-            validate_database_name(key[: -len(READONLY_SUFFIX)], field)
+        if key.endswith(READONLY_KEY_SUFFIX) and len(key) > len(READONLY_KEY_SUFFIX):
+            validate_database_name(key[: -len(READONLY_KEY_SUFFIX)], field)
             # The whole key must still fit PostgreSQL's identifier length.
             return validate_role_name(key, field)
         return validate_database_name(key, field)
@@ -508,15 +508,15 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
         raise _invalid(exc) from None
     if cfg.pool_mode not in POOL_MODES:
         raise RenderError("pool_mode", f"must be one of {', '.join(POOL_MODES)}")
-    max_db = _check_int("max_db_connections", cfg.max_db_connections, 0, 1_000_000)
+    max_db = _check_int("max_db_connections", cfg.max_db_connections, 0, MAX_DB_CONNECTIONS_LIMIT)
     prepared = _check_int(
-        "max_prepared_statements", cfg.max_prepared_statements, 0, MAX_PREPARED_STATEMENTS
+        "max_prepared_statements", cfg.max_prepared_statements, 0, MAX_PREPARED_STATEMENTS_LIMIT
     )
     processes = _check_int("processes", cfg.processes, MIN_PROCESSES, MAX_PROCESSES)
     if 0 < max_db < processes:
         # A process would get a share of 0, which PgBouncer reads as unlimited.
         raise RenderError("processes", "more processes than max_db_connections")
-    max_client = _check_int("max_client_conn", cfg.max_client_conn, 1, 1_000_000)
+    max_client = _check_int("max_client_conn", cfg.max_client_conn, 1, MAX_CLIENT_CONN_LIMIT)
     if cfg.listen_addr != "*":
         try:
             validate_host(cfg.listen_addr, "listen_addr")
@@ -581,8 +581,8 @@ def _check_pools(pools: PoolSettings, processes: int) -> PoolSettings:
         _check_int(name, getattr(pools, name), 0, MAX_POOL_SIZE)
     for name in TIMEOUT_OPTIONS:
         _check_int(name, getattr(pools, name), 0, MAX_TIMEOUT_SECONDS)
-    for name in ("max_db_client_connections", "max_user_client_connections"):
-        value = _check_int(name, getattr(pools, name), 0, 1_000_000)
+    for name in CLIENT_CAP_OPTIONS:
+        value = _check_int(name, getattr(pools, name), 0, MAX_CLIENT_CAP)
         if 0 < value < processes:
             # A process would get a share of 0, which PgBouncer reads as unlimited.
             raise RenderError(name, f"smaller than the number of processes ({processes})")
@@ -995,7 +995,7 @@ def desired_config(
             if replicas is not None:
                 (first, *more), port = replicas
                 databases.append(
-                    DatabaseTarget(f"{name}{READONLY_SUFFIX}", first, port, name, tuple(more))
+                    DatabaseTarget(f"{name}{READONLY_KEY_SUFFIX}", first, port, name, tuple(more))
                 )
         auth_settings = AuthSettings(
             auth_user=state.auth.username,

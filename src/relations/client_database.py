@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
     from state.backend import BackendDatabase
 
-READONLY_SUFFIX = READONLY_KEY_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +377,7 @@ def _uris(
     """The client's libpq URI, and its read-only twin when the backend has replicas."""
     userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}"
     uri = f"postgresql://{userinfo}@{endpoint}/{database}"
-    return uri, (uri + READONLY_SUFFIX if backend.read_only_endpoints else None)
+    return uri, (uri + READONLY_KEY_SUFFIX if backend.read_only_endpoints else None)
 
 
 def client_endpoint(app_name: str, model_name: str, listen_port: int) -> str:

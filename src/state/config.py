@@ -14,6 +14,10 @@ CLIENT_TLS_MODES = ("prefer", "require")
 MAX_PREPARED_STATEMENTS_LIMIT = 1000
 MAX_CLIENT_CONN_LIMIT = 100_000
 MAX_CLIENT_CAP = 1_000_000
+MAX_DB_CONNECTIONS_LIMIT = 1_000_000
+"""The bounds of the options; the renderer (``pgbouncer.config``) checks against the same ones."""
+DEFAULT_MAX_CLIENT_CONN = 10_000
+"""Client connections each process accepts by default (PgBouncer's own, 100, is far too low)."""
 
 POOL_SIZE_OPTIONS = ("default_pool_size", "min_pool_size", "reserve_pool_size")
 """Per-pool, per-process sizes (0 to :data:`MAX_POOL_SIZE`)."""
@@ -97,7 +101,7 @@ class CharmConfig:
     pool_mode: str = "session"
     max_db_connections: int = 100
     max_prepared_statements: int = 100
-    max_client_conn: int = 10000
+    max_client_conn: int = DEFAULT_MAX_CLIENT_CONN
     pools: PoolSettings = field(default_factory=PoolSettings)
     client_tls_mode: str = "prefer"
     database_sharing: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -113,14 +117,16 @@ class CharmConfig:
         if pool_mode not in POOL_MODES:
             raise InvalidConfigError("pool_mode", f"must be one of {', '.join(POOL_MODES)}")
         max_db_connections = _int(options, "max_db_connections", 100)
-        if max_db_connections < 0:
-            raise InvalidConfigError("max_db_connections", "must be 0 (unlimited) or more")
+        if not 0 <= max_db_connections <= MAX_DB_CONNECTIONS_LIMIT:
+            raise InvalidConfigError(
+                "max_db_connections", f"must be 0 (unlimited) to {MAX_DB_CONNECTIONS_LIMIT}"
+            )
         max_prepared = _int(options, "max_prepared_statements", 100)
         if not 0 <= max_prepared <= MAX_PREPARED_STATEMENTS_LIMIT:
             raise InvalidConfigError(
                 "max_prepared_statements", f"must be from 0 to {MAX_PREPARED_STATEMENTS_LIMIT}"
             )
-        max_client_conn = _int(options, "max_client_conn", 10000)
+        max_client_conn = _int(options, "max_client_conn", DEFAULT_MAX_CLIENT_CONN)
         if not 1 <= max_client_conn <= MAX_CLIENT_CONN_LIMIT:
             raise InvalidConfigError(
                 "max_client_conn", f"must be from 1 to {MAX_CLIENT_CONN_LIMIT}"

@@ -23,7 +23,6 @@ from harness.servers.pgb import PgBouncerFactory, make_run_dirs
 from harness.servers.system import free_port
 from pgbouncer.config import (
     AUTH_DATABASE_KEY,
-    READONLY_SUFFIX,
     AuthSettings,
     DatabaseTarget,
     PgBouncerConfig,
@@ -35,6 +34,7 @@ from postgres.clients import create_client, drop_client
 from postgres.connection import BackendCredentials
 from postgres.passwords import generate_password
 from relations.client_database import client_username
+from state.names import READONLY_KEY_SUFFIX
 from state.tenants import app_hash, databases_role_for
 
 pytestmark = pytest.mark.needs_root
@@ -173,7 +173,9 @@ def start_pooler(factory: PgBouncerFactory, s: Setup, pool_mode: str):
         databases=(
             DatabaseTarget(AUTH_DATABASE_KEY, primary.host, primary.port, s.auth.dbname),
             DatabaseTarget(s.database, primary.host, primary.port, s.database),
-            DatabaseTarget(s.database + READONLY_SUFFIX, replica.host, replica.port, s.database),
+            DatabaseTarget(
+                s.database + READONLY_KEY_SUFFIX, replica.host, replica.port, s.database
+            ),
         ),
         auth=AuthSettings(s.auth.auth_user, s.auth.auth_query, AUTH_DATABASE_KEY),
         listen_addr="127.0.0.1",
@@ -227,7 +229,7 @@ def test_client_reaches_its_database_and_the_read_only_target(setup, pgbouncer_f
                     assert row == ("primary", setup.client, setup.primary.port, i)
                     if not kwargs.get("autocommit"):
                         conn.commit()
-        with via_pooler(pgb.port, setup, setup.database + READONLY_SUFFIX, **kwargs) as ro:
+        with via_pooler(pgb.port, setup, setup.database + READONLY_KEY_SUFFIX, **kwargs) as ro:
             for _ in range(8):
                 row = ro.execute(
                     "SELECT name, current_database(), current_setting('port')::int FROM served_by"

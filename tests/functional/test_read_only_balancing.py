@@ -20,7 +20,6 @@ from harness.servers.pgb import PgBouncerFactory, make_run_dirs
 from harness.servers.system import free_port, pgbouncer_version
 from harness.story import standby_pair
 from pgbouncer.config import (
-    READONLY_SUFFIX,
     DatabaseTarget,
     PgBouncerConfig,
     read_only_group,
@@ -28,6 +27,7 @@ from pgbouncer.config import (
     render_ini,
 )
 from state.backend import parse_endpoints
+from state.names import READONLY_KEY_SUFFIX
 
 pytestmark = pytest.mark.needs_root
 
@@ -62,7 +62,7 @@ def start_pooler(factory: PgBouncerFactory, primary: PostgresServer, standbys) -
         processes=1,
         databases=(
             DatabaseTarget(DB, primary.host, primary.port, DB),
-            DatabaseTarget(DB + READONLY_SUFFIX, first, port, DB, tuple(more)),
+            DatabaseTarget(DB + READONLY_KEY_SUFFIX, first, port, DB, tuple(more)),
         ),
         listen_addr="127.0.0.1",
         version=version,
@@ -104,11 +104,11 @@ def test_readonly_spreads_over_both_standbys_and_writes_stay_on_the_primary(
 ):
     pgb, text = start_pooler(pgbouncer_factory, postgres, standbys)
     port = standbys[0].port
-    line = f"{DB}{READONLY_SUFFIX} = host=127.0.0.2,127.0.0.3 port={port} dbname={DB}"
+    line = f"{DB}{READONLY_KEY_SUFFIX} = host=127.0.0.2,127.0.0.3 port={port} dbname={DB}"
     assert line in text
     balanced = line + " load_balance_hosts=round-robin" in text
     assert balanced == (pgb_version() >= (1, 24)), text
-    clients = [connect(pgb, postgres, DB + READONLY_SUFFIX) for _ in range(6)]
+    clients = [connect(pgb, postgres, DB + READONLY_KEY_SUFFIX) for _ in range(6)]
     try:
         seen = served_by(clients)
     finally:
@@ -132,7 +132,7 @@ def test_a_stopped_standby_costs_a_retry_not_the_read_only_database(
     standbys[1].stop()
     try:
         began = time.monotonic()
-        clients = [connect(pgb, postgres, DB + READONLY_SUFFIX) for _ in range(4)]
+        clients = [connect(pgb, postgres, DB + READONLY_KEY_SUFFIX) for _ in range(4)]
         try:
             # four transactions at once: four server connections, every other one first
             # tried on the stopped standby
