@@ -86,11 +86,14 @@ def build_charm(dest: Path, source_root: Path, requirements: list[str]) -> Path:
     )
     meta = yaml.safe_load((source_root / "charmcraft.yaml").read_text())
     config = meta.pop("config", None)
-    for key in ("parts", "platforms", "base", "bases", "type", "actions", "links"):
+    actions = meta.pop("actions", None)
+    for key in ("parts", "platforms", "base", "bases", "type", "links"):
         meta.pop(key, None)
     (dest / "metadata.yaml").write_text(yaml.safe_dump(meta))
     if config:
         (dest / "config.yaml").write_text(yaml.safe_dump(config))
+    if actions:  # charmcraft packs them as actions.yaml; ops defines the action events from it
+        (dest / "actions.yaml").write_text(yaml.safe_dump(actions))
     shutil.copytree(_venv(requirements), dest / "venv", ignore=shutil.ignore_patterns(".complete"))
     (dest / "dispatch").write_text(DISPATCH)
     (dest / "dispatch").chmod(0o755)

@@ -348,8 +348,9 @@ def test_an_upgrade_that_changes_the_service_definition_cuts_no_client(
     older = as_older_charm_left_it(unit.container, "on-success")
     unit.state = dataclasses.replace(unit.state, containers={older})
     assert unit.runner is not None
-    for process in unit.runner.processes.values():  # ...and its processes were started so
-        process.spec = dataclasses.replace(process.spec, on_success="restart")
+    started = unit.runner.pebble.started  # ...and its processes were started so
+    for name, spec in started.items():
+        started[name] = dataclasses.replace(spec, on_success="restart")
 
     clients = [PreparingClient(connect_at(address, creds), n) for n in range(4)]
     with _looping(clients):
