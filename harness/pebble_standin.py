@@ -1,7 +1,7 @@
 """One stand-in for Pebble's behaviour, used by the e2e harness and by the bench.
 
 What a workload container's Pebble does with what a charm asks of it, and nothing of how it is
-asked: the HTTP API is :mod:`bench.jujupath.pebble`'s adapter on top of this, and the e2e harness
+asked: the HTTP API is :mod:`harness.pebble_socket`, an adapter on top of this, and the e2e harness
 replays on it the calls recorded from Scenario's mock client (:mod:`harness.processes`).
 
 - **Layers**: added in order by label; adding a label again without ``combine`` is an error;

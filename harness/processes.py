@@ -305,6 +305,9 @@ class PebbleProcessRunner:
         self.pebble = PebbleStandIn(self.mounts, processes=self)
         """Pebble's behaviour (plan, statuses, the definitions processes started from, exit
         policies): the stand-in the bench serves too; this runner is its process backend."""
+        self.ready: str | None = None
+        """The log line a started service prints when ready, waited for after each start (a
+        replay's ``ready`` argument overrides it for that replay); None to not wait."""
         self._ready: str | None = None
         self._timeout = 15.0
 
@@ -541,8 +544,9 @@ class PebbleProcessRunner:
         self.processes.pop(name, None)
         mark = self.log_offset(name)
         self.start(name, spec)
-        if self._ready and name not in self.quiet:
-            self.wait_for_log(name, self._ready, timeout=self._timeout, after=mark)
+        ready = self._ready or self.ready
+        if ready and name not in self.quiet:
+            self.wait_for_log(name, ready, timeout=self._timeout, after=mark)
 
     def terminate(self, name: str) -> None:
         """Stop a service's process like Pebble (:meth:`stop`)."""
@@ -642,17 +646,19 @@ class PebbleProcessRunner:
         plan = {name: ServiceSpec.from_service(svc).to_dict() for name, svc in services.items()}
         self.pebble.layers = {"plan": {"services": plan}}
 
-    def reap(self, ready: str | None = None) -> dict[str, str]:
+    def reap(self) -> dict[str, str]:
         """Apply each ended process's exit policy (:meth:`PebbleStandIn.reap`).
+
+        A process restarted by its policy is not waited for: whether it stays up is the answer.
 
         Returns:
             the services whose status changed, with their new status.
         """
-        self._ready = ready
+        saved, self.ready = self.ready, None
         try:
             return self.pebble.reap()
         finally:
-            self._ready = None
+            self.ready = saved
 
     def sync(
         self,

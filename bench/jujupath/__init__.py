@@ -4,7 +4,7 @@ The charm directory is built as charmcraft packs it (``src/``, ``metadata.yaml``
 ``config.yaml`` from ``charmcraft.yaml``, the runtime ``requirements.txt`` installed into
 ``venv/``, charmcraft's ``dispatch`` script), beside the floor charm (``bench/floor_charm``, ops
 only). Each hook runs as a fresh process with stand-in hook tools (:mod:`.tools`) and a stand-in
-Pebble API on a unix socket (:mod:`.pebble`), from states prepared by driving our charm through its
+Pebble API on a unix socket (:mod:`harness.pebble_socket`), from states prepared by driving our charm through its
 life on a real PostgreSQL (:func:`bench.hooks._prepare`). Ours and the floor interleaved, every
 case, ``settings.jujupath_runs`` rounds; median and range of wall time and of peak RSS.
 """

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.jujupath.pebble import PebbleSocket
+from harness.pebble_socket import PebbleSocket
 from harness.pebble_standin import PebbleStandIn
 
 

@@ -2,7 +2,7 @@
 
 :class:`harness.pebble_standin.PebbleStandIn` is what the e2e harness replays recorded calls on
 (its process backend: :class:`harness.processes.PebbleProcessRunner`) and what the bench serves
-over Pebble's HTTP API (:mod:`bench.jujupath.pebble`). These tests hold it to Pebble's rules:
+over Pebble's HTTP API (:mod:`harness.pebble_socket`). These tests hold it to Pebble's rules:
 layering, replan against the definitions services were started from, exit policies from those
 same definitions, signals, exec, files with their permissions and owners.
 """
@@ -19,7 +19,7 @@ from typing import Any, cast
 import pytest
 from ops import pebble
 
-from bench.jujupath.pebble import PebbleSocket
+from harness.pebble_socket import PebbleSocket
 from harness.pebble_standin import PebbleError, PebbleStandIn, ServiceSpec, combine_layers
 from harness.processes import PebbleCall, PebbleProcessRunner, ProcessError
 from harness.servers.system import is_root

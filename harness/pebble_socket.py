@@ -2,31 +2,43 @@
 
 Juju's charm container reaches the workload container's Pebble at
 ``/charm/containers/<name>/pebble.socket`` over HTTP. This adapter answers the calls our charm
-(and ops itself) make in a hook by handing them to :class:`harness.pebble_standin.PebbleStandIn`
-(the same behaviour the e2e harness replays on real processes): the plan's layers, the services'
-statuses, and files under the container's mounts (a path outside every mount is "not found", as
-the cgroup files are in the prepared states). Here the stand-in has no process backend: a started
-service is only active, and ``exec`` is refused (HTTP 400): the one caller, ``pgbouncer
---version`` in ``pebble-ready``, logs a warning and goes on. :meth:`PebbleStandIn.reset` puts the
-layers and statuses back before every measured hook.
+(and ops itself) make by handing them to a :class:`harness.pebble_standin.PebbleStandIn`: the
+plan's layers, the services' statuses, and files under the container's mounts (a path outside
+every mount is "not found", as the cgroup files are in the bench's prepared states).
+
+- The bench (``bench/jujupath``) serves a stand-in without processes: a started service is only
+  active, and ``exec`` is refused (HTTP 400). :meth:`PebbleStandIn.reset` puts the layers and
+  statuses back before every measured hook.
+- :func:`pebble_container` gives an ``ops.Container`` whose Pebble is a stand-in with real
+  processes (:class:`harness.processes.PebbleProcessRunner`), so that a test drives the
+  workload code itself (``pgbouncer.workload.Workload``) and PgBouncer runs as Pebble would run it.
+
+Requests are served one at a time, from one thread that lives as long as the socket: processes
+started for a request are forked from it and get their parent-death signal when it ends.
 
 Every request is counted by path, so that a report can say how many Pebble calls a hook made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socketserver
+import tempfile
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
+import ops
 import yaml
+from ops import JujuVersion, pebble
 
 from harness.pebble_standin import PebbleError, PebbleStandIn
+from harness.processes import PebbleProcessRunner
 
 
 def _sync(result: Any, code: int = 200) -> dict[str, Any]:
@@ -285,9 +297,7 @@ def _owner(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
+class _Server(socketserver.UnixStreamServer):
     def __init__(self, path: str, state: PebbleStandIn):
         self.state = state
         self.next_change = 0
@@ -328,3 +338,41 @@ class PebbleSocket:
         self._server.shutdown()
         self._server.server_close()
         self.socket_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def pebble_container(
+    mounts: Mapping[str, Path],
+    *,
+    ready: str | None = "process up",
+    name: str = "pgbouncer",
+    juju_version: str = "3.6.2",
+) -> Iterator[tuple[ops.Container, PebbleProcessRunner]]:
+    """An ``ops.Container`` whose Pebble runs its services as real processes.
+
+    Args:
+        mounts: container path → host directory (``{"/var/lib/pgbouncer": workdir}``).
+        ready: the log line each started service prints when ready (PgBouncer's); None to not
+            wait.
+        name: the container's name.
+        juju_version: what the container believes Juju is (it gates a few Pebble features).
+
+    Yields:
+        the container, and the runner that holds its processes (logs, PIDs).
+    """
+    with (
+        tempfile.TemporaryDirectory(prefix="pgbk8s-pebble-") as sockets,
+        PebbleProcessRunner(mounts) as runner,
+    ):
+        runner.ready = ready
+        path = Path(sockets) / "pebble.socket"
+        served = PebbleSocket(path, runner.pebble)
+        try:
+            client = pebble.Client(socket_path=str(path))
+            backend = SimpleNamespace(
+                _juju_context=SimpleNamespace(version=JujuVersion(juju_version))
+            )
+            yield ops.Container(name, cast(Any, backend), client), runner
+        finally:
+            runner.stop_all()
+            served.close()
