@@ -263,40 +263,23 @@ class Unit:
         return dict(self.ctx.action_results or {})
 
     def _note_exits(self) -> None:
-        """Apply Pebble's ``on-success`` to services whose process exited 0 since the last hook.
+        """Apply Pebble's exit policies to services whose process ended since the last hook.
 
-        As Pebble does, from the definition the process was *started* with (a charm upgrade that
-        adds ``on-success: ignore`` to the plan does not change what a running process gets).
-        ``ignore``: the service is inactive from then on (a PgBouncer handed over exits 0 once
-        its last client has left). Pebble's default, ``restart``: it runs again, from that same
-        definition; if the restarted process fails at once, the service is in back-off, as
-        Pebble reports it (``error`` here: ops.testing has no back-off state). A crash (non-zero) is left as it is: the runner reports it
-        (``PebbleProcessRunner.exited``).
+        The Pebble stand-in does it (:meth:`harness.pebble_standin.PebbleStandIn.reap`), from the
+        definition each process was *started* with (a charm upgrade that adds ``on-success:
+        ignore`` to the plan does not change what a running process gets); the statuses it
+        changed (``inactive``, or ``error`` for Pebble's back-off) go into the unit's state.
         """
         if self.runner is None or not self.can_connect:
             return
         statuses = self.container.service_statuses
         plan = self.container.plan.services
-        done = {
-            name
-            for name, code in self.runner.exited().items()
-            if code == 0 and statuses.get(name) == pebble.ServiceStatus.ACTIVE and name in plan
+        self.runner.set_plan(plan)
+        changed = {
+            name: pebble.ServiceStatus(status)
+            for name, status in self.runner.reap().items()
+            if name in plan and statuses.get(name) == pebble.ServiceStatus.ACTIVE
         }
-        changed: dict[str, pebble.ServiceStatus] = {}
-        for name in sorted(done):
-            started_as = self.runner.processes.pop(name).spec
-            if started_as.on_success == "ignore":
-                changed[name] = pebble.ServiceStatus.INACTIVE
-                continue
-            restarted = self.runner.start(name, started_as)
-            try:
-                restarted.proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                continue  # it runs again
-            self.runner.processes.pop(name, None)
-            changed[name] = (
-                pebble.ServiceStatus.ERROR
-            )  # Pebble: back-off (ops knows no such state)
         if changed:
             self._replace_container(service_statuses={**statuses, **changed})
 

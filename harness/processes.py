@@ -17,11 +17,10 @@ with each call, read from ``scenario/mocking.py`` and ``ops/_private/harness.py`
 So the output state cannot tell a reload from nothing, nor a restart from nothing. The harness
 therefore *records* the calls: :class:`PebbleRecorder` wraps those methods of Scenario's mock
 Pebble client for the duration of a run and keeps each call in order (container, action,
-services, signal). :class:`PebbleProcessRunner` then replays them on real processes with real
-Pebble semantics: ``replan`` starts enabled services and restarts the ones whose definition
-changed since it ran them (running or stopped, enabled or not: ``servstate.Replan``), ``restart`` stops (SIGTERM, kill-delay, SIGKILL) then starts, one service
-at a time in the order given, ``send_signal`` signals the process. The recorder also applies the
-ownership Pebble would give pushed files and made directories (``user``/``group``, else root),
+services, signal). :class:`PebbleProcessRunner` then replays them on the project's one Pebble
+stand-in (:class:`harness.pebble_standin.PebbleStandIn`: replan, start, stop, restart, signals,
+exit policies from the definition a process was started with), for which it is the process
+backend: each service a real process. The recorder also applies the ownership Pebble would give pushed files and made directories (``user``/``group``, else root),
 so a charm that forgets ``user="postgres"`` fails here as it would in a pod.
 
 Nothing is inferred from changed files: a charm that rewrites ``pgbouncer.ini`` without telling
@@ -36,9 +35,9 @@ the host (``/var/lib`` for ``/var/lib/pgbouncer``), creates the mountpoint insid
 the host directory there, then ``exec setpriv --reuid=<user> --regid=<group> --init-groups --
 <command>``. Every step execs, so the PID held is the service's own process (PgBouncer), and the
 host sees no mount and no new directory. ``PATH`` starts with the directory of our built
-PgBouncer, so the plan's bare ``pgbouncer`` resolves to it. Pebble's ``on-failure`` restarts are
-deliberately not imitated: a crash is reported (:meth:`PebbleProcessRunner.exited`) instead of
-hidden. Services get ``SIGKILL`` as parent-death signal, so a test process killed without its
+PgBouncer, so the plan's bare ``pgbouncer`` resolves to it. A process that ends by itself is
+handled at the next :meth:`PebbleProcessRunner.reap` (``on-success``/``on-failure``); a crash stays
+in :meth:`PebbleProcessRunner.exited` even when its policy restarted it. Services get ``SIGKILL`` as parent-death signal, so a test process killed without its
 ``finally`` blocks leaves no PgBouncer behind (start the runner from the thread that lives
 longest: the signal follows the thread that forked).
 """
@@ -48,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import grp
 import logging
-import os
 import pwd
 import shlex
 import shutil
@@ -59,17 +57,24 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, cast
+from typing import Any
 
 from ops import pebble
 
 from harness.ops_internals import mock_pebble_client_class
+from harness.pebble_standin import (
+    ACTIVE,
+    INACTIVE,
+    PebbleError,
+    PebbleStandIn,
+    ServiceSpec,
+    SyncReport,
+)
 from harness.servers.system import pgbouncer_binary
 
 logger = logging.getLogger(__name__)
 
 CONTAINER_PATH = "/var/lib/pgbouncer"
-DEFAULT_KILL_DELAY = 5.0
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -109,22 +114,6 @@ class PebbleCall:
 
 def _scenario_client_class() -> type:
     return mock_pebble_client_class()  # a private part of Scenario: harness/ops_internals.py
-
-
-def _owner_ids(kwargs: Mapping[str, Any]) -> tuple[int, int]:
-    """UID and GID Pebble gives a pushed file or made directory: as asked, else root."""
-    uid: int | None = kwargs.get("user_id")
-    gid: int | None = kwargs.get("group_id")
-    if kwargs.get("user"):
-        entry = pwd.getpwnam(kwargs["user"])
-        uid = entry.pw_uid
-        if gid is None and not kwargs.get("group"):
-            gid = entry.pw_gid
-    if kwargs.get("group"):
-        gid = grp.getgrnam(kwargs["group"]).gr_gid
-    if uid is not None and gid is None:
-        gid = pwd.getpwuid(uid).pw_gid
-    return (uid or 0, gid or 0)
 
 
 class PebbleRecorder:
@@ -226,8 +215,10 @@ class PebbleRecorder:
                 result = original(client, path, *args, **kwargs)
                 # Pebble writes a new file on every push; make_dir leaves existing dirs alone.
                 if kind == "push" or not existed:
-                    uid, gid = _owner_ids(kwargs)
-                    os.chown(host, uid, gid)
+                    PebbleStandIn.chown(
+                        host,
+                        **{k: kwargs.get(k) for k in ("user", "group", "user_id", "group_id")},
+                    )
                 return result
 
             return wrapper
@@ -238,62 +229,6 @@ class PebbleRecorder:
 # --------------------------------------------------------------------------------------------
 # Services and their processes
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """What the runner needs of a Pebble service definition."""
-
-    command: str
-    user: str | None = None
-    group: str | None = None
-    environment: tuple[tuple[str, str], ...] = ()
-    working_dir: str | None = None
-    startup: str = "enabled"
-    kill_delay: float = DEFAULT_KILL_DELAY
-    on_success: str = "restart"
-    """What Pebble does when the process exits 0 (``restart``, its default, or ``ignore``...),
-    as the process was *started*: Pebble applies the definition a process started with, not a
-    later one."""
-
-    @classmethod
-    def from_service(cls, service: pebble.Service | Mapping[str, Any]) -> ServiceSpec:
-        """Build from an ``ops.pebble.Service`` (a plan's) or a layer-style dict."""
-        data: Mapping[str, Any] = (
-            cast(Mapping[str, Any], service.to_dict())
-            if isinstance(service, pebble.Service)
-            else dict(service)
-        )
-        user = data.get("user")
-        if user is None and data.get("user-id") is not None:
-            user = pwd.getpwuid(int(data["user-id"])).pw_name
-        group = data.get("group")
-        if group is None and data.get("group-id") is not None:
-            group = grp.getgrgid(int(data["group-id"])).gr_name
-        return cls(
-            command=data["command"],
-            user=user,
-            group=group,
-            environment=tuple(sorted((data.get("environment") or {}).items())),
-            working_dir=data.get("working-dir"),
-            startup=str(data.get("startup") or "disabled"),
-            kill_delay=_duration(data.get("kill-delay")),
-            on_success=str(data.get("on-success") or "restart"),
-        )
-
-    def argv(self) -> list[str]:
-        """The command as Pebble runs it (shell words; ``[ default args ]`` kept, brackets not)."""
-        return [word for word in shlex.split(self.command) if word not in ("[", "]")]
-
-
-def _duration(value: str | None) -> float:
-    if not value:
-        return DEFAULT_KILL_DELAY
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0}
-    for suffix in ("ms", "s", "m"):
-        if value.endswith(suffix):
-            return float(value[: -len(suffix)]) * units[suffix]
-    return float(value)
 
 
 @dataclass
@@ -318,19 +253,6 @@ class ServiceProcess:
     def log(self) -> str:
         """Everything the process wrote to stdout and stderr so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-@dataclass
-class SyncReport:
-    """What a replay or sync did, by service name."""
-
-    started: list[str] = field(default_factory=list)
-    stopped: list[str] = field(default_factory=list)
-    restarted: list[str] = field(default_factory=list)
-    signalled: list[tuple[str, str]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.started or self.stopped or self.restarted or self.signalled)
 
 
 _NAMESPACE_SCRIPT = """set -eu
@@ -380,9 +302,19 @@ class PebbleProcessRunner:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pgbk8s-runner-"))
         self.processes: dict[str, ServiceProcess] = {}
         self.history: list[tuple[str, str]] = []
-        self.known: dict[str, ServiceSpec] = {}
-        """Every service this runner has started, with its definition at its last start: Pebble
-        keeps the same record (until pruned) and its replan acts on it (see :meth:`apply`)."""
+        self.pebble = PebbleStandIn(self.mounts, processes=self)
+        """Pebble's behaviour (plan, statuses, the definitions processes started from, exit
+        policies): the stand-in the bench serves too; this runner is its process backend."""
+        self.ready: str | None = None
+        """The log line a started service prints when ready, waited for after each start (a
+        replay's ``ready`` argument overrides it for that replay); None to not wait."""
+        self._ready: str | None = None
+        self._timeout = 15.0
+
+    @property
+    def known(self) -> dict[str, ServiceSpec]:
+        """Every service started, with the definition it was last started from."""
+        return self.pebble.started
 
     # -- context management ----------------------------------------------------------------
 
@@ -453,19 +385,9 @@ class PebbleProcessRunner:
         env.update(dict(spec.environment))
         return env
 
-    def start(
-        self, name: str, spec: ServiceSpec | pebble.Service | Mapping[str, Any]
-    ) -> ServiceProcess:
-        """Start one service (it must not be running)."""
-        if not isinstance(spec, ServiceSpec):
-            spec = ServiceSpec.from_service(spec)
-        current = self.processes.get(name)
-        if current is not None and current.alive():
-            raise ProcessError(f"service {name} is already running (pid {current.pid})")
-        scratch = self.workdir / f"ns-{name}"
-        scratch.mkdir(mode=0o700, exist_ok=True)
-        log_path = self.workdir / f"{name}.log"
-        argv = [
+    def _argv(self, scratch: Path, spec: ServiceSpec, name: str, command: list[str]) -> list[str]:
+        """``command`` wrapped: parent-death signal, the pod's network, private mounts, user."""
+        return [
             "setpriv",
             "--pdeathsig",
             "SIGKILL",
@@ -480,8 +402,22 @@ class PebbleProcessRunner:
             "-c",
             self._script(scratch, spec),
             f"pgbk8s-{name}",
-            *spec.argv(),
+            *command,
         ]
+
+    def start(
+        self, name: str, spec: ServiceSpec | pebble.Service | Mapping[str, Any]
+    ) -> ServiceProcess:
+        """Start one service (it must not be running)."""
+        if not isinstance(spec, ServiceSpec):
+            spec = ServiceSpec.from_service(spec)
+        current = self.processes.get(name)
+        if current is not None and current.alive():
+            raise ProcessError(f"service {name} is already running (pid {current.pid})")
+        scratch = self.workdir / f"ns-{name}"
+        scratch.mkdir(mode=0o700, exist_ok=True)
+        log_path = self.workdir / f"{name}.log"
+        argv = self._argv(scratch, spec, name, spec.argv())
         with log_path.open("ab") as out:
             proc = subprocess.Popen(
                 argv,
@@ -495,12 +431,15 @@ class PebbleProcessRunner:
         service = ServiceProcess(name=name, spec=spec, proc=proc, log_path=log_path)
         self.processes[name] = service
         self.history.append(("start", name))
-        self.known[name] = spec
+        self.pebble.started[name] = spec
+        self.pebble.statuses[name] = ACTIVE
         logger.info("started %s (pid %s): %s", name, proc.pid, spec.command)
         return service
 
     def stop(self, name: str, grace: float | None = None) -> None:
         """Stop like Pebble: SIGTERM, wait ``kill-delay``, then SIGKILL; always reaped."""
+        if self.pebble.statuses.get(name) == ACTIVE:
+            self.pebble.statuses[name] = INACTIVE
         service = self.processes.pop(name, None)
         if service is None:
             return
@@ -520,13 +459,10 @@ class PebbleProcessRunner:
 
     def signal(self, names: Iterable[str], sig: int | str = signal.SIGHUP) -> None:
         """Send a signal to running services; an unknown or dead service is an error (as Pebble)."""
-        signum = signal.Signals[sig] if isinstance(sig, str) else signal.Signals(sig)
-        for name in names:
-            service = self.processes.get(name)
-            if service is None or not service.alive():
-                raise ProcessError(f'cannot send signal to "{name}": service is not running')
-            service.proc.send_signal(signum)
-            self.history.append((signum.name, name))
+        try:
+            self.pebble.signal(names, sig)
+        except PebbleError as exc:
+            raise ProcessError(str(exc)) from exc
 
     def reload(self, names: Iterable[str]) -> None:
         """SIGHUP: PgBouncer re-reads its configuration and keeps its clients."""
@@ -562,11 +498,18 @@ class PebbleProcessRunner:
         return {name for name, svc in self.processes.items() if svc.alive()}
 
     def exited(self) -> dict[str, int]:
-        """Services that died without being stopped, with their exit codes."""
+        """Services that died without being stopped, with their exit codes.
+
+        Every crash seen so far (even one Pebble's ``on-failure`` restarted since) and the ends
+        not yet reaped.
+        """
         return {
-            name: svc.proc.returncode
-            for name, svc in self.processes.items()
-            if svc.proc.poll() is not None
+            **dict(self.pebble.crashes),
+            **{
+                name: svc.proc.returncode
+                for name, svc in self.processes.items()
+                if svc.proc.poll() is not None
+            },
         }
 
     def logs(self, name: str) -> str:
@@ -594,6 +537,63 @@ class PebbleProcessRunner:
                 )
             time.sleep(0.02)
 
+    # -- the process backend of the Pebble stand-in -------------------------------------------
+
+    def launch(self, name: str, spec: ServiceSpec) -> None:
+        """Start a service's process and wait for its ready line (see :meth:`apply`)."""
+        self.processes.pop(name, None)
+        mark = self.log_offset(name)
+        self.start(name, spec)
+        ready = self._ready or self.ready
+        if ready and name not in self.quiet:
+            self.wait_for_log(name, ready, timeout=self._timeout, after=mark)
+
+    def terminate(self, name: str) -> None:
+        """Stop a service's process like Pebble (:meth:`stop`)."""
+        self.stop(name)
+
+    def send(self, name: str, sig: signal.Signals) -> None:
+        """Signal a service's process."""
+        self.processes[name].proc.send_signal(sig)
+        self.history.append((sig.name, name))
+
+    def exit_code(self, name: str) -> int | None:
+        """The exit code of a process that ended by itself; None while it runs (or has none)."""
+        service = self.processes.get(name)
+        return None if service is None else service.proc.poll()
+
+    def forget(self, name: str) -> None:
+        """Drop a process that ended by itself."""
+        self.processes.pop(name, None)
+
+    def settled(self, name: str) -> bool:
+        """Whether a process restarted by its exit policy is still up a second later."""
+        service = self.processes.get(name)
+        if service is None:
+            return False
+        try:
+            service.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return True
+        return False
+
+    def run(self, argv: list[str], spec: ServiceSpec) -> tuple[int, bytes, bytes]:
+        """``exec``: run a command as a service would be run, to its end."""
+        scratch = Path(tempfile.mkdtemp(prefix="exec-", dir=self.workdir))
+        try:
+            done = subprocess.run(
+                self._argv(scratch, spec, "exec", argv),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                env=self._env(spec),
+                cwd="/",
+                timeout=60,
+                check=False,
+            )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return done.returncode, done.stdout, done.stderr
+
     # -- replaying what the charm asked for --------------------------------------------------
 
     def apply(
@@ -604,7 +604,7 @@ class PebbleProcessRunner:
         ready: str | None = None,
         timeout: float = 15.0,
     ) -> SyncReport:
-        """Replay recorded Pebble calls on real processes, with real Pebble semantics.
+        """Replay recorded Pebble calls on the Pebble stand-in, so on real processes.
 
         Args:
             calls: the calls for this container, in order (``PebbleRecorder.for_container``).
@@ -616,70 +616,49 @@ class PebbleProcessRunner:
         Returns:
             what was started, stopped, restarted and signalled.
         """
-        specs = {
-            name: svc if isinstance(svc, ServiceSpec) else ServiceSpec.from_service(svc)
-            for name, svc in services.items()
-        }
+        self.set_plan(services)
+        self._ready, self._timeout = ready, timeout
         report = SyncReport()
-
-        def start(name: str) -> None:
-            mark = self.log_offset(name)
-            self.start(name, specs[name])
-            if ready and name not in self.quiet:
-                self.wait_for_log(name, ready, timeout=timeout, after=mark)
-
         last_signal: float | None = None
-        for call in calls:
-            if call.action == "signal" and last_signal is not None and call.at:
-                time.sleep(min(max(call.at - last_signal, 0.0), MAX_REPLAYED_GAP_S))
-            if call.action == "signal":
-                last_signal = call.at or None
-            if call.action in ("replan", "autostart"):
-                for name, spec in specs.items():
-                    known = self.known.get(name)
-                    if (
-                        call.action == "replan"
-                        and spec.startup != "enabled"
-                        and known is not None
-                        and known != spec
-                        and name not in self.running()
-                    ):
-                        # Pebble's replan restarts every service it has run whose definition
-                        # changed, a stopped one made ``startup: disabled`` included.
-                        self.processes.pop(name, None)
-                        start(name)
-                        report.started.append(name)
-                    if spec.startup != "enabled":
-                        continue
-                    current = self.processes.get(name)
-                    if current is None or not current.alive():
-                        self.processes.pop(name, None)
-                        start(name)
-                        report.started.append(name)
-                    elif call.action == "replan" and current.spec != spec:
-                        self.stop(name)
-                        start(name)
-                        report.restarted.append(name)
-            elif call.action == "start":
-                for name in call.services:
-                    if name not in self.running():
-                        self.processes.pop(name, None)
-                        start(name)
-                        report.started.append(name)
-            elif call.action == "stop":
-                for name in call.services:
-                    if name in self.processes:
-                        self.stop(name)
-                        report.stopped.append(name)
-            elif call.action == "restart":
-                for name in call.services:
-                    self.stop(name)
-                    start(name)
-                    report.restarted.append(name)
-            elif call.action == "signal":
-                self.signal(call.services, call.signal or "SIGHUP")
-                report.signalled.extend((name, call.signal or "SIGHUP") for name in call.services)
+        try:
+            for call in calls:
+                if call.action == "signal" and last_signal is not None and call.at:
+                    time.sleep(min(max(call.at - last_signal, 0.0), MAX_REPLAYED_GAP_S))
+                if call.action == "signal":
+                    last_signal = call.at or None
+                    done = self.pebble.signal(call.services, call.signal or "SIGHUP")
+                elif call.action in ("replan", "autostart"):
+                    done = getattr(self.pebble, call.action)()
+                else:  # start, stop, restart
+                    done = getattr(self.pebble, call.action)(call.services)
+                for key in ("started", "stopped", "restarted", "signalled"):
+                    getattr(report, key).extend(getattr(done, key))
+        except PebbleError as exc:
+            raise ProcessError(str(exc)) from exc
+        finally:
+            self._ready = None
         return report
+
+    def set_plan(
+        self, services: Mapping[str, pebble.Service | ServiceSpec | Mapping[str, Any]]
+    ) -> None:
+        """Make ``services`` the stand-in's plan (Scenario keeps the layers; this is their sum)."""
+        plan = {name: ServiceSpec.from_service(svc).to_dict() for name, svc in services.items()}
+        self.pebble.layers = {"plan": {"services": plan}}
+
+    def reap(self) -> dict[str, str]:
+        """Apply each ended process's exit policy (:meth:`PebbleStandIn.reap`).
+
+        A process restarted by its policy is not waited for: whether it stays up is the answer.
+
+        Returns:
+            the services whose status changed, with their new status.
+        """
+        saved, self.ready = self.ready, None
+        try:
+            return self.pebble.reap()
+        finally:
+            self.ready = saved
 
     def sync(
         self,
@@ -695,33 +674,25 @@ class PebbleProcessRunner:
         running, stops running ones that are not in it or left the plan, and restarts those whose
         definition changed. It cannot see reloads: prefer :meth:`apply` with a recording.
         """
-        specs = {
-            name: svc if isinstance(svc, ServiceSpec) else ServiceSpec.from_service(svc)
-            for name, svc in services.items()
-        }
+        self.set_plan(services)
+        specs = self.pebble.services()
         wanted = (
             set(active) & set(specs)
             if active is not None
             else {n for n, s in specs.items() if s.startup == "enabled"}
         )
         report = SyncReport()
-        for name in sorted(set(self.processes) - wanted):
-            self.stop(name)
-            report.stopped.append(name)
-        for name in sorted(wanted):
-            current = self.processes.get(name)
-            changed = current is not None and current.alive() and current.spec != specs[name]
-            if current is not None and current.alive() and not changed:
-                continue
-            if changed:
-                self.stop(name)
-            else:
-                self.processes.pop(name, None)
-            mark = self.log_offset(name)
-            self.start(name, specs[name])
-            if ready and name not in self.quiet:
-                self.wait_for_log(name, ready, timeout=timeout, after=mark)
-            (report.restarted if changed else report.started).append(name)
+        self._ready, self._timeout = ready, timeout
+        try:
+            report.stopped = self.pebble.stop(sorted(self.running() - wanted)).stopped
+            for name in sorted(wanted):
+                if name in self.running() and self.known.get(name) != specs[name]:
+                    report.restarted += self.pebble.restart([name]).restarted
+                elif name not in self.running():
+                    self.pebble.statuses[name] = INACTIVE
+                    report.started += self.pebble.start([name]).started
+        finally:
+            self._ready = None
         return report
 
 

@@ -4,7 +4,7 @@ The charm directory is built as charmcraft packs it (``src/``, ``metadata.yaml``
 ``config.yaml`` from ``charmcraft.yaml``, the runtime ``requirements.txt`` installed into
 ``venv/``, charmcraft's ``dispatch`` script), beside the floor charm (``bench/floor_charm``, ops
 only). Each hook runs as a fresh process with stand-in hook tools (:mod:`.tools`) and a stand-in
-Pebble API on a unix socket (:mod:`.pebble`), from states prepared by driving our charm through its
+Pebble API on a unix socket (:mod:`harness.pebble_socket`), from states prepared by driving our charm through its
 life on a real PostgreSQL (:func:`bench.hooks._prepare`). Ours and the floor interleaved, every
 case, ``settings.jujupath_runs`` rounds; median and range of wall time and of peak RSS.
 """
@@ -86,11 +86,14 @@ def build_charm(dest: Path, source_root: Path, requirements: list[str]) -> Path:
     )
     meta = yaml.safe_load((source_root / "charmcraft.yaml").read_text())
     config = meta.pop("config", None)
-    for key in ("parts", "platforms", "base", "bases", "type", "actions", "links"):
+    actions = meta.pop("actions", None)
+    for key in ("parts", "platforms", "base", "bases", "type", "links"):
         meta.pop(key, None)
     (dest / "metadata.yaml").write_text(yaml.safe_dump(meta))
     if config:
         (dest / "config.yaml").write_text(yaml.safe_dump(config))
+    if actions:  # charmcraft packs them as actions.yaml; ops defines the action events from it
+        (dest / "actions.yaml").write_text(yaml.safe_dump(actions))
     shutil.copytree(_venv(requirements), dest / "venv", ignore=shutil.ignore_patterns(".complete"))
     (dest / "dispatch").write_text(DISPATCH)
     (dest / "dispatch").chmod(0o755)

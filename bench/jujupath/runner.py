@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.jujupath.pebble import PebbleStandIn, PebbleState
+from harness.pebble_socket import PebbleSocket
+from harness.pebble_standin import PebbleStandIn
 
 
 def _drop_pycache(root: Path) -> None:
@@ -64,7 +65,7 @@ def _run_once(
     job: dict[str, Any],
     case: dict[str, Any],
     charm: dict[str, Any],
-    state: PebbleState,
+    state: PebbleStandIn,
     importtime: bool = False,
 ) -> dict[str, Any]:
     _prepare_run(job, case, charm)
@@ -122,29 +123,29 @@ def main(argv: list[str]) -> int:
     subprocess.run(["mount", "--bind", str(charm_root), "/charm"], check=True)
     socket = Path("/charm/containers/pgbouncer/pebble.socket")
     states = {
-        case["name"]: PebbleState(
+        case["name"]: PebbleStandIn(
             mounts={case["mount_location"]: Path(case["mount_work"])},
             layers=case["layers"],
-            services=case["services"],
+            statuses=case["services"],
         )
         for case in job["cases"]
     }
     for state in states.values():
         state.snapshot()
     first = next(iter(states.values()))
-    server = PebbleStandIn(socket, first)
+    server = PebbleSocket(socket, first)
     results: dict[str, Any] = {"runs": [], "profiles": []}
     try:
         charms = job["charms"]
         # Warm-up: fills the hook tools' replay files and the .pyc caches; not measured.
         for case in job["cases"]:
-            server.state = server._server.state = states[case["name"]]
+            server.state = states[case["name"]]
             for charm in charms:
                 run = _run_once(job, case, charm, states[case["name"]])
                 if run["exit"] != 0:
                     raise RuntimeError(f"{charm['name']} {case['name']}: {run.get('error')}")
         for case in job["cases"]:
-            server.state = server._server.state = states[case["name"]]
+            server.state = states[case["name"]]
             for charm in charms:
                 profile = _run_once(job, case, charm, states[case["name"]], importtime=True)
                 results["profiles"].append(
@@ -153,7 +154,7 @@ def main(argv: list[str]) -> int:
         for rnd in range(job["rounds"]):
             order = charms if rnd % 2 == 0 else list(reversed(charms))
             for case in job["cases"]:
-                server.state = server._server.state = states[case["name"]]
+                server.state = states[case["name"]]
                 for charm in order:
                     run = _run_once(job, case, charm, states[case["name"]])
                     results["runs"].append({"case": case["name"], "charm": charm["name"], **run})

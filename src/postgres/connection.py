@@ -117,7 +117,7 @@ class BackendCredentials:
         user: the relation user's role name.
         password: its password (never shown by ``repr``).
         dbname: the database to connect to by default.
-        sslrootcert: the backend's CA in a file (TLS, issue 12): when set, connections are
+        sslrootcert: the backend's CA in a file (TLS, docs/tls.md): when set, connections are
             ``verify-full`` against it (``state.tls.libpq_tls_params``); None keeps libpq's
             default (``prefer``, unverified), for a backend without TLS.
     """
@@ -146,7 +146,7 @@ class BackendCredentials:
     def as_user(self, user: str, password: str) -> BackendCredentials:
         """The same server, database and TLS verification, logged in as another role.
 
-        Every connection of ours verifies what PgBouncer verifies (issue 22): a copy made field
+        Every connection of ours verifies what PgBouncer verifies (docs/tls.md): a copy made field
         by field could leave ``sslrootcert`` behind and fall back to libpq's unverified
         ``prefer``.
         """
@@ -177,7 +177,7 @@ def _connect_error(
         return BackendDatabaseMissing(f"{where} has no database {dbname!r}")
     if all(marker in text for marker in _AUTH_ROLE_MISSING):
         return BackendAuthFailed(f"{where} refused role {creds.user!r}: {detail}")
-    # -- TLS (issue 12): say which check failed, in words the status can carry.
+    # -- TLS to the backend (docs/tls.md): say which check failed, in words the status can carry.
     tls_problem = backend_tls_problem(str(exc)) if creds.sslrootcert else None
     if tls_problem:
         return BackendUnreachable(f"cannot reach {where}: {tls_problem}")
@@ -244,7 +244,7 @@ def connect(creds: BackendCredentials, dbname: str | None = None) -> Iterator[ps
             tcp_user_timeout=TCP_USER_TIMEOUT_MS,
             autocommit=True,
             prepare_threshold=None,
-            # TLS (issue 12): verify-full against the backend's CA when it announced TLS.
+            # TLS (docs/tls.md): verify-full against the backend's CA when it announced TLS.
             # (None values are left out of the conninfo by psycopg.)
             sslmode=SERVER_SSLMODE if creds.sslrootcert else None,
             sslrootcert=creds.sslrootcert,

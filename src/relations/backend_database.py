@@ -10,11 +10,11 @@ Two pieces live here:
        "data": "{\"endpoints\": \"pg-primary:5432\", …}"}
 
   and reads the provider's ``endpoints``, ``read-only-endpoints``, ``version``, ``database`` and
-  credentials, plain (``username``/``password``, as the seed shows) or through ``secret-user``.
+  credentials, plain (``username``/``password``, the v0 databag's form) or through ``secret-user``.
   ``data`` holds the provider fields we last processed (credentials left out): comparing it with
   the provider's databag tells "created", "endpoints changed" and "read-only endpoints changed".
 
-* the three hook charts of the seed document as pure decisions (:func:`created_chart`,
+* the three hook charts (created, departed, broken) as pure decisions (:func:`created_chart`,
   :func:`departed_chart`, :func:`broken_chart`; ``docs/backend-database.md`` draws them as
   built). The charm runs them and carries their effects out through its reconcile: this
   module neither runs SQL nor calls the charm.
@@ -219,7 +219,7 @@ class BackendDatabaseRequirer(ops.Object):
             self.on.read_only_endpoints_changed.emit(relation, app=app)
 
 
-# -- the seed's three charts, as named decisions (docs/backend-database.md maps each branch) --
+# -- the three hook charts, as named decisions (docs/backend-database.md maps each branch) --
 CREATED_RETURN = "return"
 CREATED_DEFER = "defer"
 CREATED_SET_UP = "set-up"
@@ -256,7 +256,7 @@ DEPARTED_REMOVE = "remove-auth"
 def departed_chart(
     *, departing_is_self: bool, leader: bool, planned_units: int, remaining_remote_units: int
 ) -> str:
-    """The departed chart (SPEC §3.2): remove the auth user only when pgbouncer leaves.
+    """The departed chart (docs/backend-database.md): remove the auth user only when pgbouncer leaves.
 
     Returns:
         ``mark-departing`` (this unit leaves), ``remove-auth-and-mark-departing`` (this leader

@@ -66,7 +66,7 @@ class Peers:
         return self._set_app(backend_problem=problem or None)
 
     def set_auth_removal_failed(self, failed: bool) -> bool:
-        """Record (or clear) the seed's failed-removal state."""
+        """Record (or clear) that removing the auth user failed (Blocked; docs/backend-database.md)."""
         return self._set_app(auth_removal_failed="true" if failed else None)
 
     def tenants(self) -> TenantRecord:

@@ -134,7 +134,7 @@ class _Requirer(TLSCertificatesRequiresV4):
     The library parses every entry of the provider's databag inside its own relation-changed
     handler and raises :class:`TLSCertificatesError` ("Could not load certificate") on one it
     cannot load; in Juju the unit would go into error state over another application's data
-    (issue 22). The charm's reconcile reads the same data through
+    (docs/tls.md). The charm's reconcile reads the same data through
     :meth:`CertificatesRelation.material`, which names the problem in the status.
     """
 
@@ -226,7 +226,7 @@ class CertificatesRelation(ops.Object):
             now=now,
         )
         # Clients verify the address they were given (verify-full): a certificate that does
-        # not name it would refuse every one of them (issue 22).
+        # not name it would refuse every one of them.
         service = unit_names(self._charm.app.name, self._charm.model.name, self._charm.unit.name)[
             0
         ]
@@ -239,7 +239,8 @@ class CertificatesRelation(ops.Object):
 
         The library silently skips a certificate that does not carry the unit's key (or is a
         CA certificate for a leaf request): without this, "no certificate" would read as
-        "waiting", and a unit serving TLS would turn it off (issue 22, defect 3).
+        "waiting", and a unit serving TLS would turn it off (docs/tls.md: TLS never turns off
+        because of what the provider sent).
 
         Raises:
             KeyMismatchError: the certificate answering this unit's request carries another key.
@@ -274,7 +275,7 @@ class CertificatesRelation(ops.Object):
 def backend_tls(model: ops.Model, now: datetime.datetime | None = None) -> BackendTLS | None:
     """The backend's CA when ``backend-database`` announces TLS, else None.
 
-    Reads the provider's plain ``tls`` and ``tls-ca`` fields (the seed's v0 form; a provider
+    Reads the provider's plain ``tls`` and ``tls-ca`` fields (the interface's v0 form; a provider
     that moved them into ``secret-tls`` needs that secret's content merged in by the caller,
     see :meth:`state.tls.BackendTLS.from_databag`).
 

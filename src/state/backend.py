@@ -2,7 +2,7 @@
 
 Built from plain values (the provider's application databag and, when it sent ``secret-user``,
 that secret's content) so that it is testable without ops. Example provider databag, in the
-seed's form (``username``/``password`` may instead arrive as a ``secret-user`` secret id)::
+v0 form (``username``/``password`` may instead arrive as a ``secret-user`` secret id)::
 
     {"endpoints": "postgresql-k8s-primary.model.svc.cluster.local:5432",
      "read-only-endpoints": "postgresql-k8s-replicas.model.svc.cluster.local:5432",

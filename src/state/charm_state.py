@@ -104,7 +104,7 @@ class CharmState:
 
     @property
     def backend_unusable(self) -> bool:
-        """A related backend whose databag cannot be served from (issue 22).
+        """A related backend whose databag cannot be served from (docs/tls.md, docs/backend-database.md).
 
         Refused (``backend_error`` names the field) or incomplete (the provider took its
         endpoints or credentials away) after this application set auth up for a backend.

@@ -47,7 +47,7 @@ class PeerAppData:
     backend_problem: str | None = None
     """Why the leader's last attempt on the backend failed (shown by every unit)."""
     auth_removal_failed: bool = False
-    """The seed's Blocked state: removing the auth user failed when the backend went."""
+    """Removing the auth user failed when the backend went: Blocked (docs/backend-database.md)."""
     published_port: int | None = None
     """The port in the endpoints the leader last published to clients (docs/workload.md)."""
 

@@ -1,8 +1,10 @@
 """The rendered configuration on a real PgBouncer 1.24 and PostgreSQL 15.
 
 Every ini here comes from ``pgbouncer.config.render_files`` (rendered for a temporary base
-directory and loopback instead of ``/var/lib/pgbouncer`` and ``*``), and processes are started,
-reloaded and restarted the way :class:`pgbouncer.workload.Workload` has Pebble do it. Numbers that
+directory and loopback instead of ``/var/lib/pgbouncer`` and ``*``). Where a test is about what
+the charm does to running processes (``paused_reload``), :class:`pgbouncer.workload.Workload`
+itself does it, through the Pebble stand-in with real processes (``workload_group``); the plain
+groups (``start_group``) show PgBouncer's own behaviour under single signals. Numbers that
 depend on the kernel's choices (cancels lost without ``[peers]``, connection errors at the
 instant a process stops) are printed and recorded in ``docs/workload.md``, never asserted.
 """
@@ -33,13 +35,9 @@ from pgbouncer.config import (
     render_auth_file,
     render_files,
 )
-from pgbouncer.plan import (
-    KILL_DELAY,
-    PAUSE_SETTLE_S,
-    RESUME_AFTER_S,
-    drain_reason,
-)
+from pgbouncer.plan import KILL_DELAY
 from pgbouncer.slots import run_dir
+from tests.functional.conftest import PebbleGroup
 
 pytestmark = pytest.mark.needs_root
 
@@ -337,7 +335,10 @@ def pools_settled(group: Group, password: str) -> bool:
 
 
 def reload_to(group: Group, target: PostgresServer) -> None:
-    """Write the configuration pointing ``appdb`` at ``target`` and SIGHUP every process."""
+    """Write the configuration pointing ``appdb`` at ``target`` and SIGHUP every process.
+
+    PgBouncer's plain reload, the baseline: the charm holds it in PAUSE (``paused_reload``).
+    """
     new_cfg = config(
         target,
         processes=group.cfg.processes,
@@ -346,7 +347,7 @@ def reload_to(group: Group, target: PostgresServer) -> None:
     )
     old_files, new_files = group.files(), group.files(new_cfg)
     for path, text in new_files.items():
-        # What Workload decides: a [databases] change is a reload, never a restart.
+        # PgBouncer applies a [databases] change on reload, without a restart.
         assert text != old_files[path]
         assert not needs_restart(old_files[path], text)
         group.factory.write(group.workdir, Path(path).name, with_admin(text))
@@ -406,12 +407,13 @@ def test_reload_keeps_clients_and_moves_transactions_to_the_new_target(
     assert all(pgb.alive() for pgb in group.processes)
 
 
-def paused_reload(group: Group, target: PostgresServer, **changes) -> float:
-    """What :meth:`Workload.apply` does for a target change: PAUSE, reload, RESUME.
+def paused_reload(group: PebbleGroup, target: PostgresServer, **changes) -> float:
+    """Point ``appdb`` at ``target`` through the charm's own workload code.
 
-    Writes the configuration pointing ``appdb`` at ``target`` (with ``changes`` to the other
-    settings), checks that :func:`drain_reason` asks for the pause, then signals every process
-    with the Workload's own delays. Returns when RESUME was sent (monotonic time).
+    :meth:`Workload.apply` gets the files for ``target`` (and ``changes`` to the other
+    settings); the test checks that it held the processes in PAUSE around the reload (PAUSE,
+    reload, RESUME, with its own delays). Returns when ``apply`` returned, RESUME sent
+    (monotonic time).
     """
     values = {
         "processes": group.cfg.processes,
@@ -420,27 +422,19 @@ def paused_reload(group: Group, target: PostgresServer, **changes) -> float:
         "max_db_connections": group.cfg.max_db_connections,
         **changes,
     }
-    new_cfg = config(target, **values)
-    old_files, new_files = group.files(), group.files(new_cfg)
-    for path, text in new_files.items():
-        assert not needs_restart(old_files[path], text)
-        assert drain_reason(old_files[path], text) is not None
-        group.factory.write(group.workdir, Path(path).name, with_admin(text))
-    group.cfg = new_cfg
-    for pgb in group.processes:
-        pgb.proc.send_signal(signal.SIGUSR1)
-    time.sleep(PAUSE_SETTLE_S)
-    for pgb in group.processes:
-        pgb.reload()
-    time.sleep(RESUME_AFTER_S)
-    for pgb in group.processes:
-        pgb.proc.send_signal(signal.SIGUSR2)
+    serving = {p.name for p in group.processes}
+    signalled = len(group.runner.history)
+    result = group.apply(config(target, **values))
+    assert set(result.paused) == set(result.reloaded) == serving, result
+    assert not (result.started or result.restarted or result.stopped), result
+    sent = [sig for sig, _ in group.runner.history[signalled:]]
+    assert sent == ["SIGUSR1"] * len(serving) + ["SIGHUP"] * len(serving) + ["SIGUSR2"] * len(
+        serving
+    ), sent
     return time.monotonic()
 
 
-def test_target_change_while_pools_grow_drops_no_client(
-    postgres, second_postgres, pgbouncer_factory
-):
+def test_target_change_while_pools_grow_drops_no_client(postgres, second_postgres, workload_group):
     """Cold pools: server logins in flight when the target changes.
 
     A plain reload here dropped 3, 3 and 0 of 10 clients on PgBouncer 1.24 ("server login has
@@ -449,7 +443,7 @@ def test_target_change_while_pools_grow_drops_no_client(
     clients wait for RESUME instead of failing.
     """
     cfg = config(postgres, processes=2, pool_mode="transaction")
-    group = start_group(pgbouncer_factory, postgres, cfg, edit=with_admin)
+    group = workload_group(postgres, cfg, edit=with_admin)
     clients, stop, threads = start_clients(cfg.listen_port, postgres.password)
     # New clients too: a login PAUSE closed is cached as a failure for server_login_retry, and
     # new clients of that pool get the cached error until it ends (it must end before RESUME).

@@ -1,22 +1,26 @@
 """Planned changes under load with no client error, on the real PgBouncer 1.24 (issue 16).
 
-Each change is applied the way :meth:`pgbouncer.workload.Workload.apply` has Pebble do it
-(``paused_reload``: PAUSE, reload, RESUME with the Workload's delays) while clients keep
-querying through two ``so_reuseport`` processes. Zero client errors is asserted where it holds
-every run; what is only measured is printed and recorded in ``docs/workload.md``.
+Each change is carried out by the charm's own workload code (:meth:`Workload.apply`, through the
+Pebble stand-in with real processes: ``paused_reload``) while clients keep querying through two
+``so_reuseport`` processes. Zero client errors is asserted where it holds every run; what is
+only measured is printed and recorded in ``docs/workload.md``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from harness.servers.pg import PostgresServer
 from tests.functional.test_pgbouncer_workload import (
+    Group,
     config,
     connect,
     paused_reload,
@@ -79,9 +83,9 @@ def server_connections(postgres: PostgresServer) -> int:
     return rows[0][0]
 
 
-def test_lowering_max_db_connections_closes_servers_over_the_cap(postgres, pgbouncer_factory):
+def test_lowering_max_db_connections_closes_servers_over_the_cap(postgres, workload_group):
     cfg = config(postgres, processes=2, pool_mode="transaction", max_db_connections=100)
-    group = start_group(pgbouncer_factory, postgres, cfg, edit=with_admin)
+    group = workload_group(postgres, cfg, edit=with_admin)
     clients, stop, threads = start(cfg.listen_port, postgres.password, "SELECT pg_sleep(0.02)", 24)
     try:
         wait_until(lambda: server_connections(postgres) > 12, "more than 12 server connections")
@@ -110,16 +114,38 @@ def test_lowering_max_db_connections_closes_servers_over_the_cap(postgres, pgbou
     assert max(counts) <= 10
 
 
-def test_pool_mode_round_trip_fails_only_protocol_prepared_statements(postgres, pgbouncer_factory):
-    """Transaction -> session -> transaction with psycopg's defaults (prepare after 5 runs).
+def reload_mode_under_pause(group: Group, mode: str) -> None:
+    """Switch ``pool_mode`` by a reload under PAUSE: what the charm no longer does.
 
-    Not a zero, and asserted as such: in transaction mode PgBouncer tracks the client's named
-    statements and prepares them on whichever server it lends; in session mode it passes them
-    through, so the statement psycopg prepared through the tracking does not exist on the
-    client's new session server (``prepared statement "_pg3_0" does not exist``), and the way
-    back is the same. psycopg keeps the statement in its cache, so a looping client fails
-    again and again. What is asserted: every error is that one (nothing else breaks); the counts
-    are printed and recorded in docs/workload.md.
+    PAUSE (SIGUSR1), 1 s, reload (SIGHUP), 0.2 s, RESUME (SIGUSR2) on each process. The charm
+    hands a mode change over to a new process, or restarts in place (docs/decisions.md,
+    2026-12-07); the test below is the PgBouncer behaviour that made it stop reloading.
+    """
+    new_cfg = config_like(group, pool_mode=mode)
+    for path, text in group.files(new_cfg).items():
+        group.factory.write(group.workdir, Path(path).name, with_admin(text))
+    group.cfg = new_cfg
+    for sig, pause in ((signal.SIGUSR1, 1.0), (signal.SIGHUP, 0.2), (signal.SIGUSR2, 0.0)):
+        for pgb in group.processes:
+            pgb.proc.send_signal(sig)
+        time.sleep(pause)
+
+
+def config_like(group: Group, **changes):
+    """The group's configuration with ``changes``."""
+    return dataclasses.replace(group.cfg, **changes)
+
+
+def test_a_reloaded_pool_mode_fails_protocol_prepared_statements(postgres, pgbouncer_factory):
+    """Transaction -> session -> transaction by reload, with psycopg's defaults (prepare after 5).
+
+    Why the charm never switches ``pool_mode`` by a reload. In transaction mode PgBouncer
+    tracks the client's named statements and prepares them on whichever server it lends; in
+    session mode it passes them through, so the statement psycopg prepared through the tracking
+    does not exist on the client's new session server (``prepared statement "_pg3_0" does not
+    exist``), and the way back is the same. psycopg keeps the statement in its cache, so a
+    looping client fails again and again. What is asserted: every error is that one (nothing
+    else breaks); the counts are printed.
     """
     cfg = config(postgres, processes=2, pool_mode="transaction")
     group = start_group(pgbouncer_factory, postgres, cfg, edit=with_admin)
@@ -135,7 +161,7 @@ def test_pool_mode_round_trip_fails_only_protocol_prepared_statements(postgres, 
             seen = progress()
             wait_until(lambda n=seen: progress() > n + 200, "queries")
             before = sum(len(c.errors) for c in clients)
-            paused_reload(group, postgres, pool_mode=mode)
+            reload_mode_under_pause(group, mode)
             seen = progress()
             wait_until(lambda n=seen: progress() > n + 200, "queries after the change")
             errors_by_phase[mode] = sum(len(c.errors) for c in clients) - before

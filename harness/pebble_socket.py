@@ -1,82 +1,44 @@
-"""A stand-in for Pebble's HTTP API on a unix socket: what the charm's hooks call, no more.
+"""Pebble's HTTP API on a unix socket, over the project's one Pebble stand-in.
 
 Juju's charm container reaches the workload container's Pebble at
-``/charm/containers/<name>/pebble.socket`` over HTTP. This server answers the calls our charm
-(and ops itself) make in a hook, from a container state taken from ``ops.testing``: the plan's
-layers, the services' status, and files under the container's mounts (a path outside every mount
-is "not found", as the cgroup files are in the prepared states). Writes go to the mount
-directories; layers, replans, starts, stops and signals change only the in-memory state, which
-:meth:`PebbleState.reset` puts back before every measured hook. ``exec`` is refused (HTTP 400):
-the one caller, ``pgbouncer --version`` in ``pebble-ready``, logs a warning and goes on.
+``/charm/containers/<name>/pebble.socket`` over HTTP. This adapter answers the calls our charm
+(and ops itself) make by handing them to a :class:`harness.pebble_standin.PebbleStandIn`: the
+plan's layers, the services' statuses, and files under the container's mounts (a path outside
+every mount is "not found", as the cgroup files are in the bench's prepared states).
+
+- The bench (``bench/jujupath``) serves a stand-in without processes: a started service is only
+  active, and ``exec`` is refused (HTTP 400). :meth:`PebbleStandIn.reset` puts the layers and
+  statuses back before every measured hook.
+- :func:`pebble_container` gives an ``ops.Container`` whose Pebble is a stand-in with real
+  processes (:class:`harness.processes.PebbleProcessRunner`), so that a test drives the
+  workload code itself (``pgbouncer.workload.Workload``) and PgBouncer runs as Pebble would run it.
+
+Requests are served one at a time, from one thread that lives as long as the socket: processes
+started for a request are forked from it and get their parent-death signal when it ends.
 
 Every request is counted by path, so that a report can say how many Pebble calls a hook made.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
-import os
 import socketserver
+import tempfile
 import threading
 import urllib.parse
-from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
+import ops
 import yaml
+from ops import JujuVersion, pebble
 
-
-@dataclass
-class PebbleState:
-    """The container as the stand-in serves it.
-
-    Attributes:
-        mounts: container path → host directory holding its files.
-        layers: label → layer dict, in order.
-        services: service name → ``active``/``inactive``.
-        calls: (method, path) → count since the last reset.
-    """
-
-    mounts: dict[str, Path]
-    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    services: dict[str, str] = field(default_factory=dict)
-    calls: Counter[str] = field(default_factory=Counter)
-    _initial: tuple[dict[str, Any], dict[str, str]] = field(default_factory=lambda: ({}, {}))
-
-    def snapshot(self) -> None:
-        """Remember the current layers and services as what :meth:`reset` restores."""
-        self._initial = (copy.deepcopy(self.layers), dict(self.services))
-
-    def reset(self) -> None:
-        """Back to the snapshot; call counts to zero."""
-        self.layers = copy.deepcopy(self._initial[0])
-        self.services = dict(self._initial[1])
-        self.calls.clear()
-
-    def host_path(self, path: str) -> Path | None:
-        """The host file behind a container path, None outside every mount."""
-        for location, source in self.mounts.items():
-            if path == location or path.startswith(location.rstrip("/") + "/"):
-                rel = os.path.relpath(path, location)
-                resolved = (source / rel).resolve()
-                if resolved != source.resolve() and source.resolve() not in resolved.parents:
-                    return None
-                return resolved
-        return None
-
-    def plan(self) -> dict[str, Any]:
-        """The layers combined (later layers override whole service entries)."""
-        services: dict[str, Any] = {}
-        for layer in self.layers.values():
-            for name, svc in (layer.get("services") or {}).items():
-                if svc.get("override") == "merge" and name in services:
-                    services[name] = {**services[name], **svc}
-                else:
-                    services[name] = dict(svc)
-        return {"services": services} if services else {}
+from harness.pebble_standin import PebbleError, PebbleStandIn
+from harness.processes import PebbleProcessRunner
 
 
 def _sync(result: Any, code: int = 200) -> dict[str, Any]:
@@ -141,6 +103,16 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    def _answer(self, call: Callable[[], Any]) -> None:
+        """Send what the stand-in returns, or its error as Pebble words it."""
+        try:
+            result = call()
+        except PebbleError as exc:
+            code = 404 if exc.kind == "not-found" else 400
+            self._send(_error(str(exc), code, exc.kind))
+            return
+        self._send(result)
+
     def do_GET(self) -> None:
         """Read-only calls."""
         url = urllib.parse.urlsplit(self.path)
@@ -150,17 +122,17 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/v1/system-info":
             self._send(_sync({"version": "1.19.0-standin"}))
         elif url.path == "/v1/plan":
-            self._send(_sync(yaml.safe_dump(state.plan())))
+            plan = state.plan()
+            self._send(_sync(yaml.safe_dump({"services": plan} if plan else {})))
         elif url.path == "/v1/services":
             names = [n for n in query.get("names", "").split(",") if n]
-            plan = state.plan().get("services", {})
             out = [
                 {
                     "name": name,
                     "startup": svc.get("startup", "disabled"),
-                    "current": state.services.get(name, "inactive"),
+                    "current": state.statuses.get(name, "inactive"),
                 }
-                for name, svc in sorted(plan.items())
+                for name, svc in sorted(state.plan().items())
                 if not names or name in names
             ]
             self._send(_sync(out))
@@ -170,27 +142,27 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path == "/v1/files" and query.get("action") == "read":
             self._read_file(query.get("path", ""))
         elif url.path == "/v1/files" and query.get("action") == "list":
-            self._list(query.get("path", ""), query.get("itself") == "true")
+            path, itself = query.get("path", ""), query.get("itself") == "true"
+            self._answer(lambda: _sync(self._entries(path, itself)))
         else:
             self._send(_error(f"not in the stand-in: GET {url.path}", 404))
 
+    def _entries(self, path: str, itself: bool) -> list[dict[str, Any]]:
+        return [
+            {**entry, "last-modified": _NOW}
+            for entry in self._server.state.list_files(path, itself)
+        ]
+
     def _read_file(self, path: str) -> None:
-        host = self._server.state.host_path(path)
         boundary = "standin-boundary"
-        if host is None or not host.is_file():
-            meta = {
-                "type": "sync",
-                "status-code": 200,
-                "status": "OK",
-                "result": [
-                    {"path": path, "error": {"kind": "not-found", "message": "no such file"}}
-                ],
-            }
-            content = b""
+        try:
+            content = self._server.state.pull(path)
+        except PebbleError as exc:
+            error = {"kind": exc.kind or "generic-file-error", "message": str(exc)}
+            meta: dict[str, Any] = _sync([{"path": path, "error": error}])
             parts = []
         else:
             meta = _sync([{"path": path}])
-            content = host.read_bytes()
             parts = [
                 f'--{boundary}\r\nContent-Disposition: form-data; name="files";'
                 f' filename="{path}"\r\n\r\n'.encode()
@@ -209,29 +181,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _list(self, path: str, itself: bool) -> None:
-        host = self._server.state.host_path(path)
-        if host is None or not host.exists():
-            self._send(_error(f"stat {path}: no such file or directory", 404, "not-found"))
-            return
-        entries = [host] if itself or host.is_file() else sorted(host.iterdir())
-        out = []
-        for entry in entries:
-            st = entry.stat()
-            out.append(
-                {
-                    "path": path if entry == host else f"{path.rstrip('/')}/{entry.name}",
-                    "name": entry.name,
-                    "type": "directory" if entry.is_dir() else "file",
-                    "size": st.st_size,
-                    "permissions": f"{st.st_mode & 0o777:03o}",
-                    "last-modified": _NOW,
-                    "user-id": st.st_uid,
-                    "group-id": st.st_gid,
-                }
-            )
-        self._send(_sync(out))
-
     def do_POST(self) -> None:
         """Calls that change something."""
         url = urllib.parse.urlsplit(self.path)
@@ -246,47 +195,62 @@ class _Handler(BaseHTTPRequestHandler):
             self._file_action(body)
         elif url.path == "/v1/layers":
             layer = yaml.safe_load(body.get("layer") or "") or {}
-            label = body["label"]
-            if label in state.layers and body.get("combine"):
-                merged = state.layers[label]
-                for name, svc in (layer.get("services") or {}).items():
-                    merged.setdefault("services", {})[name] = svc
-            else:
-                state.layers[label] = layer
-            self._send(_sync(True))
+
+            def add_layer() -> dict[str, Any]:
+                state.add_layer(body["label"], layer, combine=bool(body.get("combine")))
+                return _sync(True)
+
+            self._answer(add_layer)
         elif url.path == "/v1/services":
-            action, names = body.get("action"), body.get("services") or []
-            plan = state.plan().get("services", {})
-            if action == "replan":
-                names = [n for n, s in plan.items() if s.get("startup") == "enabled"]
-            for name in names:
-                state.services[name] = "inactive" if action == "stop" else "active"
-            self._server.next_change += 1
-            self._send(
-                {
+            action, names = body.get("action"), list(body.get("services") or [])
+
+            def services() -> dict[str, Any]:
+                if action in ("replan", "autostart"):
+                    getattr(state, action)()
+                elif action in ("start", "stop", "restart"):
+                    getattr(state, action)(names)
+                else:
+                    raise PebbleError(f"invalid action {action!r}")
+                self._server.next_change += 1
+                return {
                     "type": "async",
                     "status-code": 202,
                     "status": "Accepted",
                     "change": str(self._server.next_change),
                     "result": None,
                 }
-            )
+
+            self._answer(services)
         elif url.path == "/v1/signals":
-            self._send(_sync(True))
+
+            def send_signal() -> dict[str, Any]:
+                state.signal(body.get("services") or [], body.get("signal", ""))
+                return _sync(True)
+
+            self._answer(send_signal)
+        elif url.path == "/v1/exec":
+            self._answer(lambda: state.exec(list(body.get("command") or [])))
         else:
             self._send(_error(f"not in the stand-in: POST {url.path}", 400))
 
     def _file_action(self, body: dict[str, Any]) -> None:
-        results = []
+        state, results = self._server.state, []
         for item in body.get("dirs") or body.get("paths") or []:
-            host = self._server.state.host_path(item["path"])
-            if host is None:
-                results.append({"path": item["path"], "error": {"kind": "permission-denied"}})
+            try:
+                if body.get("action") == "make-dirs":
+                    state.make_dir(
+                        item["path"],
+                        make_parents=bool(item.get("make-parents")),
+                        permissions=int(item.get("permissions") or "755", 8),
+                        **_owner(item),
+                    )
+                elif body.get("action") == "remove":
+                    state.remove(item["path"], recursive=bool(item.get("recursive")))
+            except PebbleError as exc:
+                results.append(
+                    {"path": item["path"], "error": {"kind": exc.kind, "message": str(exc)}}
+                )
                 continue
-            if body.get("action") == "make-dirs":
-                host.mkdir(parents=bool(item.get("make-parents")), exist_ok=True)
-            elif body.get("action") == "remove" and host.exists():
-                host.unlink()
             results.append({"path": item["path"]})
         self._send(_sync(results))
 
@@ -307,25 +271,34 @@ class _Handler(BaseHTTPRequestHandler):
                 contents[filename] = data
         results = []
         for item in metadata.get("files", []):
-            host = self._server.state.host_path(item["path"])
-            if host is None:
-                results.append(
-                    {"path": item["path"], "error": {"kind": "permission-denied", "message": ""}}
+            try:
+                self._server.state.push(
+                    item["path"],
+                    contents.get(item["path"], b""),
+                    permissions=int(item.get("permissions") or "644", 8),
+                    make_dirs=bool(item.get("make-dirs")),
+                    **_owner(item),
                 )
+            except PebbleError as exc:
+                error = {"kind": exc.kind, "message": str(exc)}
+                results.append({"path": item["path"], "error": error})
                 continue
-            if item.get("make-dirs"):
-                host.parent.mkdir(parents=True, exist_ok=True)
-            host.write_bytes(contents.get(item["path"], b""))
-            if item.get("permissions"):
-                host.chmod(int(item["permissions"], 8))
             results.append({"path": item["path"]})
         self._send(_sync(results))
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+def _owner(item: dict[str, Any]) -> dict[str, Any]:
+    """The owner fields of a file request, as the stand-in takes them."""
+    return {
+        "user": item.get("user") or None,
+        "group": item.get("group") or None,
+        "user_id": item.get("user-id"),
+        "group_id": item.get("group-id"),
+    }
 
-    def __init__(self, path: str, state: PebbleState):
+
+class _Server(socketserver.UnixStreamServer):
+    def __init__(self, path: str, state: PebbleStandIn):
         self.state = state
         self.next_change = 0
         super().__init__(path, _Handler)
@@ -336,21 +309,70 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         return request, ("pebble-client", 0)
 
 
-class PebbleStandIn:
-    """The stand-in served from a thread; :meth:`close` stops it and removes the socket."""
+class PebbleSocket:
+    """The adapter served from a thread; :meth:`close` stops it and removes the socket.
 
-    def __init__(self, socket_path: Path, state: PebbleState):
+    Assign :attr:`state` to serve another container's stand-in.
+    """
+
+    def __init__(self, socket_path: Path, state: PebbleStandIn):
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         if socket_path.exists():
             socket_path.unlink()
         self.socket_path = socket_path
-        self.state = state
         self._server = _Server(str(socket_path), state)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
+
+    @property
+    def state(self) -> PebbleStandIn:
+        """The stand-in served."""
+        return self._server.state
+
+    @state.setter
+    def state(self, value: PebbleStandIn) -> None:
+        self._server.state = value
 
     def close(self) -> None:
         """Stop serving."""
         self._server.shutdown()
         self._server.server_close()
         self.socket_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def pebble_container(
+    mounts: Mapping[str, Path],
+    *,
+    ready: str | None = "process up",
+    name: str = "pgbouncer",
+    juju_version: str = "3.6.2",
+) -> Iterator[tuple[ops.Container, PebbleProcessRunner]]:
+    """An ``ops.Container`` whose Pebble runs its services as real processes.
+
+    Args:
+        mounts: container path → host directory (``{"/var/lib/pgbouncer": workdir}``).
+        ready: the log line each started service prints when ready (PgBouncer's); None to not
+            wait.
+        name: the container's name.
+        juju_version: what the container believes Juju is (it gates a few Pebble features).
+
+    Yields:
+        the container, and the runner that holds its processes (logs, PIDs).
+    """
+    with (
+        tempfile.TemporaryDirectory(prefix="pgbk8s-pebble-") as sockets,
+        PebbleProcessRunner(mounts) as runner,
+    ):
+        runner.ready = ready
+        path = Path(sockets) / "pebble.socket"
+        served = PebbleSocket(path, runner.pebble)
+        try:
+            client = pebble.Client(socket_path=str(path))
+            backend = SimpleNamespace(
+                _juju_context=SimpleNamespace(version=JujuVersion(juju_version))
+            )
+            yield ops.Container(name, cast(Any, backend), client), runner
+        finally:
+            runner.stop_all()
+            served.close()
