@@ -4,7 +4,7 @@
 One reconcile per hook (docs/architecture.md): the inputs are read once into a pure
 :class:`~state.charm_state.CharmState`; the PgBouncer configuration is a function of it; the
 leader makes the backend match it (``reconcile``); every unit renders and applies; the status is
-computed from what that reconcile actually did. The seed's created / departed / broken charts
+computed from what that reconcile actually did. The created / departed / broken charts of docs/backend-database.md
 stay named decisions (``relations.backend_database``) whose effects go through the same path.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
 
 import ops
 
@@ -66,6 +65,7 @@ from state.backend import InvalidBackendDataError
 from state.charm_state import CharmState, parse_version
 from state.config import CharmConfig, InvalidConfigError
 from status import UnitOutcome, unit_statuses
+from tls_inputs import tls_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self._image = ImageFacts.from_text(files.get(FACTS_FILE))
         self._clocks = DrainClocks.from_text(files.get(CLOCKS_FILE))
         self._paused_since = pause.paused_since_in(files)
-        tls = self._load_tls(relation, snapshot)
+        served = self.workload.served_client_tls(snapshot) if snapshot is not None else None
+        tls = tls_inputs(self.tls, self.backend, relation, served)
         return CharmState(
             **tls,
             leader=self.unit.is_leader(),
@@ -200,62 +201,6 @@ class PgBouncerK8sCharm(ops.CharmBase):
             can_connect=can_connect,
             running=snapshot is not None and snapshot.pgbouncer_running(),
         )
-
-    def _load_tls(
-        self, backend_relation: ops.Relation | None, snapshot: ContainerSnapshot | None
-    ) -> dict[str, Any]:
-        """The unit's certificate and the backend's CA, checked; cryptography only if used."""
-        values: dict[str, Any] = {"tls_related": self.tls is not None}
-        remote = (
-            backend_relation.data[backend_relation.app]
-            if backend_relation is not None and backend_relation.app is not None
-            else {}
-        )
-        if self.tls is None and not any(remote.get(k) for k in ("tls", "tls-ca", "secret-tls")):
-            return values
-        from state.tls import BackendTLS, MissingCAError, TLSMaterialError
-
-        try:
-            remote = {**remote, **self.backend.tls_secret_content()}
-            values["backend_tls"] = BackendTLS.from_databag(remote) if remote else None
-        except InvalidBackendDataError as exc:
-            values |= {"tls_error": str(exc), "backend_tls_refused": True}
-        except MissingCAError as exc:
-            values |= {"tls_error": str(exc), "tls_waiting": True, "backend_tls_refused": True}
-        except TLSMaterialError as exc:
-            values |= {"tls_error": str(exc), "backend_tls_refused": True}
-        if self.tls is None:
-            return values
-        try:
-            material, problem = self.tls.material(), None
-        except TLSMaterialError as exc:
-            material, problem = None, exc
-        if material is None:
-            # TLS never goes from on to off because of what the provider sent (issue 22): the
-            # certificate served now keeps serving, and the status says why.
-            older = self._served_client_tls(snapshot)
-            if older is not None:
-                reason = str(problem) if problem else "the provider has not signed the request"
-                return values | {
-                    "tls_material": older,
-                    "tls_stale": reason,
-                    "tls_stale_fault": problem is not None,
-                }
-            if problem is not None:
-                values.setdefault("tls_error", str(problem))
-        values["tls_material"] = material
-        return values
-
-    def _served_client_tls(self, snapshot: ContainerSnapshot | None) -> Any:
-        """The certificate PgBouncer serves now, if it is still good to serve; else None."""
-        from state.tls import ClientTLSMaterial, TLSMaterialError
-
-        served = self.workload.served_client_tls(snapshot) if snapshot is not None else None
-        try:
-            return ClientTLSMaterial.from_pem(*served) if served is not None else None
-        except TLSMaterialError as exc:
-            logger.info("the served certificate cannot be kept: %s", exc)
-            return None
 
     # -- the reconcile ---------------------------------------------------------------------------
     def _reconcile(
@@ -477,7 +422,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
                 self._state = dataclasses.replace(self._state, pgb_version=facts.version or None)
         self._reconcile()
 
-    # -- the seed's charts -----------------------------------------------------------------------
+    # -- the backend-database charts (docs/backend-database.md) -------------------------------
     def _on_backend_created(self, event: ops.RelationEvent) -> None:
         state = self._load_state()
         decision = created_chart(

@@ -155,7 +155,7 @@ def credentials(state: CharmState, ca_dir: str) -> BackendCredentials:
 
         sslrootcert = write_backend_ca(state.backend_tls, ca_dir)  # type: ignore[arg-type]
     elif state.backend_tls_refused:
-        # TLS announced with a flag or CA we refuse (issue 22): verify with the last good CA
+        # TLS announced with a flag or CA we refuse (docs/tls.md): verify with the last good CA
         # kept there, or fail for want of one; never fall back to an unverified connection.
         from pathlib import Path
 
@@ -319,7 +319,7 @@ def remove_auth_plumbing(
     """The departed chart's removal: client roles first, then the auth role and its function.
 
     Returns:
-        Whether everything went; a failure sets the seed's Blocked state in the peer data.
+        Whether everything went; a failure sets the failed-removal Blocked state (docs/backend-database.md) in the peer data.
     """
     backend, auth = state.backend, state.auth
     if backend is None or auth is None:

@@ -5,7 +5,7 @@ writes comes from a :class:`PgBouncerConfig`, is checked before a single line is
 rendered deterministically (databases sorted by key), so that the same state always gives the
 same bytes and a write happens only when something really changed. A value that cannot be
 rendered safely raises :class:`RenderError` and nothing is returned: a half-rendered file is never
-handed to PgBouncer, which would apply it in part (FACTS: a broken file is half-applied on
+handed to PgBouncer, which would apply it in part (a broken file is half-applied on
 RELOAD, and RELOAD still answers success).
 
 The derivation of the per-process numbers (process count, ``max_db_connections`` shares) is
@@ -62,7 +62,7 @@ AUTH_DATABASE_KEY = "pgb_authdb"
 """``[databases]`` key of the backend database holding the auth function.
 
 ``pgbouncer`` itself is the admin console's reserved name: as a key, or as a global
-``auth_dbname``, it stops PgBouncer from starting (FACTS), so the auth database is reached under
+``auth_dbname``, it stops PgBouncer from starting, so the auth database is reached under
 this key and ``auth_dbname`` points here.
 """
 
@@ -85,7 +85,7 @@ SETTINGS_SINCE: dict[str, tuple[int, int]] = {
     "max_user_client_connections": (1, 24),
 }
 """``[pgbouncer]`` keys the charm renders only for a PgBouncer at least this new: an unknown key
-stops PgBouncer from starting (FACTS), so they are left out for an older one."""
+stops PgBouncer from starting, so they are left out for an older one."""
 
 
 MAX_AUTH_PASSWORD_BYTES = 100
@@ -159,7 +159,7 @@ class DatabaseTarget:
         dbname: the database's name on the backend.
         more_hosts: further hosts on the same ``port`` (read-only replicas): rendered as
             PgBouncer's multi-host list ``host=<host>,<more>…``, which spreads new server
-            connections round-robin (``docs/read-only.md``).
+            connections round-robin (``docs/client-database.md``).
     """
 
     key: str
@@ -606,7 +606,7 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str, slot: int =
     lines += ["", "[peers]"]
     # Every process gets the same list, its own entry included (PgBouncer ignores that one):
     # a cancel request lands on whichever process the kernel picks and is forwarded to the peer
-    # that owns the key. The port is required: it defaults to 6432 otherwise (FACTS). A slot
+    # that owns the key. The port is required: it defaults to 6432 otherwise. A slot
     # that is not running costs nothing: PgBouncer connects to a peer only to forward a cancel
     # whose key names it.
     lines += [
@@ -852,7 +852,7 @@ def render_auth_file(username: str, password: str) -> str:
 
     PgBouncer's format is ``"user" "password"``, a ``"`` inside a field written as ``""``. The
     password must be the plain one: PgBouncer needs it to log in to the server itself, and an md5
-    hash or SCRAM secret there makes the logins hang (FACTS). A plain password that merely looks
+    hash or SCRAM secret there makes the logins hang. A plain password that merely looks
     like one of those would be taken for it, so it is refused.
 
     Args:

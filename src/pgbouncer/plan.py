@@ -495,6 +495,42 @@ def _redefined(current: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> 
     )
 
 
+def change_for(
+    before_ini: str | None, after_ini: str, *, serving: bool, slot_free: bool, redefined: bool
+) -> tuple[str, str | None]:
+    """What one process index needs to go from ``before_ini`` to ``after_ini`` (rule 1).
+
+    Args:
+        before_ini: the file its serving (or fresh) slot runs with; None when there is none.
+        after_ini: the file wanted.
+        serving: whether a process of this index serves now.
+        slot_free: whether it can be handed over on the same port: a slot of its index is free
+            and PgBouncer waits for its clients on SIGTERM (>= 1.23).
+        redefined: whether its running service has another definition than the charm's.
+
+    Returns:
+        ``("none", None)``; ``("handover", why)`` with why ``port``, ``pool_mode`` or
+        ``restart``; ``("restart", None)`` in place; or ``("reload", drain reason or None)``.
+    """
+    if before_ini == after_ini:
+        return ("handover", "restart") if redefined and slot_free else ("none", None)
+    if needs_restart(before_ini, after_ini):
+        before_port, after_port = listen_port_of(before_ini), listen_port_of(after_ini)
+        moved = None not in (before_port, after_port) and before_port != after_port
+        if moved and serving:
+            return "handover", "port"
+        return ("handover", "restart") if slot_free else ("restart", None)
+    if pool_mode_changed(before_ini, after_ini):
+        # No free slot, or PgBouncer < 1.23: in place, by a restart. A reload would switch the
+        # mode under clients already connected, whose prepared statements then fail on every
+        # later query (seen: 116 to 455 per change); a restart cuts each of them once, and they
+        # reconnect to a process in the new mode.
+        return ("handover", "pool_mode") if slot_free else ("restart", None)
+    if slot_free and redefined:
+        return "handover", "restart"
+    return "reload", drain_reason(before_ini, after_ini)
+
+
 def check_files(files: Mapping[str, str | None], processes: int, base_dir: str) -> None:
     """Raise ValueError for bad ``processes``, a path outside ``base_dir`` or an ini missing."""
     if not MIN_PROCESSES <= processes <= MAX_PROCESSES:
@@ -507,6 +543,47 @@ def check_files(files: Mapping[str, str | None], processes: int, base_dir: str) 
         for slot in range(SLOTS):
             if files.get(ini_path(i, base_dir, slot)) is None:
                 raise ValueError(f"no configuration given for process {i}")
+
+
+def _slots_now(
+    snapshot: ContainerSnapshot, processes: int
+) -> tuple[dict[int, str], list[str], set[str], dict[int, str], dict[int, str | None]]:
+    """Who serves, who retires, who drains, where new and handed-over processes go.
+
+    Returns:
+        ``live``: the serving slot of each running index; ``retiring``: serving slots of
+        indices no longer wanted; ``strays``: running PgBouncer slots that do not serve
+        (draining since an earlier apply); ``fresh``: the slot each index that does not serve
+        yet starts in; ``free``: the slot each serving index would be handed over to (None when
+        every other slot runs).
+    """
+    running, enabled = snapshot.running, snapshot.enabled
+    live = snapshot.serving()
+    retiring = sorted(
+        name
+        for name in running
+        if (index := service_index(name)) is not None and index >= processes and name in enabled
+    )
+    strays = {
+        name
+        for name in running - {live[i] for i in live if i < processes} - set(retiring)
+        if service_index(name) is not None
+    }
+    # An index that does not serve yet starts in a slot where nothing runs (a process that
+    # retired may still drain in one); with every slot draining, in the first (stopped).
+    fresh = {
+        i: next(
+            (n for k in range(SLOTS) if (n := service_name(i, k)) not in running), service_name(i)
+        )
+        for i in range(processes)
+        if i not in live
+    }
+    # The first free slot in turn; with none free (a port change may still go), None.
+    free = {
+        i: next((n for n in next_slots(name) if n not in running), None)
+        for i, name in live.items()
+    }
+    return live, retiring, strays, fresh, free
 
 
 def plan_apply(
@@ -540,76 +617,36 @@ def plan_apply(
         for i in range(MAX_PROCESSES)
         for slot in range(SLOTS)
     }
-    present, running, enabled = snapshot.files, set(snapshot.running), snapshot.enabled
-    live = snapshot.serving()
-    # Processes no longer wanted that served until now retire. A running PgBouncer service that
-    # does not serve is a *stray*, draining since an earlier apply.
-    retiring = sorted(
-        name
-        for name in running
-        if (index := service_index(name)) is not None and index >= processes and name in enabled
-    )
-    strays = {
-        name
-        for name in running - {live[i] for i in live if i < processes} - set(retiring)
-        if service_index(name) is not None
-    }
-    # An index that does not serve yet starts in a slot where nothing runs (a process that
-    # retired may still drain in one); with every slot draining, in the first (stopped).
-    fresh = {
-        i: next(
-            (n for k in range(SLOTS) if (n := service_name(i, k)) not in running), service_name(i)
-        )
-        for i in range(processes)
-        if i not in live
-    }
-    # Where each serving process would be handed over: the first free slot in turn; with none
-    # free (a port change may still go), the one that served longest ago.
-    free = {
-        i: next((n for n in next_slots(name) if n not in running), None)
-        for i, name in live.items()
-    }
+    present, running = snapshot.files, set(snapshot.running)
+    live, retiring, strays, fresh, free = _slots_now(snapshot, processes)
     handover_why: dict[int, str] = {}
     restart: set[int] = set()
     reload: set[int] = set()
     drain: dict[int, str] = {}
     moved_from: int | None = None
     for i in range(processes):
-        before_ini = present.get(slot_ini(live.get(i) or fresh[i], base_dir))
-        after_ini = files[slot_ini(live.get(i) or fresh[i], base_dir)] or ""
-        same_port = policy.wait_for_clients and free.get(i) is not None
-        redefined = i in live and _redefined(
-            snapshot.plan_services.get(live[i]), service_definition(i, base_dir, live[i])
+        path = slot_ini(live.get(i) or fresh[i], base_dir)
+        before_ini, after_ini = present.get(path), files[path] or ""
+        action, detail = change_for(
+            before_ini,
+            after_ini,
+            serving=i in live,
+            slot_free=policy.wait_for_clients and free.get(i) is not None,
+            redefined=i in live
+            and _redefined(
+                snapshot.plan_services.get(live[i]), service_definition(i, base_dir, live[i])
+            ),
         )
-        if before_ini == after_ini:
-            if redefined and same_port:
-                handover_why[i] = "restart"
-            continue
-        if needs_restart(before_ini, after_ini):
-            before_port, after_port = listen_port_of(before_ini), listen_port_of(after_ini)
-            moved = None not in (before_port, after_port) and before_port != after_port
-            if moved and i in live:
-                handover_why[i] = "port"
-                moved_from = before_port
-            elif same_port:
-                handover_why[i] = "restart"
-            else:
-                restart.add(i)
-        elif same_port and pool_mode_changed(before_ini, after_ini):
-            handover_why[i] = "pool_mode"
-        elif pool_mode_changed(before_ini, after_ini):
-            # No free slot, or PgBouncer < 1.23: in place, by a restart. A reload would switch
-            # the mode under clients already connected, whose prepared statements then fail on
-            # every later query (seen: 116 to 455 per change); a restart cuts each of them
-            # once, and they reconnect to a process in the new mode.
+        if action == "handover":
+            handover_why[i] = detail or "restart"
+            if detail == "port":
+                moved_from = listen_port_of(before_ini)
+        elif action == "restart":
             restart.add(i)
-        elif same_port and redefined:
-            handover_why[i] = "restart"
-        else:
+        elif action == "reload":
             reload.add(i)
-            reason = drain_reason(before_ini, after_ini)
-            if reason:
-                drain[i] = reason
+            if detail:
+                drain[i] = detail
 
     serving = {i: live.get(i) or fresh[i] for i in range(processes)}
     handover = {i: free[i] or next_slots(live[i])[0] for i in sorted(handover_why)}
@@ -654,23 +691,11 @@ def plan_apply(
     if exporter:
         wanted[exporter_path] = retarget(files[exporter_path] or "", slots, base_dir)
 
-    steps: list[Step] = []
-    written: list[str] = []
-    removed: list[str] = []
-    reload_all = False
-    for path, content in sorted(wanted.items()):
-        current = present.get(path)
-        if content is None:
-            if current is not None:
-                steps.append(("remove", path))
-                removed.append(path)
-            continue
-        if current == content:
-            continue
-        steps.append(("write", path, content))
-        written.append(path)
-        if path not in exporter_files and path not in slot_inis:
-            reload_all = True  # auth or TLS files: every serving process re-reads them
+    steps: list[Step] = _file_steps(wanted, present)
+    written = [step[1] for step in steps if step[0] == "write"]
+    removed = [step[1] for step in steps if step[0] == "remove"]
+    # Auth or TLS files: every serving process re-reads them.
+    reload_all = any(path not in exporter_files and path not in slot_inis for path in written)
     for name in serving.values():
         index = service_index(name)
         assert index is not None  # noqa: S101 (serving names are PgBouncer services)
@@ -700,13 +725,9 @@ def plan_apply(
                 removed.append(path)
     # Moved-aside files of slots that no longer drain (stopped, exited, or serving again).
     still_draining = (strays - set(busy)) | set(closing)
-    for path in sorted(present):
-        if not path.endswith(DRAINING_SUFFIX):
-            continue
-        slot = slot_inis.get(path.removesuffix(DRAINING_SUFFIX))
-        if slot is None or service_name(*slot) not in still_draining:
-            steps.append(("remove", path))
-            removed.append(path)
+    stale = _stale_moved_aside(present, still_draining, slot_inis)
+    steps += [("remove", path) for path in stale]
+    removed += stale
     draining = sorted((strays - set(busy)) | {live[i] for i in handover} | set(closing))
     draining_same_port = sorted((same_port_strays - set(busy)) | set(closing))
 
@@ -751,6 +772,33 @@ def plan_apply(
         serving=tuple(serving[i] for i in range(processes)),
     )
     return WorkloadPlan(steps=tuple(steps), result=result)
+
+
+def _file_steps(wanted: Mapping[str, str | None], present: Mapping[str, str]) -> list[Step]:
+    """Write what differs, remove what is mapped to None and exists (sorted by path)."""
+    steps: list[Step] = []
+    for path, content in sorted(wanted.items()):
+        current = present.get(path)
+        if content is None:
+            if current is not None:
+                steps.append(("remove", path))
+        elif current != content:
+            steps.append(("write", path, content))
+    return steps
+
+
+def _stale_moved_aside(
+    present: Mapping[str, str], draining: set[str], slot_inis: Mapping[str, tuple[int, int]]
+) -> list[str]:
+    """The moved-aside inis (``<ini>.draining``) of slots that no longer drain."""
+    stale = []
+    for path in sorted(present):
+        if not path.endswith(DRAINING_SUFFIX):
+            continue
+        slot = slot_inis.get(path.removesuffix(DRAINING_SUFFIX))
+        if slot is None or service_name(*slot) not in draining:
+            stale.append(path)
+    return stale
 
 
 def _start_serving(

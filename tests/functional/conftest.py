@@ -20,7 +20,8 @@ from pgbouncer.config import (
     render_auth_file,
     render_files,
 )
-from pgbouncer.workload import ApplyResult, Workload
+from pgbouncer.plan import ApplyResult
+from pgbouncer.workload import Workload
 
 
 @dataclass
