@@ -20,15 +20,14 @@ from actions import Actions
 from pgbouncer import pause
 from pgbouncer.config import (
     AUTH_FILE,
-    CertificateRequired,
-    RenderError,
-    desired_config,
     left_out_settings,
     render_files,
 )
+from pgbouncer.desired import CertificateRequired, desired_config
 from pgbouncer.drain import CLOCKS_FILE, DrainClocks
 from pgbouncer.exporter import STATS_USER
 from pgbouncer.image import FACTS_FILE, ImageFacts, check_image
+from pgbouncer.ini import RenderError
 from pgbouncer.plan import ContainerSnapshot, plan_apply
 from pgbouncer.workload import Workload, WorkloadError
 from postgres.deadline import start_hook_budget

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from pgbouncer.ini import RenderError, parse_ini
 from pgbouncer.slots import (
     DEFAULT_BASE_DIR,
     MAX_PROCESSES,
@@ -29,7 +30,7 @@ from pgbouncer.slots import (
     peer_id,
     run_dir,
 )
-from state.charm_state import MIN_PGBOUNCER_VERSION, CharmState, parse_version
+from state.charm_state import MIN_PGBOUNCER_VERSION
 from state.config import (
     CLIENT_CAP_OPTIONS,
     CLIENT_TLS_MODES,
@@ -48,7 +49,6 @@ from state.config import (
 from state.names import (
     READONLY_KEY_SUFFIX,
     InvalidNameError,
-    auth_query_for,
     validate_database_name,
     validate_host,
     validate_port,
@@ -91,60 +91,11 @@ stops PgBouncer from starting, so they are left out for an older one."""
 MAX_AUTH_PASSWORD_BYTES = 100
 """Longest password accepted into the auth file; the charm generates 32 to 64 characters."""
 
-NO_RELOAD_KEYS = frozenset(
-    {
-        "disable_pqexec",
-        "job_name",
-        "listen_addr",
-        "listen_backlog",
-        "listen_port",
-        "pidfile",
-        "pkt_buf",
-        "resolv_conf",
-        "service_name",
-        "so_reuseport",
-        "track_extra_parameters",
-        "unix_socket_dir",
-        "unix_socket_group",
-        "unix_socket_mode",
-        "user",
-    }
-)
-"""``[pgbouncer]`` keys a RELOAD silently ignores (``CF_NO_RELOAD`` in PgBouncer's
-``src/main.c``; ``SHOW CONFIG`` reports them ``changeable = no``). A change to any of them needs
-a restart. ``peer_id``, ``[databases]``, ``[peers]`` and the auth file all reload."""
-
-
 SERVER_TLS_MODES = ("verify-ca", "verify-full")
 """``server_tls_sslmode`` values the charm renders when the backend announces TLS."""
 
-# A PgBouncer ini key written without quotes: libusual's cfparser reads [A-Za-z0-9_.*-]+.
-_INI_KEY = re.compile(r"[A-Za-z0-9_.*\-]+")
 _SCRAM_SECRET = re.compile(r"SCRAM-SHA-256\$")
 _MD5_HASH = re.compile(r"md5[0-9a-fA-F]{32}")
-
-
-class CertificateRequired(Exception):  # noqa: N818 (reads as a state of the unit)
-    """``client_tls_mode`` is ``require`` and the unit has no certificate to serve.
-
-    Not a :class:`RenderError`: nothing is wrong with a value; the unit waits for a certificate
-    and keeps its last applied configuration meanwhile.
-    """
-
-
-class RenderError(ValueError):
-    """A value cannot be rendered safely into PgBouncer's files; nothing was rendered.
-
-    Attributes:
-        field: which input the bad value came from (for a status message).
-        reason: what is wrong with it. The value itself is never included: it may be hostile,
-            long, or a secret.
-    """
-
-    def __init__(self, field: str, reason: str):
-        self.field = field
-        self.reason = reason
-        super().__init__(f"cannot render {field}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -879,152 +830,3 @@ def render_auth_file(username: str, password: str) -> str:
         raise RenderError("auth password", "looks like a hash, PgBouncer would not use it as is")
     quoted = password.replace('"', '""')
     return f'"{user}" "{quoted}"\n'
-
-
-def parse_ini(text: str) -> dict[str, dict[str, str]]:
-    """Read a PgBouncer ini the way PgBouncer does, enough for :func:`needs_restart`.
-
-    Comment lines start with ``;`` or ``#``; keys are ``[A-Za-z0-9_.*-]+`` or single-quoted; the
-    value is the rest of the line without edge whitespace. Section names keep their case, keys in
-    ``[pgbouncer]`` are compared as written.
-
-    Args:
-        text: the file content.
-
-    Returns:
-        ``{section: {key: value}}``; a later duplicate key wins, as in PgBouncer.
-
-    Raises:
-        RenderError: a line PgBouncer would reject as a syntax error.
-    """
-    sections: dict[str, dict[str, str]] = {}
-    current: dict[str, str] | None = None
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            if not line.endswith("]"):
-                raise RenderError("ini", f"line {number}: unterminated section header")
-            current = sections.setdefault(line[1:-1], {})
-            continue
-        if line.startswith("'"):
-            end = line.find("'", 1)
-            if end <= 1:
-                raise RenderError("ini", f"line {number}: bad quoted key")
-            key, rest = line[1:end], line[end + 1 :]
-        else:
-            match = _INI_KEY.match(line)
-            key = match.group(0) if match else ""
-            rest = line[len(key) :]
-        rest = rest.lstrip(" \t")
-        if not key or not rest.startswith("="):
-            raise RenderError("ini", f"line {number}: expected key = value")
-        if current is None:
-            raise RenderError("ini", f"line {number}: value outside a section")
-        current[key] = rest[1:].strip()
-    return sections
-
-
-def needs_restart(old_ini: str | None, new_ini: str) -> bool:
-    """Whether going from ``old_ini`` to ``new_ini`` needs a restart rather than a reload.
-
-    True when there was no file (the process has never run with one) or when a key in
-    :data:`NO_RELOAD_KEYS` was added, removed or changed. Everything else (``[databases]``,
-    ``[peers]``, pool settings, auth) is applied by a reload with clients staying connected.
-
-    Args:
-        old_ini: the file the process runs with, or None.
-        new_ini: the file about to be written.
-
-    Returns:
-        True when only a restart can apply the change.
-    """
-    if old_ini is None:
-        return True
-    try:
-        old = parse_ini(old_ini).get("pgbouncer", {})
-    except RenderError:
-        # We cannot tell what the running process read: start it afresh.
-        return True
-    new = parse_ini(new_ini).get("pgbouncer", {})
-    return any(old.get(key) != new.get(key) for key in NO_RELOAD_KEYS)
-
-
-def desired_config(
-    state: CharmState, *, with_backend: bool = True
-) -> tuple[PgBouncerConfig, str, dict[str, str | None]]:
-    """What this unit's PgBouncer should run, and its auth file, from the hook's state; pure.
-
-    Backend ``[databases]`` entries and the auth settings appear only once the auth data shared
-    by the leader belongs to the current backend; client entries follow the leader's list.
-
-    Args:
-        state: the hook's inputs (its ``config`` must be set).
-        with_backend: False renders as if there were no backend (the broken chart).
-
-    Returns:
-        The configuration, the auth file content (``""`` without an auth user) and the TLS
-        files (``None``: delete).
-
-    Raises:
-        RenderError: no valid configuration (``state.config`` is None).
-        CertificateRequired: ``client_tls_mode`` is ``require`` and there is no certificate
-            (the caller keeps the last configuration).
-    """
-    config = state.config
-    if config is None:
-        raise RenderError("config", state.config_error or "invalid")
-    backend = state.backend if with_backend else None
-    databases: list[DatabaseTarget] = []
-    auth_settings = None
-    auth_file = ""
-    if backend is not None and state.auth is not None and state.auth_ready:
-        primary = backend.primary
-        databases.append(
-            DatabaseTarget(
-                AUTH_DATABASE_KEY,
-                primary.host,
-                primary.port,
-                state.peer.auth_dbname or backend.database,
-            )
-        )
-        replicas = read_only_group(backend.read_only_endpoints)
-        for name in sorted(state.peer.databases):
-            databases.append(DatabaseTarget(name, primary.host, primary.port, name))
-            if replicas is not None:
-                (first, *more), port = replicas
-                databases.append(
-                    DatabaseTarget(f"{name}{READONLY_KEY_SUFFIX}", first, port, name, tuple(more))
-                )
-        auth_settings = AuthSettings(
-            auth_user=state.auth.username,
-            auth_query=auth_query_for(state.auth.username),
-            auth_dbname=AUTH_DATABASE_KEY,
-        )
-        auth_file = render_auth_file(state.auth.username, state.auth.password)
-    processes = effective_processes(state.cpus, config.max_db_connections)
-    cfg = PgBouncerConfig(
-        listen_port=config.listen_port,
-        pool_mode=config.pool_mode,
-        max_db_connections=config.max_db_connections,
-        max_prepared_statements=config.max_prepared_statements,
-        processes=processes,
-        databases=tuple(databases),
-        auth=auth_settings,
-        max_client_conn=config.max_client_conn,
-        pools=config.pools,
-        version=parse_version(state.pgb_version),
-    )
-    backend_tls: Any = state.backend_tls if with_backend else None
-    if state.tls_material is None and backend_tls is None and config.client_tls_mode == "prefer":
-        return cfg, auth_file, render_tls_files(None, None)
-    from pgbouncer.tls import plan_tls
-    from state.tls import TLSRequiredError
-
-    try:
-        plan = plan_tls(config.client_tls_mode, state.tls_material, backend_tls)  # type: ignore[arg-type]
-    except TLSRequiredError as exc:
-        raise CertificateRequired(str(exc)) from exc
-    cfg = replace(cfg, client_tls=plan.client_tls, server_tls=plan.server_tls)
-    return cfg, auth_file, plan.files

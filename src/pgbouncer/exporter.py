@@ -28,7 +28,7 @@ from pathlib import PurePosixPath
 
 from ops import pebble
 
-from pgbouncer.config import RenderError
+from pgbouncer.ini import RenderError
 from pgbouncer.slots import (
     DEFAULT_BASE_DIR,
     MAX_PROCESSES,

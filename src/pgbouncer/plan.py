@@ -42,17 +42,17 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from pgbouncer.config import (
-    RenderError,
-    needs_restart,
-    parse_ini,
-)
 from pgbouncer.exporter import (
     EXPORTER_SERVICE,
     exporter_config_path,
     exporter_service,
     passfile_path,
     retarget,
+)
+from pgbouncer.ini import (
+    RenderError,
+    needs_restart,
+    parse_ini,
 )
 from pgbouncer.slots import (
     DEFAULT_BASE_DIR,

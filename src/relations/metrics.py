@@ -34,7 +34,6 @@ from typing import Any
 import ops
 import yaml
 
-from pgbouncer.config import RenderError
 from pgbouncer.exporter import (
     EXPORTER_PORT,
     check_stats_password,
@@ -43,6 +42,7 @@ from pgbouncer.exporter import (
     render_exporter_files,
     render_stats_auth_line,
 )
+from pgbouncer.ini import RenderError
 from pgbouncer.slots import DEFAULT_BASE_DIR
 from relations.peers import PEER_RELATION
 

@@ -29,7 +29,7 @@ What the charm's frame calls (docs/tls.md, "wiring"):
   ``certificates.requirer.on.certificate_available`` and the relation's ``relation_broken``
   with the reconcile;
 - in the reconcile, :meth:`CertificatesRelation.material` (None, or raises
-  :class:`state.tls.TLSMaterialError`), then :func:`pgbouncer.tls.plan_tls`;
+  :class:`state.tls.TLSMaterialError`), then :func:`pgbouncer.desired.plan_tls`;
 - :func:`backend_tls` for the backend's CA; :func:`client_tls_fields` for the ``database``
   answer.
 """

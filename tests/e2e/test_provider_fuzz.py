@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from harness.certificates import CertificatesProvider
 from harness.servers.tls import cert_pem, intermediate, make_ca
 from harness.story import connect_at
-from pgbouncer.config import parse_ini
+from pgbouncer.ini import parse_ini
 from tests.e2e.test_provider_inputs import (
     history_mark,
     served_files,

@@ -28,13 +28,12 @@ from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess, first_slots,
 from harness.servers.system import free_port, stop_process
 from pgbouncer.config import (
     AUTH_DATABASE_KEY,
-    NO_RELOAD_KEYS,
     DatabaseTarget,
     PgBouncerConfig,
-    needs_restart,
     render_auth_file,
     render_files,
 )
+from pgbouncer.ini import NO_RELOAD_KEYS, needs_restart
 from pgbouncer.plan import KILL_DELAY
 from pgbouncer.slots import run_dir
 from tests.functional.conftest import PebbleGroup

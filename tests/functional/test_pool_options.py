@@ -13,11 +13,8 @@ import psycopg
 import pytest
 
 from harness.servers.system import pgbouncer_version
-from pgbouncer.config import (
-    NO_RELOAD_KEYS,
-    PoolSettings,
-    render_files,
-)
+from pgbouncer.config import PoolSettings, render_files
+from pgbouncer.ini import NO_RELOAD_KEYS
 from tests.functional.test_pgbouncer_workload import (
     config,
     connect,

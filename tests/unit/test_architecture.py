@@ -53,9 +53,28 @@ def test_state_is_pure():
         assert not found, (path, found)
 
 
-def test_the_renderer_imports_no_ops_or_driver():
-    found = {top(n) for n in imports_of(SRC / "pgbouncer" / "config.py")}
+@pytest.mark.parametrize(
+    "module",
+    ["config.py", "desired.py", "ini.py", "slots.py", "plan.py", "drain.py"],
+)
+def test_the_renderer_and_the_plan_import_no_ops_or_driver(module):
+    """Rendering and planning are pure: no Juju, no Pebble client, no SQL driver."""
+    found = {top(n) for n in imports_of(SRC / "pgbouncer" / module)}
     assert not found & {"ops", "psycopg", "relations", "postgres", "charm"}, found
+
+
+def test_the_status_calls_nothing():
+    """The status is a function of what the hook saw and did: it imports no effect."""
+    found = imports_of(SRC / "status.py")
+    effects = ("postgres", "psycopg", "pgbouncer.workload", "relations.tls")
+    assert not [name for name in found if name.startswith(effects)], found
+
+
+def test_no_module_of_the_renderer_imports_another_back():
+    """config ← desired, config ← plan: the renderer never imports what decides from it."""
+    for module in ("config.py", "ini.py", "slots.py"):
+        found = set(imports_of(SRC / "pgbouncer" / module))
+        assert not found & {"pgbouncer.desired", "pgbouncer.plan", "pgbouncer.workload"}, module
 
 
 def test_the_check_itself_sees_an_import_circle(tmp_path):

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ops import testing
 
-from pgbouncer.config import parse_ini
+from pgbouncer.ini import parse_ini
 from tests.unit.conftest import (
     SEED_PROVIDER,
     Dirs,

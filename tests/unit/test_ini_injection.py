@@ -21,10 +21,9 @@ from pgbouncer.config import (
     AuthSettings,
     DatabaseTarget,
     PgBouncerConfig,
-    RenderError,
-    parse_ini,
     render_files,
 )
+from pgbouncer.ini import RenderError, parse_ini
 from state.backend import InvalidBackendDataError, parse_endpoints
 from state.names import InvalidNameError, validate_client_database_name, validate_host
 from tests.unit.conftest import (

@@ -11,18 +11,20 @@ from hypothesis import strategies as st
 from pgbouncer.config import (
     AUTH_DATABASE_KEY,
     AUTH_FILE,
-    NO_RELOAD_KEYS,
     AuthSettings,
     DatabaseTarget,
     PgBouncerConfig,
-    RenderError,
     connection_share,
     effective_processes,
-    needs_restart,
     read_only_group,
     render_auth_file,
     render_files,
     render_ini,
+)
+from pgbouncer.ini import (
+    NO_RELOAD_KEYS,
+    RenderError,
+    needs_restart,
 )
 
 

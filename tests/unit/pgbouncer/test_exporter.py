@@ -10,8 +10,6 @@ from pgbouncer.config import (
     AuthSettings,
     DatabaseTarget,
     PgBouncerConfig,
-    RenderError,
-    parse_ini,
     render_ini,
 )
 from pgbouncer.exporter import (
@@ -24,6 +22,7 @@ from pgbouncer.exporter import (
     retarget,
     scram_verifier,
 )
+from pgbouncer.ini import RenderError, parse_ini
 from pgbouncer.plan import build_layer
 from postgres.passwords import generate_password, scram_verifier_matches
 

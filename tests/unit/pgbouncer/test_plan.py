@@ -14,7 +14,12 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgbouncer.config import AUTH_FILE, DatabaseTarget, PgBouncerConfig, render_files
+from pgbouncer.config import (
+    AUTH_FILE,
+    DatabaseTarget,
+    PgBouncerConfig,
+    render_files,
+)
 from pgbouncer.plan import ContainerSnapshot, DrainPolicy, listen_port_of, plan_apply
 from pgbouncer.slots import DRAINING_SUFFIX, SLOTS, service_index, service_name, slot_ini
 

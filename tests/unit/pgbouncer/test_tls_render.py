@@ -13,17 +13,19 @@ from pgbouncer.config import (
     ClientTLS,
     DatabaseTarget,
     PgBouncerConfig,
-    RenderError,
     ServerTLS,
     client_tls_ca_path,
     client_tls_cert_path,
     client_tls_key_path,
-    needs_restart,
-    parse_ini,
     render_files,
     render_ini,
     render_tls_files,
     server_tls_ca_path,
+)
+from pgbouncer.ini import (
+    RenderError,
+    needs_restart,
+    parse_ini,
 )
 from state.tls import BackendTLS, ClientTLSMaterial
 from tests.unit.pgbouncer.test_workload_scenario import run
