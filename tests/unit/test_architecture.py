@@ -71,7 +71,7 @@ def test_the_status_calls_nothing():
 
 
 def test_no_module_of_the_renderer_imports_another_back():
-    """config ← desired, config ← plan: the renderer never imports what decides from it."""
+    """Config ← desired, config ← plan: the renderer never imports what decides from it."""
     for module in ("config.py", "ini.py", "slots.py"):
         found = set(imports_of(SRC / "pgbouncer" / module))
         assert not found & {"pgbouncer.desired", "pgbouncer.plan", "pgbouncer.workload"}, module
