@@ -177,6 +177,7 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     rounds: int | None = None
+    verify_due: bool = False
 
 
 RELOAD_ONLY_CHANGE = {"server_idle_timeout": 300}
@@ -189,6 +190,14 @@ def cases(client_relation: tuple[int, str], clients: int, rounds: int | None = N
     label = "" if clients == 10 else f" [{clients} clients]"
     return [
         Case(f"update-status (leader){label}", "update-status", True, clients, rounds=rounds),
+        Case(
+            f"update-status (leader), backend check due{label}",
+            "update-status",
+            True,
+            clients,
+            rounds=rounds,
+            verify_due=True,
+        ),
         Case(
             f"config-changed, one reload-only option (leader){label}",
             "config-changed",
@@ -331,6 +340,7 @@ def run(settings: Settings, workdir: Path) -> JujuPathResult:
                         "unit": unit,
                         "env": case.env,
                         "rounds": case.rounds,
+                        "verify_due": case.verify_due,
                         "status_before": f"{status.name} -- {status.message}",
                         "model": str(case_dir / "model.json"),
                         "replay": str(case_dir / "replay"),

@@ -39,6 +39,9 @@ def _prepare_run(job: dict[str, Any], case: dict[str, Any], charm: dict[str, Any
     Path(case["calls"] + ".log").write_text("")
     Path(case["calls"] + ".secrets").write_text("")
     shutil.rmtree(case["calls"] + ".secrets.d", ignore_errors=True)
+    if case.get("verify_due"):
+        # The leader's backend check (postgres.verification) is due: its marker is gone.
+        (charm_dir / ".backend-verified").unlink(missing_ok=True)
     if case.get("no_pyc"):
         _drop_pycache(charm_dir)
 
@@ -70,6 +73,21 @@ def _env(job: dict[str, Any], case: dict[str, Any], charm: dict[str, Any]) -> di
     return env
 
 
+def _ensure_mount(job: dict[str, Any]) -> None:
+    """Bind the stand-in's directory on ``/charm`` (again, if the mount went).
+
+    ``/charm`` is created on the host when missing and removed by whichever run created it; a
+    run of another worktree that removes it detaches our mount (Linux detaches a mount whose
+    mountpoint is removed in another namespace). The socket file itself lives in our
+    temporary directory, so binding it again is enough.
+    """
+    socket = Path("/charm/containers/pgbouncer/pebble.socket")
+    if socket.exists():
+        return
+    Path("/charm").mkdir(mode=0o755, exist_ok=True)
+    subprocess.run(["mount", "--bind", str(job["charm_mount"]), "/charm"], check=True)
+
+
 def _run_once(
     job: dict[str, Any],
     case: dict[str, Any],
@@ -78,6 +96,7 @@ def _run_once(
     importtime: bool = False,
 ) -> dict[str, Any]:
     _prepare_run(job, case, charm)
+    _ensure_mount(job)
     state.reset()
     env = _env(job, case, charm)
     if importtime:
@@ -137,8 +156,7 @@ def _run_once(
 def main(argv: list[str]) -> int:
     """Run the job; write per-run figures to the output file."""
     job = json.loads(Path(argv[1]).read_text())
-    charm_root = Path(job["charm_mount"])
-    subprocess.run(["mount", "--bind", str(charm_root), "/charm"], check=True)
+    _ensure_mount(job)
     socket = Path("/charm/containers/pgbouncer/pebble.socket")
     states = {
         case["name"]: PebbleState(
