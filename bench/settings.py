@@ -31,6 +31,7 @@ class Settings:
         reconfig_seconds: length of the pgbench run that reconfiguration happens under.
         hook_repeats: fresh-process runs per hook under ``ops.testing``; the median is reported.
         jujupath_runs: interleaved rounds of the production-path hook benchmark.
+        jujupath_more_rounds: its rounds with 20 clients (0: not measured).
         parts: which parts to run.
     """
 
@@ -45,6 +46,7 @@ class Settings:
     reconfig_seconds: int
     hook_repeats: int
     jujupath_runs: int
+    jujupath_more_rounds: int
     parts: tuple[str, ...]
 
     @property
@@ -71,7 +73,8 @@ def load() -> Settings:
             scale_seconds=3,
             reconfig_seconds=16,
             hook_repeats=1,
-            jujupath_runs=2,
+            jujupath_runs=int(os.environ.get("BENCH_JUJUPATH_ROUNDS", "2")),
+            jujupath_more_rounds=1,
             parts=parts,
         )
     return Settings(
@@ -85,6 +88,7 @@ def load() -> Settings:
         scale_seconds=8,
         reconfig_seconds=40,
         hook_repeats=5,
-        jujupath_runs=15,
+        jujupath_runs=int(os.environ.get("BENCH_JUJUPATH_ROUNDS", "12")),
+        jujupath_more_rounds=3,
         parts=parts,
     )

@@ -397,8 +397,13 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self._reconcile()
 
     def _on_update_status(self, _: ops.UpdateStatusEvent) -> None:
-        # The leader checks (with a real login as the auth role) and repairs the plumbing.
-        self._reconcile(verify=True)
+        # The leader checks (with a real login as the auth role) and repairs the plumbing, at
+        # most every half hour unless the last attempt failed (postgres.verification).
+        from postgres.verification import verification_due
+
+        state = self._load_state()
+        failed = bool(state.peer.backend_problem)
+        self._reconcile(verify=state.leader and verification_due(self.charm_dir, force=failed))
 
     def _on_version_source(self, _: ops.EventBase) -> None:
         # One exec (docs/image.md), before anything is applied: the image contract, PgBouncer's

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from state.charm_state import CharmState
 from state.peers import AuthData
-from state.tenants import TenantRecord, client_username, grant_decision
+from state.tenants import TenantRecord, client_username, grant_decision, roles_to_drop
 
 if TYPE_CHECKING:
     import ops
 
-    from postgres.connection import BackendCredentials
+    from postgres.credentials import BackendCredentials
     from relations.client_database import ClientDatabaseRelation, ClientRequest
     from relations.peers import Peers
     from state.backend import BackendDatabase
@@ -145,7 +145,7 @@ def credentials(state: CharmState, ca_dir: str) -> BackendCredentials:
     ``ca_dir`` is required, so that no connection of ours can skip the verification: when the
     backend announces TLS its CA is kept there and every connection checks the server with it.
     """
-    from postgres.connection import BackendCredentials
+    from postgres.credentials import BackendCredentials
 
     backend = state.backend
     assert backend is not None  # noqa: S101 (callers check)
@@ -190,16 +190,16 @@ def ensure_auth(
     backend = state.backend
     if not state.leader or backend is None or not state.request_written or not state.running:
         return
-    from postgres.connection import BackendError
-    from postgres.passwords import generate_password
-
     auth_user = state.expected_auth_user
     if auth_user is None:
         return
+    if state.auth_ready and state.auth is not None and not verify:
+        return  # nothing to do on the backend: psycopg is not even imported
+    from postgres.connection import BackendError
+    from postgres.passwords import generate_password
+
     creds = credentials(state, ca_dir)
     if state.auth_ready and state.auth is not None:
-        if not verify:
-            return
         problem = sql.check_auth(
             creds, auth_user=auth_user, auth_password=state.auth.password, owner_tag=owner_tag
         )
@@ -272,7 +272,8 @@ def serve_clients(
             outcome.blocked_relations.add(relation.id)
     if backend is not None:
         creds = credentials(state, ca_dir)
-        record = _drop_gone(sql, creds, record, live, owner_tag, outcome)
+        if roles_to_drop(record, live):  # else no connection (nor psycopg) for it
+            record = _drop_gone(sql, creds, record, live, owner_tag, outcome)
         if verify and (record.roles or record.databases):
             _repair_tenancy(sql, creds, record, live, owner_tag, outcome)
         # Read from the server only when an answer needs it (not in every leader hook).
@@ -417,12 +418,14 @@ def _answer(
     tls_fields: dict[str, object],
     consent: Mapping[str, frozenset[str]],
 ) -> TenantRecord:
-    from postgres.connection import BackendError, ForeignObjectError
-    from postgres.passwords import generate_password
+    def generate_password() -> str:
+        from postgres.passwords import generate_password
+
+        return generate_password()
 
     app = relation.app.name
     username = client_username(relation.id, owner_tag)
-    password = clients.password(relation.id, username, new=generate_password)
+    password = ""  # read (one secret-get) only when a grant or an answer needs it
     for request in requests:
         decision = grant_decision(
             record, database=request.database, relation=relation.id, app=app, live=live,
@@ -431,6 +434,9 @@ def _answer(
         # A freshly installed lookup (a new backend relation, a repair) has no issued verifier
         # yet: every client is issued its own again (change-gated, from its password).
         if decision.action != "keep" or username not in record.roles or outcome.set_up:
+            password = password or clients.password(relation.id, username, new=generate_password)
+            from postgres.connection import BackendError, ForeignObjectError
+
             try:
                 record = sql.grant_database(
                     creds,
@@ -464,6 +470,12 @@ def _answer(
                 request.database,
                 relation.id,
             )
+        if not outcome.set_up and clients.answered(
+            relation, request, backend=backend, endpoint=endpoint, username=username,
+            version=version, tls_fields=tls_fields,
+        ):  # fmt: skip
+            continue  # published as it would be again: nothing to write (issue 23)
+        password = password or clients.password(relation.id, username, new=generate_password)
         outcome.answers.append(
             Answer(relation, request, username, password, backend, endpoint, version, tls_fields)
         )

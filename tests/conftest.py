@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from harness.servers.pg import PostgresServer, start_postgres
 from harness.servers.pgb import PgBouncerFactory
 from harness.servers.system import is_root, pgbouncer_version
+
+# The property tests draw the same inputs on every run of `make test` (a red CI is then a change
+# of ours, never a new draw); HYPOTHESIS_PROFILE=explore draws new ones, for a search session.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 ROOT_REASON = "needs root: starts PostgreSQL and PgBouncer as the postgres OS user"
 

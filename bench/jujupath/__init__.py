@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import shutil
 import statistics
 import subprocess
@@ -169,35 +168,65 @@ def _unit_state_db(state: Any, path: Path) -> None:
 
 @dataclass
 class Case:
-    """One measured hook: what Juju would run, and in which state."""
+    """One measured hook: what Juju would run, on which unit, in which steady state."""
 
     name: str
     hook: str
-    pickle_index: int
-    leader: bool | None = None
+    leader: bool
+    clients: int
     env: dict[str, str] = field(default_factory=dict)
-    no_pyc: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
+    rounds: int | None = None
+    verify_due: bool = False
 
 
-def cases(backend_rel: int) -> list[Case]:
-    """The hooks measured, in the order they run in each round."""
+RELOAD_ONLY_CHANGE = {"server_idle_timeout": 300}
+"""The config-changed case's change: one option PgBouncer applies by a reload (600 → 300)."""
+
+
+def cases(client_relation: tuple[int, str], clients: int, rounds: int | None = None) -> list[Case]:
+    """The steady-state hooks measured (issue 23), in the order they run in each round."""
+    rel_id, remote_app = client_relation
+    label = "" if clients == 10 else f" [{clients} clients]"
     return [
-        Case("update-status (leader)", "update-status", 4, leader=True),
-        Case("config-changed (follower)", "config-changed", 3, leader=False),
-        Case("pebble-ready", "pgbouncer-pebble-ready", 1, env={"JUJU_WORKLOAD_NAME": "pgbouncer"}),
+        Case(f"update-status (leader){label}", "update-status", True, clients, rounds=rounds),
         Case(
-            "backend-database-relation-changed (leader)",
-            "backend-database-relation-changed",
-            2,
-            leader=True,
-            env={
-                "JUJU_RELATION": "backend-database",
-                "JUJU_RELATION_ID": f"backend-database:{backend_rel}",
-                "JUJU_REMOTE_APP": "postgresql-k8s",
-                "JUJU_REMOTE_UNIT": "postgresql-k8s/0",
-            },
+            f"update-status (leader), backend check due{label}",
+            "update-status",
+            True,
+            clients,
+            rounds=rounds,
+            verify_due=True,
         ),
-        Case("first hook after deploy: install, no .pyc", "install", 0, no_pyc=True),
+        Case(
+            f"config-changed, one reload-only option (leader){label}",
+            "config-changed",
+            True,
+            clients,
+            config=RELOAD_ONLY_CHANGE,
+            rounds=rounds,
+        ),
+        Case(
+            f"client relation-changed, nothing new (leader){label}",
+            "database-relation-changed",
+            True,
+            clients,
+            env={
+                "JUJU_RELATION": "database",
+                "JUJU_RELATION_ID": f"database:{rel_id}",
+                "JUJU_REMOTE_APP": remote_app,
+                "JUJU_REMOTE_UNIT": f"{remote_app}/0",
+            },
+            rounds=rounds,
+        ),
+        Case(f"update-status (follower){label}", "update-status", False, clients, rounds=rounds),
+        Case(
+            f"config-changed, nothing changed (follower){label}",
+            "config-changed",
+            False,
+            clients,
+            rounds=rounds,
+        ),
     ]
 
 
@@ -227,6 +256,27 @@ class JujuPathResult:
             f"{statistics.median(vals):.{digits}f} ({min(vals):.{digits}f}-{max(vals):.{digits}f})"
         )
 
+    def ratios(self, case: str) -> list[float]:
+        """Ours over the floor within each round (the two runs are seconds apart)."""
+        ours = {
+            r["round"]: r["wall_ms"]
+            for r in self.runs
+            if r["case"] == case and r["charm"] == "ours"
+        }
+        floor = {
+            r["round"]: r["wall_ms"]
+            for r in self.runs
+            if r["case"] == case and r["charm"] == "floor"
+        }
+        return [ours[k] / floor[k] for k in sorted(ours) if floor.get(k)]
+
+    def ratio_span(self, case: str) -> str:
+        """Per-round ratio: ``median (min-max)``."""
+        vals = self.ratios(case)
+        if not vals:
+            return "n/a"
+        return f"{statistics.median(vals):.2f} ({min(vals):.2f}-{max(vals):.2f})"
+
     def cases(self) -> list[str]:
         """Case names in run order."""
         return list(dict.fromkeys(r["case"] for r in self.runs))
@@ -235,10 +285,15 @@ class JujuPathResult:
         """The ``-X importtime`` run of ``charm`` in ``case``."""
         return next(p for p in self.profiles if p["case"] == case and p["charm"] == charm)
 
+    def tools(self, case: str, charm: str = "ours") -> dict[str, int]:
+        """Hook-tool calls by tool in the last measured run (the same in every run)."""
+        last = [r for r in self.runs if r["case"] == case and r["charm"] == charm][-1]
+        return dict(sorted(last["tools"].items(), key=lambda kv: (-kv[1], kv[0])))
+
 
 def run(settings: Settings, workdir: Path) -> JujuPathResult:
-    """Prepare states, build both charms, run the interleaved rounds in a mount namespace."""
-    from bench.hooks import _prepare
+    """Prepare the steady states, build both charms, run the interleaved rounds."""
+    from bench.jujupath.steady import prepare
 
     tmp = workdir / "jujupath"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -251,57 +306,58 @@ def run(settings: Settings, workdir: Path) -> JujuPathResult:
     floor = build_charm(tmp / "charm-floor", floor_root, ["ops==3.9.0"])
     bindir = tmp / "bin"
     tools.install(bindir)
-    prepared, app, server = _prepare(tmp)
+    counts = (10, 20) if settings.jujupath_more_rounds else (10,)
+    snapshots, app, server, mount_location = prepare(tmp, counts)
     created_charm_dir = False
     try:
-        mount_location = app.mount_location
-        backend_rel = next(
-            r.id for r in app.leader.state.relations if r.endpoint == "backend-database"
-        )
         job_cases = []
         defaults = _defaults(ROOT)
         model_name, model_uuid = "", ""
-        for case in cases(backend_rel):
-            _, pickle_path, snap = prepared[case.pickle_index]
-            spec = pickle.loads(pickle_path.read_bytes())  # noqa: S301 - our own file
-            state, ctx = spec["state"], spec["ctx"]
-            # The charm marks what it creates in PostgreSQL with the model's uuid: keep the one
-            # the states were prepared with.
-            model_name, model_uuid = state.model.name, state.model.uuid
-            unit = f"{ctx['app_name']}/{ctx['unit_id']}"
-            model = model_of(state, unit, ctx["app_name"])
-            model["config"] = {**defaults, **model["config"]}
-            if case.leader is not None:
-                model["leader"] = case.leader
-            case_dir = tmp / f"case{len(job_cases)}"
-            (case_dir / "replay").mkdir(parents=True)
-            (case_dir / "model.json").write_text(json.dumps(model))
-            (case_dir / "model.json").chmod(0o600)
-            _unit_state_db(state, case_dir / "unit-state.db")
-            container = state.get_container("pgbouncer")
-            job_cases.append(
-                {
-                    "name": case.name,
-                    "hook": case.hook,
-                    "env": case.env,
-                    "no_pyc": case.no_pyc,
-                    "model": str(case_dir / "model.json"),
-                    "replay": str(case_dir / "replay"),
-                    "calls": str(case_dir / "calls.log"),
-                    "unit_state_db": str(case_dir / "unit-state.db"),
-                    "mount_location": mount_location,
-                    "mount_snapshot": str(snap),
-                    "mount_work": str(case_dir / "mount"),
-                    "layers": {k: v.to_dict() for k, v in container.layers.items()},
-                    "services": {k: v.value for k, v in container.service_statuses.items()},
-                }
-            )
+        for count in counts:
+            leader = next(s for s in snapshots if s.clients == count and s.leader)
+            follower = next(s for s in snapshots if s.clients == count and not s.leader)
+            rounds = None if count == 10 else settings.jujupath_more_rounds
+            for case in cases(leader.client_relations[0], count, rounds):
+                snap = leader if case.leader else follower
+                state = snap.state
+                # The charm marks what it creates in PostgreSQL with the model's uuid: keep the
+                # one the states were prepared with.
+                model_name, model_uuid = state.model.name, state.model.uuid
+                unit = f"{snap.app_name}/{snap.unit_id}"
+                model = model_of(state, unit, snap.app_name)
+                model["config"] = {**defaults, **model["config"], **case.config}
+                case_dir = tmp / f"case{len(job_cases)}"
+                (case_dir / "replay").mkdir(parents=True)
+                (case_dir / "model.json").write_text(json.dumps(model))
+                (case_dir / "model.json").chmod(0o600)
+                _unit_state_db(state, case_dir / "unit-state.db")
+                container = state.get_container("pgbouncer")
+                status = state.unit_status
+                job_cases.append(
+                    {
+                        "name": case.name,
+                        "hook": case.hook,
+                        "unit": unit,
+                        "env": case.env,
+                        "rounds": case.rounds,
+                        "verify_due": case.verify_due,
+                        "status_before": f"{status.name} -- {status.message}",
+                        "model": str(case_dir / "model.json"),
+                        "replay": str(case_dir / "replay"),
+                        "calls": str(case_dir / "calls.log"),
+                        "unit_state_db": str(case_dir / "unit-state.db"),
+                        "mount_location": mount_location,
+                        "mount_snapshot": str(snap.files),
+                        "mount_work": str(case_dir / "mount"),
+                        "layers": {k: v.to_dict() for k, v in container.layers.items()},
+                        "services": {k: v.value for k, v in container.service_statuses.items()},
+                    }
+                )
         charm_mount = tmp / "charm-mount"
         (charm_mount / "containers" / "pgbouncer").mkdir(parents=True)
         job = {
             "launch": str(launch),
             "tools_bin": str(bindir),
-            "unit": f"{UNIT_APP}/0",
             "model_name": model_name,
             "model_uuid": model_uuid,
             "juju_version": "3.6.2",
@@ -331,7 +387,7 @@ def run(settings: Settings, workdir: Path) -> JujuPathResult:
                 str(tmp / "out.json"),
             ],
             cwd=ROOT,
-            timeout=1800,
+            timeout=3600,
             check=False,
         )
         out = json.loads((tmp / "out.json").read_text()) if (tmp / "out.json").exists() else {}
@@ -345,10 +401,9 @@ def run(settings: Settings, workdir: Path) -> JujuPathResult:
     result = JujuPathResult(out["runs"], out["profiles"], settings.jujupath_runs)
     for case in result.cases():
         print(
-            f"  {case[:44]:44s} ours {result.span(case, 'ours', 'wall_ms')} ms"
-            f" {result.median(case, 'ours', 'rss_mib'):.1f} MiB | floor"
-            f" {result.span(case, 'floor', 'wall_ms')} ms"
-            f" {result.median(case, 'floor', 'rss_mib'):.1f} MiB",
+            f"  {case[:56]:56s} ours {result.span(case, 'ours', 'wall_ms')} ms | floor"
+            f" {result.span(case, 'floor', 'wall_ms')} ms | ratio {result.ratio_span(case)}"
+            f" | {sum(result.tools(case).values())} calls",
             flush=True,
         )
     return result
@@ -358,52 +413,76 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "n/a"
 
 
+WRITING_TOOLS = ("relation-set", "secret-add", "secret-set", "secret-grant", "secret-remove")
+"""Hook tools that write to a databag or a secret."""
+WRITING_PEBBLE = ("POST /v1/files", "POST /v1/layers", "POST /v1/services", "POST /v1/signals")
+"""Pebble calls that change the container: files, the plan, services, signals."""
+
+
+def _calls_cell(counts: dict[str, int]) -> str:
+    return ", ".join(f"{tool} {n}" for tool, n in counts.items()) or "none"
+
+
 def section(result: JujuPathResult) -> list[str]:
     """Markdown of the production-path hook table."""
     lines = [
         "## 4a. Hook cost on Juju's real path (dispatch → `src/charm.py` → `ops.main`)",
         "",
-        f"Charm directory as charmcraft packs it (runtime `requirements.txt` in `venv/`, `src/`,"
-        f" `dispatch`); each hook a fresh process through `dispatch`, stand-in hook tools on"
-        f" `PATH` and a stand-in Pebble API on `/charm/containers/pgbouncer/pebble.socket`"
-        f" (`bench/jujupath/`). {result.rounds} rounds, ours and the floor (`bench/floor_charm`,"
-        " ops only) interleaved; median (min-max). Peak RSS from `wait4` of `dispatch` (the"
-        " charm's python3 included) through a 1 MiB C launcher.",
+        "The steady state of issue 23: a two-unit application on a real PostgreSQL, the backend"
+        " related (credentials in a secret), 10 client applications related and answered, every"
+        " unit settled by update-status rounds (status active); each hook starts from that state"
+        " again, so nothing is new and nothing drifted in the catalog. Charm directory as"
+        " charmcraft packs it (runtime `requirements.txt` in `venv/`, `src/`, `dispatch`); each"
+        " hook a fresh process through `dispatch`, stand-in hook tools on `PATH` (one `sh`, and"
+        " for a getter `sha1sum` + `cat`: about 1 ms a call here) and a stand-in Pebble API on"
+        f" `/charm/containers/pgbouncer/pebble.socket` (`bench/jujupath/`). {result.rounds} rounds,"
+        " ours and the floor (`bench/floor_charm`, ops only, same hook tools) interleaved, the"
+        " order reversed every other round; wall and peak RSS median (min-max); **ratio** = ours"
+        " / floor within each round, median (min-max). Peak RSS from `wait4` of `dispatch` (the"
+        " charm's python3 included) through a 1 MiB C launcher. Rows marked [20 clients] run on"
+        " the same deployment with 10 more clients, fewer rounds: they show whether a hook's"
+        " calls grow with the clients.",
         "",
-        "| hook | ours wall (ms) | floor wall (ms) | ratio | ours peak RSS (MiB) | floor peak RSS (MiB) | ratio | hook tool / Pebble calls (ours) | stderr (ours) | status set (ours) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "| hook | ours wall (ms) | floor wall (ms) | ratio | ours peak RSS (MiB) | floor peak RSS (MiB) | hook-tool calls ours / floor | Pebble calls | writes (databag, secret, file, plan, signal) | status (ours) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for case in result.cases():
-        o, f = (result.median(case, c, "wall_ms") for c in ("ours", "floor"))
-        ro, rf = (result.median(case, c, "rss_mib") for c in ("ours", "floor"))
         last = [r for r in result.runs if r["case"] == case and r["charm"] == "ours"][-1]
         misses = sum(result.values(case, "ours", "tool_misses"))
-        stderr = (
-            "warning text"
-            if last.get("warning_on_stderr")
-            else ("other text" if last.get("stderr") else "empty")
-        )
+        ours_tools, floor_tools = result.tools(case), result.tools(case, "floor")
+        writes = {t: n for t, n in ours_tools.items() if t in WRITING_TOOLS}
+        writes |= {c: n for c, n in last["pebble"].items() if c in WRITING_PEBBLE}
+        status = last.get("status", "").replace("--application=False ", "").replace("|", "/")
+        same = "unchanged" if status in ("", last["status_before"]) else f"**{status[:70]}**"
+        stderr = " (warning on stderr)" if last.get("warning_on_stderr") else ""
         lines.append(
             f"| {case} | {result.span(case, 'ours', 'wall_ms')} |"
-            f" {result.span(case, 'floor', 'wall_ms')} | {_ratio(o, f)} |"
+            f" {result.span(case, 'floor', 'wall_ms')} | {result.ratio_span(case)} |"
             f" {result.span(case, 'ours', 'rss_mib', 1)} | {result.span(case, 'floor', 'rss_mib', 1)}"
-            f" | {_ratio(ro, rf)} | {last['tool_calls']} / {last['pebble_calls']}"
-            f"{f' ({misses} replay misses)' if misses else ''} | {stderr} |"
-            f" {last.get('status', '').replace('|', '/')[:80]} |"
+            f" | {sum(ours_tools.values())} / {sum(floor_tools.values())}"
+            f"{f' ({misses} replay misses)' if misses else ''} | {last['pebble_calls']} |"
+            f" {_calls_cell(writes)} | {same}{stderr} |"
         )
     lines += [
         "",
-        "Import profile of each hook (`PYTHONPROFILEIMPORTTIME=1`, one extra run each, not"
-        " timed): modules imported, and whether psycopg, pydantic and dpcharmlibs were loaded.",
+        "Hook-tool calls of our charm per hook, by tool (every measured run made the same calls):",
         "",
-        "| hook | ours modules | floor modules | psycopg | pydantic | dpcharmlibs |",
-        "|---|---:|---:|---|---|---|",
+        "| hook | calls |",
+        "|---|---|",
+        *[f"| {case} | {_calls_cell(result.tools(case))} |" for case in result.cases()],
+        "",
+        "Import profile of each hook (`PYTHONPROFILEIMPORTTIME=1`, one extra run each, not"
+        " timed): modules imported, and whether psycopg, pydantic, dpcharmlibs and cryptography"
+        " were loaded.",
+        "",
+        "| hook | ours modules | floor modules | psycopg | pydantic | dpcharmlibs | cryptography |",
+        "|---|---:|---:|---|---|---|---|",
     ]
     for case in result.cases():
         p, fl = result.profile(case, "ours"), result.profile(case, "floor")
         yes = {True: "**loaded**", False: "no"}
         lines.append(
             f"| {case} | {p['modules']} | {fl['modules']} | {yes[p['psycopg']]} |"
-            f" {yes[p['pydantic']]} | {yes[p['dpcharmlibs']]} |"
+            f" {yes[p['pydantic']]} | {yes[p['dpcharmlibs']]} | {yes[p.get('cryptography', False)]} |"
         )
     return lines

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,22 @@ def _prepare_run(job: dict[str, Any], case: dict[str, Any], charm: dict[str, Any
     subprocess.run(["cp", "-a", case["mount_snapshot"], str(work)], check=True)
     Path(case["calls"]).write_text("")
     Path(case["calls"] + ".status").write_text("")
+    Path(case["calls"] + ".log").write_text("")
     Path(case["calls"] + ".secrets").write_text("")
     shutil.rmtree(case["calls"] + ".secrets.d", ignore_errors=True)
+    if case.get("verify_due"):
+        # The leader's backend check (postgres.verification) is due: its marker is gone.
+        (charm_dir / ".backend-verified").unlink(missing_ok=True)
     if case.get("no_pyc"):
         _drop_pycache(charm_dir)
+
+
+def _log_level(line: str) -> str:
+    """``--log-level DEBUG -- text`` → ``DEBUG``."""
+    parts = line.split()
+    if "--log-level" in parts and parts.index("--log-level") + 1 < len(parts):
+        return parts[parts.index("--log-level") + 1]
+    return "INFO"
 
 
 def _env(job: dict[str, Any], case: dict[str, Any], charm: dict[str, Any]) -> dict[str, str]:
@@ -47,7 +60,7 @@ def _env(job: dict[str, Any], case: dict[str, Any], charm: dict[str, Any]) -> di
         "PATH": f"{job['tools_bin']}:/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
         "JUJU_CHARM_DIR": charm["dir"],
-        "JUJU_UNIT_NAME": job["unit"],
+        "JUJU_UNIT_NAME": case["unit"],
         "JUJU_MODEL_NAME": job["model_name"],
         "JUJU_MODEL_UUID": job["model_uuid"],
         "JUJU_VERSION": job["juju_version"],
@@ -61,6 +74,21 @@ def _env(job: dict[str, Any], case: dict[str, Any], charm: dict[str, Any]) -> di
     return env
 
 
+def _ensure_mount(job: dict[str, Any]) -> None:
+    """Bind the stand-in's directory on ``/charm`` (again, if the mount went).
+
+    ``/charm`` is created on the host when missing and removed by whichever run created it; a
+    run of another worktree that removes it detaches our mount (Linux detaches a mount whose
+    mountpoint is removed in another namespace). The socket file itself lives in our
+    temporary directory, so binding it again is enough.
+    """
+    socket = Path("/charm/containers/pgbouncer/pebble.socket")
+    if socket.exists():
+        return
+    Path("/charm").mkdir(mode=0o755, exist_ok=True)
+    subprocess.run(["mount", "--bind", str(job["charm_mount"]), "/charm"], check=True)
+
+
 def _run_once(
     job: dict[str, Any],
     case: dict[str, Any],
@@ -69,6 +97,7 @@ def _run_once(
     importtime: bool = False,
 ) -> dict[str, Any]:
     _prepare_run(job, case, charm)
+    _ensure_mount(job)
     state.reset()
     env = _env(job, case, charm)
     if importtime:
@@ -88,13 +117,19 @@ def _run_once(
     wall_ns, rss_kib, code = out.stdout.decode().split()[-3:]
     stderr = err_path.read_text(errors="replace")
     calls = Path(case["calls"]).read_text().splitlines()
+    by_tool = Counter(c.split()[0] for c in calls)
+    log_lines = Path(case["calls"] + ".log").read_text().splitlines()
     result: dict[str, Any] = {
         "wall_ms": int(wall_ns) / 1e6,
         "rss_mib": int(rss_kib) / 1024,
         "exit": int(code),
         "tool_calls": len(calls),
         "tool_misses": sum(1 for c in calls if c.endswith(" miss")),
+        "tools": dict(by_tool),
         "pebble_calls": sum(state.calls.values()),
+        "pebble": dict(state.calls),
+        "status_before": case.get("status_before", ""),
+        "log_levels": dict(Counter(_log_level(line) for line in log_lines)),
         "status": (Path(case["calls"] + ".status").read_text().strip().splitlines() or [""])[-1],
     }
     if importtime:
@@ -107,20 +142,22 @@ def _run_once(
         result["psycopg"] = any(m.split(".")[0] == "psycopg" for m in modules)
         result["pydantic"] = any(m.split(".")[0] == "pydantic" for m in modules)
         result["dpcharmlibs"] = any(m.split(".")[0] == "dpcharmlibs" for m in modules)
+        result["cryptography"] = any(m.split(".")[0] == "cryptography" for m in modules)
     else:
         text = stderr.strip()
         result["stderr"] = text[-600:]
         result["warning_on_stderr"] = "Warning" in text
     if int(code) != 0:
-        result["error"] = f"exit {code}; stderr ends: {stderr[-3000:]}"
+        result["error"] = (
+            f"exit {code}; stderr ends: {stderr[-3000:]}; log ends: {log_lines[-20:]}"
+        )
     return result
 
 
 def main(argv: list[str]) -> int:
     """Run the job; write per-run figures to the output file."""
     job = json.loads(Path(argv[1]).read_text())
-    charm_root = Path(job["charm_mount"])
-    subprocess.run(["mount", "--bind", str(charm_root), "/charm"], check=True)
+    _ensure_mount(job)
     socket = Path("/charm/containers/pgbouncer/pebble.socket")
     states = {
         case["name"]: PebbleStandIn(
@@ -154,10 +191,16 @@ def main(argv: list[str]) -> int:
         for rnd in range(job["rounds"]):
             order = charms if rnd % 2 == 0 else list(reversed(charms))
             for case in job["cases"]:
+                if case.get("rounds") is not None and rnd >= case["rounds"]:
+                    continue
                 server.state = states[case["name"]]
                 for charm in order:
                     run = _run_once(job, case, charm, states[case["name"]])
-                    results["runs"].append({"case": case["name"], "charm": charm["name"], **run})
+                    if run["exit"] != 0:
+                        raise RuntimeError(f"{charm['name']} {case['name']}: {run.get('error')}")
+                    results["runs"].append(
+                        {"case": case["name"], "charm": charm["name"], "round": rnd, **run}
+                    )
     finally:
         server.close()
         Path(argv[2]).write_text(json.dumps(results))

@@ -64,6 +64,12 @@ while read -r _ 2>/dev/null; do :; done
 exit 0
 """
 
+_JUJU_LOG_SCRIPT = """#!/bin/sh
+printf '%s\\n' "juju-log" >> "$BENCH_JUJU_CALLS"
+printf '%s\\n' "$*" >> "$BENCH_JUJU_CALLS.log"
+exit 0
+"""
+
 _STATUS_SET_SCRIPT = """#!/bin/sh
 printf '%s\\n' "status-set" >> "$BENCH_JUJU_CALLS"
 printf '%s\\n' "$*" >> "$BENCH_JUJU_CALLS.status"
@@ -118,6 +124,8 @@ def install(bindir: Path) -> None:
     (bindir / "secret-add").write_text(_SECRET_ADD_SCRIPT)
     # The unit status the hook set (never secret) is kept, so a report can show what it did.
     (bindir / "status-set").write_text(_STATUS_SET_SCRIPT)
+    # The log lines (level and text) are kept, to see what fills the model log.
+    (bindir / "juju-log").write_text(_JUJU_LOG_SCRIPT)
     for tool in GETTERS:
         (bindir / tool).write_text(_GETTER_SCRIPT.format(tool=tool, module=module))
     for path in bindir.iterdir():

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -128,6 +129,9 @@ def _provider_handler(charm: ops.CharmBase) -> ops.Object:
     """
     import warnings
 
+    # The library logs a DEBUG line for each field it reads or writes: in Juju each line is a
+    # juju-log call (82 in a leader hook with 10 clients, issue 23). Its warnings still show.
+    logging.getLogger("dpcharmlibs").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         # pydantic warns about the library's field attributes on import; nothing to act on.
         warnings.simplefilter("ignore")
@@ -150,18 +154,76 @@ def _provider_handler(charm: ops.CharmBase) -> ops.Object:
     return _ProviderEventHandler(charm, CLIENT_RELATION, RequirerCommonModel)
 
 
-class ClientDatabaseRelation:
+V0_FIELDS = frozenset({"database", "extra-user-roles", "requested-secrets"})
+"""The v0 request fields read without the library; anything else goes through it."""
+ANSWERED_KEY_PREFIX = "answered-"
+"""Peer application databag: ``answered-<relation id>`` → digest of the answer published."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _PlainV0:
+    """A v0 request read from its flat fields, in the shape :func:`validate_request` reads."""
+
+    resource: str
+    extra_user_roles: str | None
+    salt: str
+    entity_type: None = None
+    request_id: None = None
+
+
+REQUEST_KEY_PREFIX = "request-"
+"""Peer application databag: ``request-<relation id>`` → digest of the client databag the
+library last handled in a relation-changed."""
+
+
+class ClientDatabaseRelation(ops.Object):
     """The ``database`` endpoint as typed reads and writes; it runs no SQL, calls no charm.
 
-    The provider handler (and with it pydantic) is built only when a ``database`` relation
-    exists: its events (``resource_requested``) and the charm's reconcile then see the requests.
+    The library (and pydantic, and cryptography with it) is loaded only when a request must
+    be parsed or answered through it: a client's relation-changed is handed to the library
+    only when the client's databag differs from the one it last handled, a v0 request already
+    answered is read from its flat fields, and an answer already published with the same
+    inputs is not written again (issue 23: a steady hook pays for none of it, and writes
+    nothing).
     """
 
     def __init__(self, charm: ops.CharmBase):
+        super().__init__(charm, "client-database")
         self._charm = charm
-        self.provider = (
-            _provider_handler(charm) if charm.model.relations[CLIENT_RELATION] else None
-        )
+        self._provider: ops.Object | None = None
+        charm.framework.observe(charm.on[CLIENT_RELATION].relation_changed, self._on_changed)
+
+    def _on_changed(self, event: ops.RelationChangedEvent) -> None:
+        """Let the library handle a client's databag it has not handled yet (leader only).
+
+        It records the request (its ``data`` field, which v1 requirers match answers by) and
+        draws a new salt each time: handed the same databag again, it would rewrite ours and
+        wake every unit of the client.
+        """
+        relation = event.relation
+        if not self._charm.unit.is_leader() or relation.app is None:
+            return
+        remote = dict(relation.data[relation.app])
+        digest = hashlib.sha256(json.dumps(remote, sort_keys=True).encode()).hexdigest()[:32]
+        peer = self._peer_app_data()
+        key = f"{REQUEST_KEY_PREFIX}{relation.id}"
+        if peer is not None and peer.get(key) == digest:
+            return
+        provider = self.provider
+        if provider is None:
+            return
+        # Built now, the library's own observer is not notified of this event (ops saved the
+        # notices before the first observer ran): it is called here, once.
+        provider._on_relation_changed_event(event)  # type: ignore[attr-defined]
+        if peer is not None:
+            peer[key] = digest
+
+    @property
+    def provider(self) -> ops.Object | None:
+        """Dpcharmlibs' provider, built on first use (None without a ``database`` relation)."""
+        if self._provider is None and self._charm.model.relations[CLIENT_RELATION]:
+            self._provider = _provider_handler(self._charm)
+        return self._provider
 
     @property
     def relations(self) -> list[ops.Relation]:
@@ -174,7 +236,12 @@ class ClientDatabaseRelation:
         Raises:
             RequestRefusedError: the client's databag cannot be parsed or a request is refused.
         """
-        if relation.app is None or self.provider is None:
+        if relation.app is None:
+            return []
+        plain = self._plain_v0(relation)
+        if plain is not None:
+            return plain
+        if self.provider is None:
             return []
         try:
             raw: Sequence[RequirerCommonModel] = self.provider.requests(relation)  # type: ignore[attr-defined]
@@ -186,6 +253,91 @@ class ClientDatabaseRelation:
         if len(set(names)) != len(names):
             raise RequestRefusedError(f"relation {relation.id}: the same database asked twice")
         return requests
+
+    def _plain_v0(self, relation: ops.Relation) -> list[ClientRequest] | None:
+        """A v0 request read without the library, or None when the library must read it.
+
+        Only the plain case: flat v0 fields and nothing else, a database named, and (on the
+        leader) the salt already published, which the answer keeps. A follower never answers,
+        so it needs no salt.
+        """
+        assert relation.app is not None  # noqa: S101 (checked by the caller)
+        remote = relation.data[relation.app]
+        if not remote:
+            return []
+        if set(remote) - V0_FIELDS or not remote.get("database"):
+            return None
+        salt = ""
+        if self._charm.unit.is_leader():
+            salt = relation.data[self._charm.app].get("salt") or ""
+            if not salt:
+                return None
+        request = _PlainV0(remote["database"], remote.get("extra-user-roles"), salt)
+        return [validate_request(relation.id, request)]  # type: ignore[arg-type]
+
+    # -- answers already published ---------------------------------------------------------------
+    def _peer_app_data(self) -> ops.RelationDataContent | None:
+        from relations.peers import PEER_RELATION
+
+        peer = self._charm.model.get_relation(PEER_RELATION)
+        return peer.data[self._charm.app] if peer is not None else None
+
+    @staticmethod
+    def _digest(relation: ops.Relation, request: ClientRequest, **inputs: object) -> str:
+        """What an answer depends on besides the password (kept in our secret, never rotated).
+
+        No secret goes in: the password only changes with the user name, which does.
+        """
+        fields = {
+            "relation": relation.id,
+            "database": request.database,
+            "request_id": request.request_id,
+            **{k: v for k, v in inputs.items() if k != "backend"},
+        }
+        backend = inputs.get("backend")
+        fields["read_only"] = bool(getattr(backend, "read_only_endpoints", None))
+        text = json.dumps(fields, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def answered(
+        self,
+        relation: ops.Relation,
+        request: ClientRequest,
+        *,
+        backend: BackendDatabase,
+        endpoint: str,
+        username: str,
+        version: str | None,
+        tls_fields: Mapping[str, object] | None = None,
+    ) -> bool:
+        """Whether this very answer is already published (so answering again writes nothing).
+
+        The digest of its inputs is in the peer data and the client's databag still holds an
+        answer to the same database (``secret-user``, or the plain fields).
+        """
+        peer = self._peer_app_data()
+        if peer is None:
+            return False
+        digest = self._digest(
+            relation, request, backend=backend, endpoint=endpoint, username=username,
+            version=version, tls=dict(tls_fields or {}), secrets=self.wants_secrets(relation),
+        )  # fmt: skip
+        if peer.get(f"{ANSWERED_KEY_PREFIX}{relation.id}") != digest:
+            return False
+        if request.request_id is not None:
+            return self._published_secret_id(relation, request.request_id) is not None
+        local = relation.data[self._charm.app]
+        key = "secret-user" if self.wants_secrets(relation) else "password"
+        return local.get("database") == request.database and bool(local.get(key))
+
+    def _remember(self, relation: ops.Relation, request: ClientRequest, **inputs: object) -> None:
+        peer = self._peer_app_data()
+        if peer is None:
+            return
+        digest = self._digest(relation, request, **inputs, secrets=self.wants_secrets(relation))
+        key = f"{ANSWERED_KEY_PREFIX}{relation.id}"
+        if peer.get(key) != digest:
+            peer[key] = digest
 
     def answer(
         self,
@@ -206,6 +358,10 @@ class ClientDatabaseRelation:
         with plain fields, which dpcharmlibs cannot do (it always uses ``secret-user``), so
         :func:`plain_answer` does, against ``postgresql_client`` v0's provider schema.
         """
+        self._remember(
+            relation, request, backend=backend, endpoint=endpoint, username=username,
+            version=version, tls=dict(tls_fields or {}),
+        )  # fmt: skip
         if request.request_id is None and not self.wants_secrets(relation):
             fields = plain_answer(
                 request, backend, endpoint, username, password, version, tls_fields or {}
@@ -289,6 +445,10 @@ class ClientDatabaseRelation:
 
     def forget(self, relation: ops.Relation) -> None:
         """Remove the relation's password secret and the ``secret-user`` secrets we granted."""
+        peer = self._peer_app_data()
+        if peer is not None:
+            for prefix in (ANSWERED_KEY_PREFIX, REQUEST_KEY_PREFIX):
+                peer.pop(f"{prefix}{relation.id}", None)
         with contextlib.suppress(ops.SecretNotFoundError):
             self._charm.model.get_secret(
                 label=self._secret_label(relation.id)

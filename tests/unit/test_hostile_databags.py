@@ -104,7 +104,8 @@ def files_text(dirs: Dirs) -> str:
 
 def endpoint_entry(endpoints: str, database: str) -> str:
     """The ``[databases]`` value a valid ``endpoints`` and ``database`` must give."""
-    first = endpoints.split(",")[0].strip()
+    # Empty items of the comma list are skipped, as the charm's parser does.
+    first = next(item.strip() for item in endpoints.split(",") if item.strip())
     if first.startswith("["):
         host, _, port = first[1:].partition("]")
         port = port.removeprefix(":") or "5432"
@@ -176,6 +177,11 @@ def assert_outcome(out: testing.State, dirs: Dirs, field: str, value: str, basel
     if slot in ("password", "version", "read-only-endpoints"):
         assert MARK not in text, f"{field} must never reach PgBouncer's files"
     elif slot in ("endpoints", "database"):
+        # Only the first endpoint is the primary; the others are not rendered at all.
+        used = value if slot == "database" else endpoint_entry(value, "pgbouncer")
+        if MARK not in used:
+            assert MARK not in text
+            return
         assert MARK in databases["pgb_authdb"]
         lines = [line for line in text.splitlines() if MARK in line]
         assert lines == [f"pgb_authdb = {databases['pgb_authdb']}"]

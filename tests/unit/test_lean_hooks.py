@@ -88,3 +88,16 @@ def test_database_event_still_reaches_the_client_handler() -> None:
     assert "dpcharmlibs" in report["after_hook"]
     assert json.loads(report["database_app_data"]["data"])["resource"] == "appdb"
     assert "client relation" in report["status"], report["status"]
+
+
+@pytest.mark.parametrize("event", LEAN_HOOKS)
+def test_a_follower_with_clients_loads_neither_the_library_nor_psycopg(event: str) -> None:
+    """Issue 23: a client relation no longer costs pydantic, dpcharmlibs and cryptography.
+
+    A follower reads the v0 request from its flat fields (for its status) and answers nothing.
+    """
+    report, stderr = _probe(event, leader=False, with_database=True)
+    assert report["after_hook"] == [], f"{event} loaded {report['after_hook']}"
+    # The request was read all the same: the follower reports it as not served yet.
+    assert "client relation(s) 3 waiting" in report["status"], report["status"]
+    assert stderr.strip() == "", stderr[-1500:]
