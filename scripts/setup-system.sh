@@ -88,6 +88,48 @@ if [ ! -x "$EXPORTER_VENV/bin/pgbouncer-exporter" ] \
 fi
 chmod -R go+rX "$ROOT/.build/exporter"
 
+# The first "deb" stanza's URI and keyring: the machine's own archive, never written by us.
+SOURCES=/etc/apt/sources.list.d/debian.sources
+archive_uri() {
+  awk '
+    /^Types:/ {t=$0} /^URIs:/ {u=$2} /^Signed-By:/ {k=$2}
+    /^$/ { if (t ~ /deb( |$)/ && u != "" && !done) {print u, k; done=1} t=""; u=""; k="" }
+    END { if (!done && u != "") print u, k }' "$SOURCES"
+}
+
+# ---- the Go pgbouncer_exporter (the default image's exporter) ----------------------------
+# prometheus-community's pgbouncer_exporter, as Debian packages it (prometheus-pgbouncer-exporter,
+# epoch 1, in sid: 0.12.0 when written; it needs glibc >= 2.34, so it runs here), extracted into
+# .build/go-exporter/bin/pgbouncer_exporter, the name the default image puts on PATH. The
+# functional tests drive it against the real PgBouncer (docs/image.md, "Metrics").
+GO_EXPORTER="$ROOT/.build/go-exporter/bin/pgbouncer_exporter"
+GO_EXPORTER_PIN="1:0.12.0-1"
+if [ ! -x "$GO_EXPORTER" ] && [ "${PGB_SUITE}" = trixie ] && [ "$(id -u)" = 0 ]; then
+  log "fetching the Go pgbouncer_exporter (Debian's prometheus-pgbouncer-exporter, sid)"
+  read -r GURI GKEYRING < <(archive_uri)
+  GWORK="$(mktemp -d)"
+  chmod 755 "$GWORK"
+  mkdir -p "$GWORK/lists/partial" "$GWORK/cache/archives/partial" "$GWORK/dl"
+  chown -R _apt "$GWORK/lists" "$GWORK/cache" "$GWORK/dl" 2>/dev/null || true
+  printf 'Types: deb\nURIs: %s\nSuites: sid\nComponents: main\nArchitectures: %s\nSigned-By: %s\n' \
+    "$GURI" "$(dpkg --print-architecture)" "$GKEYRING" > "$GWORK/sid.sources"
+  GOPTS=(-o "Dir::Etc::sourcelist=$GWORK/sid.sources" -o "Dir::Etc::sourceparts=-"
+         -o "Dir::State::lists=$GWORK/lists" -o "Dir::Cache=$GWORK/cache"
+         -o "Dir::State::status=/dev/null" -o "APT::Get::List-Cleanup=0")
+  if apt-get "${GOPTS[@]}" update -qq >/dev/null 2>&1 \
+     && (cd "$GWORK/dl" && { apt-get "${GOPTS[@]}" download \
+           "prometheus-pgbouncer-exporter=$GO_EXPORTER_PIN" >/dev/null 2>&1 \
+         || apt-get "${GOPTS[@]}" download prometheus-pgbouncer-exporter >/dev/null 2>&1; }); then
+    dpkg-deb -x "$(ls "$GWORK"/dl/prometheus-pgbouncer-exporter_*.deb | head -n1)" "$GWORK/x"
+    mkdir -p "$(dirname "$GO_EXPORTER")"
+    install -m 0755 "$GWORK/x/usr/bin/prometheus-pgbouncer-exporter" "$GO_EXPORTER"
+    "$GO_EXPORTER" --version 2>&1 | head -n1 | sed 's/^/[setup] /' >&2
+  else
+    log "the Go pgbouncer_exporter could not be fetched: its functional test will skip"
+  fi
+  rm -rf "$GWORK"
+fi
+
 # ---- PgBouncer -----------------------------------------------------------------------
 if [ -x "$PREFIX/bin/pgbouncer" ] && version_ok "$(pgb_version_of "$PREFIX/bin/pgbouncer")"; then
   log "PgBouncer $(pgb_version_of "$PREFIX/bin/pgbouncer") already built in .build/pgbouncer"
@@ -106,12 +148,7 @@ dpkg -s libevent-dev libc-ares-dev pkg-config libssl-dev patch make gcc >/dev/nu
   || apt_install libevent-dev libc-ares-dev pkg-config libssl-dev patch make gcc
 need_root "the PgBouncer source"
 
-SOURCES=/etc/apt/sources.list.d/debian.sources
-# The first "deb" stanza's URI and keyring: the machine's own archive, never written by us.
-read -r URI KEYRING < <(awk '
-  /^Types:/ {t=$0} /^URIs:/ {u=$2} /^Signed-By:/ {k=$2}
-  /^$/ { if (t ~ /deb( |$)/ && u != "" && !done) {print u, k; done=1} t=""; u=""; k="" }
-  END { if (!done && u != "") print u, k }' "$SOURCES")
+read -r URI KEYRING < <(archive_uri)
 [ -n "${URI:-}" ] || { log "no deb URI found in $SOURCES"; exit 1; }
 
 WORK="$(mktemp -d)"

@@ -24,10 +24,12 @@ from pgbouncer.config import (
     PgBouncerConfig,
     RenderError,
     desired_config,
+    effective_processes,
     left_out_settings,
     render_files,
 )
 from pgbouncer.exporter import EXPORTER_COMMAND, STATS_USER
+from pgbouncer.go_exporter import GO_EXPORTER_COMMAND
 from pgbouncer.image import check_image
 from pgbouncer.workload import (
     DRAIN_GRACE_S,
@@ -111,6 +113,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
             pgb_version="",
             image_missing="",
             exporter_absent=False,
+            exporter_go=False,  # the default image: its Go pgbouncer_exporter (docs/image.md)
             # A port change: the port the old processes still serve, and when this unit saw
             # the new one published to clients.
             draining_port=0,
@@ -279,7 +282,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
             self.monitoring.ensure_stats_secret(_new_password)
         state = self._load_state()
         self._apply(state, with_backend)
-        self.monitoring.publish(serving=not self._stored.exporter_absent)
+        self.monitoring.publish(
+            serving=not self._stored.exporter_absent,
+            go_processes=self._go_processes(state) if self._stored.exporter_go else None,
+        )
         GrafanaDashboardProvider(self, self.monitoring.topology()).publish()
         container = self.unit.get_container(CONTAINER)
         LogForwarding(self, container, self.monitoring.topology()).apply()
@@ -354,7 +360,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
             if stats_line:
                 cfg = dataclasses.replace(cfg, stats_user=STATS_USER)
             exporter_files = self.monitoring.exporter_files(
-                cfg.processes, cfg.listen_port, runnable=not self._stored.exporter_absent
+                cfg.processes,
+                cfg.listen_port,
+                runnable=not self._stored.exporter_absent,
+                go=bool(self._stored.exporter_go),
             )
             files: dict[str, str | None] = {
                 **render_files(cfg),
@@ -467,7 +476,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
             logger.warning("could not check the pgbouncer-image: Pebble does not answer")
         else:
             self._stored.image_missing = "; ".join(check.problems)
-            self._stored.exporter_absent = EXPORTER_COMMAND in check.absent
+            python_absent = EXPORTER_COMMAND in check.absent
+            self._stored.exporter_go = python_absent and GO_EXPORTER_COMMAND not in check.absent
+            self._stored.exporter_absent = python_absent and not self._stored.exporter_go
             version = check.version or (UNKNOWN_VERSION if check.ran else "")
             self._stored.pgb_version = version
             if version:
@@ -633,9 +644,18 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if self._stored.handover_at:
             message += f"; old processes draining ({self._stored.handover_reason})"
         if self._stored.exporter_absent and self.model.relations.get(METRICS_RELATION):
-            message += f"; no metrics: pgbouncer-image has no {EXPORTER_COMMAND}"
+            message += (
+                f"; no metrics: pgbouncer-image has no {EXPORTER_COMMAND}"
+                f" nor {GO_EXPORTER_COMMAND}"
+            )
         statuses.append(ops.ActiveStatus(message))
         return statuses
+
+    @staticmethod
+    def _go_processes(state: CharmState) -> int:
+        """The process count the Go exporters' scrape jobs are published for (docs/image.md)."""
+        max_db = state.config.max_db_connections if state.config is not None else 0
+        return effective_processes(state.cpus, max_db)
 
     def _running(self) -> bool:
         try:

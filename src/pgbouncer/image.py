@@ -18,6 +18,7 @@ from ops import pebble
 
 from pgbouncer.config import DEFAULT_BASE_DIR, MIN_SUPPORTED_VERSION
 from pgbouncer.exporter import EXPORTER_COMMAND
+from pgbouncer.go_exporter import GO_EXPORTER_COMMAND
 from pgbouncer.workload import WORKLOAD_USER, parse_version
 
 MIN_VERSION = MIN_SUPPORTED_VERSION
@@ -32,6 +33,7 @@ for dir in "$@"; do
 done
 command -v pgbouncer >/dev/null 2>&1 || missing "pgbouncer on PATH"
 command -v {EXPORTER_COMMAND} >/dev/null 2>&1 || printf 'absent %s\\n' {EXPORTER_COMMAND}
+command -v {GO_EXPORTER_COMMAND} >/dev/null 2>&1 || printf 'absent %s\\n' {GO_EXPORTER_COMMAND}
 printf '%s\\n' '{VERSION_MARKER}'
 pgbouncer --version 2>&1
 exit 0

@@ -52,6 +52,7 @@ from pgbouncer.exporter import (
     passfile_path,
     retarget,
 )
+from pgbouncer.go_exporter import is_targets
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def build_layer(
     processes: int,
     listen_port: int | None = None,
     base_dir: str = DEFAULT_BASE_DIR,
-    exporter: bool = False,
+    exporter: bool | str = False,
     serving: Mapping[int, str] | None = None,
 ) -> pebble.LayerDict:
     """The Pebble layer running ``processes`` PgBouncer processes.
@@ -225,7 +226,8 @@ def build_layer(
         processes: how many services, 1 to 4.
         listen_port: the port the check connects to; None for no check.
         base_dir: where the ini files are.
-        exporter: whether to run the metrics exporter (:mod:`pgbouncer.exporter`) too.
+        exporter: whether to run the metrics exporter (:mod:`pgbouncer.exporter`) too;
+            ``"go"`` for the default image's Go exporters (:mod:`pgbouncer.go_exporter`).
         serving: the service each process index runs as (any of its slots);
             indices left out run as ``pgbouncer_<i>``.
 
@@ -249,7 +251,7 @@ def build_layer(
             raise ValueError(f"{name} does not run process {i}")
         layer["services"][name] = _service(i, base_dir, name)
     if exporter:
-        layer["services"][EXPORTER_SERVICE] = exporter_service(base_dir)
+        layer["services"][EXPORTER_SERVICE] = exporter_service(base_dir, go=exporter == "go")
     if listen_port is not None:
         layer["checks"] = {
             CHECK_NAME: {
@@ -648,7 +650,10 @@ class Workload:
         # The metrics exporter runs when its configuration is among the files (observability).
         exporter_path = exporter_config_path(self._base_dir)
         exporter_files = {exporter_path, passfile_path(self._base_dir)}
-        exporter = files.get(exporter_path) is not None
+        exporter_text = files.get(exporter_path)
+        exporter: bool | str = exporter_text is not None and (
+            "go" if is_targets(exporter_text) else True
+        )
         slot_inis = {
             ini_path(i, self._base_dir, slot): (i, slot)
             for i in range(MAX_PROCESSES)
@@ -1014,7 +1019,7 @@ class Workload:
         listen_port: int | None,
         running: set[str],
         current: pebble.Plan,
-        exporter: bool = False,
+        exporter: bool | str = False,
     ) -> tuple[list[str], list[str]]:
         """Add the layer and start what should serve; restart what the layer redefined.
 
