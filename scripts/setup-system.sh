@@ -80,11 +80,7 @@ EXPORTER_VENV="$ROOT/.build/exporter"
 if [ ! -x "$EXPORTER_VENV/bin/pgbouncer-exporter" ] \
    || ! cmp -s "$ROOT/requirements-exporter.txt" "$EXPORTER_VENV/.requirements"; then
   log "installing the metrics exporter into .build/exporter"
-  rm -rf "$EXPORTER_VENV"
-  python3 -m venv "$EXPORTER_VENV"
-  "$EXPORTER_VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
-    -r "$ROOT/requirements-exporter.txt"
-  cp "$ROOT/requirements-exporter.txt" "$EXPORTER_VENV/.requirements"
+  bash "$ROOT/scripts/build-exporter.sh" "$EXPORTER_VENV" "$ROOT/requirements-exporter.txt"
 fi
 chmod -R go+rX "$ROOT/.build/exporter"
 
@@ -147,46 +143,8 @@ log "building PgBouncer from Debian $PGB_SUITE's source package"
 dpkg -s libevent-dev libc-ares-dev pkg-config libssl-dev patch make gcc >/dev/null 2>&1 \
   || apt_install libevent-dev libc-ares-dev pkg-config libssl-dev patch make gcc
 need_root "the PgBouncer source"
-
-read -r URI KEYRING < <(archive_uri)
-[ -n "${URI:-}" ] || { log "no deb URI found in $SOURCES"; exit 1; }
-
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-chmod 755 "$WORK"
-mkdir -p "$WORK/lists/partial" "$WORK/cache/archives/partial" "$WORK/dl"
-chown -R _apt "$WORK/lists" "$WORK/cache" "$WORK/dl" 2>/dev/null || true
-cat > "$WORK/trixie-src.sources" <<SRC
-Types: deb-src
-URIs: $URI
-Suites: $PGB_SUITE
-Components: main
-Signed-By: $KEYRING
-SRC
-APT_OPTS=(-o "Dir::Etc::sourcelist=$WORK/trixie-src.sources" -o "Dir::Etc::sourceparts=-"
-          -o "Dir::State::lists=$WORK/lists" -o "Dir::Cache=$WORK/cache"
-          -o "APT::Get::List-Cleanup=0")
-apt-get "${APT_OPTS[@]}" update -qq >/dev/null
-cd "$WORK/dl"
-if ! apt-get "${APT_OPTS[@]}" source --download-only "pgbouncer=$PIN_VERSION" >/dev/null 2>&1; then
-  log "pinned revision $PIN_VERSION not in the archive: taking $PGB_SUITE's current pgbouncer"
-  apt-get "${APT_OPTS[@]}" source --download-only pgbouncer >/dev/null
-fi
-ORIG="$(ls "$WORK"/dl/pgbouncer_*.orig.tar.* | head -n1)"
-DEB="$(ls "$WORK"/dl/pgbouncer_*.debian.tar.* | head -n1)"
-UPSTREAM="$(basename "$ORIG" | sed -E 's/^pgbouncer_([^.]+\.[^.]+\.[^.]+)\.orig.*/\1/')"
-version_ok "$UPSTREAM" || { log "$PGB_SUITE's PgBouncer $UPSTREAM is older than $MIN_VERSION"; exit 1; }
-
-mkdir "$WORK/src"
-tar -xf "$ORIG" -C "$WORK/src" --strip-components=1
-tar -xf "$DEB" -C "$WORK/src"
-cd "$WORK/src"
-while read -r p _; do
-  case "$p" in ''|'#'*|debian-config) continue ;; esac
-  patch -p1 -s < "debian/patches/$p"
-done < debian/patches/series
-./configure --prefix="$PREFIX" --with-cares --without-systemd >/dev/null
-make -j"$(nproc)" >/dev/null 2>&1
-rm -rf "$PREFIX"
-make install >/dev/null
+# The same script builds the recommended image's PgBouncer (rockcraft.yaml).
+bash "$ROOT/scripts/build-pgbouncer.sh" "$PREFIX" "$PGB_SUITE" "$PIN_VERSION"
+version_ok "$(pgb_version_of "$PREFIX/bin/pgbouncer")" \
+  || { log "$PGB_SUITE's PgBouncer is older than $MIN_VERSION"; exit 1; }
 log "built $("$PREFIX/bin/pgbouncer" --version | head -n1) into ${PREFIX#"$ROOT"/}"
