@@ -21,6 +21,7 @@ from actions import Actions
 from pgbouncer import pause
 from pgbouncer.config import (
     AUTH_FILE,
+    SETTINGS_SINCE,
     PgBouncerConfig,
     RenderError,
     desired_config,
@@ -634,7 +635,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
         message = f"{self._processes} PgBouncer {processes}"
         left_out = left_out_settings(self._cfg) if self._cfg is not None else ()
         if left_out:
-            message += f"; {', '.join(left_out)} ignored: needs PgBouncer 1.24"
+            for since in sorted({SETTINGS_SINCE[key] for key in left_out}):
+                keys = ", ".join(key for key in left_out if SETTINGS_SINCE[key] == since)
+                message += f"; {keys} ignored: needs PgBouncer {'.'.join(map(str, since))}"
         if outcome.repaired:
             message += f"; repaired the auth plumbing ({outcome.repaired[0]})"
         if outcome.tenancy_repaired:
