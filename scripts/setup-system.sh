@@ -143,8 +143,50 @@ log "building PgBouncer from Debian $PGB_SUITE's source package"
 dpkg -s libevent-dev libc-ares-dev pkg-config libssl-dev patch make gcc >/dev/null 2>&1 \
   || apt_install libevent-dev libc-ares-dev pkg-config libssl-dev patch make gcc
 need_root "the PgBouncer source"
+
+# sid's source package could not be fetched on this machine (the archive answers 404 for its
+# files, 2026-12-07: docs/image.md, "Version matrix"). Then the version matrix runs Debian's own
+# build of it instead: the sid binary package and its run-time dependencies, unpacked into
+# PREFIX/root, started through sid's dynamic loader with sid's libraries (it needs a newer C
+# library than this machine's), behind a PREFIX/bin/pgbouncer wrapper that execs it in place.
+debian_binary() {
+  read -r BURI BKEYRING < <(archive_uri)
+  BWORK="$(mktemp -d)"
+  chmod 755 "$BWORK"
+  mkdir -p "$BWORK/lists/partial" "$BWORK/cache/archives/partial"
+  chown -R _apt "$BWORK/lists" "$BWORK/cache" 2>/dev/null || true
+  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nArchitectures: %s\nSigned-By: %s\n' \
+    "$BURI" "$PGB_SUITE" "$(dpkg --print-architecture)" "$BKEYRING" > "$BWORK/bin.sources"
+  BOPTS=(-o "Dir::Etc::sourcelist=$BWORK/bin.sources" -o "Dir::Etc::sourceparts=-"
+         -o "Dir::State::lists=$BWORK/lists" -o "Dir::Cache=$BWORK/cache"
+         -o "Dir::State::status=/dev/null" -o "APT::Get::List-Cleanup=0")
+  apt-get "${BOPTS[@]}" update -qq >/dev/null
+  apt-get "${BOPTS[@]}" install --download-only --no-install-recommends -y -qq \
+    "pgbouncer=$PIN_VERSION" >/dev/null 2>&1 \
+    || apt-get "${BOPTS[@]}" install --download-only --no-install-recommends -y -qq \
+      pgbouncer >/dev/null
+  rm -rf "$PREFIX"
+  mkdir -p "$PREFIX/root" "$PREFIX/bin"
+  for deb in "$BWORK"/cache/archives/*.deb; do dpkg-deb -x "$deb" "$PREFIX/root"; done
+  rm -rf "$BWORK"
+  local lib="$PREFIX/root/usr/lib/x86_64-linux-gnu"
+  cat > "$PREFIX/bin/pgbouncer" <<WRAP
+#!/bin/sh
+# Debian $PGB_SUITE's PgBouncer binary package, run with $PGB_SUITE's own C library and
+# libraries (written by scripts/setup-system.sh; the version matrix, docs/image.md).
+exec "$PREFIX/root/usr/lib64/ld-linux-x86-64.so.2" --library-path "$lib" \\
+  "$PREFIX/root/usr/sbin/pgbouncer" "\$@"
+WRAP
+  chmod 755 "$PREFIX/bin/pgbouncer"
+  chmod -R go+rX "$PREFIX"
+}
+
 # The same script builds the recommended image's PgBouncer (rockcraft.yaml).
-bash "$ROOT/scripts/build-pgbouncer.sh" "$PREFIX" "$PGB_SUITE" "$PIN_VERSION"
+if ! bash "$ROOT/scripts/build-pgbouncer.sh" "$PREFIX" "$PGB_SUITE" "$PIN_VERSION"; then
+  [ "$PGB_SUITE" = sid ] || exit 1
+  log "sid's PgBouncer source could not be fetched: using Debian's sid binary package instead"
+  debian_binary
+fi
 version_ok "$(pgb_version_of "$PREFIX/bin/pgbouncer")" \
   || { log "$PGB_SUITE's PgBouncer is older than $MIN_VERSION"; exit 1; }
-log "built $("$PREFIX/bin/pgbouncer" --version | head -n1) into ${PREFIX#"$ROOT"/}"
+log "ready: $("$PREFIX/bin/pgbouncer" --version | head -n1) in ${PREFIX#"$ROOT"/}"

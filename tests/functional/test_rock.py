@@ -42,7 +42,9 @@ def _calls(script: str, text: str) -> list[list[str]]:
     joined = text.replace("\\\n", " ")
     return [
         shlex.split(match)
-        for match in re.findall(rf"bash \"?[^\s\"]*scripts/{re.escape(script)}\"?([^\n]*)", joined)
+        for match in re.findall(
+            rf"bash \"?[^\s\"]*scripts/{re.escape(script)}\"?([^\n;]*)", joined
+        )
     ]
 
 
