@@ -8,7 +8,7 @@ SYS_STAMP := .build/.system-ready
 SRC := $(wildcard src tests bench demo harness)
 
 .PHONY: help test demo lint fmt typecheck unit functional e2e bench setup system lock clean \
-	test-pgbouncer-sid
+	test-pgbouncer-sid test-pgbouncer-sid-subset
 
 help:
 	@echo "make demo   - the charm's life story on real PostgreSQL and PgBouncer (Juju simulated)"
@@ -51,9 +51,19 @@ e2e: setup
 
 test: setup lint typecheck
 	$(PY) -m pytest -q tests/unit tests/functional tests/e2e
+	@$(MAKE) --no-print-directory test-pgbouncer-sid-subset
 
-# The version matrix: the functional and end-to-end tiers on PgBouncer from Debian sid's source
-# (1.26.1 when written), built into .build/pgbouncer-sid; `make test` stays on 1.24.1.
+# The version matrix (docs/image.md): PgBouncer 1.26.1 from Debian sid, built from its source
+# where the archive serves it, else Debian's binary package with sid's libraries, into
+# .build/pgbouncer-sid. `make test` runs the subset that passes on it; the whole functional and
+# end-to-end tiers (14 failures on 2026-12-07, docs/image.md) run with test-pgbouncer-sid.
+SID_SUBSET := tests/functional/test_pool_options.py tests/functional/test_client_pooling.py \
+	tests/functional/test_read_only_balancing.py tests/functional/test_go_exporter.py
+
+test-pgbouncer-sid-subset: setup
+	@PGB_SUITE=sid bash scripts/setup-system.sh
+	PGBOUNCER_BUILD=pgbouncer-sid $(PY) -m pytest -q $(SID_SUBSET)
+
 test-pgbouncer-sid: setup
 	PGB_SUITE=sid bash scripts/setup-system.sh
 	PGBOUNCER_BUILD=pgbouncer-sid $(PY) -m pytest -q tests/functional tests/e2e

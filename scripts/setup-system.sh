@@ -80,13 +80,51 @@ EXPORTER_VENV="$ROOT/.build/exporter"
 if [ ! -x "$EXPORTER_VENV/bin/pgbouncer-exporter" ] \
    || ! cmp -s "$ROOT/requirements-exporter.txt" "$EXPORTER_VENV/.requirements"; then
   log "installing the metrics exporter into .build/exporter"
-  rm -rf "$EXPORTER_VENV"
-  python3 -m venv "$EXPORTER_VENV"
-  "$EXPORTER_VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
-    -r "$ROOT/requirements-exporter.txt"
-  cp "$ROOT/requirements-exporter.txt" "$EXPORTER_VENV/.requirements"
+  bash "$ROOT/scripts/build-exporter.sh" "$EXPORTER_VENV" "$ROOT/requirements-exporter.txt"
 fi
 chmod -R go+rX "$ROOT/.build/exporter"
+
+# The first "deb" stanza's URI and keyring: the machine's own archive, never written by us.
+SOURCES=/etc/apt/sources.list.d/debian.sources
+archive_uri() {
+  awk '
+    /^Types:/ {t=$0} /^URIs:/ {u=$2} /^Signed-By:/ {k=$2}
+    /^$/ { if (t ~ /deb( |$)/ && u != "" && !done) {print u, k; done=1} t=""; u=""; k="" }
+    END { if (!done && u != "") print u, k }' "$SOURCES"
+}
+
+# ---- the Go pgbouncer_exporter (the default image's exporter) ----------------------------
+# prometheus-community's pgbouncer_exporter, as Debian packages it (prometheus-pgbouncer-exporter,
+# epoch 1, in sid: 0.12.0 when written; it needs glibc >= 2.34, so it runs here), extracted into
+# .build/go-exporter/bin/pgbouncer_exporter, the name the default image puts on PATH. The
+# functional tests drive it against the real PgBouncer (docs/image.md, "Metrics").
+GO_EXPORTER="$ROOT/.build/go-exporter/bin/pgbouncer_exporter"
+GO_EXPORTER_PIN="1:0.12.0-1"
+if [ ! -x "$GO_EXPORTER" ] && [ "${PGB_SUITE}" = trixie ] && [ "$(id -u)" = 0 ]; then
+  log "fetching the Go pgbouncer_exporter (Debian's prometheus-pgbouncer-exporter, sid)"
+  read -r GURI GKEYRING < <(archive_uri)
+  GWORK="$(mktemp -d)"
+  chmod 755 "$GWORK"
+  mkdir -p "$GWORK/lists/partial" "$GWORK/cache/archives/partial" "$GWORK/dl"
+  chown -R _apt "$GWORK/lists" "$GWORK/cache" "$GWORK/dl" 2>/dev/null || true
+  printf 'Types: deb\nURIs: %s\nSuites: sid\nComponents: main\nArchitectures: %s\nSigned-By: %s\n' \
+    "$GURI" "$(dpkg --print-architecture)" "$GKEYRING" > "$GWORK/sid.sources"
+  GOPTS=(-o "Dir::Etc::sourcelist=$GWORK/sid.sources" -o "Dir::Etc::sourceparts=-"
+         -o "Dir::State::lists=$GWORK/lists" -o "Dir::Cache=$GWORK/cache"
+         -o "Dir::State::status=/dev/null" -o "APT::Get::List-Cleanup=0")
+  if apt-get "${GOPTS[@]}" update -qq >/dev/null 2>&1 \
+     && (cd "$GWORK/dl" && { apt-get "${GOPTS[@]}" download \
+           "prometheus-pgbouncer-exporter=$GO_EXPORTER_PIN" >/dev/null 2>&1 \
+         || apt-get "${GOPTS[@]}" download prometheus-pgbouncer-exporter >/dev/null 2>&1; }); then
+    dpkg-deb -x "$(ls "$GWORK"/dl/prometheus-pgbouncer-exporter_*.deb | head -n1)" "$GWORK/x"
+    mkdir -p "$(dirname "$GO_EXPORTER")"
+    install -m 0755 "$GWORK/x/usr/bin/prometheus-pgbouncer-exporter" "$GO_EXPORTER"
+    "$GO_EXPORTER" --version 2>&1 | head -n1 | sed 's/^/[setup] /' >&2
+  else
+    log "the Go pgbouncer_exporter could not be fetched: its functional test will skip"
+  fi
+  rm -rf "$GWORK"
+fi
 
 # ---- PgBouncer -----------------------------------------------------------------------
 if [ -x "$PREFIX/bin/pgbouncer" ] && version_ok "$(pgb_version_of "$PREFIX/bin/pgbouncer")"; then
@@ -106,50 +144,49 @@ dpkg -s libevent-dev libc-ares-dev pkg-config libssl-dev patch make gcc >/dev/nu
   || apt_install libevent-dev libc-ares-dev pkg-config libssl-dev patch make gcc
 need_root "the PgBouncer source"
 
-SOURCES=/etc/apt/sources.list.d/debian.sources
-# The first "deb" stanza's URI and keyring: the machine's own archive, never written by us.
-read -r URI KEYRING < <(awk '
-  /^Types:/ {t=$0} /^URIs:/ {u=$2} /^Signed-By:/ {k=$2}
-  /^$/ { if (t ~ /deb( |$)/ && u != "" && !done) {print u, k; done=1} t=""; u=""; k="" }
-  END { if (!done && u != "") print u, k }' "$SOURCES")
-[ -n "${URI:-}" ] || { log "no deb URI found in $SOURCES"; exit 1; }
+# sid's source package could not be fetched on this machine (the archive answers 404 for its
+# files, 2026-12-07: docs/image.md, "Version matrix"). Then the version matrix runs Debian's own
+# build of it instead: the sid binary package and its run-time dependencies, unpacked into
+# PREFIX/root, started through sid's dynamic loader with sid's libraries (it needs a newer C
+# library than this machine's), behind a PREFIX/bin/pgbouncer wrapper that execs it in place.
+debian_binary() {
+  read -r BURI BKEYRING < <(archive_uri)
+  BWORK="$(mktemp -d)"
+  chmod 755 "$BWORK"
+  mkdir -p "$BWORK/lists/partial" "$BWORK/cache/archives/partial"
+  chown -R _apt "$BWORK/lists" "$BWORK/cache" 2>/dev/null || true
+  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nArchitectures: %s\nSigned-By: %s\n' \
+    "$BURI" "$PGB_SUITE" "$(dpkg --print-architecture)" "$BKEYRING" > "$BWORK/bin.sources"
+  BOPTS=(-o "Dir::Etc::sourcelist=$BWORK/bin.sources" -o "Dir::Etc::sourceparts=-"
+         -o "Dir::State::lists=$BWORK/lists" -o "Dir::Cache=$BWORK/cache"
+         -o "Dir::State::status=/dev/null" -o "APT::Get::List-Cleanup=0")
+  apt-get "${BOPTS[@]}" update -qq >/dev/null
+  apt-get "${BOPTS[@]}" install --download-only --no-install-recommends -y -qq \
+    "pgbouncer=$PIN_VERSION" >/dev/null 2>&1 \
+    || apt-get "${BOPTS[@]}" install --download-only --no-install-recommends -y -qq \
+      pgbouncer >/dev/null
+  rm -rf "$PREFIX"
+  mkdir -p "$PREFIX/root" "$PREFIX/bin"
+  for deb in "$BWORK"/cache/archives/*.deb; do dpkg-deb -x "$deb" "$PREFIX/root"; done
+  rm -rf "$BWORK"
+  local lib="$PREFIX/root/usr/lib/x86_64-linux-gnu"
+  cat > "$PREFIX/bin/pgbouncer" <<WRAP
+#!/bin/sh
+# Debian $PGB_SUITE's PgBouncer binary package, run with $PGB_SUITE's own C library and
+# libraries (written by scripts/setup-system.sh; the version matrix, docs/image.md).
+exec "$PREFIX/root/usr/lib64/ld-linux-x86-64.so.2" --library-path "$lib" \\
+  "$PREFIX/root/usr/sbin/pgbouncer" "\$@"
+WRAP
+  chmod 755 "$PREFIX/bin/pgbouncer"
+  chmod -R go+rX "$PREFIX"
+}
 
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-chmod 755 "$WORK"
-mkdir -p "$WORK/lists/partial" "$WORK/cache/archives/partial" "$WORK/dl"
-chown -R _apt "$WORK/lists" "$WORK/cache" "$WORK/dl" 2>/dev/null || true
-cat > "$WORK/trixie-src.sources" <<SRC
-Types: deb-src
-URIs: $URI
-Suites: $PGB_SUITE
-Components: main
-Signed-By: $KEYRING
-SRC
-APT_OPTS=(-o "Dir::Etc::sourcelist=$WORK/trixie-src.sources" -o "Dir::Etc::sourceparts=-"
-          -o "Dir::State::lists=$WORK/lists" -o "Dir::Cache=$WORK/cache"
-          -o "APT::Get::List-Cleanup=0")
-apt-get "${APT_OPTS[@]}" update -qq >/dev/null
-cd "$WORK/dl"
-if ! apt-get "${APT_OPTS[@]}" source --download-only "pgbouncer=$PIN_VERSION" >/dev/null 2>&1; then
-  log "pinned revision $PIN_VERSION not in the archive: taking $PGB_SUITE's current pgbouncer"
-  apt-get "${APT_OPTS[@]}" source --download-only pgbouncer >/dev/null
+# The same script builds the recommended image's PgBouncer (rockcraft.yaml).
+if ! bash "$ROOT/scripts/build-pgbouncer.sh" "$PREFIX" "$PGB_SUITE" "$PIN_VERSION"; then
+  [ "$PGB_SUITE" = sid ] || exit 1
+  log "sid's PgBouncer source could not be fetched: using Debian's sid binary package instead"
+  debian_binary
 fi
-ORIG="$(ls "$WORK"/dl/pgbouncer_*.orig.tar.* | head -n1)"
-DEB="$(ls "$WORK"/dl/pgbouncer_*.debian.tar.* | head -n1)"
-UPSTREAM="$(basename "$ORIG" | sed -E 's/^pgbouncer_([^.]+\.[^.]+\.[^.]+)\.orig.*/\1/')"
-version_ok "$UPSTREAM" || { log "$PGB_SUITE's PgBouncer $UPSTREAM is older than $MIN_VERSION"; exit 1; }
-
-mkdir "$WORK/src"
-tar -xf "$ORIG" -C "$WORK/src" --strip-components=1
-tar -xf "$DEB" -C "$WORK/src"
-cd "$WORK/src"
-while read -r p _; do
-  case "$p" in ''|'#'*|debian-config) continue ;; esac
-  patch -p1 -s < "debian/patches/$p"
-done < debian/patches/series
-./configure --prefix="$PREFIX" --with-cares --without-systemd >/dev/null
-make -j"$(nproc)" >/dev/null 2>&1
-rm -rf "$PREFIX"
-make install >/dev/null
-log "built $("$PREFIX/bin/pgbouncer" --version | head -n1) into ${PREFIX#"$ROOT"/}"
+version_ok "$(pgb_version_of "$PREFIX/bin/pgbouncer")" \
+  || { log "$PGB_SUITE's PgBouncer is older than $MIN_VERSION"; exit 1; }
+log "ready: $("$PREFIX/bin/pgbouncer" --version | head -n1) in ${PREFIX#"$ROOT"/}"

@@ -20,6 +20,7 @@ from actions import Actions
 from pgbouncer import pause
 from pgbouncer.config import (
     AUTH_FILE,
+    effective_processes,
     left_out_settings,
     render_files,
 )
@@ -214,7 +215,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
             self.monitoring.ensure_stats_secret(_new_password)
         state = self._load_state()
         unit = self._apply(state, with_backend)
-        self.monitoring.publish(serving=not self._image.exporter_absent)
+        self.monitoring.publish(
+            serving=not self._image.exporter_absent,
+            go_processes=self._go_processes(state) if self._image.exporter_go else None,
+        )
         GrafanaDashboardProvider(self, self.monitoring.topology()).publish()
         LogForwarding(self, self._container, self.monitoring.topology()).apply()
         outcome = LeaderOutcome()
@@ -318,7 +322,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
             if stats_line:
                 cfg = dataclasses.replace(cfg, stats_user=STATS_USER)
             exporter_files = self.monitoring.exporter_files(
-                cfg.processes, cfg.listen_port, runnable=not self._image.exporter_absent
+                cfg.processes,
+                cfg.listen_port,
+                runnable=not self._image.exporter_absent,
+                go=self._image.exporter_go,
             )
             files: dict[str, str | None] = {
                 **render_files(cfg),
@@ -507,6 +514,12 @@ class PgBouncerK8sCharm(ops.CharmBase):
         # The role is dropped from the record (now, or by whichever leader next reaches the
         # backend): nothing is kept in unit-local state.
         self._reconcile(gone=event.relation.id)
+
+    @staticmethod
+    def _go_processes(state: CharmState) -> int:
+        """The process count the Go exporters' scrape jobs are published for (docs/image.md)."""
+        max_db = state.config.max_db_connections if state.config is not None else 0
+        return effective_processes(state.cpus, max_db)
 
     # -- status ----------------------------------------------------------------------------------
     def _unit_seen(self) -> UnitOutcome:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import ops
 
+from pgbouncer.config import SETTINGS_SINCE
 from pgbouncer.exporter import EXPORTER_COMMAND
+from pgbouncer.go_exporter import GO_EXPORTER_COMMAND
 from pgbouncer.image import ImageFacts
 from reconcile import WAITING_FOR_BACKEND, LeaderOutcome
 from relations.backend_database import REMOVE_AUTH_FAILED
@@ -94,8 +96,9 @@ def _active_message(
 ) -> str:
     processes = "process" if unit.processes == 1 else "processes"
     message = f"{unit.processes} PgBouncer {processes}"
-    if unit.left_out:
-        message += f"; {', '.join(unit.left_out)} ignored: needs PgBouncer 1.24"
+    for since in sorted({SETTINGS_SINCE[key] for key in unit.left_out}):
+        keys = ", ".join(key for key in unit.left_out if SETTINGS_SINCE[key] == since)
+        message += f"; {keys} ignored: needs PgBouncer {'.'.join(map(str, since))}"
     if leader.repaired:
         message += f"; repaired the auth plumbing ({leader.repaired[0]})"
     if leader.tenancy_repaired:
@@ -105,7 +108,9 @@ def _active_message(
     if unit.handover_reason:
         message += f"; old processes draining ({unit.handover_reason})"
     if image.exporter_absent and metrics_related:
-        message += f"; no metrics: pgbouncer-image has no {EXPORTER_COMMAND}"
+        message += (
+            f"; no metrics: pgbouncer-image has no {EXPORTER_COMMAND} nor {GO_EXPORTER_COMMAND}"
+        )
     return message
 
 

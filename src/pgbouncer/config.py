@@ -83,6 +83,7 @@ MAX_HOSTS = 16
 SETTINGS_SINCE: dict[str, tuple[int, int]] = {
     "max_db_client_connections": (1, 24),
     "max_user_client_connections": (1, 24),
+    "transaction_timeout": (1, 25),  # PgBouncer's NEWS.md, 1.25.0
 }
 """``[pgbouncer]`` keys the charm renders only for a PgBouncer at least this new: an unknown key
 stops PgBouncer from starting, so they are left out for an older one."""
@@ -607,6 +608,8 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str, slot: int =
         if supports(cfg.version, key):
             value = connection_share(getattr(pools, key), cfg.processes, index)
             lines.append(f"{key} = {value}")
+    if supports(cfg.version, "transaction_timeout"):
+        lines.append(f"transaction_timeout = {pools.transaction_timeout}")
     if cfg.client_tls is not None:
         lines += [
             f"client_tls_sslmode = {cfg.client_tls.sslmode}",

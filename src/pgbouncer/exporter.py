@@ -28,6 +28,7 @@ from pathlib import PurePosixPath
 
 from ops import pebble
 
+from pgbouncer.go_exporter import go_exporter_service, is_targets, retarget_lines
 from pgbouncer.ini import RenderError
 from pgbouncer.slots import (
     DEFAULT_BASE_DIR,
@@ -68,12 +69,15 @@ def passfile_path(base_dir: str = DEFAULT_BASE_DIR) -> str:
     return str(PurePosixPath(base_dir) / "exporter.pgpass")
 
 
-def exporter_service(base_dir: str = DEFAULT_BASE_DIR) -> pebble.ServiceDict:
+def exporter_service(base_dir: str = DEFAULT_BASE_DIR, go: bool = False) -> pebble.ServiceDict:
     """The exporter's Pebble service: the command names only the configuration file.
 
     Args:
         base_dir: where PgBouncer's files live in the container.
+        go: the default image's Go exporters instead (:mod:`pgbouncer.go_exporter`).
     """
+    if go:
+        return go_exporter_service(base_dir)
     return {
         "override": "replace",
         "summary": "Prometheus exporter for every PgBouncer process of the unit",
@@ -222,6 +226,8 @@ def retarget(config: str, slots: Mapping[int, int], base_dir: str = DEFAULT_BASE
         RenderError: ``config`` is not such a configuration.
     """
     moved = {index: slot for index, slot in slots.items() if slot}
+    if is_targets(config):  # the Go exporters' targets (pgbouncer.go_exporter)
+        return retarget_lines(config, moved, base_dir) if moved else config
     if not moved:
         return config
     try:

@@ -19,6 +19,7 @@ import ops
 from ops import pebble
 
 from pgbouncer.exporter import EXPORTER_COMMAND
+from pgbouncer.go_exporter import GO_EXPORTER_COMMAND
 from pgbouncer.plan import WORKLOAD_USER
 from pgbouncer.slots import DEFAULT_BASE_DIR
 from pgbouncer.workload import version_from_output as parse_version
@@ -36,6 +37,7 @@ for dir in "$@"; do
 done
 command -v pgbouncer >/dev/null 2>&1 || missing "pgbouncer on PATH"
 command -v {EXPORTER_COMMAND} >/dev/null 2>&1 || printf 'absent %s\\n' {EXPORTER_COMMAND}
+command -v {GO_EXPORTER_COMMAND} >/dev/null 2>&1 || printf 'absent %s\\n' {GO_EXPORTER_COMMAND}
 printf '%s\\n' '{VERSION_MARKER}'
 pgbouncer --version 2>&1
 exit 0
@@ -170,20 +172,26 @@ class ImageFacts:
         version: PgBouncer's version; ``""`` before any check,
             :data:`~state.charm_state.UNKNOWN_VERSION` when ``--version`` named none.
         problems: every way the image breaks the contract.
-        exporter_absent: the image has no metrics exporter.
+        exporter_absent: the image has no metrics exporter (neither ours nor the Go one).
+        exporter_go: the image has the Go ``pgbouncer_exporter`` and not ours (the pinned
+            default image, docs/image.md).
     """
 
     version: str = ""
     problems: tuple[str, ...] = ()
     exporter_absent: bool = False
+    exporter_go: bool = False
 
     @classmethod
     def from_check(cls, check: ImageCheck) -> ImageFacts:
         """The facts of a check that ran."""
+        python_absent = EXPORTER_COMMAND in check.absent
+        go = python_absent and GO_EXPORTER_COMMAND not in check.absent
         return cls(
             version=check.version or (UNKNOWN_VERSION if check.ran else ""),
             problems=check.problems,
-            exporter_absent=EXPORTER_COMMAND in check.absent,
+            exporter_absent=python_absent and not go,
+            exporter_go=go,
         )
 
     @classmethod
@@ -197,6 +205,7 @@ class ImageFacts:
                 version=str(data.get("version", "")),
                 problems=tuple(str(p) for p in data.get("problems", ())),
                 exporter_absent=bool(data.get("exporter_absent", False)),
+                exporter_go=bool(data.get("exporter_go", False)),
             )
         except (ValueError, TypeError, AttributeError):
             return cls()
@@ -207,5 +216,6 @@ class ImageFacts:
             "version": self.version,
             "problems": list(self.problems),
             "exporter_absent": self.exporter_absent,
+            "exporter_go": self.exporter_go,
         }
         return json.dumps(data, sort_keys=True) + "\n"

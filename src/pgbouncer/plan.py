@@ -49,6 +49,7 @@ from pgbouncer.exporter import (
     passfile_path,
     retarget,
 )
+from pgbouncer.go_exporter import is_targets
 from pgbouncer.ini import (
     RenderError,
     needs_restart,
@@ -131,7 +132,7 @@ def build_layer(
     processes: int,
     listen_port: int | None = None,
     base_dir: str = DEFAULT_BASE_DIR,
-    exporter: bool = False,
+    exporter: bool | str = False,
     serving: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """The Pebble layer running ``processes`` PgBouncer processes.
@@ -149,7 +150,8 @@ def build_layer(
         processes: how many services, 1 to 4.
         listen_port: the port the check connects to; None for no check.
         base_dir: where the ini files are.
-        exporter: whether to run the metrics exporter (:mod:`pgbouncer.exporter`) too.
+        exporter: whether to run the metrics exporter (:mod:`pgbouncer.exporter`) too;
+            ``"go"`` for the default image's Go exporters (:mod:`pgbouncer.go_exporter`).
         serving: the service each process index runs as (any of its slots); indices left out
             run as ``pgbouncer_<i>``.
 
@@ -174,7 +176,7 @@ def build_layer(
             raise ValueError(f"{name} does not run process {i}")
         services[name] = service_definition(i, base_dir, name)
     if exporter:
-        services[EXPORTER_SERVICE] = exporter_service(base_dir)
+        services[EXPORTER_SERVICE] = exporter_service(base_dir, go=exporter == "go")
     if listen_port is not None:
         layer["checks"] = {
             CHECK_NAME: {
@@ -611,7 +613,12 @@ def plan_apply(
     listen_port = listen_port_of(files[ini_path(0, base_dir)])
     exporter_path = exporter_config_path(base_dir)
     exporter_files = {exporter_path, passfile_path(base_dir)}
-    exporter = files.get(exporter_path) is not None
+    # The metrics exporter runs when its configuration is among the files (observability);
+    # the Go exporters' targets (the default image) name the other kind.
+    exporter_text = files.get(exporter_path)
+    exporter: bool | str = exporter_text is not None and (
+        "go" if is_targets(exporter_text) else True
+    )
     slot_inis = {
         ini_path(i, base_dir, slot): (i, slot)
         for i in range(MAX_PROCESSES)
@@ -807,7 +814,7 @@ def _start_serving(
     serving: Mapping[int, str],
     listen_port: int | None,
     running: set[str],
-    exporter: bool,
+    exporter: bool | str,
     base_dir: str,
 ) -> tuple[list[str], list[str]]:
     """Add the layer (when it differs) and start what should serve; restart what it redefined.

@@ -42,6 +42,8 @@ from pgbouncer.exporter import (
     render_exporter_files,
     render_stats_auth_line,
 )
+from pgbouncer.go_exporter import render_targets
+from pgbouncer.go_exporter import scrape_jobs as go_scrape_jobs
 from pgbouncer.ini import RenderError
 from pgbouncer.slots import DEFAULT_BASE_DIR
 from relations.peers import PEER_RELATION
@@ -162,10 +164,26 @@ def scrape_jobs(port: int = EXPORTER_PORT) -> list[dict[str, Any]]:
 
 
 def app_databag(
-    topology: JujuTopology, rules: Mapping[str, Any], port: int = EXPORTER_PORT
+    topology: JujuTopology,
+    rules: Mapping[str, Any],
+    port: int = EXPORTER_PORT,
+    go_processes: int | None = None,
 ) -> dict[str, str]:
-    """The leader's ``metrics-endpoint`` application databag (every value a JSON string)."""
+    """The leader's ``metrics-endpoint`` application databag (every value a JSON string).
+
+    Args:
+        topology: the leader's Juju topology.
+        rules: the alert rules (``src/alert_rules``).
+        port: the Python exporter's port.
+        go_processes: on the default image (Go exporters, :mod:`pgbouncer.go_exporter`), the
+            processes per unit: one job per process, each relabelled to the promised series.
+    """
     t = topology.checked()
+    jobs = (
+        scrape_jobs(port)
+        if go_processes is None
+        else go_scrape_jobs(go_processes, JOB_NAME, METRICS_PATH)
+    )
     metadata = {
         "model": t.model,
         "model_uuid": t.model_uuid,
@@ -175,7 +193,7 @@ def app_databag(
     }
     return {
         "alert_rules": json.dumps(render_alert_rules(rules, t), sort_keys=True),
-        "scrape_jobs": json.dumps(scrape_jobs(port), sort_keys=True),
+        "scrape_jobs": json.dumps(jobs, sort_keys=True),
         "scrape_metadata": json.dumps(metadata, sort_keys=True),
     }
 
@@ -245,16 +263,23 @@ class Monitoring:
         listen_port: int,
         base_dir: str = DEFAULT_BASE_DIR,
         runnable: bool = True,
+        go: bool = False,
     ) -> dict[str, str | None]:
         """The exporter's files for ``Workload.apply``.
 
         Without a stats password, or when the image cannot run the exporter (``runnable``
         False), each mapped to None: ``apply`` deletes any left from before (no stale password
-        file stays behind) and the exporter does not run.
+        file stays behind) and the exporter does not run. With ``go`` (the default image's Go
+        exporters) the targets file and no password file: they log in without one.
         """
         password = self.stats_password() if runnable else None
         if not password:
             return dict.fromkeys((exporter_config_path(base_dir), passfile_path(base_dir)))
+        if go:
+            return {
+                exporter_config_path(base_dir): render_targets(processes, listen_port, base_dir),
+                passfile_path(base_dir): None,
+            }
         return dict(render_exporter_files(processes, listen_port, password, base_dir))
 
     # -- metrics-endpoint --------------------------------------------------------------------
@@ -268,19 +293,21 @@ class Monitoring:
             unit=self._charm.unit.name,
         )
 
-    def publish(self, serving: bool = True) -> None:
+    def publish(self, serving: bool = True, go_processes: int | None = None) -> None:
         """Write the scrape job, rules (leader) and this unit's address on every relation.
 
         Args:
             serving: whether this unit can run the exporter; a unit whose image cannot leaves
                 its address out (and takes back one published before), so that Prometheus
                 does not scrape a port where nothing listens.
+            go_processes: the leader runs the Go exporters (the default image): its process
+                count, one scrape job per process (see :func:`app_databag`).
         """
         relations = self._charm.model.relations.get(METRICS_RELATION, [])
         if not relations:
             return
         app_data = (
-            app_databag(self.topology(), load_alert_rules())
+            app_databag(self.topology(), load_alert_rules(), go_processes=go_processes)
             if self._charm.unit.is_leader()
             else None
         )

@@ -28,8 +28,10 @@ TIMEOUT_OPTIONS = (
     "query_wait_timeout",
     "client_idle_timeout",
     "idle_transaction_timeout",
+    "transaction_timeout",
 )
-"""Whole seconds (0 to :data:`MAX_TIMEOUT_SECONDS`)."""
+"""Whole seconds (0 to :data:`MAX_TIMEOUT_SECONDS`). ``transaction_timeout`` needs PgBouncer 1.25
+(``pgbouncer.config.SETTINGS_SINCE``)."""
 CLIENT_CAP_OPTIONS = ("max_db_client_connections", "max_user_client_connections")
 """Unit-wide client connection caps (0 = unlimited), PgBouncer 1.24 and newer only."""
 
@@ -58,6 +60,8 @@ class PoolSettings:
         query_wait_timeout: seconds a query may wait for a server connection.
         client_idle_timeout: seconds an idle client connection is kept.
         idle_transaction_timeout: seconds a client may stay idle inside a transaction.
+        transaction_timeout: seconds a transaction may last before its client is disconnected
+            (PgBouncer 1.25+); 0 disables.
         max_db_client_connections: client connections per database for the unit (PgBouncer
             1.24+); 0 = unlimited.
         max_user_client_connections: client connections per user for the unit (PgBouncer
@@ -73,6 +77,7 @@ class PoolSettings:
     query_wait_timeout: int = 120
     client_idle_timeout: int = 0
     idle_transaction_timeout: int = 0
+    transaction_timeout: int = 0
     max_db_client_connections: int = 0
     max_user_client_connections: int = 0
 

@@ -14,13 +14,13 @@ from harness.processes import PebbleProcessRunner, ServiceProcess
 from harness.servers.pg import PostgresServer
 from harness.servers.pgb import PgBouncerFactory
 from pgbouncer.config import (
-    DEFAULT_BASE_DIR,
     PgBouncerConfig,
     auth_file_path,
     render_auth_file,
     render_files,
 )
 from pgbouncer.plan import ApplyResult
+from pgbouncer.slots import DEFAULT_BASE_DIR
 from pgbouncer.workload import Workload
 
 

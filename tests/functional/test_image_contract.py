@@ -64,7 +64,13 @@ def test_the_exporter_is_reported_absent_until_the_image_carries_one(image):
         out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=True)
         return parse_report(out.stdout).absent
 
-    assert shutil.which("pgbouncer-exporter", path="/usr/bin:/bin") is None
+    for name in ("pgbouncer-exporter", "pgbouncer_exporter"):
+        assert shutil.which(name, path="/usr/bin:/bin") is None
+    assert absent() == ("pgbouncer-exporter", "pgbouncer_exporter")
+    # The default image: only the Go exporter.
+    go = image / "bin" / "pgbouncer_exporter"
+    go.write_text("#!/bin/sh\nexit 0\n")
+    go.chmod(0o755)
     assert absent() == ("pgbouncer-exporter",)
     exporter = image / "bin" / "pgbouncer-exporter"
     exporter.write_text("#!/bin/sh\nexit 0\n")

@@ -55,6 +55,7 @@ INVALID = [
     ({"client_idle_timeout": -60}, "client_idle_timeout", "from 0 to 604800"),
     ({"max_db_client_connections": -1}, "max_db_client_connections", "from 0 to 1000000"),
     ({"max_user_client_connections": 10**7}, "max_user_client_connections", "1000000"),
+    ({"transaction_timeout": -1}, "transaction_timeout", "from 0 to 604800"),
 ]
 
 
@@ -160,3 +161,31 @@ def test_pgbouncer_124_renders_the_newer_settings(ctx, dirs):
     texts = [(dirs.pgb / f"pgbouncer_{i}.ini").read_text() for i in (0, 1)]
     assert [_setting(t, "max_user_client_connections") for t in texts] == ["5", "5"]
     assert [_setting(t, "max_db_client_connections") for t in texts] == ["0", "0"]
+
+
+# -- options new in PgBouncer 1.25 (issue 25) --------------------------------------------------
+@pytest.mark.parametrize("version", ["1.25.0", "1.26.1"])
+def test_transaction_timeout_is_applied_where_pgbouncer_has_it(ctx, dirs, version):
+    out = _ready(ctx, dirs, config={"transaction_timeout": 30}, version=version)
+    for name in ("pgbouncer_0.ini", "pgbouncer_1.ini"):
+        assert _setting((dirs.pgb / name).read_text(), "transaction_timeout") == "30"
+    assert _active_message(ctx, out) == "2 PgBouncer processes"
+
+
+def test_transaction_timeout_is_left_out_below_125_and_the_status_names_the_version(ctx, dirs):
+    out = _ready(ctx, dirs, config={"transaction_timeout": 30}, version="1.24.1")
+    assert _setting((dirs.pgb / "pgbouncer_0.ini").read_text(), "transaction_timeout") is None
+    assert _active_message(ctx, out) == (
+        "2 PgBouncer processes; transaction_timeout ignored: needs PgBouncer 1.25"
+    )
+
+
+def test_on_121_each_left_out_setting_names_the_version_it_needs(ctx, dirs):
+    config = {"transaction_timeout": 30, "max_db_client_connections": 50}
+    out = _ready(ctx, dirs, config=config, version="1.21.0")
+    text = (dirs.pgb / "pgbouncer_0.ini").read_text()
+    assert _setting(text, "transaction_timeout") is None and "client_connections" not in text
+    assert _active_message(ctx, out) == (
+        "2 PgBouncer processes; max_db_client_connections ignored: needs PgBouncer 1.24"
+        "; transaction_timeout ignored: needs PgBouncer 1.25"
+    )

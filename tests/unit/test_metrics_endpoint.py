@@ -28,6 +28,7 @@ from ops import pebble, testing
 
 from harness.processes import PebbleRecorder
 from pgbouncer.exporter import EXPORTER_PORT, EXPORTER_SERVICE, STATS_USER
+from pgbouncer.go_exporter import go_exporter_service
 from pgbouncer.image import VERSION_MARKER
 from pgbouncer.plan import build_layer
 from relations.metrics import (
@@ -331,9 +332,13 @@ def test_an_exporter_without_a_usable_password_is_stopped_and_disabled(ctx, dirs
 
 
 # -- an image without the exporter (the default image: docs/image.md) ----------------------------
-def _image(container: testing.Container, *, exporter: bool) -> testing.Container:
-    """The container as the image check sees it, with or without ``pgbouncer-exporter``."""
+def _image(container: testing.Container, *, exporter: bool, go: bool = False) -> testing.Container:
+    """The container as the image check sees it.
+
+    With ``pgbouncer-exporter`` (``exporter``), with only the Go ``pgbouncer_exporter`` (``go``, the default image), or with neither.
+    """
     absent = "" if exporter else "absent pgbouncer-exporter\n"
+    absent += "" if exporter or go else "absent pgbouncer_exporter\n"
     check = testing.Exec(["sh", "-c"], stdout=f"{absent}{VERSION_MARKER}\nPgBouncer 1.21.0\n")
     others = {e for e in container.execs if list(e.command_prefix) != ["sh", "-c"]}
     return dataclasses.replace(container, execs={check, *others})
@@ -355,7 +360,7 @@ def test_an_image_without_the_exporter_runs_none_publishes_no_address_and_says_s
     published = out.get_relation(rel.id)
     assert "prometheus_scrape_unit_address" not in published.local_unit_data
     assert out.unit_status.message.endswith(
-        "no metrics: pgbouncer-image has no pgbouncer-exporter"
+        "no metrics: pgbouncer-image has no pgbouncer-exporter nor pgbouncer_exporter"
     )
     assert out.workload_version == "1.21.0"  # read by the same exec
 
@@ -373,3 +378,52 @@ def test_an_image_without_the_exporter_runs_none_publishes_no_address_and_says_s
     assert "prometheus_scrape_unit_address" not in back.get_relation(rel.id).local_unit_data
     assert back.get_container("pgbouncer").plan.services[EXPORTER_SERVICE].startup == "disabled"
     assert not (dirs.pgb / "exporter.pgpass").exists()
+
+
+def test_the_default_image_runs_its_go_exporters_without_a_password_one_job_per_process(
+    ctx, dirs, fake_sql
+):
+    """The default image (only the Go ``pgbouncer_exporter``).
+
+    One exporter per process under the one service, a targets file and no password file, one relabelled job per process.
+    """
+    rel = metrics_relation()
+    (dirs.cgroup / "cpu.max").write_text("200000 100000\n")  # two CPUs: two processes
+    state = _state(dirs, {peer_relation(), rel, backend_relation()}, processes=2)
+    container = _image(state.get_container("pgbouncer"), exporter=False, go=True)
+    out = ctx.run(
+        ctx.on.pebble_ready(container), dataclasses.replace(state, containers={container})
+    )
+    service = out.get_container("pgbouncer").plan.services[EXPORTER_SERVICE]
+    assert service.startup == "enabled" and service.user == "postgres"
+    assert service.command == go_exporter_service("/var/lib/pgbouncer").get("command")
+    password = out.get_secret(label=STATS_SECRET_LABEL).tracked_content["password"]
+    assert password not in service.command and not service.environment
+    assert not (dirs.pgb / "exporter.pgpass").exists()
+    targets = (dirs.pgb / "exporter.yaml").read_text()
+    assert targets.splitlines()[1:] == [
+        "0 9127 /var/lib/pgbouncer/run/0 6432",
+        "1 9128 /var/lib/pgbouncer/run/1 6432",
+    ]
+    assert password not in targets
+    published = out.get_relation(rel.id)
+    app, unit = dict(published.local_app_data), dict(published.local_unit_data)
+    validate_provider(app, {unit["prometheus_scrape_unit_name"]: unit})
+    jobs = json.loads(app["scrape_jobs"])
+    assert [(j["job_name"], j["static_configs"]) for j in jobs] == [
+        ("pgbouncer", [{"targets": ["*:9127"], "labels": {"process": "0"}}]),
+        ("pgbouncer_1", [{"targets": ["*:9128"], "labels": {"process": "1"}}]),
+    ]
+    assert all(j["metric_relabel_configs"] for j in jobs)
+    assert unit["prometheus_scrape_unit_address"] == "10.1.2.3"
+    assert "no metrics" not in out.unit_status.message
+    assert password not in _everything_in_databags(out)
+
+    # A refresh to an image with the Python exporter: its configuration and password file.
+    fixed = _image(out.get_container("pgbouncer"), exporter=True)
+    after = ctx.run(ctx.on.upgrade_charm(), dataclasses.replace(out, containers={fixed}))
+    service = after.get_container("pgbouncer").plan.services[EXPORTER_SERVICE]
+    assert service.command.startswith("pgbouncer-exporter --config")
+    assert (dirs.pgb / "exporter.pgpass").exists()
+    jobs = json.loads(after.get_relation(rel.id).local_app_data["scrape_jobs"])
+    assert [j["job_name"] for j in jobs] == ["pgbouncer"]

@@ -38,6 +38,7 @@ TUNED = PoolSettings(
     idle_transaction_timeout=60,
     max_db_client_connections=101,
     max_user_client_connections=7,
+    transaction_timeout=45,
 )
 """Every pool option away from its default (the v1xx_tuned cases)."""
 
@@ -204,5 +205,7 @@ def test_a_newer_version_renders_the_newer_keys_and_an_unknown_one_does_not():
     newer = render_ini(tuned((1, 25)), 0)
     unknown = render_ini(tuned(()), 0)
     assert "max_user_client_connections = 4\n" in newer
+    assert "transaction_timeout = 45\n" in newer  # PgBouncer 1.25
+    assert "transaction_timeout" not in render_ini(tuned((1, 24, 1)), 0).replace("idle_t", "")
     assert "client_connections" not in unknown
     assert unknown == (GOLDEN / "v121_tuned" / "pgbouncer_0.ini").read_text()
