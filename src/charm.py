@@ -66,6 +66,7 @@ from relations.grafana_dashboard import DASHBOARD_RELATION, GrafanaDashboardProv
 from relations.logging import LOGGING_RELATION, LogForwarding
 from relations.metrics import METRICS_RELATION, Monitoring
 from relations.peers import PEER_RELATION, Peers
+from rotation import advance_rotation
 from state.backend import InvalidBackendDataError
 from state.charm_state import (
     MIN_PGBOUNCER_VERSION,
@@ -323,6 +324,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
             self._apply(state, with_backend)
         if state.leader:
             publish_answers(self.clients, outcome, self.peers.applied())
+            advance_rotation(state, self.peers, owner_tag=self.owner_tag, ca_dir=self._ca_dir())
             if port is not None:
                 self.peers.set_published_port(port)
                 self._note_told(port)  # told now, as the hook ends
@@ -413,6 +415,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self.peers.set_applied(
             [t.key for t in cfg.databases if t.key in state.peer.databases], cfg.listen_port
         )
+        self.peers.set_applied_auth(cfg.auth.auth_user if cfg.auth else None)  # rotation barrier
 
     @staticmethod
     def _client_tls_fields(state: CharmState) -> dict[str, object]:
@@ -628,6 +631,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
             message += f"; repaired the auth plumbing ({outcome.repaired[0]})"
         if outcome.tenancy_repaired:
             message += f"; put back {outcome.tenancy_repaired[0]}"
+        rotation = self.peers.rotation()
+        if rotation is not None:
+            message += f"; {rotation.status_note(self.peers.applied_auth())}"
         if self._stored.draining_port:
             message += f"; port {self._stored.draining_port} draining"
         if self._stored.handover_at:

@@ -132,11 +132,17 @@ def ensure_auth(
     if auth_user is None:
         return
     creds = credentials(state, ca_dir)
+    # The generation that logs in (rotate-credentials takes turns between two, state.rotation).
+    login = state.auth.username if state.auth_ready and state.auth is not None else auth_user
     if state.auth_ready and state.auth is not None:
         if not verify:
             return
         problem = check_auth(
-            creds, auth_user=auth_user, auth_password=state.auth.password, owner_tag=owner_tag
+            creds,
+            auth_user=login,
+            auth_password=state.auth.password,
+            owner_tag=owner_tag,
+            schema=auth_user,
         )
         if problem is None:
             if state.peer.backend_problem:
@@ -154,7 +160,13 @@ def ensure_auth(
         removed = remove_leftovers(creds, owner_tag=owner_tag, keep=auth_user)
         if removed:
             logger.info("removed auth leftovers of earlier relations: %s", ", ".join(removed))
-        install_auth(creds, auth_user=auth_user, auth_password=password, owner_tag=owner_tag)
+        install_auth(
+            creds,
+            auth_user=auth_user,
+            auth_password=password,
+            owner_tag=owner_tag,
+            login_role=login,
+        )
     except BackendError as exc:
         logger.warning("could not install the auth function: %s", exc)
         outcome.backend_problem = str(exc)
@@ -167,7 +179,7 @@ def ensure_auth(
     # A failed removal of an earlier relation's auth user is resolved once its leftovers are
     # gone, which remove_leftovers just made sure of.
     peers.set_auth_removal_failed(False)
-    peers.save_auth(AuthData(auth_user, password), backend.database)
+    peers.save_auth(AuthData(login, password, schema=auth_user), backend.database)
 
 
 def serve_clients(
@@ -260,12 +272,12 @@ def remove_auth_plumbing(state: CharmState, peers: Peers, *, owner_tag: str, ca_
     if not drop_all_clients(state, peers, owner_tag=owner_tag, ca_dir=ca_dir):
         logger.error("some client users could not be dropped; they stay in the record")
     try:
-        remove_auth(credentials(state, ca_dir), auth_user=auth.username, owner_tag=owner_tag)
+        remove_auth(credentials(state, ca_dir), auth_user=auth.lookup_schema, owner_tag=owner_tag)
     except BackendError as exc:
         logger.error("failed to remove the auth user: %s", exc)
         peers.set_auth_removal_failed(True)
         return False
-    logger.info("removed auth user %s and its lookup function", auth.username)
+    logger.info("removed auth user %s and its lookup function", auth.lookup_schema)
     peers.set_auth_removal_failed(False)
     return True
 

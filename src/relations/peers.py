@@ -13,6 +13,7 @@ import logging
 import ops
 
 from state.peers import AuthData, PeerAppData, parse_port
+from state.rotation import APPLIED_AUTH_KEY, ROTATION_KEY, Rotation
 from state.tenants import TenantRecord
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,34 @@ class Peers:
             names = raw if isinstance(raw, list) else []
             result[unit.name] = frozenset(n for n in names if isinstance(n, str))
         return result
+
+    def rotation(self) -> Rotation | None:
+        """The credential rotation in progress (``rotate-credentials``), if any."""
+        rel = self.relation
+        return Rotation.from_databag(rel.data[rel.app].get(ROTATION_KEY) if rel else None)
+
+    def set_rotation(self, rotation: Rotation | None) -> bool:
+        """Record (or end) the rotation in progress (leader only)."""
+        return self._set_app(**{ROTATION_KEY: rotation.to_databag() if rotation else None})
+
+    def set_applied_auth(self, auth_user: str | None) -> None:
+        """Say which auth role this unit's PgBouncer uses since its last apply."""
+        rel = self.relation
+        if rel is None:
+            return
+        bag = rel.data[self._charm.unit]
+        if auth_user is None:
+            bag.pop(APPLIED_AUTH_KEY, None)
+        elif bag.get(APPLIED_AUTH_KEY) != auth_user:
+            bag[APPLIED_AUTH_KEY] = auth_user
+
+    def applied_auth(self) -> dict[str, str | None]:
+        """Unit name → the auth role it reported using (None: none reported), every unit."""
+        rel = self.relation
+        if rel is None:
+            return {}
+        units = {*rel.units, self._charm.unit}
+        return {unit.name: rel.data[unit].get(APPLIED_AUTH_KEY) or None for unit in units}
 
     def mark_departing(self, relation_id: int) -> None:
         """Tell the peers (and our own later broken hook) that this unit is leaving."""
