@@ -175,7 +175,9 @@ class Actions(ops.Object):
             return
         processes = pause.running_processes(self._container)
         try:
-            read, missed = console.read_processes(port, password, processes.serving)
+            read, missed = console.read_processes(
+                port, password, processes.serving, user=self._monitoring.stats_user()
+            )
         except console.ConsoleError as exc:
             event.fail(str(exc))
             return
@@ -195,6 +197,7 @@ class Actions(ops.Object):
             results = start_rotation(
                 self._load_state(),
                 Peers(self._charm),
+                self._monitoring,
                 owner_tag=self.owner_tag,
                 ca_dir=self._ca_dir(),
                 now=time.time(),

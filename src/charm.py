@@ -27,7 +27,7 @@ from pgbouncer.config import (
     left_out_settings,
     render_files,
 )
-from pgbouncer.exporter import EXPORTER_COMMAND, STATS_USER
+from pgbouncer.exporter import EXPORTER_COMMAND
 from pgbouncer.image import check_image
 from pgbouncer.workload import (
     DRAIN_GRACE_S,
@@ -324,7 +324,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
             self._apply(state, with_backend)
         if state.leader:
             publish_answers(self.clients, outcome, self.peers.applied())
-            advance_rotation(state, self.peers, owner_tag=self.owner_tag, ca_dir=self._ca_dir())
+            advance_rotation(
+                state, self.peers, self.monitoring, owner_tag=self.owner_tag, ca_dir=self._ca_dir()
+            )
             if port is not None:
                 self.peers.set_published_port(port)
                 self._note_told(port)  # told now, as the hook ends
@@ -354,7 +356,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
             # Monitoring (docs/observability.md): the stats user and the exporter's files.
             stats_line = self.monitoring.stats_auth_line()
             if stats_line:
-                cfg = dataclasses.replace(cfg, stats_user=STATS_USER)
+                cfg = dataclasses.replace(cfg, stats_user=self.monitoring.stats_users_setting())
             exporter_files = self.monitoring.exporter_files(
                 cfg.processes, cfg.listen_port, runnable=not self._stored.exporter_absent
             )
@@ -415,7 +417,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self.peers.set_applied(
             [t.key for t in cfg.databases if t.key in state.peer.databases], cfg.listen_port
         )
-        self.peers.set_applied_auth(cfg.auth.auth_user if cfg.auth else None)  # rotation barrier
+        self.peers.set_applied_auth(  # the rotation barrier (rotate-credentials)
+            cfg.auth.auth_user if cfg.auth else None,
+            self.monitoring.applied_stats_user(self.unit.get_container(CONTAINER), time.time()),
+        )
 
     @staticmethod
     def _client_tls_fields(state: CharmState) -> dict[str, object]:
@@ -633,7 +638,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
             message += f"; put back {outcome.tenancy_repaired[0]}"
         rotation = self.peers.rotation()
         if rotation is not None:
-            message += f"; {rotation.status_note(self.peers.applied_auth())}"
+            note = rotation.status_note(self.peers.applied_auth(), self.peers.applied_stats())
+            message += f"; {note}"
         if self._stored.draining_port:
             message += f"; port {self._stored.draining_port} draining"
         if self._stored.handover_at:

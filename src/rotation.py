@@ -28,6 +28,7 @@ from state.peers import AuthData
 from state.rotation import Rotation, next_generation
 
 if TYPE_CHECKING:
+    from relations.metrics import Monitoring
     from relations.peers import Peers
     from state.charm_state import CharmState
 
@@ -39,12 +40,24 @@ class RotationError(Exception):
 
 
 def start_rotation(
-    state: CharmState, peers: Peers, *, owner_tag: str, ca_dir: str, now: float
+    state: CharmState,
+    peers: Peers,
+    monitoring: Monitoring,
+    *,
+    owner_tag: str,
+    ca_dir: str,
+    now: float,
 ) -> dict[str, str]:
     """Step 1: give the idle generation a new password and hand it to every unit.
 
+    The stats user, when there is one, rotates the same way inside each unit: the secret's next
+    revision names its other generation with a new password and keeps the old one, every unit
+    lists both in ``stats_users`` and its auth file, its exporter switches (SIGHUP), and the
+    unit reports the new one once the exporter surely re-read its configuration.
+
     Returns:
-        The action's results: ``from``, ``to``, ``waiting-for`` (JSON list).
+        The action's results: ``from``, ``to``, ``stats-from``, ``stats-to`` (empty
+        without a stats user), ``waiting-for`` (JSON list).
 
     Raises:
         RotationError: not ready (no backend or auth plumbing), a rotation is still running,
@@ -62,7 +75,7 @@ def start_rotation(
         )
     running = peers.rotation()
     if running is not None:
-        waiting = running.waiting_for(peers.applied_auth())
+        waiting = running.waiting_for(peers.applied_auth(), peers.applied_stats())
         raise RotationError(
             f"a rotation from {running.source} to {running.target} is still running"
             + (f" (waiting for {', '.join(waiting)})" if waiting else "")
@@ -80,7 +93,14 @@ def start_rotation(
         )
     except BackendError as exc:  # its text never holds a password (postgres.connection)
         raise RotationError(f"could not prepare {target}: {exc}") from None
-    rotation = Rotation(source=auth.username, target=target, started=now)
+    stats = monitoring.start_stats_rotation(generate_password)
+    rotation = Rotation(
+        source=auth.username,
+        target=target,
+        started=now,
+        stats_source=stats[0] if stats else None,
+        stats_target=stats[1] if stats else None,
+    )
     peers.set_rotation(rotation)
     peers.save_auth(AuthData(target, password, schema=schema), state.backend.database)
     logger.info("rotate-credentials: %s handed out, %s kept until every unit uses it",
@@ -88,12 +108,16 @@ def start_rotation(
     return {
         "from": rotation.source,
         "to": rotation.target,
-        "waiting-for": json.dumps(rotation.waiting_for(peers.applied_auth())),
+        "stats-from": rotation.stats_source or "",
+        "stats-to": rotation.stats_target or "",
+        "waiting-for": json.dumps(
+            rotation.waiting_for(peers.applied_auth(), peers.applied_stats())
+        ),
     }
 
 
 def advance_rotation(
-    state: CharmState, peers: Peers, *, owner_tag: str, ca_dir: str
+    state: CharmState, peers: Peers, monitoring: Monitoring, *, owner_tag: str, ca_dir: str
 ) -> str | None:
     """Step 3, in every leader reconcile: end the rotation once every unit uses the new one.
 
@@ -110,11 +134,9 @@ def advance_rotation(
         logger.warning("rotate-credentials: the auth data changed under it; ended")
         peers.set_rotation(None)
         return None
-    reports = peers.applied_auth()
-    if rotation.waiting_for(reports):
-        return rotation.status_note(reports)
-    if state.backend is None:
-        return rotation.status_note(reports)
+    reports, stats_reports = peers.applied_auth(), peers.applied_stats()
+    if rotation.waiting_for(reports, stats_reports) or state.backend is None:
+        return rotation.status_note(reports, stats_reports)
     from postgres.auth import retire_generation
     from postgres.connection import BackendError
     from reconcile import credentials
@@ -123,7 +145,10 @@ def advance_rotation(
         retire_generation(credentials(state, ca_dir), role=rotation.source, owner_tag=owner_tag)
     except BackendError as exc:
         logger.warning("rotate-credentials: could not remove the old password: %s", exc)
-        return rotation.status_note(reports)
+        return rotation.status_note(reports, stats_reports)
+    if rotation.stats_target is not None:
+        # Each unit drops the old stats user's lines when it next applies (secret-changed).
+        monitoring.finish_stats_rotation()
     peers.set_rotation(None)
     logger.info("rotate-credentials: every unit uses %s; %s has no password now",
                 rotation.target, rotation.source)  # fmt: skip

@@ -37,8 +37,12 @@ import yaml
 from pgbouncer.config import DEFAULT_BASE_DIR, RenderError
 from pgbouncer.exporter import (
     EXPORTER_PORT,
+    EXPORTER_RELOAD_S,
+    STATS_USER,
+    STATS_USERS,
     check_stats_password,
     exporter_config_path,
+    exporter_user,
     passfile_path,
     render_exporter_files,
     render_stats_auth_line,
@@ -220,23 +224,102 @@ class Monitoring:
         if peer.data[self._charm.app].get(STATS_SECRET_KEY) != secret_id:
             peer.data[self._charm.app][STATS_SECRET_KEY] = secret_id
 
-    def stats_password(self) -> str | None:
-        """The stats password from the secret the leader shared; None before it exists."""
+    def stats_identities(self) -> list[tuple[str, str]]:
+        """``(user, password)`` of the stats user, the current one first.
+
+        Then the one a rotation replaces while it runs (``rotate-credentials``); empty before
+        the stats user exists. Content: ``password`` and ``user`` (absent: :data:`STATS_USER`), and during a
+        rotation ``previous-user`` and ``previous-password``.
+        """
         peer = self._peer()
         secret_id = peer.data[peer.app].get(STATS_SECRET_KEY) if peer else None
         if not secret_id:
-            return None
+            return []
         try:
             content = self._charm.model.get_secret(id=secret_id).get_content(refresh=True)
-            return check_stats_password(content.get("password"))
+            found = [(content.get("user") or STATS_USER, content.get("password"))]
+            if content.get("previous-user"):
+                found.append((content["previous-user"], content.get("previous-password")))
+            identities = [(user, check_stats_password(pw)) for user, pw in found]
+            if any(user not in STATS_USERS for user, _ in identities):
+                raise RenderError("stats user", "not one of the charm's")
         except (ops.SecretNotFoundError, ops.ModelError, RenderError):
             logger.warning("the stats secret is missing or unusable: no metrics exporter")
-            return None
+            return []
+        return identities
+
+    def stats_password(self) -> str | None:
+        """The stats password from the secret the leader shared; None before it exists."""
+        identities = self.stats_identities()
+        return identities[0][1] if identities else None
+
+    def stats_user(self) -> str:
+        """The stats user to log in as now."""
+        identities = self.stats_identities()
+        return identities[0][0] if identities else STATS_USER
+
+    def stats_users_setting(self) -> str | None:
+        """``stats_users``: the current stats user, and the one being replaced, if any."""
+        identities = self.stats_identities()
+        return ", ".join(user for user, _ in identities) if identities else None
 
     def stats_auth_line(self) -> str:
-        """The stats user's auth file line (a SCRAM verifier), or ``""`` without a password."""
-        password = self.stats_password()
-        return render_stats_auth_line(password) if password else ""
+        """The stats users' auth file lines (SCRAM verifiers), or ``""`` without a password."""
+        return "".join(render_stats_auth_line(pw, user) for user, pw in self.stats_identities())
+
+    # -- rotate-credentials (leader) ---------------------------------------------------------
+    def start_stats_rotation(self, new_password: Callable[[], str]) -> tuple[str, str] | None:
+        """Hand out the stats user's other generation with a new password, keeping the old.
+
+        Returns:
+            ``(old user, new user)``, or None when there is no stats user yet.
+        """
+        identities = self.stats_identities()
+        if not identities or not self._charm.unit.is_leader():
+            return None
+        user, password = identities[0]
+        target = STATS_USERS[1] if user == STATS_USERS[0] else STATS_USERS[0]
+        self._stats_secret().set_content(
+            {
+                "user": target,
+                "password": new_password(),
+                "previous-user": user,
+                "previous-password": password,
+            }
+        )
+        return user, target
+
+    def finish_stats_rotation(self) -> bool:
+        """Drop the replaced generation from the secret (every unit uses the new one)."""
+        identities = self.stats_identities()
+        if len(identities) < 2 or not self._charm.unit.is_leader():
+            return False
+        user, password = identities[0]
+        self._stats_secret().set_content({"user": user, "password": password})
+        return True
+
+    def _stats_secret(self) -> ops.Secret:
+        return self._charm.model.get_secret(label=STATS_SECRET_LABEL)
+
+    def applied_stats_user(self, container: ops.Container, now: float) -> str | None:
+        """The stats user this unit's exporter surely logs in as, for the rotation barrier.
+
+        The user in the exporter's configuration once that file is :data:`EXPORTER_RELOAD_S`
+        old (the exporter re-reads it after a SIGHUP within 4 s); None while it may still
+        read with the one before. Without an exporter, the current stats user.
+        """
+        path = exporter_config_path()
+        try:
+            if not container.exists(path):
+                return self.stats_user()
+            files = container.list_files(path)
+            if not files:
+                return self.stats_user()
+            if now - files[0].last_modified.timestamp() < EXPORTER_RELOAD_S:
+                return None
+            return exporter_user(container.pull(path).read())
+        except (ops.pebble.Error, OSError):
+            return None
 
     def exporter_files(
         self,
@@ -251,10 +334,15 @@ class Monitoring:
         False), each mapped to None: ``apply`` deletes any left from before (no stale password
         file stays behind) and the exporter does not run.
         """
-        password = self.stats_password() if runnable else None
-        if not password:
+        identities = self.stats_identities() if runnable else []
+        if not identities:
             return dict.fromkeys((exporter_config_path(base_dir), passfile_path(base_dir)))
-        return dict(render_exporter_files(processes, listen_port, password, base_dir))
+        (user, password), previous = identities[0], (identities[1:] or [None])[0]
+        return dict(
+            render_exporter_files(
+                processes, listen_port, password, base_dir, user=user, previous=previous
+            )
+        )
 
     # -- metrics-endpoint --------------------------------------------------------------------
     def topology(self) -> JujuTopology:

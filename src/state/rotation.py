@@ -35,6 +35,8 @@ ROTATION_KEY = "rotation"
 """Peer application databag key: the rotation in progress (JSON), absent when none is."""
 APPLIED_AUTH_KEY = "applied-auth-user"
 """Peer unit databag key: the auth role this unit's PgBouncer uses since its last apply."""
+APPLIED_STATS_KEY = "applied-stats-user"
+"""Peer unit databag key: the stats user this unit's exporter surely uses."""
 
 _ALTERNATE_SUFFIX = "_g2"
 
@@ -76,11 +78,15 @@ class Rotation:
         source: the generation every unit used before (its password goes at the end).
         target: the generation handed out (in the auth secret's latest revision).
         started: when the leader started it (seconds since the epoch).
+        stats_source: the stats user replaced (None: no stats user to rotate).
+        stats_target: the stats user handed out.
     """
 
     source: str
     target: str
     started: float
+    stats_source: str | None = None
+    stats_target: str | None = None
 
     @classmethod
     def from_databag(cls, value: str | None) -> Rotation | None:
@@ -93,31 +99,52 @@ class Rotation:
             started = float(raw.get("started", 0.0))
             validate_plain_identifier(source, "rotation from")
             validate_plain_identifier(target, "rotation to")
-        except (ValueError, TypeError, KeyError, InvalidNameError):
+            stats = raw.get("stats_from"), raw.get("stats_to")
+            if stats != (None, None):
+                for name in stats:
+                    validate_plain_identifier(name, "rotation stats")
+        except (ValueError, TypeError, KeyError, AttributeError, InvalidNameError):
             return None
-        if source == target:
+        if source == target or (stats[0] is not None and stats[0] == stats[1]):
             return None
-        return cls(source=source, target=target, started=started)
+        return cls(source, target, started, stats_source=stats[0], stats_target=stats[1])
 
     def to_databag(self) -> str:
         """The databag value :meth:`from_databag` reads back."""
-        return json.dumps(
-            {"from": self.source, "to": self.target, "started": round(self.started, 3)},
-            sort_keys=True,
-        )
+        value: dict[str, object] = {
+            "from": self.source,
+            "to": self.target,
+            "started": round(self.started, 3),
+        }
+        if self.stats_target is not None:
+            value |= {"stats_from": self.stats_source, "stats_to": self.stats_target}
+        return json.dumps(value, sort_keys=True)
 
-    def waiting_for(self, reports: Mapping[str, str | None]) -> list[str]:
-        """Units (sorted) not yet reporting that their PgBouncer uses :attr:`target`.
+    def waiting_for(
+        self,
+        reports: Mapping[str, str | None],
+        stats_reports: Mapping[str, str | None] | None = None,
+    ) -> list[str]:
+        """Units (sorted) not yet reporting that they use :attr:`target` (and the stats one).
 
         Args:
             reports: unit name → the auth role it reported (None: nothing reported), for
                 every unit of the application, this one included.
+            stats_reports: unit name → the stats user its exporter surely uses.
         """
-        return sorted(unit for unit, used in reports.items() if used != self.target)
+        waiting = {unit for unit, used in reports.items() if used != self.target}
+        if self.stats_target is not None:
+            stats = stats_reports or {}
+            waiting |= {unit for unit in reports if stats.get(unit) != self.stats_target}
+        return sorted(waiting)
 
-    def status_note(self, reports: Mapping[str, str | None]) -> str:
+    def status_note(
+        self,
+        reports: Mapping[str, str | None],
+        stats_reports: Mapping[str, str | None] | None = None,
+    ) -> str:
         """What the status says while it runs."""
-        waiting = self.waiting_for(reports)
+        waiting = self.waiting_for(reports, stats_reports)
         if not waiting:
             return "rotating credentials: removing the old password"
         return f"rotating credentials: waiting for {', '.join(waiting)}"

@@ -10,7 +10,9 @@ went (or changed) before a unit stopped using it fails that unit's next client l
 from __future__ import annotations
 
 import json
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,8 +25,11 @@ from bench.pgbench import Target
 from harness.juju import Unit
 from harness.servers.pg import PostgresServer
 from harness.story import Deployment
+from pgbouncer.exporter import EXPORTER_PORT, EXPORTER_RELOAD_S, STATS_USERS
+from relations.metrics import STATS_SECRET_LABEL
 from relations.peers import AUTH_SECRET_LABEL
 from state.rotation import ROTATION_KEY, alternate_auth_user
+from tests.e2e.test_actions import relate_metrics
 
 pytestmark = pytest.mark.needs_root
 
@@ -34,10 +39,57 @@ CHURN_S = 2.5
 """Long enough for every PgBouncer to open a new auth connection (``server_lifetime`` 1 s)."""
 
 
-def auth_secret(unit: Unit) -> dict[str, str]:
-    """The auth secret's latest content as the leader holds it."""
-    secret = next(s for s in unit.state.secrets if s.label == AUTH_SECRET_LABEL)
+def auth_secret(unit: Unit, label: str = AUTH_SECRET_LABEL) -> dict[str, str]:
+    """The auth (or stats) secret's latest content as the leader holds it."""
+    secret = next(s for s in unit.state.secrets if s.label == label)
     return dict(secret.latest_content or {})
+
+
+class Scraper:
+    """Prometheus, scraping every unit's exporter every 0.25 s; what each scrape found.
+
+    A scrape fails when the HTTP request fails or any process's ``pgbouncer_up`` is not 1
+    (the exporter answers 200 and reports 0 when its login to a console was refused).
+    """
+
+    def __init__(self, units: list[Unit]):
+        self.targets = {u.name: u.address(EXPORTER_PORT) for u in units}
+        # The exporters started with the metrics relation: wait until each answers once.
+        deadline = time.time() + 15
+        for host, port in self.targets.values():
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5):
+                        break
+                except OSError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.2)
+        self.ok = dict.fromkeys(self.targets, 0)
+        self.failed: list[tuple[float, str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, (host, port) in self.targets.items():
+                try:
+                    url = f"http://{host}:{port}/metrics"
+                    with urllib.request.urlopen(url, timeout=5) as r:
+                        text = r.read().decode()
+                    up = [ln for ln in text.splitlines() if ln.startswith("pgbouncer_up{")]
+                    if not up or any(not ln.endswith(" 1.0") for ln in up):
+                        self.failed.append((time.time(), name, " / ".join(up) or "no up"))
+                    else:
+                        self.ok[name] += 1
+                except OSError as exc:
+                    self.failed.append((time.time(), name, str(exc)))
+            self._stop.wait(0.25)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 def rotation_value(d: Deployment) -> str | None:
@@ -80,9 +132,12 @@ def test_rotate_credentials_under_load_fails_no_login_and_survives_a_leader_chan
     leader = d.app.leader
     follower = next(u for u in d.app.units if u is not leader)
     auth_db = d.provider_data()["database"]
-    first = auth_secret(leader)
+    relate_metrics(d)
+    first, stats_first = auth_secret(leader), auth_secret(leader, STATS_SECRET_LABEL)
     gen1 = first["username"]
     gen2 = alternate_auth_user(gen1)
+    scraper = Scraper([leader, follower])
+    marks: list[tuple[float, str]] = []
 
     loads = []
     for unit in (leader, follower):
@@ -95,15 +150,20 @@ def test_rotate_credentials_under_load_fails_no_login_and_survives_a_leader_chan
     try:
         time.sleep(CHURN_S)
         # 1. The action: the second generation gets a password; the leader uses it at once.
+        marks.append((time.time(), "action"))
         results = leader.run_action("rotate-credentials")
+        marks.append((time.time(), f"action done {leader.last_report}"))
         logs += [line.message for line in leader.ctx.juju_log]
         assert (results["from"], results["to"]) == (gen1, gen2)
+        assert (results["stats-from"], results["stats-to"]) == STATS_USERS
         # At the action every unit still used gen1; the leader switched as its hook ended.
         assert json.loads(results["waiting-for"]) == sorted([leader.name, follower.name])
         second = auth_secret(leader)
         assert second["username"] == gen2 and second["password"] != first["password"]
         assert rotation_value(d) is not None
-        assert f"waiting for {follower.name}" in leader.state.unit_status.message
+        # The leader too: its exporter has not surely re-read its configuration yet.
+        note = f"rotating credentials: waiting for {leader.name}, {follower.name}"
+        assert note in leader.state.unit_status.message
         # A second start while this one runs is refused.
         with pytest.raises(testing.ActionFailed, match="still running"):
             leader.run_action("rotate-credentials")
@@ -112,14 +172,22 @@ def test_rotate_credentials_under_load_fails_no_login_and_survives_a_leader_chan
         assert set(auth_sessions(pg, (gen1, gen2))) == {gen1, gen2}
         assert password_opens(pg, gen1, first["password"], auth_db)
 
-        # 2. The follower's hook (the peer data changed): it switches and reports.
+        # 2. The follower's hook (the peer data changed): it switches. Both stats users are
+        # served while the exporters move; a unit reports the new one once its exporter has
+        # surely re-read its configuration (EXPORTER_RELOAD_S after it was written).
         follower.relation_changed(d.app.peer_relation_id, remote_unit=leader.unit_id)
         logs += [line.message for line in follower.ctx.juju_log]
-        assert f"auth_user = {gen2}" in (follower.mount_dir / "pgbouncer_0.ini").read_text()
-        time.sleep(CHURN_S)
+        ini = (follower.mount_dir / "pgbouncer_0.ini").read_text()
+        assert f"auth_user = {gen2}" in ini
+        assert f"stats_users = {STATS_USERS[1]}, {STATS_USERS[0]}" in ini
+        time.sleep(max(CHURN_S, EXPORTER_RELOAD_S + 0.5))
+        follower.update_status()
+        assert "waiting for" in follower.state.unit_status.message
 
-        # 3. The leader changes before it saw the report: the new leader finishes.
+        # 3. The leader changes before it saw every report: the new leader finishes, once
+        # the old leader (now a follower) reported in its next hook.
         d.app.set_leader(follower.unit_id)
+        leader.update_status()
         follower.leader_elected()
         logs += [line.message for line in follower.ctx.juju_log]
         assert rotation_value(d) is None
@@ -128,6 +196,12 @@ def test_rotate_credentials_under_load_fails_no_login_and_survives_a_leader_chan
         assert password_opens(pg, gen2, second["password"], auth_db)
         time.sleep(CHURN_S)
         assert set(auth_sessions(pg, (gen1, gen2))) == {gen2}
+        stats_second = auth_secret(follower, STATS_SECRET_LABEL)
+        assert set(stats_second) == {"user", "password"}
+        for unit in (leader, follower):  # each drops the old stats user at its next hook
+            unit.update_status()
+            ini = (unit.mount_dir / "pgbouncer_0.ini").read_text()
+            assert f"stats_users = {STATS_USERS[1]}\n" in ini
 
         # 4. The next rotation goes back to the first generation, driven the same way.
         new_leader, old_leader = follower, leader
@@ -136,11 +210,16 @@ def test_rotate_credentials_under_load_fails_no_login_and_survives_a_leader_chan
         third = auth_secret(new_leader)
         time.sleep(CHURN_S)
         d.settle_peers()
+        time.sleep(EXPORTER_RELOAD_S + 0.5)
+        d.settle_peers()
         logs += [line.message for u in d.app.units for line in u.ctx.juju_log]
         assert rotation_value(d) is None
         time.sleep(CHURN_S)
     finally:
         records = [load.stop() for load in loads]
+        scraper.stop()
+    assert scraper.failed == [], (scraper.failed, marks)
+    assert min(scraper.ok.values()) > 20
     for record in records:
         assert failures(record) == []
         assert record.window(0, time.time(), ("connector",))[0] > 20
@@ -150,7 +229,7 @@ def test_rotate_credentials_under_load_fails_no_login_and_survives_a_leader_chan
     # The audit knows both generations: a clean cluster after two rotations.
     assert new_leader.run_action("audit-tenancy")["ok"] == "true"
     text = "\n".join(logs) + json.dumps(results)
-    for secret in (first, second, third):
+    for secret in (first, second, third, stats_first, stats_second):
         assert secret["password"] not in text
 
 
