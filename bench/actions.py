@@ -14,8 +14,9 @@
   PostgreSQL as the auth role about every second; :data:`ROTATE_ROUNDS` rounds, alternating a
   rotation (action, the follower's hook, the leader's hook retiring the old password) with a
   control round of the same length and the same hooks (update-status) but no rotation.
-  Counted: failed logins, cuts and errors; successful logins per round, rotation against the
-  control round before it.
+  A stand-in Prometheus (``bench.scrape``) scrapes both exporters every 0.25 s. Counted:
+  failed logins, cuts and errors; failed scrapes; successful logins per round, rotation
+  against the control round before it.
 
 Each part prints its rows and appends them to ``bench/results/actions.md``. Figures move with
 the machine's load (FACTS): quote ranges.
@@ -193,14 +194,19 @@ def pause_part(work: Path) -> list[str]:
 
 def rotate_part(work: Path, rounds: int = ROTATE_ROUNDS) -> list[str]:
     """Rotations under load against control rounds, interleaved; returns the report rows."""
+    from ops import testing
+
     from bench.changes import Load
     from bench.pgbench import Target
+    from bench.scrape import Scraper
     from charm import PgBouncerK8sCharm
     from harness.juju import Application
     from harness.postgresql_charm import FakePostgresqlCharm
     from harness.servers.pg import start_postgres
     from harness.servers.system import free_port
     from harness.story import Deployment
+    from pgbouncer.exporter import EXPORTER_SERVICE
+    from relations.metrics import METRICS_RELATION
 
     server = start_postgres(prefix="pgbk8s-bench-rotate-")
     app = Application(
@@ -220,6 +226,19 @@ def rotate_part(work: Path, rounds: int = ROTATE_ROUNDS) -> list[str]:
         d.deploy()
         d.relate_backend("plain")
         creds = d.credentials(d.relate_client("bench-client", "benchdb"))
+        for unit in app.units:  # the image's exporter, on PATH
+            assert unit.runner is not None
+            unit.runner.path_dirs.append(str(ROOT / ".build" / "exporter" / "bin"))
+            unit.runner.quiet.add(EXPORTER_SERVICE)
+        rid = app.add_relation(
+            testing.Relation(
+                METRICS_RELATION, remote_app_name="prometheus", remote_units_data={0: {}}
+            )
+        )
+        for unit in sorted(app.units, key=lambda u: (not u.is_leader, u.unit_id)):
+            unit.relation_joined(rid, remote_unit=0)
+        d.settle_peers()
+        scraper = Scraper(app.units)
         workers = {"txn": 2, "connector": 3}
         for n in range(rounds):
             kind = "rotation" if n % 2 else "control"
@@ -239,8 +258,16 @@ def rotate_part(work: Path, rounds: int = ROTATE_ROUNDS) -> list[str]:
                 else:
                     app.leader.update_status()
                 time.sleep(1.0)
+                # The follower switches; then, once the exporters surely re-read their
+                # configuration, every unit reports and the leader retires the old ones.
                 if kind == "rotation":
-                    d.settle_peers()  # the follower switches, the leader retires the old one
+                    d.settle_peers()
+                else:
+                    for unit in app.units:
+                        unit.update_status()
+                time.sleep(5.5)
+                if kind == "rotation":
+                    d.settle_peers()
                 else:
                     for unit in app.units:
                         unit.update_status()
@@ -257,18 +284,21 @@ def rotate_part(work: Path, rounds: int = ROTATE_ROUNDS) -> list[str]:
             if kind == "rotation" and logins["control"]:
                 ratios.append(done / max(logins["control"][-1], 1))
             print(f"  round {n + 1} ({kind}): failed {len(bad)}, logins {done}, {bad[:3]}")
+        scraper.stop()
         pending = app.leader.relation(app.peer_relation_id).local_app_data.get("rotation")
         rows = [
-            f"| rotate-credentials under load (2 units, each 2 persistent + 3 reconnecting "
+            f"| rotate-credentials (auth role and stats user) under load (2 units, each 2 "
+            f"persistent + 3 reconnecting "
             f"clients, server_lifetime 1 s), {rounds} interleaved rounds ({len(ratios)} "
             f"rotations, {len(failed['control'])} controls) | failed "
             f"{min(failed['rotation'])}-{max(failed['rotation'])} per rotation round, "
             f"{min(failed['control'])}-{max(failed['control'])} per control round; logins in "
-            f"the 3 s window {min(logins['rotation'])}-{max(logins['rotation'])} (rotation) "
+            f"the window {min(logins['rotation'])}-{max(logins['rotation'])} (rotation) "
             f"and {min(logins['control'])}-{max(logins['control'])} (control), ratio "
             f"{min(ratios):.2f}-{max(ratios):.2f}; generations handed out "
             f"{' '.join('g2' if g.endswith('_g2') else 'g1' for g in generations)}; rotation left running: "
-            f"{'yes' if pending else 'no'} |"
+            f"{'yes' if pending else 'no'}; scrapes (every 0.25 s, both units) "
+            f"{sum(scraper.ok.values())} ok, {len(scraper.failed)} failed |"
         ]
     finally:
         app.close()

@@ -165,9 +165,7 @@ class Actions(ops.Object):
             return
         password = self._monitoring.stats_password()
         if password is None:
-            event.fail(
-                "no stats user yet: the leader creates it with the first metrics-endpoint relation"
-            )
+            event.fail("no stats user yet: the leader creates it in its next hook")
             return
         port = self._charm.config.get("listen_port")
         if not isinstance(port, int):

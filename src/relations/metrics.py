@@ -56,6 +56,8 @@ METRICS_RELATION = "metrics-endpoint"
 STATS_SECRET_LABEL = "pgbouncer-stats"  # noqa: S105 (a label, not a password)
 STATS_SECRET_KEY = "stats_secret_id"  # noqa: S105 (a databag key, not a password)
 """Peer application databag key holding the stats secret's id (never its content)."""
+EXPORTER_KEY = "metrics_requested"
+"""Peer application databag key: a ``metrics-endpoint`` relation was seen; the exporter runs."""
 
 ALERT_RULES_DIR = Path(__file__).resolve().parents[1] / "alert_rules"
 TOPOLOGY_PLACEHOLDER = "%%juju_topology%%"
@@ -205,15 +207,21 @@ class Monitoring:
     def ensure_stats_secret(self, new_password: Callable[[], str]) -> None:
         """Leader: create the stats password's secret once and share its id with the units.
 
-        Only once something asks for metrics (a ``metrics-endpoint`` relation): until then no
-        stats user exists and no exporter runs. Once created, it stays (an exporter scraped by
+        The stats user exists from the first leader hook with the peer relation: it is a
+        PgBouncer-only user (a SCRAM verifier in the auth file, ``SHOW`` only, no PostgreSQL
+        role) that ``show-pools`` reads the consoles with. The exporter runs from the first
+        ``metrics-endpoint`` relation on (:data:`EXPORTER_KEY`), and then stays (a scrape by
         hand keeps working after the relation goes).
         """
         peer = self._peer()
         if peer is None or not self._charm.unit.is_leader():
             return
-        if not self._charm.model.relations.get(METRICS_RELATION):
-            return
+        app_bag = peer.data[self._charm.app]
+        if (
+            self._charm.model.relations.get(METRICS_RELATION)
+            and app_bag.get(EXPORTER_KEY) != "true"
+        ):
+            app_bag[EXPORTER_KEY] = "true"
         try:
             secret = self._charm.model.get_secret(label=STATS_SECRET_LABEL)
         except ops.SecretNotFoundError:
@@ -330,11 +338,13 @@ class Monitoring:
     ) -> dict[str, str | None]:
         """The exporter's files for ``Workload.apply``.
 
-        Without a stats password, or when the image cannot run the exporter (``runnable``
-        False), each mapped to None: ``apply`` deletes any left from before (no stale password
+        Without a stats password, before any ``metrics-endpoint`` relation, or when the image
+        cannot run the exporter (``runnable`` False), each mapped to None: ``apply`` deletes any left from before (no stale password
         file stays behind) and the exporter does not run.
         """
-        identities = self.stats_identities() if runnable else []
+        peer = self._peer()
+        wanted = runnable and peer is not None and peer.data[peer.app].get(EXPORTER_KEY) == "true"
+        identities = self.stats_identities() if wanted else []
         if not identities:
             return dict.fromkeys((exporter_config_path(base_dir), passfile_path(base_dir)))
         (user, password), previous = identities[0], (identities[1:] or [None])[0]

@@ -10,9 +10,7 @@ went (or changed) before a unit stopped using it fails that unit's next client l
 from __future__ import annotations
 
 import json
-import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,10 +20,11 @@ from ops import testing
 
 from bench.changes import Load, Record
 from bench.pgbench import Target
+from bench.scrape import Scraper
 from harness.juju import Unit
 from harness.servers.pg import PostgresServer
 from harness.story import Deployment
-from pgbouncer.exporter import EXPORTER_PORT, EXPORTER_RELOAD_S, STATS_USERS
+from pgbouncer.exporter import EXPORTER_RELOAD_S, STATS_USERS
 from relations.metrics import STATS_SECRET_LABEL
 from relations.peers import AUTH_SECRET_LABEL
 from state.rotation import ROTATION_KEY, alternate_auth_user
@@ -43,53 +42,6 @@ def auth_secret(unit: Unit, label: str = AUTH_SECRET_LABEL) -> dict[str, str]:
     """The auth (or stats) secret's latest content as the leader holds it."""
     secret = next(s for s in unit.state.secrets if s.label == label)
     return dict(secret.latest_content or {})
-
-
-class Scraper:
-    """Prometheus, scraping every unit's exporter every 0.25 s; what each scrape found.
-
-    A scrape fails when the HTTP request fails or any process's ``pgbouncer_up`` is not 1
-    (the exporter answers 200 and reports 0 when its login to a console was refused).
-    """
-
-    def __init__(self, units: list[Unit]):
-        self.targets = {u.name: u.address(EXPORTER_PORT) for u in units}
-        # The exporters started with the metrics relation: wait until each answers once.
-        deadline = time.time() + 15
-        for host, port in self.targets.values():
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5):
-                        break
-                except OSError:
-                    if time.time() > deadline:
-                        raise
-                    time.sleep(0.2)
-        self.ok = dict.fromkeys(self.targets, 0)
-        self.failed: list[tuple[float, str, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for name, (host, port) in self.targets.items():
-                try:
-                    url = f"http://{host}:{port}/metrics"
-                    with urllib.request.urlopen(url, timeout=5) as r:
-                        text = r.read().decode()
-                    up = [ln for ln in text.splitlines() if ln.startswith("pgbouncer_up{")]
-                    if not up or any(not ln.endswith(" 1.0") for ln in up):
-                        self.failed.append((time.time(), name, " / ".join(up) or "no up"))
-                    else:
-                        self.ok[name] += 1
-                except OSError as exc:
-                    self.failed.append((time.time(), name, str(exc)))
-            self._stop.wait(0.25)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 def rotation_value(d: Deployment) -> str | None:

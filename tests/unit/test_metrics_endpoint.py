@@ -39,6 +39,7 @@ from pgbouncer.exporter import (
 from pgbouncer.image import VERSION_MARKER
 from pgbouncer.workload import build_layer
 from relations.metrics import (
+    EXPORTER_KEY,
     STATS_SECRET_KEY,
     STATS_SECRET_LABEL,
     JujuTopology,
@@ -234,20 +235,26 @@ def test_an_address_change_updates_the_unit_job(ctx, dirs):
     validate_provider(dict(out.get_relation(rel.id).local_app_data), {"pgb/0": dict(unit)})
 
 
-def test_without_a_metrics_relation_there_is_no_stats_user_and_no_exporter(ctx, dirs):
+def test_without_a_metrics_relation_there_is_a_stats_user_but_no_exporter(ctx, dirs):
+    """The stats user serves show-pools from the start; the exporter waits for the relation."""
     out = ctx.run(ctx.on.config_changed(), _state(dirs, {peer_relation()}))
     assert EXPORTER_SERVICE not in out.get_container("pgbouncer").plan.services
-    assert not any(s.label == STATS_SECRET_LABEL for s in out.secrets)
-    assert STATS_USER not in (dirs.pgb / "userlist.txt").read_text()
-    assert "stats_users" not in (dirs.pgb / "pgbouncer_0.ini").read_text()
+    assert any(s.label == STATS_SECRET_LABEL for s in out.secrets)
+    assert f'"{STATS_USER}" "SCRAM-SHA-256$' in (dirs.pgb / "userlist.txt").read_text()
+    assert f"stats_users = {STATS_USER}\n" in (dirs.pgb / "pgbouncer_0.ini").read_text()
     assert not (dirs.pgb / "exporter.pgpass").exists()
     assert not (dirs.pgb / "exporter.yaml").exists()
+    # A follower without the leader's word on metrics runs no exporter either.
+    follower = ctx.run(ctx.on.config_changed(), dataclasses.replace(out, leader=False))
+    assert EXPORTER_SERVICE not in follower.get_container("pgbouncer").plan.services
 
 
 def test_a_non_leader_reads_the_shared_secret_and_publishes_only_its_own_address(ctx, dirs):
     secret = testing.Secret({"password": "S" * 40}, owner="app", label=STATS_SECRET_LABEL)
     peer = peer_relation()
-    peer = dataclasses.replace(peer, local_app_data={STATS_SECRET_KEY: secret.id})
+    peer = dataclasses.replace(
+        peer, local_app_data={STATS_SECRET_KEY: secret.id, EXPORTER_KEY: "true"}
+    )
     rel = metrics_relation()
     out = ctx.run(
         ctx.on.relation_changed(rel, remote_unit=0),
