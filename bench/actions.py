@@ -283,8 +283,14 @@ def rotate_part(work: Path, rounds: int = ROTATE_ROUNDS) -> list[str]:
             logins[kind].append(done)
             if kind == "rotation" and logins["control"]:
                 ratios.append(done / max(logins["control"][-1], 1))
-            print(f"  round {n + 1} ({kind}): failed {len(bad)}, logins {done}, {bad[:3]}")
+            print(
+                f"  round {n + 1} ({kind}, {started:.1f}-{ended:.1f}): failed {len(bad)}, "
+                f"logins {done}, {bad[:3]}",
+                flush=True,
+            )
         scraper.stop()
+        for failure in scraper.failed:
+            print(f"  failed scrape: {failure}", flush=True)
         pending = app.leader.relation(app.peer_relation_id).local_app_data.get("rotation")
         rows = [
             f"| rotate-credentials (auth role and stats user) under load (2 units, each 2 "

@@ -48,6 +48,7 @@ from pgbouncer.exporter import (
     render_stats_auth_line,
 )
 from relations.peers import PEER_RELATION
+from state.rotation import ROTATION_KEY, Rotation
 
 logger = logging.getLogger(__name__)
 
@@ -314,8 +315,14 @@ class Monitoring:
 
         The user in the exporter's configuration once that file is :data:`EXPORTER_RELOAD_S`
         old (the exporter re-reads it after a SIGHUP within 4 s); None while it may still
-        read with the one before. Without an exporter, the current stats user.
+        read with the one before. Without an exporter, or when no rotation of the stats user
+        runs, the current stats user.
         """
+        peer = self._peer()
+        rotation = Rotation.from_databag(peer.data[peer.app].get(ROTATION_KEY) if peer else None)
+        if rotation is None or rotation.stats_target is None:
+            # No stats rotation runs: nothing to confirm, and no Pebble call for it.
+            return self.stats_user()
         path = exporter_config_path()
         try:
             if not container.exists(path):

@@ -47,6 +47,7 @@ from relations.metrics import (
     load_alert_rules,
     unit_databag,
 )
+from state.rotation import ROTATION_KEY, Rotation
 from tests.unit.conftest import backend_relation, make_container, peer_relation
 
 SCHEMA = json.loads(
@@ -343,7 +344,16 @@ def test_a_stats_user_rotation_serves_both_and_sighups_the_exporter(ctx, dirs):
         "previous-password": was,
     }
     rotated = dataclasses.replace(old, tracked_content=content, latest_content=content)
-    state = dataclasses.replace(first, secrets={rotated})
+    rotation = Rotation("pgbouncer_auth_x", "pgbouncer_auth_x_g2", 0.0, *STATS_USERS)
+    relations = {
+        dataclasses.replace(
+            r, local_app_data={**r.local_app_data, ROTATION_KEY: rotation.to_databag()}
+        )
+        if isinstance(r, testing.PeerRelation)
+        else r
+        for r in first.relations
+    }
+    state = dataclasses.replace(first, secrets={rotated}, relations=relations)
     out, calls = _calls(ctx, state, ctx.on.config_changed())
     assert ("signal", (EXPORTER_SERVICE,), "SIGHUP") in calls
     assert not [c for c in calls if c[0] == "restart"]
