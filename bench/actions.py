@@ -8,6 +8,15 @@
   processes) while ``bench.clients`` runs persistent, prepared-statement and reconnecting
   clients; :data:`PAUSE_ROUNDS` rounds, each: load, pause, hold :data:`HOLD_S`, resume. Counted:
   failed connects, cuts and errors (all kinds), transactions during the pause, the longest wait.
+- ``rotate``: ``rotate-credentials`` through the charm on a two-unit application (Scenario, a
+  real PgBouncer per unit, each in a pod network of its own) while reconnecting and persistent
+  clients run through both units, ``server_lifetime = 1`` so that every PgBouncer logs in to
+  PostgreSQL as the auth role about every second; :data:`ROTATE_ROUNDS` rounds, alternating a
+  rotation (action, the follower's hook, the leader's hook retiring the old password) with a
+  control round of the same length and the same hooks (update-status) but no rotation.
+  A stand-in Prometheus (``bench.scrape``) scrapes both exporters every 0.25 s. Counted:
+  failed logins, cuts and errors; failed scrapes; successful logins per round, rotation
+  against the control round before it.
 
 Each part prints its rows and appends them to ``bench/results/actions.md``. Figures move with
 the machine's load (FACTS): quote ranges.
@@ -31,6 +40,7 @@ TENANTS = 200
 AUDIT_RUNS = 5
 PAUSE_ROUNDS = 5
 HOLD_S = 2.0
+ROTATE_ROUNDS = 6
 
 
 def _spread(values: list[float]) -> str:
@@ -182,15 +192,139 @@ def pause_part(work: Path) -> list[str]:
     return rows
 
 
+def rotate_part(work: Path, rounds: int = ROTATE_ROUNDS) -> list[str]:
+    """Rotations under load against control rounds, interleaved; returns the report rows."""
+    from ops import testing
+
+    from bench.changes import Load
+    from bench.pgbench import Target
+    from bench.scrape import Scraper
+    from charm import PgBouncerK8sCharm
+    from harness.juju import Application
+    from harness.postgresql_charm import FakePostgresqlCharm
+    from harness.servers.pg import start_postgres
+    from harness.servers.system import free_port
+    from harness.story import Deployment
+    from pgbouncer.exporter import EXPORTER_SERVICE
+    from relations.metrics import METRICS_RELATION
+
+    server = start_postgres(prefix="pgbk8s-bench-rotate-")
+    app = Application(
+        PgBouncerK8sCharm,
+        num_units=2,
+        config={"listen_port": free_port(), "pool_mode": "transaction", "server_lifetime": 1},
+        processes=range(2),
+        pod_network=True,
+        reach=(server.port,),
+    )
+    failed: dict[str, list[int]] = {"rotation": [], "control": []}
+    logins: dict[str, list[int]] = {"rotation": [], "control": []}
+    ratios: list[float] = []
+    generations: list[str] = []
+    try:
+        d = Deployment(app, FakePostgresqlCharm(server))
+        d.deploy()
+        d.relate_backend("plain")
+        creds = d.credentials(d.relate_client("bench-client", "benchdb"))
+        for unit in app.units:  # the image's exporter, on PATH
+            assert unit.runner is not None
+            unit.runner.path_dirs.append(str(ROOT / ".build" / "exporter" / "bin"))
+            unit.runner.quiet.add(EXPORTER_SERVICE)
+        rid = app.add_relation(
+            testing.Relation(
+                METRICS_RELATION, remote_app_name="prometheus", remote_units_data={0: {}}
+            )
+        )
+        for unit in sorted(app.units, key=lambda u: (not u.is_leader, u.unit_id)):
+            unit.relation_joined(rid, remote_unit=0)
+        d.settle_peers()
+        scraper = Scraper(app.units)
+        workers = {"txn": 2, "connector": 3}
+        for n in range(rounds):
+            kind = "rotation" if n % 2 else "control"
+            loads = []
+            for unit in app.units:
+                host, port = unit.address()
+                target = Target(
+                    unit.name, host, port, creds.database, creds.username, creds.password
+                )
+                loads.append(Load(target, workers, work, f"rotate{n}-{unit.unit_id}"))
+            try:
+                time.sleep(2.0)
+                started = time.time()
+                if kind == "rotation":
+                    result = app.leader.run_action("rotate-credentials")
+                    generations.append(result["to"])
+                else:
+                    app.leader.update_status()
+                time.sleep(1.0)
+                # The follower switches; then, once the exporters surely re-read their
+                # configuration, every unit reports and the leader retires the old ones.
+                if kind == "rotation":
+                    d.settle_peers()
+                else:
+                    for unit in app.units:
+                        unit.update_status()
+                time.sleep(5.5)
+                if kind == "rotation":
+                    d.settle_peers()
+                else:
+                    for unit in app.units:
+                        unit.update_status()
+                time.sleep(2.0)
+                ended = time.time()
+            finally:
+                records = [load.stop() for load in loads]
+            bad = [
+                e for r in records for e in r.events if e[3] in ("connect_fail", "cut", "error")
+            ]
+            done = sum(r.window(started, ended, ("connector",))[0] for r in records)
+            failed[kind].append(len(bad))
+            logins[kind].append(done)
+            if kind == "rotation" and logins["control"]:
+                ratios.append(done / max(logins["control"][-1], 1))
+            print(
+                f"  round {n + 1} ({kind}, {started:.1f}-{ended:.1f}): failed {len(bad)}, "
+                f"logins {done}, {bad[:3]}",
+                flush=True,
+            )
+        scraper.stop()
+        for failure in scraper.failed:
+            print(f"  failed scrape: {failure}", flush=True)
+        pending = app.leader.relation(app.peer_relation_id).local_app_data.get("rotation")
+        rows = [
+            f"| rotate-credentials (auth role and stats user) under load (2 units, each 2 "
+            f"persistent + 3 reconnecting "
+            f"clients, server_lifetime 1 s), {rounds} interleaved rounds ({len(ratios)} "
+            f"rotations, {len(failed['control'])} controls) | failed "
+            f"{min(failed['rotation'])}-{max(failed['rotation'])} per rotation round, "
+            f"{min(failed['control'])}-{max(failed['control'])} per control round; logins in "
+            f"the window {min(logins['rotation'])}-{max(logins['rotation'])} (rotation) "
+            f"and {min(logins['control'])}-{max(logins['control'])} (control), ratio "
+            f"{min(ratios):.2f}-{max(ratios):.2f}; generations handed out "
+            f"{' '.join('g2' if g.endswith('_g2') else 'g1' for g in generations)}; rotation left running: "
+            f"{'yes' if pending else 'no'}; scrapes (every 0.25 s, both units) "
+            f"{sum(scraper.ok.values())} ok, {len(scraper.failed)} failed |"
+        ]
+    finally:
+        app.close()
+        server.destroy()
+    return rows
+
+
 def main(argv: list[str]) -> int:
-    """Run the parts named (default: both) and append their rows to the report."""
-    parts = argv or ["audit", "pause"]
+    """Run the parts named (default: all) and append their rows to the report."""
+    parts = argv or ["audit", "pause", "rotate"]
     rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pgbk8s-bench-actions-") as tmp:
         if "audit" in parts:
             rows += audit_part()
         if "pause" in parts:
             rows += pause_part(Path(tmp))
+        if "rotate" in parts:
+            rotate_dir = Path(tmp) / "rotate"
+            rotate_dir.mkdir()
+            rows += rotate_part(rotate_dir)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = not RESULTS.exists()
     with RESULTS.open("a") as out:

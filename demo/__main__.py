@@ -357,8 +357,12 @@ def run() -> None:
             for key in ("auth_user", "auth_query", "auth_dbname", "pgb_authdb"):
                 expect(key not in text, f"{unit.name}'s pgbouncer_0.ini still has {key}")
             auth_file = (unit.mount_dir / "userlist.txt").read_text()
-            # Only the stats user's line (a SCRAM verifier) stays, since step 4.
-            kept = [ln for ln in auth_file.splitlines() if not ln.startswith('"pgbouncer_stats" ')]
+            # Only the stats user's line (a SCRAM verifier; its second generation since 4 (c)).
+            kept = [
+                ln
+                for ln in auth_file.splitlines()
+                if not ln.startswith(('"pgbouncer_stats" ', '"pgbouncer_stats_g2" '))
+            ]
             expect(kept == [], f"{unit.name}'s auth file still has {len(kept)} other line(s)")
             history = unit.runner.history[marks[unit.name] :] if unit.runner else []
             expect(("SIGHUP", "pgbouncer_0") in history, f"{unit.name}'s PgBouncer not reloaded")
@@ -416,6 +420,33 @@ def actions_step(d, creds) -> None:
                 )
             expect(json.loads(pools["not-reached"]) == [], f"{unit.name}: {pools}")
     expect(creds.password not in json.dumps(results), "the client's password in the results")
+    rotate_step(d, creds)
+
+
+def rotate_step(d, creds) -> None:
+    """rotate-credentials: the second generation handed out, the old password gone at the end."""
+    import time
+
+    from pgbouncer.exporter import EXPORTER_RELOAD_S
+
+    say()
+    say("== 4. (c) juju run pgbouncer-k8s/leader rotate-credentials")
+    leader = d.app.leader
+    rotated = leader.run_action("rotate-credentials")
+    say(
+        f"   auth role {rotated['from']} -> {rotated['to']}, stats user "
+        f"{rotated['stats-from']} -> {rotated['stats-to']}"
+    )
+    say(f"   {leader.name}: {leader.state.unit_status.message}")
+    d.settle_peers()  # each unit switches and reports
+    time.sleep(EXPORTER_RELOAD_S + 0.5)  # until every exporter surely re-read its configuration
+    d.settle_peers()  # each unit confirms; the leader removes the old password
+    d.settle_peers()  # the followers see the rotation ended (and drop the old stats user)
+    for unit in d.app.units:
+        say(f"   {unit.name}: {unit.state.unit_status.message}")
+        expect("rotating" not in unit.state.unit_status.message, f"{unit.name} still rotating")
+        row = d.query(unit, creds, "SELECT session_user")
+        say(f"   {unit.name} still serves the client (session_user {row[0]})")
 
 
 def tls_step(d, pg_port: int) -> None:

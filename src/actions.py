@@ -1,4 +1,4 @@
-"""The operator's actions (docs/actions.md): audit-tenancy, pause, resume, show-pools.
+"""The operator's actions (docs/actions.md): audit, pause, resume, pools, rotation.
 
 Each handler reads what it needs, calls one module that does the work, and turns the outcome
 into action results or a failure message. No result, message or log line holds a secret.
@@ -63,6 +63,7 @@ class Actions(ops.Object):
         observe(charm.on.pause_action, self._on_pause)
         observe(charm.on.resume_action, self._on_resume)
         observe(charm.on.show_pools_action, self._on_show_pools)
+        observe(charm.on.rotate_credentials_action, self._on_rotate_credentials)
 
     @property
     def owner_tag(self) -> str:
@@ -90,7 +91,7 @@ class Actions(ops.Object):
                 state.tenants,
                 live,
                 owner_tag=self.owner_tag,
-                auth_user=state.auth.username,
+                auth_user=state.auth.lookup_schema,
             )
         except BackendError as exc:  # its text never holds the password (postgres.connection)
             event.fail(f"could not read the backend: {exc}")
@@ -164,9 +165,7 @@ class Actions(ops.Object):
             return
         password = self._monitoring.stats_password()
         if password is None:
-            event.fail(
-                "no stats user yet: the leader creates it with the first metrics-endpoint relation"
-            )
+            event.fail("no stats user yet: the leader creates it in its next hook")
             return
         port = self._charm.config.get("listen_port")
         if not isinstance(port, int):
@@ -174,10 +173,35 @@ class Actions(ops.Object):
             return
         processes = pause.running_processes(self._container)
         try:
-            read, missed = console.read_processes(port, password, processes.serving)
+            read, missed = console.read_processes(
+                port, password, processes.serving, user=self._monitoring.stats_user()
+            )
         except console.ConsoleError as exc:
             event.fail(str(exc))
             return
         results = dict(console.pools_results(read, missed))
         results["draining-not-read"] = json.dumps(list(processes.draining))
+        event.set_results(results)
+
+    # -- rotate-credentials ------------------------------------------------------------------
+    def _on_rotate_credentials(self, event: ops.ActionEvent) -> None:
+        if not self._charm.unit.is_leader():
+            event.fail(NOT_LEADER.format(action="rotate-credentials", app=self._charm.app.name))
+            return
+        from relations.peers import Peers
+        from rotation import RotationError, start_rotation
+
+        try:
+            results = start_rotation(
+                self._load_state(),
+                Peers(self._charm),
+                self._monitoring,
+                owner_tag=self.owner_tag,
+                ca_dir=self._ca_dir(),
+                now=time.time(),
+            )
+        except RotationError as exc:
+            event.fail(str(exc))
+            return
+        event.log("started; the old password goes once every unit uses the new one")
         event.set_results(results)

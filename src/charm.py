@@ -26,7 +26,6 @@ from pgbouncer.config import (
 )
 from pgbouncer.desired import CertificateRequired, desired_config
 from pgbouncer.drain import CLOCKS_FILE, DrainClocks
-from pgbouncer.exporter import STATS_USER
 from pgbouncer.image import FACTS_FILE, ImageFacts, check_image
 from pgbouncer.ini import RenderError
 from pgbouncer.plan import ContainerSnapshot, plan_apply
@@ -61,6 +60,7 @@ from relations.grafana_dashboard import GrafanaDashboardProvider
 from relations.logging import LogForwarding
 from relations.metrics import METRICS_RELATION, Monitoring
 from relations.peers import Peers
+from rotation import advance_rotation
 from state.backend import InvalidBackendDataError
 from state.charm_state import CharmState, parse_version
 from state.config import CharmConfig, InvalidConfigError
@@ -269,6 +269,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
             unit = self._apply(state, with_backend)
         if state.leader:
             publish_answers(self.clients, outcome, self.peers.applied())
+            advance_rotation(
+                state, self.peers, self.monitoring, owner_tag=self.owner_tag, ca_dir=self._ca_dir()
+            )
             if port is not None:
                 self.peers.set_published_port(port)
                 state = dataclasses.replace(
@@ -320,7 +323,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
             # Monitoring (docs/observability.md): the stats user and the exporter's files.
             stats_line = self.monitoring.stats_auth_line()
             if stats_line:
-                cfg = dataclasses.replace(cfg, stats_user=STATS_USER)
+                cfg = dataclasses.replace(cfg, stats_user=self.monitoring.stats_users_setting())
             exporter_files = self.monitoring.exporter_files(
                 cfg.processes,
                 cfg.listen_port,
@@ -366,6 +369,10 @@ class PgBouncerK8sCharm(ops.CharmBase):
         # The publish barrier: the leader answers a client once every unit reports its entry.
         self.peers.set_applied(
             [t.key for t in cfg.databases if t.key in state.peer.databases], cfg.listen_port
+        )
+        self.peers.set_applied_auth(  # the rotation barrier (rotate-credentials)
+            cfg.auth.auth_user if cfg.auth else None,
+            self.monitoring.applied_stats_user(self._container, time.time()),
         )
         return dataclasses.replace(outcome, running=self._container_seen.pgbouncer_running())
 
@@ -538,12 +545,17 @@ class PgBouncerK8sCharm(ops.CharmBase):
         """What the hook saw and did, as statuses; none in a quiet hook (the status stays)."""
         if self._state is None or self._unit_outcome is None:
             return []
+        rotation = self.peers.rotation()
+        notes = ()
+        if rotation is not None:
+            notes = (rotation.status_note(self.peers.applied_auth(), self.peers.applied_stats()),)
         return unit_statuses(
             self._state,
             self._image,
             self._unit_outcome,
             self._leader_outcome,
             metrics_related=bool(self.model.relations.get(METRICS_RELATION)),
+            notes=notes,
         )
 
 

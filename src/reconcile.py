@@ -42,11 +42,23 @@ class BackendEffects(Protocol):
     def connect_check(self, creds: BackendCredentials) -> None: ...  # noqa: D102
 
     def install_auth(  # noqa: D102
-        self, creds: BackendCredentials, *, auth_user: str, auth_password: str, owner_tag: str
+        self,
+        creds: BackendCredentials,
+        *,
+        auth_user: str,
+        auth_password: str,
+        owner_tag: str,
+        login_role: str | None = None,
     ) -> object: ...
 
     def check_auth(  # noqa: D102
-        self, creds: BackendCredentials, *, auth_user: str, auth_password: str, owner_tag: str
+        self,
+        creds: BackendCredentials,
+        *,
+        auth_user: str,
+        auth_password: str,
+        owner_tag: str,
+        schema: str | None = None,
     ) -> str | None: ...
 
     def remove_auth(  # noqa: D102
@@ -199,9 +211,15 @@ def ensure_auth(
     from postgres.passwords import generate_password
 
     creds = credentials(state, ca_dir)
+    # The generation that logs in (rotate-credentials takes turns between two, state.rotation).
+    login = state.auth.username if state.auth_ready and state.auth is not None else auth_user
     if state.auth_ready and state.auth is not None:
         problem = sql.check_auth(
-            creds, auth_user=auth_user, auth_password=state.auth.password, owner_tag=owner_tag
+            creds,
+            auth_user=login,
+            auth_password=state.auth.password,
+            owner_tag=owner_tag,
+            schema=auth_user,
         )
         if problem is None:
             if state.peer.backend_problem:
@@ -219,7 +237,13 @@ def ensure_auth(
         removed = sql.remove_leftovers(creds, owner_tag=owner_tag, keep=auth_user)
         if removed:
             logger.info("removed auth leftovers of earlier relations: %s", ", ".join(removed))
-        sql.install_auth(creds, auth_user=auth_user, auth_password=password, owner_tag=owner_tag)
+        sql.install_auth(
+            creds,
+            auth_user=auth_user,
+            auth_password=password,
+            owner_tag=owner_tag,
+            login_role=login,
+        )
     except BackendError as exc:
         logger.warning("could not install the auth function: %s", exc)
         outcome.backend_problem = str(exc)
@@ -232,7 +256,7 @@ def ensure_auth(
     # A failed removal of an earlier relation's auth user is resolved once its leftovers are
     # gone, which remove_leftovers just made sure of.
     peers.set_auth_removal_failed(False)
-    outcome.auth = AuthData(auth_user, password)
+    outcome.auth = AuthData(login, password, schema=auth_user)
     peers.save_auth(outcome.auth, backend.database)
 
 
@@ -331,12 +355,14 @@ def remove_auth_plumbing(
     if not drop_all_clients(state, peers, sql, owner_tag=owner_tag, ca_dir=ca_dir):
         logger.error("some client users could not be dropped; they stay in the record")
     try:
-        sql.remove_auth(credentials(state, ca_dir), auth_user=auth.username, owner_tag=owner_tag)
+        sql.remove_auth(
+            credentials(state, ca_dir), auth_user=auth.lookup_schema, owner_tag=owner_tag
+        )
     except BackendError as exc:
         logger.error("failed to remove the auth user: %s", exc)
         peers.set_auth_removal_failed(True)
         return False
-    logger.info("removed auth user %s and its lookup function", auth.username)
+    logger.info("removed auth user %s and its lookup function", auth.lookup_schema)
     peers.set_auth_removal_failed(False)
     return True
 

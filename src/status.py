@@ -57,8 +57,12 @@ def unit_statuses(
     leader: LeaderOutcome,
     *,
     metrics_related: bool = False,
+    notes: tuple[str, ...] = (),
 ) -> list[ops.StatusBase]:
-    """Every status that applies to this unit; the first ones block everything after them."""
+    """Every status that applies to this unit; the first ones block everything after them.
+
+    ``notes`` are added to the active message as they are (a rotation in progress).
+    """
     if not state.can_connect:
         return [ops.WaitingStatus("waiting for the pgbouncer container")]
     if state.config_error:
@@ -87,12 +91,17 @@ def unit_statuses(
         statuses.append(ops.WaitingStatus(f"pgbouncer container: {unit.apply_error}"))
     elif not unit.running:
         statuses.append(ops.WaitingStatus("PgBouncer is not running"))
-    statuses.append(ops.ActiveStatus(_active_message(image, unit, leader, metrics_related)))
+    message = _active_message(image, unit, leader, metrics_related, notes)
+    statuses.append(ops.ActiveStatus(message))
     return statuses
 
 
 def _active_message(
-    image: ImageFacts, unit: UnitOutcome, leader: LeaderOutcome, metrics_related: bool
+    image: ImageFacts,
+    unit: UnitOutcome,
+    leader: LeaderOutcome,
+    metrics_related: bool,
+    notes: tuple[str, ...],
 ) -> str:
     processes = "process" if unit.processes == 1 else "processes"
     message = f"{unit.processes} PgBouncer {processes}"
@@ -103,6 +112,8 @@ def _active_message(
         message += f"; repaired the auth plumbing ({leader.repaired[0]})"
     if leader.tenancy_repaired:
         message += f"; put back {leader.tenancy_repaired[0]}"
+    for note in notes:
+        message += f"; {note}"
     if unit.draining_port:
         message += f"; port {unit.draining_port} draining"
     if unit.handover_reason:

@@ -488,12 +488,18 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
     auth = _check_auth(cfg.auth, keys) if cfg.auth is not None else None
     stats_user = None
     if cfg.stats_user is not None:
+        # One name, or two (", "-separated) while rotate-credentials runs.
         try:
-            stats_user = validate_role_name(cfg.stats_user, "stats_user")
-        except InvalidNameError as exc:
-            raise _invalid(exc) from None
-        if auth is not None and stats_user == auth.auth_user:
+            names = [validate_role_name(n, "stats_user") for n in cfg.stats_user.split(", ")]
+        except (InvalidNameError, AttributeError) as exc:
+            if isinstance(exc, InvalidNameError):
+                raise _invalid(exc) from None
+            raise RenderError("stats_user", "not a string") from None
+        if len(names) > 2 or len(set(names)) != len(names):
+            raise RenderError("stats_user", "one or two distinct names")
+        if auth is not None and auth.auth_user in names:
             raise RenderError("stats_user", "must not be the auth user")
+        stats_user = ", ".join(names)
     if cfg.client_tls is not None and (
         not isinstance(cfg.client_tls, ClientTLS) or cfg.client_tls.sslmode not in CLIENT_TLS_MODES
     ):

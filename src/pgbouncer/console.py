@@ -144,6 +144,7 @@ def read_processes(
     *,
     host: str = "127.0.0.1",
     clock: Any = time.monotonic,
+    user: str = STATS_USER,
 ) -> tuple[list[ProcessPools], list[str]]:
     """Read each serving process's state and pools through the shared port.
 
@@ -153,6 +154,7 @@ def read_processes(
         expected: the Pebble services that serve (what to look for).
         host: where the port is reached (the pod's loopback).
         clock: monotonic seconds (tests may replace it).
+        user: the stats user (its generation in use, ``rotate-credentials``).
 
     Returns:
         The processes read (sorted by service), and the expected services not reached.
@@ -174,7 +176,7 @@ def read_processes(
             with psycopg.connect(
                 host=host,
                 port=port,
-                user=STATS_USER,
+                user=user,
                 password=password,
                 dbname=ADMIN_DATABASE,
                 connect_timeout=CONNECT_TIMEOUT_S,

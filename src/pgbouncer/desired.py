@@ -90,7 +90,7 @@ def desired_config(
                 )
         auth_settings = AuthSettings(
             auth_user=state.auth.username,
-            auth_query=auth_query_for(state.auth.username),
+            auth_query=auth_query_for(state.auth.lookup_schema),
             auth_dbname=AUTH_DATABASE_KEY,
         )
         auth_file = render_auth_file(state.auth.username, state.auth.password)

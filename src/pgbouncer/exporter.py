@@ -39,6 +39,11 @@ from pgbouncer.slots import (
 
 STATS_USER = "pgbouncer_stats"
 """The PgBouncer-only monitoring user (``stats_users``); no PostgreSQL role has this name."""
+STATS_USERS = (STATS_USER, f"{STATS_USER}_g2")
+"""Its two generations: ``rotate-credentials`` hands out the one not in use (both are listed
+in ``stats_users`` and the auth file while a rotation runs, state.rotation)."""
+EXPORTER_RELOAD_S = 5.0
+"""The exporter re-reads its configuration within 4 s of a SIGHUP (its main loop sleeps 4 s)."""
 
 EXPORTER_SERVICE = "metrics_exporter"
 """The exporter's Pebble service. Not ``pgbouncer_…``: that prefix names PgBouncer processes."""
@@ -246,14 +251,47 @@ def retarget(config: str, slots: Mapping[int, int], base_dir: str = DEFAULT_BASE
 
 
 def render_exporter_files(
-    processes: int, listen_port: int, password: str, base_dir: str = DEFAULT_BASE_DIR
+    processes: int,
+    listen_port: int,
+    password: str,
+    base_dir: str = DEFAULT_BASE_DIR,
+    user: str = STATS_USER,
+    previous: tuple[str, str] | None = None,
 ) -> dict[str, str]:
     """The exporter's configuration and password file, ``{path: content}``.
+
+    Args:
+        processes: PgBouncer processes of the unit.
+        listen_port: PgBouncer's port.
+        password: the stats user's password.
+        base_dir: where PgBouncer's files live in the container.
+        user: the stats user the exporter logs in as.
+        previous: the generation a rotation replaces, ``(user, password)``: its line stays in
+            the password file, so the exporter reads with either until it re-read its
+            configuration.
 
     Raises:
         RenderError: see :func:`render_exporter_config` and :func:`check_stats_password`.
     """
+    passfile = render_passfile(password, user)
+    if previous is not None:
+        passfile += render_passfile(previous[1], previous[0])
     return {
-        exporter_config_path(base_dir): render_exporter_config(processes, listen_port, base_dir),
-        passfile_path(base_dir): render_passfile(password),
+        exporter_config_path(base_dir): render_exporter_config(
+            processes, listen_port, base_dir, user=user
+        ),
+        passfile_path(base_dir): passfile,
     }
+
+
+def exporter_user(config: str) -> str | None:
+    """The stats user a rendered exporter configuration logs in as (None: not one of ours)."""
+    try:
+        dsn = json.loads(config)["pgbouncers"][0]["dsn"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    for part in str(dsn).split():
+        key, _, value = part.partition("=")
+        if key == "user" and value in STATS_USERS:
+            return value
+    return None

@@ -31,11 +31,11 @@ from typing import Any
 
 from ops import pebble
 
-from pgbouncer.config import (
+from pgbouncer.ini import RenderError
+from pgbouncer.slots import (
     DEFAULT_BASE_DIR,
     MAX_PROCESSES,
     MIN_PROCESSES,
-    RenderError,
     run_dir,
 )
 

@@ -756,11 +756,18 @@ def plan_apply(
         exporter
         and EXPORTER_SERVICE in running
         and EXPORTER_SERVICE not in started + restarted
-        and exporter_files & set(written)
+        and exporter_path in written
     ):
-        # The exporter keeps no state: a restart is the sure way to make it re-read.
-        steps.append(("restart", EXPORTER_SERVICE))
-        restarted.append(EXPORTER_SERVICE)
+        if exporter == "go":
+            # The Go exporters take their targets on the command line: a restart re-reads them.
+            steps.append(("restart", EXPORTER_SERVICE))
+            restarted.append(EXPORTER_SERVICE)
+        else:
+            # Ours re-reads its configuration on SIGHUP (within 4 s), serving scrapes
+            # meanwhile; a restart would refuse them while it starts. The password file is read
+            # by libpq at each connection, so a change there alone needs nothing.
+            steps.append(("signal", "SIGHUP", (EXPORTER_SERVICE,)))
+            reloaded.append(EXPORTER_SERVICE)
     kinds = sorted(set(handover_why.values()) | ({"processes"} if retire_draining else set()))
     result = ApplyResult(
         written=tuple(written),

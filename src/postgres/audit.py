@@ -34,6 +34,7 @@ from postgres.auth import auth_schemas, definer_role_for
 from postgres.connection import BackendCredentials, BackendError, connect
 from postgres.queries import query
 from state.names import auth_username_for
+from state.rotation import generations
 from state.tenants import (
     TenantRecord,
     client_role_pattern,
@@ -265,7 +266,7 @@ def audit_tenancy(
                     add("lookup", creds.dbname, where, "not SECURITY DEFINER with a pinned path")
                 if body != _expected_lookup_body(auth_user, owner_tag):
                     add("lookup", creds.dbname, where, "its definition differs from ours")
-                extra = sorted(set(executors) - {auth_user, owner})
+                extra = sorted(set(executors) - {*generations(auth_user), owner})
                 if extra:
                     add("lookup", creds.dbname, where, f"EXECUTE held by {', '.join(extra)}")
             _audit_plumbing_roles(conn, auth_user, add)
@@ -293,15 +294,17 @@ def _audit_plumbing_roles(
     its lookups resolve or who they run as, or is missing one of them.
     """
     definer = definer_role_for(auth_user)
+    # Both generations of the auth role (rotate-credentials, state.rotation) are auth roles.
+    logins = generations(auth_user)
     rows = conn.execute(
-        query("audit.sql", "roles"), {"pattern": None, "names": [auth_user, definer]}
+        query("audit.sql", "roles"), {"pattern": None, "names": [*logins, definer]}
     ).fetchall()
     for row in rows:
         _oid, name, login, superuser, _inherit, createrole, createdb, repl, bypass = row[:9]
         member_of, members, settings = row[9:12]
         if superuser or createdb or createrole or repl or bypass:
             add("auth-role", "", name, "CREATEDB, CREATEROLE, SUPERUSER, REPLICATION or BYPASSRLS")
-        if login != (name == auth_user):
+        if login != (name in logins):
             add("auth-role", "", name, "can log in" if login else "cannot log in")
         for membership in member_of:
             add("auth-role", "", name, f"member of {membership}")
@@ -310,12 +313,12 @@ def _audit_plumbing_roles(
         seen = set()
         for setting in settings or []:
             db_oid, _, value = setting.partition(":")
-            if name == auth_user and db_oid == "0" and value in AUTH_ROLE_SETTINGS:
+            if name in logins and db_oid == "0" and value in AUTH_ROLE_SETTINGS:
                 seen.add(value)
                 continue
             scope = "role-wide" if db_oid == "0" else f"in database {db_oid}"
             add("auth-role", "", name, f"{scope} setting {value}")
-        if name == auth_user:
+        if name in logins:
             for value in sorted(AUTH_ROLE_SETTINGS - seen):
                 add("auth-role", "", name, f"setting {value} is missing", DRIFT)
 

@@ -38,6 +38,7 @@ from state.names import (
     auth_username_for,
     validate_plain_identifier,
 )
+from state.rotation import alternate_auth_user
 from state.tenants import group_role_for
 
 logger = logging.getLogger(__name__)
@@ -174,7 +175,12 @@ def _check_ours(kind: str, name: str, comment: str | None, mark: str) -> None:
 
 
 def install_auth(
-    creds: BackendCredentials, *, auth_user: str, auth_password: str, owner_tag: str
+    creds: BackendCredentials,
+    *,
+    auth_user: str,
+    auth_password: str,
+    owner_tag: str,
+    login_role: str | None = None,
 ) -> AuthQuery:
     """Create or update the auth plumbing in ``creds.dbname``, in one transaction.
 
@@ -184,8 +190,12 @@ def install_auth(
     Args:
         creds: relation user (a superuser) and the database we requested.
         auth_user: the auth role name (from :func:`auth_username_for`).
-        auth_password: its plain password.
+        auth_password: the plain password of the generation that logs in.
         owner_tag: ``<model-uuid>/<app-name>``.
+        login_role: the generation that logs in (``rotate-credentials``,
+            :mod:`state.rotation`): ``auth_user`` (the default) or its alternate, which then
+            gets the same attributes, limits and grants and ``auth_password``; the other
+            generation's password is left as it is.
 
     Returns:
         The auth role, the ``auth_query`` and the database holding the function.
@@ -199,6 +209,9 @@ def install_auth(
     validate_plain_identifier(auth_user, "auth username")
     if not isinstance(auth_password, str) or not auth_password:
         raise ValueError("invalid auth password: empty or not a string")
+    login_role = login_role or auth_user
+    if login_role not in (auth_user, alternate_auth_user(auth_user)):
+        raise InvalidNameError("login role", login_role, "not a generation of the auth role")
     mark = mark_for(owner_tag)
     definer = definer_role_for(auth_user)
     role_id, definer_id, schema_id = (sql.Identifier(x) for x in (auth_user, definer, auth_user))
@@ -216,7 +229,9 @@ def install_auth(
         _run_common(conn, "comment_role", role=role_id, comment=comment)
         for limit in ("limit_auth_role", "limit_auth_role_timeout", "limit_auth_role_temp"):
             _run(conn, limit, role=role_id)
-        if set_password(conn, auth_user, auth_password, current_password):
+        if login_role == auth_user and set_password(
+            conn, auth_user, auth_password, current_password
+        ):
             logger.info("set the password of auth role %s", auth_user)
 
         row = _role_row(conn, definer)
@@ -263,11 +278,66 @@ def install_auth(
         database_id = sql.Identifier(creds.dbname)
         _run(conn, "lock_database", database=database_id)
         _run(conn, "grant_database_connect", database=database_id, role=role_id)
+        if login_role != auth_user:
+            _ensure_generation(conn, auth_user, login_role, auth_password, mark)
 
     logger.info("auth plumbing for %s installed in database %s", auth_user, creds.dbname)
     return AuthQuery(
         auth_user=auth_user, auth_query=auth_query_for(auth_user), dbname=creds.dbname
     )
+
+
+def _ensure_generation(
+    conn: psycopg.Connection, auth_user: str, role: str, password: str, mark: str
+) -> None:
+    """The auth role's alternate generation, as the auth role is: attributes, limits, grants.
+
+    It uses the lookup in ``auth_user``'s schema (USAGE, EXECUTE) and may connect to the auth
+    database; the lookup refuses it a password like any role outside the allow-list.
+    """
+    role_id, schema_id = sql.Identifier(role), sql.Identifier(auth_user)
+    row = _role_row(conn, role)
+    if row is None:
+        _run(conn, "create_auth_role", role=role_id)
+        current = None
+    else:
+        _check_ours("role", role, row[3], mark)
+        _run(conn, "alter_auth_role", role=role_id)
+        current = row[2]
+    _run_common(conn, "comment_role", role=role_id, comment=sql.Literal(mark))
+    for limit in ("limit_auth_role", "limit_auth_role_timeout", "limit_auth_role_temp"):
+        _run(conn, limit, role=role_id)
+    if set_password(conn, role, password, current):
+        logger.info("set the password of auth role %s", role)
+    _run(conn, "grant_schema_usage", schema=schema_id, role=role_id)
+    _run(conn, "grant_function", schema=schema_id, role=role_id)
+    _run(conn, "grant_database_connect", database=sql.Identifier(conn.info.dbname), role=role_id)
+
+
+def retire_generation(creds: BackendCredentials, *, role: str, owner_tag: str) -> bool:
+    """Remove the password of a generation no unit uses any more; True if it had one.
+
+    The role stays (the next rotation gives it a new password): without a verifier no
+    password opens it. Its sessions are left to end: PgBouncer closes its idle server
+    connections after ``server_idle_timeout``, and none is given to a new lookup.
+
+    Raises:
+        InvalidNameError: a bad name or owner tag (before any SQL).
+        ForeignObjectError: a role of that name without our mark.
+        BackendError: connection or statement failure.
+    """
+    validate_plain_identifier(role, "auth generation")
+    mark = mark_for(owner_tag)
+    with connect(creds) as conn, conn.transaction():
+        row = _role_row(conn, role)
+        if row is None:
+            return False
+        _check_ours("role", role, row[3], mark)
+        if row[2] is None:
+            return False
+        _run(conn, "clear_password", role=sql.Identifier(role))
+    logger.info("removed the password of auth role %s", role)
+    return True
 
 
 def _run_common(conn: psycopg.Connection, name: str, **parts: sql.Composable) -> None:
@@ -305,7 +375,8 @@ def _remove_pair(
         _run(conn, "drop_issued", schema=schema_id)
         _run(conn, "drop_schema", schema=schema_id)
     dropped = []
-    for role, is_definer in ((auth_user, False), (definer, True)):
+    generation = alternate_auth_user(auth_user) if auth_user is not None else None
+    for role, is_definer in ((auth_user, False), (generation, False), (definer, True)):
         if role is None:
             continue
         row = _role_row(conn, role)
@@ -365,9 +436,12 @@ def remove_auth(
 
 
 def _leftovers(conn: psycopg.Connection, mark: str, keep: str | None) -> list[tuple[str, bool]]:
-    spared = set() if keep is None else {keep, definer_role_for(keep)}
+    spared = set() if keep is None else {keep, definer_role_for(keep), alternate_auth_user(keep)}
     rows = conn.execute(query("auth.sql", "marked_roles"), {"comment": mark}).fetchall()
-    return [(name, can_login) for name, can_login in rows if name not in spared]
+    found = [(name, can_login) for name, can_login in rows if name not in spared]
+    # An alternate generation goes with its first one (its grants are on that one's schema).
+    seconds = {alternate_auth_user(name) for name, _ in found}
+    return sorted(found, key=lambda row: row[0] in seconds)
 
 
 def find_leftovers(creds: BackendCredentials, *, owner_tag: str, keep: str | None) -> list[str]:
@@ -428,7 +502,12 @@ def remove_leftovers(creds: BackendCredentials, *, owner_tag: str, keep: str | N
 
 
 def check_auth(
-    creds: BackendCredentials, *, auth_user: str, auth_password: str, owner_tag: str
+    creds: BackendCredentials,
+    *,
+    auth_user: str,
+    auth_password: str,
+    owner_tag: str,
+    schema: str | None = None,
 ) -> str | None:
     """Log in as the auth role and run its lookup, as PgBouncer does; what is broken, if anything.
 
@@ -441,6 +520,7 @@ def check_auth(
         auth_user: the auth role.
         auth_password: its plain password.
         owner_tag: ``<model-uuid>/<app-name>``.
+        schema: the lookup's schema when ``auth_user`` is the alternate generation.
 
     Returns:
         None when the plumbing works, else a short description of the first failure.
@@ -452,7 +532,7 @@ def check_auth(
     try:
         with connect(as_auth) as conn:
             res = conn.pgconn.exec_params(
-                auth_query_for(auth_user).encode(), [b"pgbouncer-k8s-health-check"]
+                auth_query_for(schema or auth_user).encode(), [b"pgbouncer-k8s-health-check"]
             )
             if res.status != psycopg.pq.ExecStatus.TUPLES_OK:
                 message = (res.error_message or b"").decode(errors="replace").strip()

@@ -28,23 +28,43 @@ class PostgreSQL:
             pass
 
     def install_auth(
-        self, creds: BackendCredentials, *, auth_user: str, auth_password: str, owner_tag: str
+        self,
+        creds: BackendCredentials,
+        *,
+        auth_user: str,
+        auth_password: str,
+        owner_tag: str,
+        login_role: str | None = None,
     ) -> AuthQuery:
         """:func:`postgres.auth.install_auth`."""
         from postgres.auth import install_auth
 
         return install_auth(
-            creds, auth_user=auth_user, auth_password=auth_password, owner_tag=owner_tag
+            creds,
+            auth_user=auth_user,
+            auth_password=auth_password,
+            owner_tag=owner_tag,
+            login_role=login_role,
         )
 
     def check_auth(
-        self, creds: BackendCredentials, *, auth_user: str, auth_password: str, owner_tag: str
+        self,
+        creds: BackendCredentials,
+        *,
+        auth_user: str,
+        auth_password: str,
+        owner_tag: str,
+        schema: str | None = None,
     ) -> str | None:
         """:func:`postgres.auth.check_auth`."""
         from postgres.auth import check_auth
 
         return check_auth(
-            creds, auth_user=auth_user, auth_password=auth_password, owner_tag=owner_tag
+            creds,
+            auth_user=auth_user,
+            auth_password=auth_password,
+            owner_tag=owner_tag,
+            schema=schema,
         )
 
     def remove_auth(self, creds: BackendCredentials, *, auth_user: str, owner_tag: str) -> None:

@@ -36,8 +36,12 @@ import yaml
 
 from pgbouncer.exporter import (
     EXPORTER_PORT,
+    EXPORTER_RELOAD_S,
+    STATS_USER,
+    STATS_USERS,
     check_stats_password,
     exporter_config_path,
+    exporter_user,
     passfile_path,
     render_exporter_files,
     render_stats_auth_line,
@@ -47,6 +51,7 @@ from pgbouncer.go_exporter import scrape_jobs as go_scrape_jobs
 from pgbouncer.ini import RenderError
 from pgbouncer.slots import DEFAULT_BASE_DIR
 from relations.peers import PEER_RELATION
+from state.rotation import ROTATION_KEY, Rotation
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,8 @@ METRICS_RELATION = "metrics-endpoint"
 STATS_SECRET_LABEL = "pgbouncer-stats"  # noqa: S105 (a label, not a password)
 STATS_SECRET_KEY = "stats_secret_id"  # noqa: S105 (a databag key, not a password)
 """Peer application databag key holding the stats secret's id (never its content)."""
+EXPORTER_KEY = "metrics_requested"
+"""Peer application databag key: a ``metrics-endpoint`` relation was seen; the exporter runs."""
 
 ALERT_RULES_DIR = Path(__file__).resolve().parents[1] / "alert_rules"
 TOPOLOGY_PLACEHOLDER = "%%juju_topology%%"
@@ -220,15 +227,21 @@ class Monitoring:
     def ensure_stats_secret(self, new_password: Callable[[], str]) -> None:
         """Leader: create the stats password's secret once and share its id with the units.
 
-        Only once something asks for metrics (a ``metrics-endpoint`` relation): until then no
-        stats user exists and no exporter runs. Once created, it stays (an exporter scraped by
+        The stats user exists from the first leader hook with the peer relation: it is a
+        PgBouncer-only user (a SCRAM verifier in the auth file, ``SHOW`` only, no PostgreSQL
+        role) that ``show-pools`` reads the consoles with. The exporter runs from the first
+        ``metrics-endpoint`` relation on (:data:`EXPORTER_KEY`), and then stays (a scrape by
         hand keeps working after the relation goes).
         """
         peer = self._peer()
         if peer is None or not self._charm.unit.is_leader():
             return
-        if not self._charm.model.relations.get(METRICS_RELATION):
-            return
+        app_bag = peer.data[self._charm.app]
+        if (
+            self._charm.model.relations.get(METRICS_RELATION)
+            and app_bag.get(EXPORTER_KEY) != "true"
+        ):
+            app_bag[EXPORTER_KEY] = "true"
         try:
             secret = self._charm.model.get_secret(label=STATS_SECRET_LABEL)
         except ops.SecretNotFoundError:
@@ -239,23 +252,108 @@ class Monitoring:
         if peer.data[self._charm.app].get(STATS_SECRET_KEY) != secret_id:
             peer.data[self._charm.app][STATS_SECRET_KEY] = secret_id
 
-    def stats_password(self) -> str | None:
-        """The stats password from the secret the leader shared; None before it exists."""
+    def stats_identities(self) -> list[tuple[str, str]]:
+        """``(user, password)`` of the stats user, the current one first.
+
+        Then the one a rotation replaces while it runs (``rotate-credentials``); empty before
+        the stats user exists. Content: ``password`` and ``user`` (absent: :data:`STATS_USER`), and during a
+        rotation ``previous-user`` and ``previous-password``.
+        """
         peer = self._peer()
         secret_id = peer.data[peer.app].get(STATS_SECRET_KEY) if peer else None
         if not secret_id:
-            return None
+            return []
         try:
             content = self._charm.model.get_secret(id=secret_id).get_content(refresh=True)
-            return check_stats_password(content.get("password"))
+            found = [(content.get("user") or STATS_USER, content.get("password"))]
+            if content.get("previous-user"):
+                found.append((content["previous-user"], content.get("previous-password")))
+            identities = [(user, check_stats_password(pw)) for user, pw in found]
+            if any(user not in STATS_USERS for user, _ in identities):
+                raise RenderError("stats user", "not one of the charm's")
         except (ops.SecretNotFoundError, ops.ModelError, RenderError):
             logger.warning("the stats secret is missing or unusable: no metrics exporter")
-            return None
+            return []
+        return identities
+
+    def stats_password(self) -> str | None:
+        """The stats password from the secret the leader shared; None before it exists."""
+        identities = self.stats_identities()
+        return identities[0][1] if identities else None
+
+    def stats_user(self) -> str:
+        """The stats user to log in as now."""
+        identities = self.stats_identities()
+        return identities[0][0] if identities else STATS_USER
+
+    def stats_users_setting(self) -> str | None:
+        """``stats_users``: the current stats user, and the one being replaced, if any."""
+        identities = self.stats_identities()
+        return ", ".join(user for user, _ in identities) if identities else None
 
     def stats_auth_line(self) -> str:
-        """The stats user's auth file line (a SCRAM verifier), or ``""`` without a password."""
-        password = self.stats_password()
-        return render_stats_auth_line(password) if password else ""
+        """The stats users' auth file lines (SCRAM verifiers), or ``""`` without a password."""
+        return "".join(render_stats_auth_line(pw, user) for user, pw in self.stats_identities())
+
+    # -- rotate-credentials (leader) ---------------------------------------------------------
+    def start_stats_rotation(self, new_password: Callable[[], str]) -> tuple[str, str] | None:
+        """Hand out the stats user's other generation with a new password, keeping the old.
+
+        Returns:
+            ``(old user, new user)``, or None when there is no stats user yet.
+        """
+        identities = self.stats_identities()
+        if not identities or not self._charm.unit.is_leader():
+            return None
+        user, password = identities[0]
+        target = STATS_USERS[1] if user == STATS_USERS[0] else STATS_USERS[0]
+        self._stats_secret().set_content(
+            {
+                "user": target,
+                "password": new_password(),
+                "previous-user": user,
+                "previous-password": password,
+            }
+        )
+        return user, target
+
+    def finish_stats_rotation(self) -> bool:
+        """Drop the replaced generation from the secret (every unit uses the new one)."""
+        identities = self.stats_identities()
+        if len(identities) < 2 or not self._charm.unit.is_leader():
+            return False
+        user, password = identities[0]
+        self._stats_secret().set_content({"user": user, "password": password})
+        return True
+
+    def _stats_secret(self) -> ops.Secret:
+        return self._charm.model.get_secret(label=STATS_SECRET_LABEL)
+
+    def applied_stats_user(self, container: ops.Container, now: float) -> str | None:
+        """The stats user this unit's exporter surely logs in as, for the rotation barrier.
+
+        The user in the exporter's configuration once that file is :data:`EXPORTER_RELOAD_S`
+        old (the exporter re-reads it after a SIGHUP within 4 s); None while it may still
+        read with the one before. Without an exporter, or when no rotation of the stats user
+        runs, the current stats user.
+        """
+        peer = self._peer()
+        rotation = Rotation.from_databag(peer.data[peer.app].get(ROTATION_KEY) if peer else None)
+        if rotation is None or rotation.stats_target is None:
+            # No stats rotation runs: nothing to confirm, and no Pebble call for it.
+            return self.stats_user()
+        path = exporter_config_path()
+        try:
+            if not container.exists(path):
+                return self.stats_user()
+            files = container.list_files(path)
+            if not files:
+                return self.stats_user()
+            if now - files[0].last_modified.timestamp() < EXPORTER_RELOAD_S:
+                return None
+            return exporter_user(container.pull(path).read())
+        except (ops.pebble.Error, OSError):
+            return None
 
     def exporter_files(
         self,
@@ -267,20 +365,28 @@ class Monitoring:
     ) -> dict[str, str | None]:
         """The exporter's files for ``Workload.apply``.
 
-        Without a stats password, or when the image cannot run the exporter (``runnable``
-        False), each mapped to None: ``apply`` deletes any left from before (no stale password
-        file stays behind) and the exporter does not run. With ``go`` (the default image's Go
-        exporters) the targets file and no password file: they log in without one.
+        Without a stats password, before any ``metrics-endpoint`` relation, or when the image
+        cannot run the exporter (``runnable`` False), each mapped to None: ``apply`` deletes any
+        left from before (no stale password file stays behind) and the exporter does not run.
+        With ``go`` (the default image's Go exporters) the targets file and no password file:
+        they log in without one.
         """
-        password = self.stats_password() if runnable else None
-        if not password:
+        peer = self._peer()
+        wanted = runnable and peer is not None and peer.data[peer.app].get(EXPORTER_KEY) == "true"
+        identities = self.stats_identities() if wanted else []
+        if not identities:
             return dict.fromkeys((exporter_config_path(base_dir), passfile_path(base_dir)))
         if go:
             return {
                 exporter_config_path(base_dir): render_targets(processes, listen_port, base_dir),
                 passfile_path(base_dir): None,
             }
-        return dict(render_exporter_files(processes, listen_port, password, base_dir))
+        (user, password), previous = identities[0], (identities[1:] or [None])[0]
+        return dict(
+            render_exporter_files(
+                processes, listen_port, password, base_dir, user=user, previous=previous
+            )
+        )
 
     # -- metrics-endpoint --------------------------------------------------------------------
     def topology(self) -> JujuTopology:

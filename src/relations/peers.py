@@ -13,6 +13,7 @@ import logging
 import ops
 
 from state.peers import AuthData, PeerAppData, parse_port
+from state.rotation import APPLIED_AUTH_KEY, APPLIED_STATS_KEY, ROTATION_KEY, Rotation
 from state.tenants import TenantRecord
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,39 @@ class Peers:
             names = raw if isinstance(raw, list) else []
             result[unit.name] = frozenset(n for n in names if isinstance(n, str))
         return result
+
+    def rotation(self) -> Rotation | None:
+        """The credential rotation in progress (``rotate-credentials``), if any."""
+        rel = self.relation
+        return Rotation.from_databag(rel.data[rel.app].get(ROTATION_KEY) if rel else None)
+
+    def set_rotation(self, rotation: Rotation | None) -> bool:
+        """Record (or end) the rotation in progress (leader only)."""
+        return self._set_app(**{ROTATION_KEY: rotation.to_databag() if rotation else None})
+
+    def set_applied_auth(self, auth_user: str | None, stats_user: str | None = None) -> None:
+        """Say which auth role (and stats user) this unit uses since its last apply."""
+        rel = self.relation
+        if rel is None:
+            return
+        bag = rel.data[self._charm.unit]
+        for key, value in ((APPLIED_AUTH_KEY, auth_user), (APPLIED_STATS_KEY, stats_user)):
+            if value is None:
+                bag.pop(key, None)
+            elif bag.get(key) != value:
+                bag[key] = value
+
+    def applied_auth(self, key: str = APPLIED_AUTH_KEY) -> dict[str, str | None]:
+        """Unit name → the auth role it reported using (None: none reported), every unit."""
+        rel = self.relation
+        if rel is None:
+            return {}
+        units = {*rel.units, self._charm.unit}
+        return {unit.name: rel.data[unit].get(key) or None for unit in units}
+
+    def applied_stats(self) -> dict[str, str | None]:
+        """Unit name → the stats user its exporter surely uses (None: not reported)."""
+        return self.applied_auth(APPLIED_STATS_KEY)
 
     def mark_departing(self, relation_id: int) -> None:
         """Tell the peers (and our own later broken hook) that this unit is leaving."""

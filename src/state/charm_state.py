@@ -100,7 +100,9 @@ class CharmState:
     def auth_ready(self) -> bool:
         """Whether the shared auth data belongs to this backend's relation user."""
         expected = self.expected_auth_user
-        return self.auth is not None and expected is not None and self.auth.username == expected
+        return (
+            self.auth is not None and expected is not None and self.auth.lookup_schema == expected
+        )
 
     @property
     def backend_unusable(self) -> bool:

@@ -22,6 +22,14 @@ class AuthData:
 
     username: str
     password: str = field(repr=False)
+    schema: str | None = None
+    """The auth role whose schema holds the lookup, when another generation logs in
+    (``rotate-credentials``, :mod:`state.rotation`); None: ``username`` itself."""
+
+    @property
+    def lookup_schema(self) -> str:
+        """The schema of the lookup function (the first generation's name)."""
+        return self.schema or self.username
 
     @classmethod
     def from_secret(cls, content: Mapping[str, str]) -> AuthData | None:
@@ -29,11 +37,15 @@ class AuthData:
         username, password = content.get("username"), content.get("password")
         if not username or not password:
             return None
-        return cls(username=username, password=password)
+        schema = content.get("schema") or None
+        return cls(username=username, password=password, schema=schema)
 
     def to_secret(self) -> dict[str, str]:
         """The secret content that :meth:`from_secret` reads back."""
-        return {"username": self.username, "password": self.password}
+        content = {"username": self.username, "password": self.password}
+        if self.schema is not None and self.schema != self.username:
+            content["schema"] = self.schema
+        return content
 
 
 @dataclass(frozen=True)

@@ -262,6 +262,25 @@ def test_show_pools_reads_each_process_through_the_stats_user(
     assert creds.password not in json.dumps(results)
 
 
+def test_show_pools_works_without_the_metrics_relation(
+    make_deployment: MakeDeployment, pg: PostgresServer
+):
+    """The stats user exists from the start: show-pools reads the pools; no exporter runs."""
+    d = make_deployment(1)
+    d.deploy()
+    d.relate_backend("plain")
+    creds = d.credentials(d.relate_client("app-one", "appdb"))
+    unit = d.app.leader
+    assert EXPORTER_SERVICE not in unit.state.get_container("pgbouncer").plan.services
+    with d.connect(unit, creds) as conn:
+        conn.execute("SELECT 1")
+        results = unit.run_action("show-pools")
+    processes = json.loads(results["processes"])
+    assert [p["service"] for p in processes] == ["pgbouncer_0"]
+    total = {(p["database"], p["user"]): p for p in json.loads(results["total"])}
+    assert total[("appdb", creds.username)]["cl_active"] == 1
+
+
 def modes(unit: Unit) -> set[str]:
     """The pool modes in the unit's ini files (serving and draining slots)."""
     found = set()

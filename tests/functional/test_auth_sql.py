@@ -24,6 +24,7 @@ from postgres.auth import (
     install_auth,
     remove_auth,
     remove_leftovers,
+    retire_generation,
 )
 from postgres.clients import create_client
 from postgres.connection import (
@@ -35,6 +36,7 @@ from postgres.connection import (
     ForeignObjectError,
     connect,
 )
+from state.rotation import alternate_auth_user
 from state.tenants import app_hash, group_role_for, owner_role_for
 
 pytestmark = pytest.mark.needs_root
@@ -513,6 +515,55 @@ def test_leftovers_are_removed_and_nothing_else(backend, postgres):
     )
     left = catalog_snapshot(b, [current.auth_user, other_app, foreign, near_miss])
     assert [r[0] for r in left["roles"]] == sorted([other_app, foreign, near_miss])
+
+
+def test_second_generation_serves_beside_the_first_then_the_first_loses_its_password(backend):
+    """rotate-credentials' SQL: two generations of the auth role, one lookup.
+
+    Both log in and run the lookup side by side; retiring one removes its password only;
+    clean-up and the leftover sweep take both.
+    """
+    b = backend
+    aq, first_password = install(b)
+    second = alternate_auth_user(aq.auth_user)
+    second_password = generate_password()
+    install_auth(
+        b.creds,
+        auth_user=aq.auth_user,
+        auth_password=second_password,
+        owner_tag=b.owner_tag,
+        login_role=second,
+    )
+    for user, password in ((aq.auth_user, first_password), (second, second_password)):
+        with role_connect(b, user, password) as conn:
+            assert lookup(conn, aq, "postgres") == [("postgres", None)]
+            # Neither generation is given a password by the lookup.
+            assert lookup(conn, aq, second) == [(second, None)]
+            assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+    with pytest.raises(ValueError, match="not a generation"):
+        install_auth(
+            b.creds, auth_user=aq.auth_user, auth_password=second_password,
+            owner_tag=b.owner_tag, login_role=b.name("someone_else"),
+        )  # fmt: skip
+    assert retire_generation(b.creds, role=aq.auth_user, owner_tag=b.owner_tag)
+    assert not retire_generation(b.creds, role=aq.auth_user, owner_tag=b.owner_tag)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        role_connect(b, aq.auth_user, first_password).close()
+    with role_connect(b, second, second_password) as conn:
+        assert lookup(conn, aq, "postgres") == [("postgres", None)]
+    # The sweep spares the alternate of the role kept, and takes both of a role not kept.
+    assert find_leftovers(b.creds, owner_tag=b.owner_tag, keep=aq.auth_user) == []
+    everything = sorted([aq.auth_user, second, definer_role_for(aq.auth_user)])
+    assert sorted(find_leftovers(b.creds, owner_tag=b.owner_tag, keep=None)) == everything
+    assert remove_leftovers(b.creds, owner_tag=b.owner_tag, keep=None) == everything
+    # remove_auth takes the second generation too.
+    install(b)
+    install_auth(
+        b.creds, auth_user=aq.auth_user, auth_password=second_password, owner_tag=b.owner_tag,
+        login_role=second,
+    )  # fmt: skip
+    remove_auth(b.creds, auth_user=aq.auth_user, owner_tag=b.owner_tag)
+    assert catalog_snapshot(b, everything)["roles"] == []
 
 
 def test_auth_role_cannot_connect_to_a_client_database(backend):

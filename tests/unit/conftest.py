@@ -212,10 +212,10 @@ class FakeBackendSQL:
         self._maybe_fail()
         return _NullConnection()
 
-    def install_auth(self, creds, *, auth_user, auth_password, owner_tag):
+    def install_auth(self, creds, *, auth_user, auth_password, owner_tag, login_role=None):
         self.creds_seen.append(creds)
         self._maybe_fail()
-        self.installed[auth_user] = auth_password
+        self.installed[login_role or auth_user] = auth_password
         return f"SELECT usename, passwd FROM {auth_user}.get_auth($1)"  # noqa: S608
 
     def remove_auth(self, creds, *, auth_user, owner_tag=None):
@@ -223,7 +223,7 @@ class FakeBackendSQL:
         self._maybe_fail()
         self.removed.append(auth_user)
 
-    def check_auth(self, creds, *, auth_user, auth_password, owner_tag):
+    def check_auth(self, creds, *, auth_user, auth_password, owner_tag, schema=None):
         self.creds_seen.append(creds)
         self._maybe_fail()
         self.checked.append(auth_user)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,18 @@ import pytest
 from ops import pebble, testing
 
 from harness.processes import PebbleRecorder
-from pgbouncer.exporter import EXPORTER_PORT, EXPORTER_SERVICE, STATS_USER
+from pgbouncer.exporter import (
+    EXPORTER_PORT,
+    EXPORTER_RELOAD_S,
+    EXPORTER_SERVICE,
+    STATS_USER,
+    STATS_USERS,
+)
 from pgbouncer.go_exporter import go_exporter_service
 from pgbouncer.image import VERSION_MARKER
 from pgbouncer.plan import build_layer
 from relations.metrics import (
+    EXPORTER_KEY,
     STATS_SECRET_KEY,
     STATS_SECRET_LABEL,
     JujuTopology,
@@ -39,6 +48,7 @@ from relations.metrics import (
     load_alert_rules,
     unit_databag,
 )
+from state.rotation import ROTATION_KEY, Rotation
 from tests.unit.conftest import backend_relation, make_container, peer_relation
 
 SCHEMA = json.loads(
@@ -227,20 +237,26 @@ def test_an_address_change_updates_the_unit_job(ctx, dirs):
     validate_provider(dict(out.get_relation(rel.id).local_app_data), {"pgb/0": dict(unit)})
 
 
-def test_without_a_metrics_relation_there_is_no_stats_user_and_no_exporter(ctx, dirs):
+def test_without_a_metrics_relation_there_is_a_stats_user_but_no_exporter(ctx, dirs):
+    """The stats user serves show-pools from the start; the exporter waits for the relation."""
     out = ctx.run(ctx.on.config_changed(), _state(dirs, {peer_relation()}))
     assert EXPORTER_SERVICE not in out.get_container("pgbouncer").plan.services
-    assert not any(s.label == STATS_SECRET_LABEL for s in out.secrets)
-    assert STATS_USER not in (dirs.pgb / "userlist.txt").read_text()
-    assert "stats_users" not in (dirs.pgb / "pgbouncer_0.ini").read_text()
+    assert any(s.label == STATS_SECRET_LABEL for s in out.secrets)
+    assert f'"{STATS_USER}" "SCRAM-SHA-256$' in (dirs.pgb / "userlist.txt").read_text()
+    assert f"stats_users = {STATS_USER}\n" in (dirs.pgb / "pgbouncer_0.ini").read_text()
     assert not (dirs.pgb / "exporter.pgpass").exists()
     assert not (dirs.pgb / "exporter.yaml").exists()
+    # A follower without the leader's word on metrics runs no exporter either.
+    follower = ctx.run(ctx.on.config_changed(), dataclasses.replace(out, leader=False))
+    assert EXPORTER_SERVICE not in follower.get_container("pgbouncer").plan.services
 
 
 def test_a_non_leader_reads_the_shared_secret_and_publishes_only_its_own_address(ctx, dirs):
     secret = testing.Secret({"password": "S" * 40}, owner="app", label=STATS_SECRET_LABEL)
     peer = peer_relation()
-    peer = dataclasses.replace(peer, local_app_data={STATS_SECRET_KEY: secret.id})
+    peer = dataclasses.replace(
+        peer, local_app_data={STATS_SECRET_KEY: secret.id, EXPORTER_KEY: "true"}
+    )
     rel = metrics_relation()
     out = ctx.run(
         ctx.on.relation_changed(rel, remote_unit=0),
@@ -292,7 +308,8 @@ def test_a_second_hook_with_nothing_changed_touches_nothing(ctx, dirs):
     assert after == before  # the stats verifier is the same: no rewrite, no reload
 
 
-def test_a_stats_password_rotation_restarts_the_exporter_and_reloads_pgbouncer(ctx, dirs):
+def test_a_stats_password_change_reloads_pgbouncer_and_leaves_the_exporter_running(ctx, dirs):
+    """Only the password file changes for the exporter: libpq reads it at each connection."""
     rel = metrics_relation()
     first = ctx.run(
         ctx.on.relation_joined(rel, remote_unit=0), _state(dirs, {peer_relation(), rel})
@@ -303,10 +320,59 @@ def test_a_stats_password_rotation_restarts_the_exporter_and_reloads_pgbouncer(c
     )
     state = dataclasses.replace(first, secrets={rotated})
     _, calls = _calls(ctx, state, ctx.on.config_changed())
-    assert ("restart", (EXPORTER_SERVICE,), None) in calls
+    assert not [c for c in calls if EXPORTER_SERVICE in c[1]]
     assert ("signal", ("pgbouncer_0",), "SIGHUP") in calls  # the auth file's verifier changed
     assert not [c for c in calls if c[0] == "restart" and "pgbouncer_0" in c[1]]
     assert "R" * 40 in (dirs.pgb / "exporter.pgpass").read_text()
+
+
+def test_a_stats_user_rotation_serves_both_and_sighups_the_exporter(ctx, dirs):
+    """rotate-credentials: both generations in stats_users, the auth and password files.
+
+    The exporter re-reads its configuration (SIGHUP, no restart) and logs in as the new one;
+    the unit reports that only once the exporter surely re-read it (the rotation barrier).
+    """
+    rel = metrics_relation()
+    first = ctx.run(
+        ctx.on.relation_joined(rel, remote_unit=0), _state(dirs, {peer_relation(), rel})
+    )
+    old = first.get_secret(label=STATS_SECRET_LABEL)
+    was = old.latest_content["password"]
+    content = {
+        "user": STATS_USERS[1],
+        "password": "R" * 40,
+        "previous-user": STATS_USER,
+        "previous-password": was,
+    }
+    rotated = dataclasses.replace(old, tracked_content=content, latest_content=content)
+    rotation = Rotation("pgbouncer_auth_x", "pgbouncer_auth_x_g2", 0.0, *STATS_USERS)
+    relations = {
+        dataclasses.replace(
+            r, local_app_data={**r.local_app_data, ROTATION_KEY: rotation.to_databag()}
+        )
+        if isinstance(r, testing.PeerRelation)
+        else r
+        for r in first.relations
+    }
+    state = dataclasses.replace(first, secrets={rotated}, relations=relations)
+    out, calls = _calls(ctx, state, ctx.on.config_changed())
+    assert ("signal", (EXPORTER_SERVICE,), "SIGHUP") in calls
+    assert not [c for c in calls if c[0] == "restart"]
+    ini = (dirs.pgb / "pgbouncer_0.ini").read_text()
+    assert f"stats_users = {STATS_USERS[1]}, {STATS_USER}\n" in ini
+    users = (dirs.pgb / "userlist.txt").read_text()
+    assert f'"{STATS_USERS[1]}" "SCRAM-SHA-256$' in users and f'"{STATS_USER}" "SCRAM' in users
+    assert "R" * 40 not in users and was not in users
+    passfile = (dirs.pgb / "exporter.pgpass").read_text()
+    assert f":{STATS_USERS[1]}:{'R' * 40}\n" in passfile and f":{STATS_USER}:{was}\n" in passfile
+    assert f"user={STATS_USERS[1]} " in (dirs.pgb / "exporter.yaml").read_text()
+    peer = next(r for r in out.relations if isinstance(r, testing.PeerRelation))
+    assert "applied-stats-user" not in peer.local_unit_data  # written just now: not yet
+    aged = time.time() - EXPORTER_RELOAD_S - 1
+    os.utime(dirs.pgb / "exporter.yaml", (aged, aged))
+    later = ctx.run(ctx.on.update_status(), out)
+    peer = next(r for r in later.relations if isinstance(r, testing.PeerRelation))
+    assert peer.local_unit_data["applied-stats-user"] == STATS_USERS[1]
 
 
 def test_an_exporter_without_a_usable_password_is_stopped_and_disabled(ctx, dirs):

@@ -204,3 +204,7 @@ SELECT usename, passwd FROM {schema}.get_auth($1)
 
 -- name: members_of
 SELECT pg_catalog.count(*) FROM pg_catalog.pg_auth_members AS m WHERE m.roleid = %(oid)s
+
+-- name: clear_password
+-- rotate-credentials: the generation no unit uses any more keeps no verifier.
+ALTER ROLE {role} PASSWORD NULL

@@ -555,7 +555,7 @@ def test_the_exporter_reads_the_serving_slot_of_each_process(state, tmp_path):
     text = config.read_text()
     assert f"host={PGB}/run/0_twin " in text and f"host={PGB}/run/1_twin " in text
     assert f"host={PGB}/run/0 " not in text
-    assert "metrics_exporter" in result.restarted
+    assert "metrics_exporter" in result.reloaded  # SIGHUP: it re-reads, serving meanwhile
 
 
 def test_each_kind_of_drain_ends_on_its_own_flag(state):
