@@ -8,8 +8,8 @@ object with the same methods instead.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from postgres.auth import AuthQuery
@@ -82,28 +82,12 @@ class PostgreSQL:
         return remove_leftovers(creds, owner_tag=owner_tag, keep=keep)
 
     def grant_database(
-        self,
-        creds: BackendCredentials,
-        record: TenantRecord,
-        *,
-        username: str,
-        password: str,
-        database: str,
-        extra_roles: Sequence[str],
-        owner_tag: str,
-        relation_id: int,
-        app: str,
-        live: Collection[int],
-        consent: Mapping[str, frozenset[str]] | None = None,
+        self, creds: BackendCredentials, record: TenantRecord, **request: Any
     ) -> TenantRecord:
-        """:func:`postgres.clients.grant_database`."""
+        """:func:`postgres.clients.grant_database` (the request's keywords as it names them)."""
         from postgres.clients import grant_database
 
-        return grant_database(
-            creds, record, username=username, password=password, database=database,
-            extra_roles=extra_roles, owner_tag=owner_tag, relation_id=relation_id, app=app,
-            live=live, consent=consent,
-        )  # fmt: skip
+        return grant_database(creds, record, **request)
 
     def drop_gone(
         self,
