@@ -293,7 +293,7 @@ class JujuPathResult:
 
 def run(settings: Settings, workdir: Path) -> JujuPathResult:
     """Prepare the steady states, build both charms, run the interleaved rounds."""
-    from bench.jujupath.steady import prepare
+    from bench.jujupath.steady import close, prepare
 
     tmp = workdir / "jujupath"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -307,7 +307,7 @@ def run(settings: Settings, workdir: Path) -> JujuPathResult:
     bindir = tmp / "bin"
     tools.install(bindir)
     counts = (10, 20) if settings.jujupath_more_rounds else (10,)
-    snapshots, app, server, mount_location = prepare(tmp, counts)
+    snapshots, owned, mount_location = prepare(tmp, counts)
     created_charm_dir = False
     try:
         job_cases = []
@@ -338,7 +338,13 @@ def run(settings: Settings, workdir: Path) -> JujuPathResult:
                         "name": case.name,
                         "hook": case.hook,
                         "unit": unit,
-                        "env": case.env,
+                        # Each deployment has its model: the charm marks what it creates
+                        # in PostgreSQL with the model's uuid.
+                        "env": {
+                            **case.env,
+                            "JUJU_MODEL_NAME": state.model.name,
+                            "JUJU_MODEL_UUID": state.model.uuid,
+                        },
                         "rounds": case.rounds,
                         "verify_due": case.verify_due,
                         "status_before": f"{status.name} -- {status.message}",
@@ -396,8 +402,7 @@ def run(settings: Settings, workdir: Path) -> JujuPathResult:
     finally:
         if created_charm_dir:
             Path("/charm").rmdir()
-        app.close()
-        server.destroy()
+        close(owned)
     result = JujuPathResult(out["runs"], out["profiles"], settings.jujupath_runs)
     for case in result.cases():
         print(

@@ -8,7 +8,8 @@ changes any more (the peer data settled, status active). Each unit's state is th
 would hand the next hook: nothing new, nothing drifted in the catalog.
 
 :func:`prepare` returns one :class:`Snapshot` per unit, per client count (the states with
-``more`` clients extend the same deployment), for :mod:`bench.jujupath` to measure.
+a count each have a deployment and a server of their own), for :mod:`bench.jujupath` to
+measure.
 """
 
 from __future__ import annotations
@@ -65,12 +66,16 @@ def _snap(dep: Any, tmp: Path, clients: int) -> list[Snapshot]:
     return out
 
 
-def prepare(tmp: Path, counts: tuple[int, ...]) -> tuple[list[Snapshot], Any, Any, str]:
-    """Drive the deployment to each client count in ``counts`` (ascending) and snapshot it.
+def prepare(tmp: Path, counts: tuple[int, ...]) -> tuple[list[Snapshot], list[Any], str]:
+    """A deployment of its own for each client count in ``counts``, settled and snapshotted.
+
+    Each count gets its own PostgreSQL server: the leader's backend check reads the tenant
+    model back and forgets what its record does not hold, so two states measured against one
+    server would undo each other's catalog in every round.
 
     Returns:
-        The snapshots, the application and the server (the caller closes and destroys them),
-        and the container path the unit's files are mounted at.
+        The snapshots, what to close afterwards (applications and servers, call ``close`` or
+        ``destroy``), and the container path the unit's files are mounted at.
     """
     from charm import PgBouncerK8sCharm
     from harness.juju import Application
@@ -78,23 +83,34 @@ def prepare(tmp: Path, counts: tuple[int, ...]) -> tuple[list[Snapshot], Any, An
     from harness.servers.pg import start_postgres
     from harness.story import Deployment
 
-    server = start_postgres(prefix="pgbk8s-bench-steady-")
-    app = None
+    snapshots: list[Snapshot] = []
+    owned: list[Any] = []
+    mount_location = ""
     try:
-        app = Application(PgBouncerK8sCharm, num_units=2, processes=())
-        dep = Deployment(app, FakePostgresqlCharm(server))
-        dep.deploy()
-        dep.relate_backend("secret")
-        snapshots: list[Snapshot] = []
         for count in counts:
-            for i in range(len(dep.clients), count):
+            server = start_postgres(prefix=f"pgbk8s-bench-steady{count}-")
+            owned.append(server)
+            app = Application(PgBouncerK8sCharm, num_units=2, processes=())
+            owned.append(app)
+            mount_location = app.mount_location
+            dep = Deployment(app, FakePostgresqlCharm(server))
+            dep.deploy()
+            dep.relate_backend("secret")
+            for i in range(count):
                 dep.relate_client(f"client{i}", f"db{i}")
                 dep.credentials(dep.clients[f"client{i}"])  # answered, or LookupError
             _settle(dep)
             snapshots += _snap(dep, tmp, count)
-        return snapshots, app, server, app.mount_location
+        return snapshots, owned, mount_location
     except BaseException:
-        if app is not None:
-            app.close()
-        server.destroy()
+        close(owned)
         raise
+
+
+def close(owned: list[Any]) -> None:
+    """Close the applications and destroy the servers :func:`prepare` made."""
+    for thing in reversed(owned):
+        if hasattr(thing, "destroy"):
+            thing.destroy()
+        else:
+            thing.close()
