@@ -738,17 +738,14 @@ def plan_apply(
     draining = sorted((strays - set(busy)) | {live[i] for i in handover} | set(closing))
     draining_same_port = sorted((same_port_strays - set(busy)) | set(closing))
 
-    reloaded: list[str] = []
-    for i in range(processes):
-        name = serving[i]
-        if name not in running or name in started or name in restarted:
-            continue
-        if i in restart:
-            # One at a time: the other processes keep serving the port meanwhile.
-            steps.append(("restart", name))
-            restarted.append(name)
-        elif reload_all or i in reload:
-            reloaded.append(name)
+    reloaded = _restart_steps(
+        steps,
+        [serving[i] for i in range(processes)],
+        skip=(set(serving.values()) - running) | set(started) | set(restarted),
+        restart={serving[i] for i in restart},
+        reload=set(serving.values()) if reload_all else {serving[i] for i in reload},
+    )
+    restarted += [step[1] for step in steps if step[0] == "restart" and step[1] not in restarted]
     paused = [name for name in reloaded if service_index(name) in drain]
     if reloaded:
         steps.append(("reload", tuple(reloaded), tuple(paused)))
@@ -758,16 +755,9 @@ def plan_apply(
         and EXPORTER_SERVICE not in started + restarted
         and exporter_path in written
     ):
-        if exporter == "go":
-            # The Go exporters take their targets on the command line: a restart re-reads them.
-            steps.append(("restart", EXPORTER_SERVICE))
-            restarted.append(EXPORTER_SERVICE)
-        else:
-            # Ours re-reads its configuration on SIGHUP (within 4 s), serving scrapes
-            # meanwhile; a restart would refuse them while it starts. The password file is read
-            # by libpq at each connection, so a change there alone needs nothing.
-            steps.append(("signal", "SIGHUP", (EXPORTER_SERVICE,)))
-            reloaded.append(EXPORTER_SERVICE)
+        step = _exporter_reread(exporter)
+        steps.append(step)
+        (restarted if step[0] == "restart" else reloaded).append(EXPORTER_SERVICE)
     kinds = sorted(set(handover_why.values()) | ({"processes"} if retire_draining else set()))
     result = ApplyResult(
         written=tuple(written),
@@ -786,6 +776,37 @@ def plan_apply(
         serving=tuple(serving[i] for i in range(processes)),
     )
     return WorkloadPlan(steps=tuple(steps), result=result)
+
+
+def _restart_steps(
+    steps: list[Step], serving: list[str], *, skip: set[str], restart: set[str], reload: set[str]
+) -> list[str]:
+    """Restart in place one at a time (appended to ``steps``); the processes to reload.
+
+    Rule 4. ``skip``: processes not running, or started or restarted by this plan already (they
+    read their files as they started).
+    """
+    reloaded: list[str] = []
+    for name in serving:
+        if name in skip:
+            continue
+        if name in restart:
+            # One at a time: the other processes keep serving the port meanwhile.
+            steps.append(("restart", name))
+        elif name in reload:
+            reloaded.append(name)
+    return reloaded
+
+
+def _exporter_reread(exporter: bool | str) -> Step:
+    """How the running exporter takes a changed configuration."""
+    if exporter == "go":
+        # The Go exporters take their targets on the command line: a restart re-reads them.
+        return ("restart", EXPORTER_SERVICE)
+    # Ours re-reads its configuration on SIGHUP (within 4 s), serving scrapes meanwhile; a
+    # restart would refuse them while it starts. The password file is read by libpq at each
+    # connection, so a change there alone needs nothing.
+    return ("signal", "SIGHUP", (EXPORTER_SERVICE,))
 
 
 def _file_steps(wanted: Mapping[str, str | None], present: Mapping[str, str]) -> list[Step]:
