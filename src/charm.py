@@ -126,10 +126,11 @@ class PgBouncerK8sCharm(ops.CharmBase):
         observe(self.on[BACKEND_RELATION].relation_broken, self._on_backend_broken)
         observe(self.on[CLIENT_RELATION].relation_broken, self._on_client_broken)
         observe(self.on.collect_unit_status, self._on_collect_status)
-        # pause and resume change what the unit serves: the reconcile after them (their own
-        # handlers ran first) applies nothing while paused, and the status says so.
+        # pause, resume and rotate-credentials change what the unit serves: the reconcile after
+        # them (their own handlers ran first) applies it, and the status says so.
         observe(self.on.pause_action, self._on_change)
         observe(self.on.resume_action, self._on_change)
+        observe(self.on.rotate_credentials_action, self._on_change)
         # Every other hook runs the one reconcile (config, leadership, secrets, every relation's
         # other events), so that the status always tells what is: said here, not found out
         # by the status.
@@ -429,15 +430,22 @@ class PgBouncerK8sCharm(ops.CharmBase):
             logger.warning("could not check the pgbouncer-image: Pebble does not answer")
         else:
             facts = ImageFacts.from_check(check)
-            try:
-                self.workload.put_fact(FACTS_FILE, facts.to_text())
-            except WorkloadError as exc:
-                logger.warning("could not keep the image check's findings: %s", exc)
+            self._load_state()  # the container as it is, the findings kept before included
+            seen = self._container_seen
+            if seen is None or seen.files.get(FACTS_FILE) != facts.to_text():
+                try:
+                    self.workload.put_fact(FACTS_FILE, facts.to_text())
+                except WorkloadError as exc:
+                    logger.warning("could not keep the image check's findings: %s", exc)
+                else:
+                    if seen is not None:
+                        files = {**seen.files, FACTS_FILE: facts.to_text()}
+                        self._container_seen = dataclasses.replace(seen, files=files)
             if facts.version:
                 self.unit.set_workload_version(facts.version)
             self._image = facts
-            if self._state is not None:  # a handler before this one read the old facts
-                self._state = dataclasses.replace(self._state, pgb_version=facts.version or None)
+            state = self._load_state()
+            self._state = dataclasses.replace(state, pgb_version=facts.version or None)
         self._reconcile()
 
     # -- the backend-database charts (docs/backend-database.md) -------------------------------
