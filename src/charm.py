@@ -128,9 +128,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
         observe(self.on.collect_unit_status, self._on_collect_status)
         # pause, resume and rotate-credentials change what the unit serves: the reconcile after
         # them (their own handlers ran first) applies it, and the status says so.
-        observe(self.on.pause_action, self._on_change)
-        observe(self.on.resume_action, self._on_change)
-        observe(self.on.rotate_credentials_action, self._on_change)
+        for action in (self.on.pause_action, self.on.resume_action):
+            observe(action, self._on_action_done)
+        observe(self.on.rotate_credentials_action, self._on_action_done)
         # Every other hook runs the one reconcile (config, leadership, secrets, every relation's
         # other events), so that the status always tells what is: said here, not found out
         # by the status.
@@ -409,6 +409,12 @@ class PgBouncerK8sCharm(ops.CharmBase):
 
     # -- events ----------------------------------------------------------------------------------
     def _on_change(self, _: ops.EventBase) -> None:
+        self._reconcile()
+
+    def _on_action_done(self, _: ops.ActionEvent) -> None:
+        # The action changed the world outside the hook's state (the pause marker, a new auth
+        # generation in the secret and the peer data): the reconcile reads what it left.
+        self._state = None
         self._reconcile()
 
     def _on_update_status(self, _: ops.UpdateStatusEvent) -> None:
