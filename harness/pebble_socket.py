@@ -122,8 +122,9 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/v1/system-info":
             self._send(_sync({"version": "1.19.0-standin"}))
         elif url.path == "/v1/plan":
-            plan = state.plan()
-            self._send(_sync(yaml.safe_dump({"services": plan} if plan else {})))
+            plan, checks = state.plan(), state.checks()
+            body = ({"services": plan} if plan else {}) | ({"checks": checks} if checks else {})
+            self._send(_sync(yaml.safe_dump(body)))
         elif url.path == "/v1/services":
             names = [n for n in query.get("names", "").split(",") if n]
             out = [

@@ -292,10 +292,19 @@ class PebbleStandIn:
         existing = self.layers[label].setdefault("services", {})
         for name, svc in (new.get("services") or {}).items():
             existing[name] = _merge_service(existing.get(name), svc)
+        # Checks are laid over by name too (the charm's all say ``override: replace``).
+        self.layers[label].setdefault("checks", {}).update(copy.deepcopy(new.get("checks") or {}))
 
     def plan(self) -> dict[str, dict[str, Any]]:
         """The plan's services, layer-style dicts."""
         return combine_layers(self.layers.values())
+
+    def checks(self) -> dict[str, dict[str, Any]]:
+        """The plan's checks: each layer's over the ones before it, by name."""
+        combined: dict[str, dict[str, Any]] = {}
+        for layer in self.layers.values():
+            combined.update(copy.deepcopy(layer.get("checks") or {}))
+        return combined
 
     def services(self) -> dict[str, ServiceSpec]:
         """The plan's services as definitions."""

@@ -57,6 +57,17 @@ def test_a_label_is_added_once_unless_combined(tmp_path: Path):
     assert set(standin.plan()) == {"a", "b"}
 
 
+def test_the_plan_holds_the_checks_and_a_combined_layer_replaces_them(tmp_path: Path):
+    """Pebble's plan has checks beside services (the charm compares both before adding a layer)."""
+    standin = PebbleStandIn({LOCATION: tmp_path})
+    check = {"override": "replace", "level": "ready", "tcp": {"host": "127.0.0.1", "port": 1}}
+    standin.add_layer("l", {"services": {}, "checks": {"c": check}})
+    assert standin.checks() == {"c": check}
+    moved = {**check, "tcp": {"host": "127.0.0.1", "port": 2}}
+    standin.add_layer("l", {"checks": {"c": moved}}, combine=True)
+    assert standin.checks() == {"c": moved}
+
+
 def test_replan_acts_on_what_it_ran_not_only_on_what_is_enabled(tmp_path: Path):
     """Pebble's replan: a service run before whose definition changed is (re)started."""
     standin = PebbleStandIn({LOCATION: tmp_path})
