@@ -604,8 +604,11 @@ def test_listen_port_change_rolls_one_process_at_a_time(postgres, pgbouncer_fact
 
 # -- a login in flight at SIGTERM (the hand-over's cost on PgBouncer 1.25+) --------------------
 def _begin_login(port: int) -> socket.socket:
-    """Open a TCP connection and send a startup message; return once PgBouncer asks for the
-    password in clear text (``auth_type = plain``), the login still in flight."""
+    """Start a login over TCP and leave it in flight.
+
+    Sends a startup message and returns once PgBouncer asks for the password in clear text
+    (``auth_type = plain``).
+    """
     sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
     body = struct.pack("!I", 196608) + b"user\0postgres\0database\0appdb\0\0"
     sock.sendall(struct.pack("!I", len(body) + 4) + body)
@@ -655,8 +658,10 @@ def _finish_login(sock: socket.socket, password: str) -> str:
 def test_a_login_in_flight_at_sigterm_is_served_before_125_and_refused_from_it(
     postgres, pgbouncer_factory
 ):
-    """What a same-port hand-over costs a client that is logging in when the old process gets
-    SIGTERM, and what it never costs: a connection made after the SIGTERM (docs/workload.md)."""
+    """What a hand-over costs a client logging in when the old process gets SIGTERM.
+
+    And what it never costs: a connection made after the SIGTERM (docs/workload.md).
+    """
     cfg = config(postgres, processes=1)
     group = start_group(
         pgbouncer_factory,
