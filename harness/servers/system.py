@@ -44,6 +44,12 @@ def pgbouncer_version() -> str:
     return out.splitlines()[0].strip()
 
 
+def pgbouncer_version_tuple() -> tuple[int, ...]:
+    """The version of the binary the tests use, as numbers: ``(1, 26, 1)``."""
+    text = pgbouncer_version().removeprefix("PgBouncer ").strip()
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
 def is_root() -> bool:
     """Whether we can start servers as the ``postgres`` user and use mount namespaces."""
     return os.geteuid() == 0

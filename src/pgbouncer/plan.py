@@ -83,7 +83,10 @@ limit; Pebble sends SIGKILL after this delay. In-flight transactions get this lo
 
 WAIT_FOR_CLIENTS_SINCE = (1, 23)
 """PgBouncer answers SIGTERM by closing its listener and serving its clients until they leave
-(``SHUTDOWN WAIT_FOR_CLIENTS``) from 1.23; before, SIGTERM is an immediate shutdown."""
+(``SHUTDOWN WAIT_FOR_CLIENTS``) from 1.23; before, SIGTERM is an immediate shutdown. From 1.25 a
+login in flight at the SIGTERM is refused (``pooler is shutting down``) where 1.24 served it;
+no later client reaches the process, so the hand-over stays the least disruptive path there
+too (docs/workload.md, "Same-port hand-over on PgBouncer 1.25+")."""
 
 PAUSE_SETTLE_S = 1.0
 """How long the processes stay paused (SIGUSR1) before the reload that changes a pool's target,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from psycopg import errors, sql
 
 from harness.servers.pg import PostgresServer, start_postgres
 from harness.servers.pgb import PgBouncerFactory, PgBouncerProcess, first_slots, make_run_dirs
-from harness.servers.system import free_port, stop_process
+from harness.servers.system import free_port, pgbouncer_version_tuple, stop_process
 from pgbouncer.config import (
     AUTH_DATABASE_KEY,
     DatabaseTarget,
@@ -483,6 +485,13 @@ def any_failed(clients: list[LoopingClient]) -> bool:
 
 
 # -- c. a listen_port change rolls one process at a time -----------------------------------
+SHUTTING_DOWN = "pooler is shutting down"
+REFUSES_LOGINS_IN_FLIGHT = pgbouncer_version_tuple() >= (1, 25)
+"""PgBouncer >= 1.25 refuses, with FATAL ``pooler is shutting down``, a client whose login was
+in flight (startup sent, authentication not finished) when the process got SIGTERM; 1.24 served
+it. Its listener still closes at SIGTERM: no later connection reaches it (docs/image.md)."""
+
+
 @dataclass
 class ConnectLoop:
     """Connects to a port again and again; counts outcomes per phase."""
@@ -493,6 +502,8 @@ class ConnectLoop:
     ok: dict[str, int] = field(default_factory=dict)
     failed: dict[str, list[str]] = field(default_factory=dict)
 
+    in_flight: list[str] = field(default_factory=list)
+
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             phase = self.phase
@@ -501,7 +512,12 @@ class ConnectLoop:
                     conn.execute("SELECT 1")
                 self.ok[phase] = self.ok.get(phase, 0) + 1
             except psycopg.Error as exc:
-                self.failed.setdefault(phase, []).append(str(exc).splitlines()[0])
+                message = str(exc).splitlines()[0]
+                if self.phase != phase and SHUTTING_DOWN in message and REFUSES_LOGINS_IN_FLIGHT:
+                    # A login in flight when the process got SIGTERM (PgBouncer >= 1.25).
+                    self.in_flight.append(f"{phase} -> {self.phase}: {message}")
+                else:
+                    self.failed.setdefault(phase, []).append(message)
 
     def successes(self, phase: str) -> int:
         return self.ok.get(phase, 0)
@@ -563,6 +579,10 @@ def test_listen_port_change_rolls_one_process_at_a_time(postgres, pgbouncer_fact
     counts = {p: len(f) for p, f in transitions.items()}
     print(f"\nlisten_port roll: successes {loop.ok}; errors while a process stopped {counts}")
     assert steady == {}, steady
+    # At most the one attempt in flight when each old-port process got SIGTERM (the loop makes
+    # one at a time), and only where PgBouncer refuses logins in flight.
+    print(f"  logins in flight refused at a SIGTERM: {loop.in_flight}")
+    assert len(loop.in_flight) <= processes
     # Stopping the last process on the old port is when the old port goes away.
     for phase, failures in transitions.items():
         if phase != f"moving {processes - 1}":
@@ -580,3 +600,92 @@ def test_listen_port_change_rolls_one_process_at_a_time(postgres, pgbouncer_fact
         assert time.monotonic() < deadline, str(caught.value)
         time.sleep(0.1)
     assert all(pgb.alive() for pgb in group.processes)
+
+
+# -- a login in flight at SIGTERM (the hand-over's cost on PgBouncer 1.25+) --------------------
+def _begin_login(port: int) -> socket.socket:
+    """Start a login over TCP and leave it in flight.
+
+    Sends a startup message and returns once PgBouncer asks for the password in clear text
+    (``auth_type = plain``).
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+    body = struct.pack("!I", 196608) + b"user\0postgres\0database\0appdb\0\0"
+    sock.sendall(struct.pack("!I", len(body) + 4) + body)
+    kind, payload = _read_message(sock)
+    assert (kind, payload[:4]) == (b"R", struct.pack("!I", 3)), (kind, payload)
+    return sock
+
+
+def _read_message(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One backend message: its type byte and its payload (b"" on a closed connection)."""
+    header = b""
+    while len(header) < 5:
+        chunk = sock.recv(5 - len(header))
+        if not chunk:
+            return b"", b""
+        header += chunk
+    length = struct.unpack("!I", header[1:5])[0] - 4
+    payload = b""
+    while len(payload) < length:
+        chunk = sock.recv(length - len(payload))
+        if not chunk:
+            break
+        payload += chunk
+    return header[:1], payload
+
+
+def _accepts(port: int) -> bool:
+    """Whether a TCP connection to ``port`` is accepted (the handshake completes)."""
+    with socket.socket() as sock:
+        sock.settimeout(DEADLINE)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _finish_login(sock: socket.socket, password: str) -> str:
+    """Send the password; ``"ok"`` on AuthenticationOk, else the error's message field."""
+    secret = password.encode() + b"\0"
+    sock.sendall(b"p" + struct.pack("!I", len(secret) + 4) + secret)
+    kind, payload = _read_message(sock)
+    if kind == b"R" and payload[:4] == struct.pack("!I", 0):
+        return "ok"
+    if kind == b"E":
+        fields = {part[:1]: part[1:].decode() for part in payload.split(b"\0") if part}
+        return fields.get(b"M", "")
+    return f"unexpected {kind!r}"
+
+
+def test_a_login_in_flight_at_sigterm_is_served_before_125_and_refused_from_it(
+    postgres, pgbouncer_factory
+):
+    """What a hand-over costs a client logging in when the old process gets SIGTERM.
+
+    And what it never costs: a connection made after the SIGTERM (docs/workload.md).
+    """
+    cfg = config(postgres, processes=1)
+    group = start_group(
+        pgbouncer_factory,
+        postgres,
+        cfg,
+        edit=lambda text: text.replace("auth_type = scram-sha-256", "auth_type = plain"),
+    )
+    pgb = group.processes[0]
+    held = connect(cfg.listen_port, postgres.password)  # keeps the process serving after SIGTERM
+    held.execute("SELECT 1")
+    in_flight = [_begin_login(cfg.listen_port) for _ in range(3)]
+    try:
+        pgb.proc.send_signal(signal.SIGTERM)
+        # Its listener closes: with no other process on the port, a new connection is refused.
+        wait_until(lambda: not _accepts(cfg.listen_port), "the listener to close")
+        outcomes = [_finish_login(sock, postgres.password) for sock in in_flight]
+    finally:
+        for sock in in_flight:
+            sock.close()
+    if REFUSES_LOGINS_IN_FLIGHT:
+        assert outcomes == [SHUTTING_DOWN] * 3
+    else:
+        assert outcomes == ["ok"] * 3
+    assert held.execute("SELECT 1").fetchone() == (1,)  # its client is served until it leaves
+    held.close()
+    pgb.proc.wait(timeout=DEADLINE)
+    assert pgb.proc.returncode == 0
