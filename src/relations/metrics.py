@@ -219,6 +219,7 @@ class Monitoring:
 
     def __init__(self, charm: ops.CharmBase):
         self._charm = charm
+        self._identities: list[tuple[str, str]] | None = None  # read once per hook
 
     # -- the stats identity -----------------------------------------------------------------
     def _peer(self) -> ops.Relation | None:
@@ -242,17 +243,24 @@ class Monitoring:
             and app_bag.get(EXPORTER_KEY) != "true"
         ):
             app_bag[EXPORTER_KEY] = "true"
+        if app_bag.get(STATS_SECRET_KEY):
+            return  # shared already: the secret is this application's own, nothing to look up
         try:
             secret = self._charm.model.get_secret(label=STATS_SECRET_LABEL)
         except ops.SecretNotFoundError:
             secret = self._charm.app.add_secret(
                 {"password": new_password()}, label=STATS_SECRET_LABEL
             )
-        secret_id = secret.get_info().id
-        if peer.data[self._charm.app].get(STATS_SECRET_KEY) != secret_id:
-            peer.data[self._charm.app][STATS_SECRET_KEY] = secret_id
+        self._identities = None
+        app_bag[STATS_SECRET_KEY] = secret.get_info().id
 
     def stats_identities(self) -> list[tuple[str, str]]:
+        """The stats identities, read from the secret once per hook (see :meth:`_read_identities`)."""
+        if self._identities is None:
+            self._identities = self._read_identities()
+        return self._identities
+
+    def _read_identities(self) -> list[tuple[str, str]]:
         """``(user, password)`` of the stats user, the current one first.
 
         Then the one a rotation replaces while it runs (``rotate-credentials``); empty before
@@ -307,6 +315,7 @@ class Monitoring:
             return None
         user, password = identities[0]
         target = STATS_USERS[1] if user == STATS_USERS[0] else STATS_USERS[0]
+        self._identities = None  # the secret changes in this hook: read it again after
         self._stats_secret().set_content(
             {
                 "user": target,
@@ -323,6 +332,7 @@ class Monitoring:
         if len(identities) < 2 or not self._charm.unit.is_leader():
             return False
         user, password = identities[0]
+        self._identities = None  # the secret changes in this hook: read it again after
         self._stats_secret().set_content({"user": user, "password": password})
         return True
 
