@@ -446,6 +446,21 @@ def test_a_paused_database_survives_a_process_restart_and_a_whole_unit_resume_en
     d, unit = two_process_unit(make_deployment, tmp_path)
     creds = d.credentials(d.relate_client("app-one", "appdb"))
     serving = ["pgbouncer_0", "pgbouncer_1"]
+    # PAUSE waits for the database's transactions: bounded, it is cut and the pause stays.
+    password = secret_content(unit, ADMIN_SECRET_LABEL)["password"]
+    port = unit.address()[1]
+    with d.connect(unit, creds) as client:
+        client.execute("BEGIN")
+        client.execute("SELECT 1")  # holds a server connection of appdb on one process
+        done, _ = console.on_each_process(
+            port, ADMIN_USER, password, serving, lambda c, _: console.pause_database(c, "appdb", 1)
+        )
+        assert sorted(done.values()) == [console.PAUSED, console.PENDING]
+        client.execute("COMMIT")
+    assert paused_per_process(unit, serving) == {s: {"appdb"} for s in serving}
+    console.on_each_process(
+        port, ADMIN_USER, password, serving, lambda c, _: console.resume_database(c, "appdb")
+    )
     unit.run_action("pause", {"database": "appdb"})
     marker = json.loads((unit.mount_dir / "paused.json").read_text())
     assert marker["databases"] == ["appdb"] and marker["unit"] is False
@@ -460,7 +475,6 @@ def test_a_paused_database_survives_a_process_restart_and_a_whole_unit_resume_en
         unit.run_action("pause", {"database": "nosuch"})
     assert json.loads((unit.mount_dir / "paused.json").read_text()) == marker
     # The admin user is the console's only: as a client of appdb it gets nothing.
-    password = secret_content(unit, ADMIN_SECRET_LABEL)["password"]
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(
             host=unit.address()[0], port=unit.address()[1], user=ADMIN_USER,
