@@ -1,9 +1,10 @@
 """Pausing a unit's PgBouncer for maintenance (the ``pause`` and ``resume`` actions).
 
-PAUSE and RESUME reach each serving process as SIGUSR1 and SIGUSR2 through Pebble, the way
-:mod:`pgbouncer.workload` already pauses around a reload: the charm runs no admin user, so
-nothing can send ``PAUSE`` on a console, and a signal names one Pebble service, so each process
-is reached (the shared TCP port would reach whichever the kernel picks). Under PAUSE, PgBouncer
+The whole unit's PAUSE and RESUME reach each serving process as SIGUSR1 and SIGUSR2 through
+Pebble, the way :mod:`pgbouncer.workload` already pauses around a reload: a signal names one
+Pebble service, so each process is reached (the shared TCP port reaches whichever the kernel
+picks). One database is paused on the consoles instead (``PAUSE <db>``, as the charm's admin
+user: :mod:`relations.admin`, :func:`pgbouncer.console.pause_database`); the marker lists it. Under PAUSE, PgBouncer
 closes each server connection as its transaction ends and holds every client's next query (and
 every new client's login, which needs the auth lookup's server connection) until RESUME: clients
 wait, none gets an error (``query_wait_timeout``, 120 s by default, still applies to a query that
