@@ -264,10 +264,12 @@ def pause_db_part(work: Path, rounds: int = PAUSE_DB_ROUNDS) -> list[str]:
                 if e[3] in ("connect_fail", "cut", "error")
             ]
             failed[kind].append(len(bad))
-            flowing = records["otherdb"].window(paused + 0.5, resumed, kinds)[0]
+            flowing = records["otherdb"].window(paused + 0.5, resumed - 0.1, kinds)[0]
             other[kind].append(flowing)
             if kind == "pause":
-                held.append(records["appdb"].window(paused + 0.5, resumed, kinds)[0])
+                # Up to the bucket before ``resumed``: the 100 ms bucket holding it also counts
+                # transactions started after it (waiting for the RESUME about to be sent).
+                held.append(records["appdb"].window(paused + 0.5, resumed - 0.1, kinds)[0])
             elif other["pause"]:
                 ratio.append(other["pause"][-1] / max(1, flowing))
             print(f"  round {n + 1} ({kind}): failed {len(bad)} {bad[:3]}, otherdb {flowing}")
