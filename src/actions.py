@@ -84,9 +84,11 @@ class Actions(ops.Object):
         if state.backend is None or state.auth is None:
             event.fail("no backend to audit: waiting for the backend-database relation")
             return
+        from pgbouncer.exporter import STATS_USERS
         from postgres.audit import BREACH, DRIFT, audit_tenancy
         from postgres.connection import BackendError
         from reconcile import credentials
+        from relations.admin import ADMIN_USER
 
         live = {relation.id for relation in self._clients.relations}
         started = time.monotonic()
@@ -97,6 +99,7 @@ class Actions(ops.Object):
                 live,
                 owner_tag=self.owner_tag,
                 auth_user=state.auth.lookup_schema,
+                console_users=(*STATS_USERS, ADMIN_USER),
             )
         except BackendError as exc:  # its text never holds the password (postgres.connection)
             event.fail(f"could not read the backend: {exc}")

@@ -13,9 +13,8 @@ user with a password: :data:`ADMIN_USER`, a PgBouncer-only user like the stats u
   (:func:`pgbouncer.exporter.scram_verifier`).
 - It has no PostgreSQL role: logging in as it to any database but the console fails, since
   PgBouncer would have to log in to PostgreSQL as a role that does not exist (and with SCRAM
-  keys a role made later under that name could not match). ``audit-tenancy`` does not look
-  for such a role; a PostgreSQL administrator could create one, which would still need the
-  charm's password.
+  keys a role made later under that name could not match). ``audit-tenancy`` reports a
+  PostgreSQL role with its name (or a stats user's) as ``console-user``.
 """
 
 from __future__ import annotations
