@@ -21,7 +21,7 @@ from relations.backend_database import REMOVE_AUTH_FAILED
 from state.charm_state import MIN_PGBOUNCER_VERSION, UNKNOWN_VERSION, CharmState
 
 PAUSED = "paused (pause action): clients wait until resume"
-PAUSED_DATABASES = "{databases} paused (pause action): its clients wait until resume"
+PAUSED_DATABASES = "{databases} paused (pause action): {whose} clients wait until resume"
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,10 @@ def unit_statuses(
     if unit.paused:
         statuses.append(ops.MaintenanceStatus(PAUSED))
     if unit.paused_databases:
-        databases = f"database {', '.join(unit.paused_databases)}"
-        statuses.append(ops.MaintenanceStatus(PAUSED_DATABASES.format(databases=databases)))
+        one = len(unit.paused_databases) == 1
+        databases = f"database{'' if one else 's'} {', '.join(unit.paused_databases)}"
+        message = PAUSED_DATABASES.format(databases=databases, whose="its" if one else "their")
+        statuses.append(ops.MaintenanceStatus(message))
     statuses += _client_statuses(leader)
     if unit.apply_error:
         statuses.append(ops.WaitingStatus(f"pgbouncer container: {unit.apply_error}"))

@@ -105,6 +105,10 @@ def test_the_status_names_the_paused_databases():
         in statuses
     )
     assert not any("paused (pause action): clients" in s.message for s in statuses)
+    two = UnitOutcome(running=True, paused_databases=("a", "b"))
+    assert ops.MaintenanceStatus(
+        "databases a, b paused (pause action): their clients wait until resume"
+    ) in unit_statuses(state, _image(), two, _leader())
 
 
 def _image():
