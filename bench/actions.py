@@ -8,6 +8,12 @@
   processes) while ``bench.clients`` runs persistent, prepared-statement and reconnecting
   clients; :data:`PAUSE_ROUNDS` rounds, each: load, pause, hold :data:`HOLD_S`, resume. Counted:
   failed connects, cuts and errors (all kinds), transactions during the pause, the longest wait.
+- ``pause-db``: ``pause database=appdb`` and ``resume database=appdb`` through the charm (as
+  ``pause``) while two tenants' clients run, one load on ``appdb`` and one on ``otherdb``;
+  :data:`PAUSE_DB_ROUNDS` interleaved rounds, a pause round then a control round of the same
+  timing without the action. Counted: failures of both loads; ``appdb`` transactions started
+  during the pause; ``otherdb`` transactions in the hold window, pause round against the
+  control round before it (ratio).
 - ``rotate``: ``rotate-credentials`` through the charm on a two-unit application (Scenario, a
   real PgBouncer per unit, each in a pod network of its own) while reconnecting and persistent
   clients run through both units, ``server_lifetime = 1`` so that every PgBouncer logs in to
@@ -39,6 +45,7 @@ RESULTS = ROOT / "bench" / "results" / "actions.md"
 TENANTS = 200
 AUDIT_RUNS = 5
 PAUSE_ROUNDS = 5
+PAUSE_DB_ROUNDS = 6
 HOLD_S = 2.0
 ROTATE_ROUNDS = 6
 
@@ -192,6 +199,98 @@ def pause_part(work: Path) -> list[str]:
     return rows
 
 
+def pause_db_part(work: Path, rounds: int = PAUSE_DB_ROUNDS) -> list[str]:
+    """One database paused under two tenants' load, rounds interleaved with controls."""
+    from bench.changes import Load
+    from bench.pgbench import Target
+    from charm import PgBouncerK8sCharm
+    from harness.juju import Application, limit_cpus
+    from harness.postgresql_charm import FakePostgresqlCharm
+    from harness.servers.pg import start_postgres
+    from harness.servers.system import free_port
+    from harness.story import Deployment
+
+    server = start_postgres(prefix="pgbk8s-bench-pausedb-")
+    app = Application(
+        PgBouncerK8sCharm,
+        num_units=1,
+        config={"listen_port": free_port(), "pool_mode": "transaction"},
+        pod_network=True,
+        reach=(server.port,),
+    )
+    kinds = ("txn", "prepared", "connector")
+    workers = {"txn": 2, "prepared": 1, "connector": 2}
+    failed: dict[str, list[int]] = {"pause": [], "control": []}
+    held, ratio, other = [], [], {"pause": [], "control": []}
+    try:
+        unit = app.leader
+        cgroup = work / "cgroup"
+        cgroup.mkdir()
+        limit_cpus(unit, cgroup, 2)
+        d = Deployment(app, FakePostgresqlCharm(server))
+        d.deploy()
+        d.relate_backend("plain")
+        creds = {
+            db: d.credentials(d.relate_client(f"bench-{db}", db)) for db in ("appdb", "otherdb")
+        }
+        host, port = unit.address()
+        for n in range(rounds):
+            kind = "pause" if n % 2 == 0 else "control"
+            loads = {
+                db: Load(
+                    Target("charm", host, port, db, c.username, c.password),
+                    workers,
+                    work,
+                    f"pausedb{n}{db}",
+                )
+                for db, c in creds.items()
+            }
+            try:
+                time.sleep(2.0)
+                if kind == "pause":
+                    unit.run_action("pause", {"database": "appdb"})
+                paused = time.time()
+                time.sleep(HOLD_S)
+                resumed = time.time()
+                if kind == "pause":
+                    unit.run_action("resume", {"database": "appdb"})
+                time.sleep(2.0)
+            finally:
+                records = {db: load.stop() for db, load in loads.items()}
+            bad = [
+                e
+                for r in records.values()
+                for e in r.events
+                if e[3] in ("connect_fail", "cut", "error")
+            ]
+            failed[kind].append(len(bad))
+            flowing = records["otherdb"].window(paused + 0.5, resumed - 0.1, kinds)[0]
+            other[kind].append(flowing)
+            if kind == "pause":
+                # Up to the bucket before ``resumed``: the 100 ms bucket holding it also counts
+                # transactions started after it (waiting for the RESUME about to be sent).
+                held.append(records["appdb"].window(paused + 0.5, resumed - 0.1, kinds)[0])
+            elif other["pause"]:
+                ratio.append(other["pause"][-1] / max(1, flowing))
+            print(f"  round {n + 1} ({kind}): failed {len(bad)} {bad[:3]}, otherdb {flowing}")
+        rows = [
+            f"| pause database=appdb under two tenants' load (each {sum(workers.values())} "
+            f"clients: 2 persistent, 1 prepared, 2 reconnecting; 2 processes; hold "
+            f"{HOLD_S:.0f} s), {rounds} interleaved rounds ({len(held)} pauses, "
+            f"{len(other['control'])} controls) | failed {min(failed['pause'])}-"
+            f"{max(failed['pause'])} per pause round, {min(failed['control'])}-"
+            f"{max(failed['control'])} per control round (both databases); appdb transactions "
+            f"started during the pause {min(held)}-{max(held)}; otherdb transactions in the hold "
+            f"window {min(other['pause'])}-{max(other['pause'])} (pause) and "
+            f"{min(other['control'])}-{max(other['control'])} (control), ratio "
+            f"{min(ratio):.2f}-{max(ratio):.2f} |"
+        ]
+    finally:
+        app.close()
+        server.destroy()
+    return rows
+
+
 def rotate_part(work: Path, rounds: int = ROTATE_ROUNDS) -> list[str]:
     """Rotations under load against control rounds, interleaved; returns the report rows."""
     from ops import testing
@@ -314,13 +413,17 @@ def rotate_part(work: Path, rounds: int = ROTATE_ROUNDS) -> list[str]:
 
 def main(argv: list[str]) -> int:
     """Run the parts named (default: all) and append their rows to the report."""
-    parts = argv or ["audit", "pause", "rotate"]
+    parts = argv or ["audit", "pause", "pause-db", "rotate"]
     rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pgbk8s-bench-actions-") as tmp:
         if "audit" in parts:
             rows += audit_part()
         if "pause" in parts:
             rows += pause_part(Path(tmp))
+        if "pause-db" in parts:
+            pause_db_dir = Path(tmp) / "pause-db"
+            pause_db_dir.mkdir()
+            rows += pause_db_part(pause_db_dir)
         if "rotate" in parts:
             rotate_dir = Path(tmp) / "rotate"
             rotate_dir.mkdir()

@@ -8,6 +8,7 @@ pays for them (tests/unit/test_lean_hooks.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import ops
 
 if TYPE_CHECKING:
+    from relations.admin import AdminIdentity
     from relations.client_database import ClientDatabaseRelation
     from relations.metrics import Monitoring
     from state.charm_state import CharmState
@@ -24,10 +26,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NOT_LEADER = "{action} runs on the leader: juju run {app}/leader {action}"
-NO_DATABASE_PAUSE = (
-    "pausing one database needs PgBouncer's admin console with an admin user, which this charm"
-    " does not run; pause the whole unit (no database parameter)"
-)
+NOT_POOLED = "this unit pools no database {database!r}; it pools: {served}"
+NO_ADMIN = "no admin user yet: the leader creates it in its next hook (then retry)"
+HOLD_PAUSE_WAIT_S = 2.0
+"""A hook re-pausing a database waits at most this for its transactions per process."""
 
 
 class Actions(ops.Object):
@@ -40,6 +42,7 @@ class Actions(ops.Object):
         monitoring: the stats identity (its password reads the consoles).
         load_state: the charm's one read of the world.
         ca_dir: where the backend's CA is kept for the charm's own connections.
+        admin: the admin identity (``PAUSE <db>``/``RESUME <db>`` on the consoles).
     """
 
     def __init__(
@@ -50,8 +53,10 @@ class Actions(ops.Object):
         monitoring: Monitoring,
         load_state: Callable[[], CharmState],
         ca_dir: Callable[[], str],
+        admin: AdminIdentity | None = None,
     ):
         super().__init__(charm, "actions")
+        self._admin = admin
         self._charm = charm
         self._container = container
         self._clients = clients
@@ -79,9 +84,11 @@ class Actions(ops.Object):
         if state.backend is None or state.auth is None:
             event.fail("no backend to audit: waiting for the backend-database relation")
             return
+        from pgbouncer.exporter import STATS_USERS
         from postgres.audit import BREACH, DRIFT, audit_tenancy
         from postgres.connection import BackendError
         from reconcile import credentials
+        from relations.admin import ADMIN_USER
 
         live = {relation.id for relation in self._clients.relations}
         started = time.monotonic()
@@ -92,6 +99,7 @@ class Actions(ops.Object):
                 live,
                 owner_tag=self.owner_tag,
                 auth_user=state.auth.lookup_schema,
+                console_users=(*STATS_USERS, ADMIN_USER),
             )
         except BackendError as exc:  # its text never holds the password (postgres.connection)
             event.fail(f"could not read the backend: {exc}")
@@ -116,18 +124,13 @@ class Actions(ops.Object):
         )
 
     # -- pause / resume ----------------------------------------------------------------------
-    def _pausable(self, event: ops.ActionEvent) -> bool:
-        """Whether ``pause``/``resume`` can run; fails the action saying why not."""
-        if event.params.get("database"):
-            event.fail(NO_DATABASE_PAUSE)
-            return False
+    def _on_pause(self, event: ops.ActionEvent) -> None:
         if not self._container.can_connect():
             event.fail("the pgbouncer container does not answer")
-            return False
-        return True
-
-    def _on_pause(self, event: ops.ActionEvent) -> None:
-        if not self._pausable(event):
+            return
+        database = event.params.get("database")
+        if database:
+            self._pause_database(event, str(database))
             return
         from pgbouncer import pause
 
@@ -142,19 +145,183 @@ class Actions(ops.Object):
         )
 
     def _on_resume(self, event: ops.ActionEvent) -> None:
-        if not self._pausable(event):
+        if not self._container.can_connect():
+            event.fail("the pgbouncer container does not answer")
             return
-        from pgbouncer import pause
+        database = event.params.get("database")
+        if database:
+            self._resume_database(event, str(database))
+            return
+        from pgbouncer import console, pause
 
-        was = pause.paused_since(self._container)
+        marker = pause.read_marker(self._container)
+        if marker is not None and marker.databases:
+            # SIGUSR2 ends the whole-unit PAUSE only: each paused database is resumed on the
+            # consoles first, or it would stay paused with no marker left to say so.
+            serving = pause.running_processes(self._container).serving
+            try:
+                missed = self._on_consoles(
+                    serving, lambda c, _: [console.resume_database(c, d) for d in marker.databases]
+                )[1]
+            except (console.ConsoleError, ValueError) as exc:
+                event.fail(f"could not resume {', '.join(marker.databases)}: {exc}")
+                return
+            if missed:
+                event.fail(
+                    f"RESUME of {', '.join(marker.databases)} did not reach {', '.join(missed)};"
+                    " the unit stays paused: run resume again"
+                )
+                return
         processes = pause.resume(self._container)
         event.set_results(
             {
                 "resumed": json.dumps(list(processes.serving)),
                 "draining-left-alone": json.dumps(list(processes.draining)),
-                "was-paused": "true" if was is not None else "false",
+                "was-paused": "true" if marker is not None else "false",
+                "databases-resumed": json.dumps(list(marker.databases if marker else ())),
             }
         )
+
+    def _on_consoles(
+        self, serving: tuple[str, ...], work: Callable, **kwargs
+    ) -> tuple[dict, list]:
+        """Run ``work`` on each serving process's console as the admin user.
+
+        Raises:
+            ValueError: no admin user yet, or no port set.
+            ConsoleError: no console answered.
+        """
+        from pgbouncer import console
+        from relations.admin import ADMIN_USER
+
+        password = self._admin.password() if self._admin is not None else None
+        if password is None:
+            raise ValueError(NO_ADMIN)
+        port = self._charm.config.get("listen_port")
+        if not isinstance(port, int):
+            raise ValueError("listen_port is not set")
+        if not serving:
+            return {}, []
+        return console.on_each_process(
+            port,
+            ADMIN_USER,
+            password,
+            serving,
+            work,
+            application_name="pgbouncer-k8s-pause",
+            **kwargs,
+        )
+
+    def _pooled(self) -> set[str]:
+        """The client databases the unit pools (``[databases]`` keys, ``_readonly`` twins too)."""
+        from relations.peers import Peers
+
+        names = set(Peers(self._charm).app_data().databases)
+        return names | {f"{name}_readonly" for name in names}
+
+    def _pause_database(self, event: ops.ActionEvent, database: str) -> None:
+        from pgbouncer import console, pause
+
+        pooled = self._pooled()
+        if database not in pooled:
+            served = ", ".join(sorted(pooled)) or "none"
+            event.fail(NOT_POOLED.format(database=database, served=served))
+            return
+        processes = pause.running_processes(self._container)
+        before = pause.read_marker(self._container)
+        marker = pause.PauseMarker(
+            before.since if before is not None else time.time(),
+            before.unit if before is not None else False,
+            tuple(sorted({*(before.databases if before else ()), database})),
+        )
+        # Recorded first: a process restarted meanwhile is paused again by the next hook.
+        pause.write_marker(self._container, marker)
+
+        def work(conn: object, _: str) -> str:
+            if database not in console.served_databases(conn):
+                return "not-served"
+            return console.pause_database(conn, database)
+
+        try:
+            done, missed = self._on_consoles(processes.serving, work)
+        except (console.ConsoleError, ValueError) as exc:
+            pause.write_marker(self._container, before or pause.PauseMarker(0.0, False))
+            event.fail(f"could not pause {database}: {exc}")
+            return
+        if done and all(outcome == "not-served" for outcome in done.values()):
+            pause.write_marker(self._container, before or pause.PauseMarker(0.0, False))
+            event.fail(NOT_POOLED.format(database=database, served="what its ini lists"))
+            return
+        if missed:
+            event.log(f"not reached: {', '.join(missed)}; the next hook pauses {database} there")
+        event.set_results(
+            {
+                "database": database,
+                "paused": json.dumps(sorted(s for s, o in done.items() if o == console.PAUSED)),
+                "pausing": json.dumps(sorted(s for s, o in done.items() if o == console.PENDING)),
+                "not-reached": json.dumps(missed),
+                "draining-left-alone": json.dumps(list(processes.draining)),
+            }
+        )
+
+    def _resume_database(self, event: ops.ActionEvent, database: str) -> None:
+        from pgbouncer import console, pause
+
+        before = pause.read_marker(self._container)
+        was = before is not None and database in before.databases
+        if not was and database not in self._pooled():
+            event.fail(NOT_POOLED.format(database=database, served="no paused database by it"))
+            return
+        processes = pause.running_processes(self._container)
+        try:
+            done, missed = self._on_consoles(
+                processes.serving, lambda conn, _: console.resume_database(conn, database)
+            )
+        except (console.ConsoleError, ValueError) as exc:
+            event.fail(f"could not resume {database}: {exc}")
+            return
+        if missed:
+            event.fail(
+                f"RESUME {database} did not reach {', '.join(missed)}; it stays paused:"
+                " run resume again"
+            )
+            return
+        if before is not None:
+            left = tuple(d for d in before.databases if d != database)
+            pause.write_marker(self._container, dataclasses.replace(before, databases=left))
+        event.set_results(
+            {
+                "database": database,
+                "resumed": json.dumps(sorted(done)),
+                "draining-left-alone": json.dumps(list(processes.draining)),
+                "was-paused": "true" if was else "false",
+            }
+        )
+
+    def hold_databases(self, databases: tuple[str, ...], serving: tuple[str, ...]) -> None:
+        """A hook while databases are paused: PAUSE them again where a process is not paused.
+
+        A process Pebble restarted (or one started since) serves them again; this pauses them
+        there. Bounded (:data:`HOLD_PAUSE_WAIT_S` per process); a failure is logged and the
+        next hook tries again: the hook itself never fails on it.
+        """
+        from pgbouncer import console
+
+        def work(conn: object, _: str) -> list[str]:
+            served = console.served_databases(conn)
+            return [
+                console.pause_database(conn, d, HOLD_PAUSE_WAIT_S)
+                for d in databases
+                if d in served
+            ]
+
+        try:
+            _, missed = self._on_consoles(serving, work)
+        except (console.ConsoleError, ValueError) as exc:
+            logger.warning("could not hold %s paused: %s", ", ".join(databases), exc)
+            return
+        if missed:
+            logger.warning("could not hold %s paused on %s", ", ".join(databases), missed)
 
     # -- show-pools --------------------------------------------------------------------------
     def _on_show_pools(self, event: ops.ActionEvent) -> None:

@@ -41,6 +41,7 @@ from reconcile import (
     remove_auth_plumbing,
     serve_clients,
 )
+from relations.admin import ADMIN_USER, AdminIdentity
 from relations.backend_database import (
     BACKEND_RELATION,
     BROKEN_DEFER,
@@ -97,6 +98,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self.backend = BackendDatabaseRequirer(self)
         self.clients = ClientDatabaseRelation(self)
         self.monitoring = Monitoring(self)  # stats user, exporter, metrics-endpoint
+        self.admin = AdminIdentity(self)  # the console user of pause/resume <database>
         # TLS (docs/tls.md): the certificates library (and cryptography) load only when the
         # relation exists; its removal is a relation-broken the charm observes itself.
         self.tls = None
@@ -111,11 +113,13 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self._image = ImageFacts()
         self._clocks = DrainClocks()
         self._paused_since: float | None = None
+        self._pause: pause.PauseMarker | None = None
         self._leader_outcome = LeaderOutcome()
         self._unit_outcome: UnitOutcome | None = None
         # Operator actions (docs/actions.md); the pause they set is read by every apply.
         self.actions = Actions(
             self, self._container, self.clients, self.monitoring, self._load_state, self._ca_dir,
+            self.admin,
         )  # fmt: skip
         observe = framework.observe
         observe(self.on[CONTAINER].pebble_ready, self._on_version_source)
@@ -183,6 +187,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self._image = ImageFacts.from_text(files.get(FACTS_FILE))
         self._clocks = DrainClocks.from_text(files.get(CLOCKS_FILE))
         self._paused_since = pause.paused_since_in(files)
+        self._pause = pause.marker_in(files)
         served = self.workload.served_client_tls(snapshot) if snapshot is not None else None
         tls = tls_inputs(self.tls, self.backend, relation, served)
         return CharmState(
@@ -214,6 +219,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         """
         if self.unit.is_leader():
             self.monitoring.ensure_stats_secret(_new_password)
+            self.admin.ensure_secret(_new_password)
         state = self._load_state()
         unit = self._apply(state, with_backend)
         self.monitoring.publish(
@@ -310,9 +316,13 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if self._paused_since is not None:
             # Paused by the pause action: nothing is applied until resume (a reload under PAUSE
             # ends with RESUME; a hand-over would SIGTERM a paused process, which then refuses
-            # RESUME). A process Pebble restarted meanwhile is paused too.
-            pause.hold(self._container)
-            return dataclasses.replace(outcome, paused=True)
+            # RESUME). A process Pebble restarted meanwhile is paused too; so are the paused
+            # databases (docs/actions.md).
+            marker = self._pause or pause.PauseMarker(self._paused_since)
+            pause.hold(self._container, marker, self.actions.hold_databases)
+            return dataclasses.replace(
+                outcome, paused=marker.unit, paused_databases=marker.databases
+            )
         if self._image.problems or state.tls_error:
             # Unusable TLS material: the last good configuration (and its files) keeps running.
             return outcome
@@ -325,6 +335,9 @@ class PgBouncerK8sCharm(ops.CharmBase):
             stats_line = self.monitoring.stats_auth_line()
             if stats_line:
                 cfg = dataclasses.replace(cfg, stats_user=self.monitoring.stats_users_setting())
+            admin_line = self.admin.auth_line()
+            if admin_line:
+                cfg = dataclasses.replace(cfg, admin_user=ADMIN_USER)
             exporter_files = self.monitoring.exporter_files(
                 cfg.processes,
                 cfg.listen_port,
@@ -333,7 +346,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
             )
             files: dict[str, str | None] = {
                 **render_files(cfg),
-                AUTH_FILE: auth_file + stats_line,
+                AUTH_FILE: auth_file + stats_line + admin_line,
                 **tls_files,
                 **exporter_files,
             }
@@ -548,7 +561,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
         seen = self._container_seen
         return UnitOutcome(
             running=seen is not None and seen.pgbouncer_running(),
-            paused=self._paused_since is not None,
+            paused=self._pause is not None and self._pause.unit,
+            paused_databases=self._pause.databases if self._pause is not None else (),
         )
 
     def _on_collect_status(self, event: ops.CollectStatusEvent) -> None:

@@ -21,6 +21,7 @@ from relations.backend_database import REMOVE_AUTH_FAILED
 from state.charm_state import MIN_PGBOUNCER_VERSION, UNKNOWN_VERSION, CharmState
 
 PAUSED = "paused (pause action): clients wait until resume"
+PAUSED_DATABASES = "{databases} paused (pause action): {whose} clients wait until resume"
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class UnitOutcome:
         processes: PgBouncer processes configured.
         left_out: options set that the running PgBouncer lacks.
         paused: the unit is paused by the pause action (nothing was applied).
+        paused_databases: databases paused by the pause action (nothing was applied).
         running: every serving PgBouncer process runs once the hook's steps are done.
         draining_port: a port old processes still serve after a port change (0: none).
         handover_reason: why old processes drain on this port (empty: none do).
@@ -45,6 +47,7 @@ class UnitOutcome:
     processes: int = 0
     left_out: tuple[str, ...] = ()
     paused: bool = False
+    paused_databases: tuple[str, ...] = ()
     running: bool = False
     draining_port: int = 0
     handover_reason: str = ""
@@ -86,6 +89,11 @@ def unit_statuses(
     statuses += _backend_statuses(state, leader)
     if unit.paused:
         statuses.append(ops.MaintenanceStatus(PAUSED))
+    if unit.paused_databases:
+        one = len(unit.paused_databases) == 1
+        databases = f"database{'' if one else 's'} {', '.join(unit.paused_databases)}"
+        message = PAUSED_DATABASES.format(databases=databases, whose="its" if one else "their")
+        statuses.append(ops.MaintenanceStatus(message))
     statuses += _client_statuses(leader)
     if unit.apply_error:
         statuses.append(ops.WaitingStatus(f"pgbouncer container: {unit.apply_error}"))

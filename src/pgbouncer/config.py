@@ -189,6 +189,9 @@ class PgBouncerConfig:
         stats_user: the monitoring user listed in ``stats_users`` (``SHOW`` commands only on
             the admin console), or None for none. Its auth file line is
             :func:`pgbouncer.exporter.render_stats_auth_line`.
+        admin_user: the charm's console user listed in ``admin_users`` (``PAUSE <db>``,
+            ``RESUME <db>``: docs/actions.md), or None for none. Its auth file line is
+            :func:`relations.admin.render_admin_auth_line`.
     """
 
     listen_port: int
@@ -205,6 +208,7 @@ class PgBouncerConfig:
     client_tls: ClientTLS | None = None
     server_tls: ServerTLS | None = None
     stats_user: str | None = None
+    admin_user: str | None = None
 
 
 def supports(version: tuple[int, ...], key: str) -> bool:
@@ -500,6 +504,16 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
         if auth is not None and auth.auth_user in names:
             raise RenderError("stats_user", "must not be the auth user")
         stats_user = ", ".join(names)
+    admin_user = None
+    if cfg.admin_user is not None:
+        try:
+            admin_user = validate_role_name(cfg.admin_user, "admin_user")
+        except InvalidNameError as exc:
+            raise _invalid(exc) from None
+        if (auth is not None and auth.auth_user == admin_user) or admin_user in (
+            stats_user or ""
+        ).split(", "):
+            raise RenderError("admin_user", "must be neither the auth user nor a stats user")
     if cfg.client_tls is not None and (
         not isinstance(cfg.client_tls, ClientTLS) or cfg.client_tls.sslmode not in CLIENT_TLS_MODES
     ):
@@ -523,6 +537,7 @@ def _check_config(cfg: PgBouncerConfig) -> PgBouncerConfig:
         client_tls=cfg.client_tls,
         server_tls=cfg.server_tls,
         stats_user=stats_user,
+        admin_user=admin_user,
     )
     for index in range(processes):
         size = pool_size(checked, index)
@@ -592,6 +607,8 @@ def _render_checked(cfg: PgBouncerConfig, index: int, base_dir: str, slot: int =
         ]
     if cfg.stats_user is not None:
         lines.append(f"stats_users = {cfg.stats_user}")
+    if cfg.admin_user is not None:
+        lines.append(f"admin_users = {cfg.admin_user}")
     lines += [
         f"pool_mode = {cfg.pool_mode}",
         f"max_client_conn = {cfg.max_client_conn}",

@@ -18,19 +18,26 @@ The parsing and the sums are pure (:func:`pool_rows`, :func:`sum_pools`).
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pgbouncer.exporter import ADMIN_DATABASE, STATS_USER
-from pgbouncer.slots import MAX_PROCESSES, service_name
+from pgbouncer.slots import MAX_PROCESSES, parse_service, service_name
 
 CONNECT_TIMEOUT_S = 3
 """libpq's connect timeout for one console connection."""
 
 READ_BUDGET_S = 15.0
 """No reading of the consoles lasts longer than this (every attempt included)."""
+
+PAUSE_WAIT_S = 10.0
+"""How long ``PAUSE <db>`` may wait for the database's transactions on one process."""
+
+T = TypeVar("T")
 
 ATTEMPTS_PER_PROCESS = 12
 """Connections tried per expected process before giving up on seeing them all. With 4
@@ -84,6 +91,15 @@ def service_of_peer(peer: int) -> str:
     return service_name(index, slot)
 
 
+def _peer_of_service(service: str) -> int:
+    """:func:`service_of_peer` inverted."""
+    parsed = parse_service(service)
+    if parsed is None:
+        raise ValueError(f"{service} is no PgBouncer service")
+    index, slot = parsed
+    return slot * MAX_PROCESSES + index + 1
+
+
 def pool_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
     """``SHOW POOLS`` rows as dicts, the admin console's own pool left out."""
     pools = []
@@ -125,16 +141,139 @@ def _show(conn: Any, command: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     return columns, list(cur.fetchall())
 
 
-def _read_one(conn: Any) -> ProcessPools | None:
+def _read_one(conn: Any, service: str) -> ProcessPools:
+    columns, rows = _show(conn, "SHOW STATE")
+    state = {str(r[0]): str(r[1]) for r in rows}
+    columns, rows = _show(conn, "SHOW POOLS")
+    peer = _peer_of_service(service)
+    return ProcessPools(peer, service, state, pool_rows(columns, rows))
+
+
+def _service_of(conn: Any) -> str | None:
+    """The Pebble service behind a console connection (``peer_id`` in ``SHOW CONFIG``)."""
     columns, rows = _show(conn, "SHOW CONFIG")
     settings = {str(r[0]): str(r[1]) for r in rows} if columns else {}
     peer = settings.get("peer_id", "0")
     if not peer.isdigit() or int(peer) < 1:
         return None
-    columns, rows = _show(conn, "SHOW STATE")
-    state = {str(r[0]): str(r[1]) for r in rows}
-    columns, rows = _show(conn, "SHOW POOLS")
-    return ProcessPools(int(peer), service_of_peer(int(peer)), state, pool_rows(columns, rows))
+    return service_of_peer(int(peer))
+
+
+def _problem(exc: Exception, password: str) -> str:
+    """One line saying what went wrong, the password never in it."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    text = exc.diag.message_primary if sqlstate else None  # type: ignore[attr-defined]
+    text = text or (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+    return text.replace(password, "***") if password else text
+
+
+class _Watchdog:
+    """Shuts a console connection's socket down after ``seconds``, ending any wait on it.
+
+    PgBouncer's console has no ``statement_timeout`` and ``PAUSE <db>`` waits for the
+    database's server connections to be released, so the bound is kept on this side.
+    """
+
+    def __init__(self, conn: Any, seconds: float):
+        self.fired = False
+        self._lock = threading.Lock()
+        self._done = False
+        self._fd = conn.fileno()
+        self._timer = threading.Timer(max(seconds, 0.1), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:  # once cancel() ran, the descriptor may be someone else's
+            if self._done:
+                return
+            self.fired = True
+            try:
+                sock = socket.socket(fileno=self._fd)
+            except OSError:
+                return
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                sock.detach()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+
+
+def on_each_process(
+    port: int,
+    user: str,
+    password: str,
+    expected: Iterable[str],
+    work: Callable[[Any, str], T],
+    *,
+    host: str = "127.0.0.1",
+    clock: Callable[[], float] = time.monotonic,
+    budget: float = READ_BUDGET_S,
+    application_name: str = "pgbouncer-k8s-console",
+) -> tuple[dict[str, T], list[str]]:
+    """Run ``work(connection, service)`` once on each expected process, through the shared port.
+
+    Connects until each expected service has been seen (told apart by ``peer_id``), within
+    :data:`ATTEMPTS_PER_PROCESS` attempts per process and ``budget`` seconds in all; every
+    connection is cut when the budget ends (:class:`_Watchdog`), so nothing here waits longer.
+    ``work`` raising :class:`psycopg.Error` counts as not done on that process (tried again on
+    a later connection that reaches it).
+
+    Returns:
+        What ``work`` returned per service, and the expected services it did not run on.
+
+    Raises:
+        ConsoleError: not one console answered (the message never holds the password).
+    """
+    import psycopg
+
+    wanted = set(expected)
+    done: dict[str, T] = {}
+    if not wanted:
+        return done, []
+    deadline = clock() + budget
+    attempts = max(1, len(wanted)) * ATTEMPTS_PER_PROCESS
+    problem: str | None = None
+    answered = False
+    for _ in range(attempts):
+        left = deadline - clock()
+        if wanted <= done.keys() or left <= 0:
+            break
+        try:
+            with psycopg.connect(
+                host=host,
+                port=port,
+                user=user,
+                password=password,
+                dbname=ADMIN_DATABASE,
+                connect_timeout=max(1, min(CONNECT_TIMEOUT_S, int(left + 0.999))),
+                autocommit=True,
+                prepare_threshold=None,
+                application_name=application_name,
+            ) as conn:
+                watchdog = _Watchdog(conn, left)
+                try:
+                    service = _service_of(conn)
+                    answered = True
+                    if service is None or service in done or service not in wanted:
+                        continue
+                    done[service] = work(conn, service)
+                finally:
+                    watchdog.cancel()
+        except psycopg.Error as exc:
+            problem = _problem(exc, password)
+            continue
+    if not answered and not done:
+        raise ConsoleError(
+            f"no PgBouncer console answered on port {port}" + (f": {problem}" if problem else "")
+        )
+    return done, sorted(wanted - done.keys())
 
 
 def read_processes(
@@ -162,39 +301,68 @@ def read_processes(
     Raises:
         ConsoleError: not one console answered.
     """
-    import psycopg
+    seen, missed = on_each_process(
+        port,
+        user,
+        password,
+        expected,
+        _read_one,
+        host=host,
+        clock=clock,
+        application_name="pgbouncer-k8s-show-pools",
+    )
+    return [seen[k] for k in sorted(seen)], missed
 
-    wanted = set(expected)
-    seen: dict[str, ProcessPools] = {}
-    deadline = clock() + READ_BUDGET_S
-    attempts = max(1, len(wanted)) * ATTEMPTS_PER_PROCESS
-    problem: str | None = None
-    for _ in range(attempts):
-        if wanted <= seen.keys() or clock() >= deadline:
-            break
-        try:
-            with psycopg.connect(
-                host=host,
-                port=port,
-                user=user,
-                password=password,
-                dbname=ADMIN_DATABASE,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                autocommit=True,
-                prepare_threshold=None,
-                application_name="pgbouncer-k8s-show-pools",
-            ) as conn:
-                found = _read_one(conn)
-        except psycopg.Error as exc:
-            problem = (exc.diag.message_primary if exc.sqlstate else None) or type(exc).__name__
-            continue
-        if found is not None:
-            seen.setdefault(found.service, found)
-    if not seen:
-        raise ConsoleError(
-            f"no PgBouncer console answered on port {port}" + (f": {problem}" if problem else "")
-        )
-    return [seen[k] for k in sorted(seen)], sorted(wanted - seen.keys())
+
+# -- PAUSE <db> / RESUME <db> (the charm's admin user, relations.admin) ------------------------
+PAUSED, PENDING, RESUMED = "paused", "pausing", "resumed"
+
+
+def paused_databases(conn: Any) -> set[str]:
+    """The databases this process says are paused (``SHOW DATABASES``, column ``paused``)."""
+    columns, rows = _show(conn, "SHOW DATABASES")
+    at, name = columns.index("paused"), columns.index("name")
+    return {str(row[name]) for row in rows if str(row[at]) in ("1", "t", "True", "yes")}
+
+
+def pause_database(conn: Any, database: str, seconds: float = PAUSE_WAIT_S) -> str:
+    """``PAUSE <database>`` on one process; :data:`PAUSED`, or :data:`PENDING` when in time.
+
+    PgBouncer marks the database paused at once (new queries wait) and answers once its
+    server connections are released, as their transactions end. When that takes longer than
+    ``seconds`` the connection is cut: the database stays paused on that process, and its
+    last transactions finish on their own (:data:`PENDING`).
+    """
+    from psycopg import sql
+
+    if database in paused_databases(conn):
+        return PAUSED
+    watchdog = _Watchdog(conn, seconds)
+    try:
+        conn.execute(sql.SQL("PAUSE {}").format(sql.Identifier(database)))
+    except Exception:
+        if watchdog.fired:
+            return PENDING
+        raise
+    finally:
+        watchdog.cancel()
+    return PAUSED
+
+
+def resume_database(conn: Any, database: str) -> str:
+    """``RESUME <database>`` on one process (a database not paused there is left as it is)."""
+    from psycopg import sql
+
+    if database in paused_databases(conn):
+        conn.execute(sql.SQL("RESUME {}").format(sql.Identifier(database)))
+    return RESUMED
+
+
+def served_databases(conn: Any) -> set[str]:
+    """The ``[databases]`` entries this process pools (its console's own left out)."""
+    columns, rows = _show(conn, "SHOW DATABASES")
+    name = columns.index("name")
+    return {str(row[name]) for row in rows} - {ADMIN_DATABASE}
 
 
 def pools_results(processes: Sequence[ProcessPools], missed: Sequence[str]) -> Mapping[str, str]:

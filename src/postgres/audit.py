@@ -100,6 +100,7 @@ def audit_tenancy(
     *,
     owner_tag: str,
     auth_user: str | None = None,
+    console_users: Collection[str] = (),
 ) -> list[Violation]:
     """Check every tenant invariant on the backend; the findings, most serious first.
 
@@ -109,6 +110,8 @@ def audit_tenancy(
         live: ids of the live client relations.
         owner_tag: ``<model-uuid>/<app-name>``.
         auth_user: the auth role in use (default: derived from the relation user).
+        console_users: the PgBouncer-only users (stats, admin): no PostgreSQL role may have
+            their names (docs/actions.md, ``pause database=``).
 
     Raises:
         BackendError: the backend could not be read.
@@ -213,6 +216,15 @@ def audit_tenancy(
                     HAZARD)  # fmt: skip
         for name in sorted(set(live_roles) - existing):
             add("record", "", name, "recorded login role is gone from the server")
+        for (name,) in conn.execute(
+            sql.SQL(
+                "SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY({}) ORDER BY 1"
+            ).format(sql.Placeholder()),
+            (sorted(console_users),),
+        ).fetchall():
+            add("console-user", "", name, "a PostgreSQL role has the name of a PgBouncer-only"
+                " console user (with that user's password it would log in past PgBouncer)",
+                HAZARD)  # fmt: skip
 
         for group_name, member in conn.execute(
             query("audit.sql", "members_of_tenant_roles"), {"pattern": pattern}

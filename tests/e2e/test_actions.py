@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 from ops import testing
 from psycopg import sql
@@ -22,8 +23,10 @@ from bench.pgbench import Target
 from harness.juju import Unit, limit_cpus
 from harness.servers.pg import PostgresServer
 from harness.story import Deployment
+from pgbouncer import console
 from pgbouncer.exporter import EXPORTER_SERVICE
 from postgres.auth import definer_role_for
+from relations.admin import ADMIN_SECRET_LABEL, ADMIN_USER
 from relations.metrics import METRICS_RELATION
 from state.tenants import owner_role_for
 
@@ -342,12 +345,153 @@ def test_pause_and_resume_under_load_fail_no_client(
     assert json.loads(pools["paused"]) == []
 
 
-def test_pause_with_a_database_is_refused_and_pauses_nothing(
-    make_deployment: MakeDeployment, pg: PostgresServer
+def secret_content(unit: Unit, label: str) -> dict[str, str]:
+    secret = next(s for s in unit.state.secrets if s.label == label)
+    return dict(secret.latest_content or {})
+
+
+def paused_per_process(unit: Unit, serving: list[str]) -> dict[str, set[str]]:
+    """Which databases each serving process says are paused (``SHOW DATABASES``)."""
+    password = secret_content(unit, ADMIN_SECRET_LABEL)["password"]
+    done, missed = console.on_each_process(
+        unit.address()[1], ADMIN_USER, password, serving, lambda c, _: console.paused_databases(c)
+    )
+    assert missed == []
+    return done
+
+
+def in_pod(unit: Unit, hook: str) -> None:
+    """Run ``hook`` as Juju does, in the pod's network (the charm container shares it).
+
+    A paused database is held through the consoles on the pod's ``127.0.0.1``.
+    """
+    unit.run(lambda on, _: getattr(on, hook)(), in_pod=True)
+
+
+PAUSED_APPDB = "database appdb paused (pause action): its clients wait until resume"
+
+
+def test_pause_one_database_holds_its_clients_and_not_the_others_under_load(
+    make_deployment: MakeDeployment, pg: PostgresServer, tmp_path: Path
 ):
-    d = make_deployment(1)
-    d.deploy()
-    unit = d.app.leader
-    with pytest.raises(testing.ActionFailed, match="admin console"):
-        unit.run_action("pause", {"database": "appdb"})
+    """Two tenants' clients through a two-process unit; ``pause database=appdb``, a hook, resume.
+
+    No client of either fails; while appdb is paused its clients' new transactions wait (at most
+    what was in flight goes through) while otherdb's keep flowing; each process says appdb (and
+    only appdb) is paused; the status names it; a hook keeps it paused and applies nothing;
+    after resume the held-back change applies and appdb's clients go on.
+    """
+    d, unit = two_process_unit(make_deployment, tmp_path)
+    creds = {
+        db: d.credentials(d.relate_client(name, db))
+        for name, db in (("app-one", "appdb"), ("app-two", "otherdb"))
+    }
+    host, port = unit.address()
+    workers = {"txn": 3, "prepared": 1, "connector": 2}
+    loads = {
+        db: Load(Target("charm", host, port, db, c.username, c.password), workers, tmp_path, db)
+        for db, c in creds.items()
+    }
+    serving = ["pgbouncer_0", "pgbouncer_1"]
+    try:
+        time.sleep(1.0)
+        results = unit.run_action("pause", {"database": "appdb"})
+        paused_at = time.time()
+        assert results["database"] == "appdb"
+        assert sorted(json.loads(results["paused"]) + json.loads(results["pausing"])) == serving
+        assert json.loads(results["not-reached"]) == []
+        assert unit.state.unit_status == testing.MaintenanceStatus(PAUSED_APPDB)
+        assert paused_per_process(unit, serving) == {s: {"appdb"} for s in serving}
+        # A hook while paused keeps appdb paused and applies nothing.
+        d.app.set_config(pool_mode="session")
+        in_pod(unit, "config_changed")
+        assert modes(unit) == {"transaction"}
+        assert unit.state.unit_status == testing.MaintenanceStatus(PAUSED_APPDB)
+        time.sleep(1.5)
+        resumed_at = time.time()
+        results = unit.run_action("resume", {"database": "appdb"})
+        assert json.loads(results["resumed"]) == serving
+        assert results["was-paused"] == "true"
+        assert unit.state.unit_status.name == "active"
+        assert not (unit.mount_dir / "paused.json").exists()
+        assert "session" in modes(unit)  # what was held back applied at resume
+        time.sleep(1.5)
+    finally:
+        records = {db: load.stop() for db, load in loads.items()}
+    kinds = ("txn", "prepared", "connector")
+    for db, record in records.items():
+        assert [e for e in record.events if e[3] in FAILURES] == [], db
+        after, _ = record.window(resumed_at, time.time(), kinds)
+        assert after > 0, db
+    # Up to the 100 ms bucket before resumed_at: that bucket also counts transactions started
+    # after it (they waited for the RESUME about to be sent).
+    held, _ = records["appdb"].window(paused_at + 0.5, resumed_at - 0.1, kinds)
+    flowing, _ = records["otherdb"].window(paused_at + 0.5, resumed_at - 0.1, kinds)
+    assert held <= 6  # at most what was in flight as PAUSE arrived, nothing new
+    assert flowing > 50, flowing  # otherdb's clients were not held
+    now_serving = [p["service"] for p in json.loads(unit.run_action("show-pools")["processes"])]
+    assert now_serving == ["pgbouncer_0_twin", "pgbouncer_1_twin"]  # the held-back hand-over
+    assert paused_per_process(unit, now_serving) == {s: set() for s in now_serving}
+    for c in creds.values():
+        assert c.password not in json.dumps(results)
+
+
+def test_a_paused_database_survives_a_process_restart_and_a_whole_unit_resume_ends_it(
+    make_deployment: MakeDeployment, pg: PostgresServer, tmp_path: Path
+):
+    """The marker keeps appdb paused over a process restart; a whole-unit resume ends it.
+
+    A process Pebble restarted is paused again by the next hook; an unknown database is refused
+    and changes nothing; the admin user opens nothing but the console; ``resume`` without a
+    database releases appdb too.
+    """
+    d, unit = two_process_unit(make_deployment, tmp_path)
+    creds = d.credentials(d.relate_client("app-one", "appdb"))
+    serving = ["pgbouncer_0", "pgbouncer_1"]
+    # PAUSE waits for the database's transactions: bounded, it is cut and the pause stays.
+    password = secret_content(unit, ADMIN_SECRET_LABEL)["password"]
+    port = unit.address()[1]
+    with d.connect(unit, creds) as client:
+        client.execute("BEGIN")
+        client.execute("SELECT 1")  # holds a server connection of appdb on one process
+        done, _ = console.on_each_process(
+            port, ADMIN_USER, password, serving, lambda c, _: console.pause_database(c, "appdb", 1)
+        )
+        assert sorted(done.values()) == [console.PAUSED, console.PENDING]
+        client.execute("COMMIT")
+    assert paused_per_process(unit, serving) == {s: {"appdb"} for s in serving}
+    console.on_each_process(
+        port, ADMIN_USER, password, serving, lambda c, _: console.resume_database(c, "appdb")
+    )
+    unit.run_action("pause", {"database": "appdb"})
+    marker = json.loads((unit.mount_dir / "paused.json").read_text())
+    assert marker["databases"] == ["appdb"] and marker["unit"] is False
+    assert unit.runner is not None
+    unit.runner.restart(["pgbouncer_1"], ready="process up")
+    assert paused_per_process(unit, serving)["pgbouncer_1"] == set()
+    in_pod(unit, "update_status")
+    assert paused_per_process(unit, serving) == {s: {"appdb"} for s in serving}
+    assert unit.state.unit_status == testing.MaintenanceStatus(PAUSED_APPDB)
+    # A database the unit does not pool is refused, naming what it pools; nothing changes.
+    with pytest.raises(testing.ActionFailed, match=r"pools no database 'nosuch'.*appdb"):
+        unit.run_action("pause", {"database": "nosuch"})
+    assert json.loads((unit.mount_dir / "paused.json").read_text()) == marker
+    # The admin user is the console's only: as a client of appdb it gets nothing.
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(
+            host=unit.address()[0], port=unit.address()[1], user=ADMIN_USER,
+            password=password, dbname="appdb", connect_timeout=5,
+        ).close()  # fmt: skip
+    # Its password is in its secret only: not in the plan, the ini, the auth file or a databag.
+    plan = json.dumps(unit.state.get_container("pgbouncer").plan.to_dict())
+    files = "".join(p.read_text() for p in unit.mount_dir.glob("*") if p.is_file())
+    bags = json.dumps([dict(r.local_app_data) for r in unit.state.relations])
+    for where in (plan, files, bags):
+        assert password not in where
+    assert "admin_users = pgbouncer_admin" in (unit.mount_dir / "pgbouncer_0.ini").read_text()
+    results = unit.run_action("resume")
+    assert json.loads(results["databases-resumed"]) == ["appdb"]
     assert not (unit.mount_dir / "paused.json").exists()
+    assert paused_per_process(unit, serving) == {s: set() for s in serving}
+    assert unit.state.unit_status.name == "active"
+    assert d.query(unit, creds, "SELECT 1") == (1,)

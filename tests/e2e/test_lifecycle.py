@@ -276,10 +276,11 @@ def test_removing_the_backend_relation_removes_auth_and_strips_config(
         text = ini(unit)
         for key in ("auth_user", "auth_query", "auth_dbname", "pgb_authdb", "appdb ="):
             assert key not in text, (unit.name, key)
-        # Only the stats user's SCRAM verifier stays (it serves show-pools; no PostgreSQL role).
+        # Only the stats user's and the console admin's SCRAM verifiers stay (show-pools and
+        # pause of one database; neither has a PostgreSQL role).
         lines = (unit.mount_dir / "userlist.txt").read_text().splitlines()
-        assert [line.split(" ")[0] for line in lines] == ['"pgbouncer_stats"']
-        assert lines[0].split(" ")[1].startswith('"SCRAM-SHA-256$')
+        assert [line.split(" ")[0] for line in lines] == ['"pgbouncer_stats"', '"pgbouncer_admin"']
+        assert all(line.split(" ")[1].startswith('"SCRAM-SHA-256$') for line in lines)
     assert_all(d, NO_BACKEND)
     assert_refused_by_each_unit(d, creds)
     assert_processes_healthy(d)

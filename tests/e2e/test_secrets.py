@@ -86,6 +86,8 @@ def test_no_secret_in_logs_plan_commands_or_databags(
     auth = next(s for s in leader.state.secrets if s.label == "pgbouncer-auth")
     secrets["auth role password"] = auth.latest_content["password"]
     secrets["auth file"] = auth_file.strip()
+    admin = next(s for s in leader.state.secrets if s.label == "pgbouncer-admin")
+    secrets["console admin password"] = admin.latest_content["password"]
     assert secrets["auth role password"] in auth_file
 
     client = d.relate_client("app", "appdb")

@@ -417,9 +417,17 @@ def test_a_lock_held_by_someone_else_is_named_not_broken(
 
 
 def audit(t: Tenants) -> list:
+    from pgbouncer.exporter import STATS_USERS
     from postgres.audit import audit_tenancy
+    from relations.admin import ADMIN_USER
 
-    return audit_tenancy(t.b.creds, t.record, t.live, owner_tag=t.b.owner_tag)
+    return audit_tenancy(
+        t.b.creds,
+        t.record,
+        t.live,
+        owner_tag=t.b.owner_tag,
+        console_users=(*STATS_USERS, ADMIN_USER),  # as the action passes them
+    )
 
 
 def test_the_audit_of_a_clean_cluster_finds_nothing(t, auth):
@@ -475,6 +483,7 @@ PLANTS = {
     "auth-member": ("GRANT {auth} TO {other_login}", "auth-role"),
     "auth-membership": ("GRANT pg_read_all_data TO {auth}", "auth-role"),
     "auth-setting": ("ALTER ROLE {auth} SET search_path = trap, pg_catalog", "auth-role"),
+    "console-user": ("CREATE ROLE pgbouncer_admin LOGIN", "console-user"),
 }
 
 
@@ -528,5 +537,7 @@ def test_the_audit_reports_each_planted_violation_and_changes_nothing(t, auth, p
             "auth-setting": "ALTER ROLE {auth} RESET search_path",
         }[plant]
         su(t, sql.SQL(undo).format(**names).as_string())  # type: ignore[arg-type]
+    if plant == "console-user":
+        su(t, "DROP ROLE pgbouncer_admin")
     if plant == "stray-login":
         su(t, sql.SQL("DROP ROLE {stray}").format(**names).as_string())  # type: ignore[arg-type]

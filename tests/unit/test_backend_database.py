@@ -173,10 +173,13 @@ def test_created_ready_installs_auth_and_configures_pgbouncer(ctx, dirs, fake_sq
     assert f'"{AUTH_USER}".get_auth($1)' in ini
     assert "postgresql-k8s-primary.dev.svc.cluster.local" in ini
     userlist = dirs.pgb / "userlist.txt"
-    # The auth role's plain password, then the stats user's SCRAM verifier (show-pools).
-    auth_line, stats_line = userlist.read_text().splitlines()
+    # The auth role's plain password, then the stats user's SCRAM verifier (show-pools), then
+    # the admin user's (pause/resume of one database).
+    auth_line, stats_line, admin_line = userlist.read_text().splitlines()
     assert auth_line == f'"{AUTH_USER}" "{password}"'
     assert stats_line.startswith('"pgbouncer_stats" "SCRAM-SHA-256$')
+    assert admin_line.startswith('"pgbouncer_admin" "SCRAM-SHA-256$')
+    assert "admin_users = pgbouncer_admin" in ini
     assert userlist.stat().st_mode & 0o777 == 0o600
     assert out.unit_status == testing.ActiveStatus("1 PgBouncer process")
 
