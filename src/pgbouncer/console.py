@@ -18,8 +18,6 @@ The parsing and the sums are pure (:func:`pool_rows`, :func:`sum_pools`).
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from typing import Any, TypeVar
 
 from pgbouncer.exporter import ADMIN_DATABASE, STATS_USER
 from pgbouncer.slots import MAX_PROCESSES, parse_service, service_name
+from socket_watchdog import SocketWatchdog
 
 CONNECT_TIMEOUT_S = 3
 """libpq's connect timeout for one console connection."""
@@ -167,44 +166,6 @@ def _problem(exc: Exception, password: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-class _Watchdog:
-    """Shuts a console connection's socket down after ``seconds``, ending any wait on it.
-
-    PgBouncer's console has no ``statement_timeout`` and ``PAUSE <db>`` waits for the
-    database's server connections to be released, so the bound is kept on this side.
-    """
-
-    def __init__(self, conn: Any, seconds: float):
-        self.fired = False
-        self._lock = threading.Lock()
-        self._done = False
-        self._fd = conn.fileno()
-        self._timer = threading.Timer(max(seconds, 0.1), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _fire(self) -> None:
-        with self._lock:  # once cancel() ran, the descriptor may be someone else's
-            if self._done:
-                return
-            self.fired = True
-            try:
-                sock = socket.socket(fileno=self._fd)
-            except OSError:
-                return
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            finally:
-                sock.detach()
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._done = True
-        self._timer.cancel()
-
-
 def on_each_process(
     port: int,
     user: str,
@@ -221,7 +182,7 @@ def on_each_process(
 
     Connects until each expected service has been seen (told apart by ``peer_id``), within
     :data:`ATTEMPTS_PER_PROCESS` attempts per process and ``budget`` seconds in all; every
-    connection is cut when the budget ends (:class:`_Watchdog`), so nothing here waits longer.
+    connection is cut when the budget ends (:class:`socket_watchdog.SocketWatchdog`), so nothing here waits longer.
     ``work`` raising :class:`psycopg.Error` counts as not done on that process (tried again on
     a later connection that reaches it).
 
@@ -257,7 +218,7 @@ def on_each_process(
                 prepare_threshold=None,
                 application_name=application_name,
             ) as conn:
-                watchdog = _Watchdog(conn, left)
+                watchdog = SocketWatchdog(conn, left)
                 try:
                     service = _service_of(conn)
                     answered = True
@@ -337,7 +298,7 @@ def pause_database(conn: Any, database: str, seconds: float = PAUSE_WAIT_S) -> s
 
     if database in paused_databases(conn):
         return PAUSED
-    watchdog = _Watchdog(conn, seconds)
+    watchdog = SocketWatchdog(conn, seconds)
     try:
         conn.execute(sql.SQL("PAUSE {}").format(sql.Identifier(database)))
     except Exception:

@@ -20,8 +20,6 @@ errors below; none of their messages ever holds a password.
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,6 +27,7 @@ import psycopg
 
 from postgres.credentials import BackendCredentials
 from postgres.deadline import hook_remaining
+from socket_watchdog import SocketWatchdog
 from state.names import validate_role_name
 from state.tls import SERVER_SSLMODE, backend_tls_problem
 
@@ -205,7 +204,7 @@ def connect(creds: BackendCredentials, dbname: str | None = None) -> Iterator[ps
         )
     except psycopg.OperationalError as exc:
         raise _connect_error(exc, creds, target) from None
-    watchdog = _Watchdog(conn, _remaining())
+    watchdog = SocketWatchdog(conn, _remaining())
     try:
         yield conn
     except psycopg.Error as exc:
@@ -218,44 +217,3 @@ def connect(creds: BackendCredentials, dbname: str | None = None) -> Iterator[ps
     finally:
         watchdog.cancel()
         conn.close()
-
-
-class _Watchdog:
-    """Shuts a connection's socket down when it outlives its deadline.
-
-    A blocked read then returns at once with an error, which :func:`connect` reports as
-    :class:`BackendUnreachable`.
-    """
-
-    def __init__(self, conn: psycopg.Connection, seconds: float):
-        self.seconds = max(seconds, 0.1)
-        self.fired = False
-        self._lock = threading.Lock()
-        self._done = False
-        self._fd = conn.fileno()
-        self._timer = threading.Timer(self.seconds, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _fire(self) -> None:
-        # Under the lock: once cancel() ran, the descriptor may belong to something else.
-        with self._lock:
-            if self._done:
-                return
-            self.fired = True
-            try:
-                sock = socket.socket(fileno=self._fd)
-            except OSError:
-                return
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            finally:
-                sock.detach()
-
-    def cancel(self) -> None:
-        """Disarm; called before the connection is closed."""
-        with self._lock:
-            self._done = True
-        self._timer.cancel()
