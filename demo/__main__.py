@@ -357,12 +357,10 @@ def run() -> None:
             for key in ("auth_user", "auth_query", "auth_dbname", "pgb_authdb"):
                 expect(key not in text, f"{unit.name}'s pgbouncer_0.ini still has {key}")
             auth_file = (unit.mount_dir / "userlist.txt").read_text()
-            # Only the stats user's line (a SCRAM verifier; its second generation since 4 (c)).
-            kept = [
-                ln
-                for ln in auth_file.splitlines()
-                if not ln.startswith(('"pgbouncer_stats" ', '"pgbouncer_stats_g2" '))
-            ]
+            # Only the PgBouncer-only console users' lines (SCRAM verifiers): the stats user (its
+            # second generation since 4 (c)) and the admin user of pause database=<db>.
+            console_users = ('"pgbouncer_stats" ', '"pgbouncer_stats_g2" ', '"pgbouncer_admin" ')
+            kept = [ln for ln in auth_file.splitlines() if not ln.startswith(console_users)]
             expect(kept == [], f"{unit.name}'s auth file still has {len(kept)} other line(s)")
             history = unit.runner.history[marks[unit.name] :] if unit.runner else []
             expect(("SIGHUP", "pgbouncer_0") in history, f"{unit.name}'s PgBouncer not reloaded")
