@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import ops
 
 if TYPE_CHECKING:
+    from reconcile import BackendEffects
     from relations.admin import AdminIdentity
     from relations.client_database import ClientDatabaseRelation
     from relations.metrics import Monitoring
@@ -43,6 +44,7 @@ class Actions(ops.Object):
         load_state: the charm's one read of the world.
         ca_dir: where the backend's CA is kept for the charm's own connections.
         admin: the admin identity (``PAUSE <db>``/``RESUME <db>`` on the consoles).
+        effects: what the charm does to PostgreSQL (rotate-credentials), the charm's own.
     """
 
     def __init__(
@@ -54,9 +56,11 @@ class Actions(ops.Object):
         load_state: Callable[[], CharmState],
         ca_dir: Callable[[], str],
         admin: AdminIdentity | None = None,
+        effects: BackendEffects | None = None,
     ):
         super().__init__(charm, "actions")
         self._admin = admin
+        self._effects = effects
         self._charm = charm
         self._container = container
         self._clients = clients
@@ -355,6 +359,7 @@ class Actions(ops.Object):
         if not self._charm.unit.is_leader():
             event.fail(NOT_LEADER.format(action="rotate-credentials", app=self._charm.app.name))
             return
+        from postgres.effects import PostgreSQL
         from relations.peers import Peers
         from rotation import RotationError, start_rotation
 
@@ -363,6 +368,7 @@ class Actions(ops.Object):
                 self._load_state(),
                 Peers(self._charm),
                 self._monitoring,
+                self._effects or PostgreSQL(),
                 owner_tag=self.owner_tag,
                 ca_dir=self._ca_dir(),
                 now=time.time(),

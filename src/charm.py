@@ -119,7 +119,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         # Operator actions (docs/actions.md); the pause they set is read by every apply.
         self.actions = Actions(
             self, self._container, self.clients, self.monitoring, self._load_state, self._ca_dir,
-            self.admin,
+            self.admin, self.effects,
         )  # fmt: skip
         observe = framework.observe
         observe(self.on[CONTAINER].pebble_ready, self._on_version_source)
@@ -277,7 +277,12 @@ class PgBouncerK8sCharm(ops.CharmBase):
         if state.leader:
             publish_answers(self.clients, outcome, self.peers.applied())
             advance_rotation(
-                state, self.peers, self.monitoring, owner_tag=self.owner_tag, ca_dir=self._ca_dir()
+                state,
+                self.peers,
+                self.monitoring,
+                self.effects,
+                owner_tag=self.owner_tag,
+                ca_dir=self._ca_dir(),
             )
             if port is not None:
                 self.peers.set_published_port(port)

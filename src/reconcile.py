@@ -105,6 +105,10 @@ class BackendEffects(Protocol):
 
     def backend_version(self, creds: BackendCredentials) -> str: ...  # noqa: D102
 
+    def retire_generation(  # noqa: D102
+        self, creds: BackendCredentials, *, role: str, owner_tag: str
+    ) -> bool: ...
+
 
 @dataclass
 class LeaderOutcome:

@@ -28,6 +28,7 @@ from state.peers import AuthData
 from state.rotation import Rotation, next_generation
 
 if TYPE_CHECKING:
+    from reconcile import BackendEffects
     from relations.metrics import Monitoring
     from relations.peers import Peers
     from state.charm_state import CharmState
@@ -43,6 +44,7 @@ def start_rotation(
     state: CharmState,
     peers: Peers,
     monitoring: Monitoring,
+    sql: BackendEffects,
     *,
     owner_tag: str,
     ca_dir: str,
@@ -63,7 +65,6 @@ def start_rotation(
         RotationError: not ready (no backend or auth plumbing), a rotation is still running,
             or the backend refused.
     """
-    from postgres.auth import install_auth
     from postgres.connection import BackendError
     from postgres.passwords import generate_password
     from reconcile import credentials
@@ -84,7 +85,7 @@ def start_rotation(
     target = next_generation(schema, auth.username)
     password = generate_password()
     try:
-        install_auth(
+        sql.install_auth(
             credentials(state, ca_dir),
             auth_user=schema,
             auth_password=password,
@@ -117,7 +118,13 @@ def start_rotation(
 
 
 def advance_rotation(
-    state: CharmState, peers: Peers, monitoring: Monitoring, *, owner_tag: str, ca_dir: str
+    state: CharmState,
+    peers: Peers,
+    monitoring: Monitoring,
+    sql: BackendEffects,
+    *,
+    owner_tag: str,
+    ca_dir: str,
 ) -> str | None:
     """Step 3, in every leader reconcile: end the rotation once every unit uses the new one.
 
@@ -137,12 +144,13 @@ def advance_rotation(
     reports, stats_reports = peers.applied_auth(), peers.applied_stats()
     if rotation.waiting_for(reports, stats_reports) or state.backend is None:
         return rotation.status_note(reports, stats_reports)
-    from postgres.auth import retire_generation
     from postgres.connection import BackendError
     from reconcile import credentials
 
     try:
-        retire_generation(credentials(state, ca_dir), role=rotation.source, owner_tag=owner_tag)
+        sql.retire_generation(
+            credentials(state, ca_dir), role=rotation.source, owner_tag=owner_tag
+        )
     except BackendError as exc:
         logger.warning("rotate-credentials: could not remove the old password: %s", exc)
         return rotation.status_note(reports, stats_reports)

@@ -120,3 +120,9 @@ class PostgreSQL:
         from postgres.clients import backend_version
 
         return backend_version(creds)
+
+    def retire_generation(self, creds: BackendCredentials, *, role: str, owner_tag: str) -> bool:
+        """:func:`postgres.auth.retire_generation` (rotate-credentials' last step)."""
+        from postgres.auth import retire_generation
+
+        return retire_generation(creds, role=role, owner_tag=owner_tag)

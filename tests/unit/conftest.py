@@ -82,6 +82,9 @@ class Effects:
     def backend_version(self, creds):
         return (self.clients or self._real).backend_version(creds)
 
+    def retire_generation(self, creds, **kwargs):
+        return (self.auth or self._real).retire_generation(creds, **kwargs)
+
 
 def charm_with(effects: Effects) -> type[PgBouncerK8sCharm]:
     """The charm class, given ``effects`` as its backend (a subclass: nothing is patched)."""
@@ -196,6 +199,7 @@ class FakeBackendSQL:
     fail: bool = False
     installed: dict[str, str] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
+    retired: list[str] = field(default_factory=list)
     leftovers_checked: list[str | None] = field(default_factory=list)
     connects: int = 0
     checked: list[str] = field(default_factory=list)
@@ -228,6 +232,11 @@ class FakeBackendSQL:
         self._maybe_fail()
         self.checked.append(auth_user)
         return self.broken.pop(0) if self.broken else None
+
+    def retire_generation(self, creds, *, role, owner_tag):
+        self._maybe_fail()
+        self.retired.append(role)
+        return True
 
     def remove_leftovers(self, creds, *, owner_tag, keep):
         self._maybe_fail()
