@@ -741,14 +741,14 @@ def plan_apply(
     draining = sorted((strays - set(busy)) | {live[i] for i in handover} | set(closing))
     draining_same_port = sorted((same_port_strays - set(busy)) | set(closing))
 
-    reloaded = _restart_steps(
+    in_place, reloaded = _restart_steps(
         steps,
         [serving[i] for i in range(processes)],
         skip=(set(serving.values()) - running) | set(started) | set(restarted),
         restart={serving[i] for i in restart},
         reload=set(serving.values()) if reload_all else {serving[i] for i in reload},
     )
-    restarted += [step[1] for step in steps if step[0] == "restart" and step[1] not in restarted]
+    restarted += in_place
     paused = [name for name in reloaded if service_index(name) in drain]
     if reloaded:
         steps.append(("reload", tuple(reloaded), tuple(paused)))
@@ -783,12 +783,13 @@ def plan_apply(
 
 def _restart_steps(
     steps: list[Step], serving: list[str], *, skip: set[str], restart: set[str], reload: set[str]
-) -> list[str]:
-    """Restart in place one at a time (appended to ``steps``); the processes to reload.
+) -> tuple[list[str], list[str]]:
+    """Restart in place one at a time (appended to ``steps``); those restarted, those to reload.
 
     Rule 4. ``skip``: processes not running, or started or restarted by this plan already (they
     read their files as they started).
     """
+    restarted: list[str] = []
     reloaded: list[str] = []
     for name in serving:
         if name in skip:
@@ -796,9 +797,10 @@ def _restart_steps(
         if name in restart:
             # One at a time: the other processes keep serving the port meanwhile.
             steps.append(("restart", name))
+            restarted.append(name)
         elif name in reload:
             reloaded.append(name)
-    return reloaded
+    return restarted, reloaded
 
 
 def _exporter_reread(exporter: bool | str) -> Step:
