@@ -31,6 +31,7 @@ simply active.
 from __future__ import annotations
 
 import copy
+import datetime
 import grp
 import os
 import pwd
@@ -528,6 +529,10 @@ class PebbleStandIn:
                     "type": "directory" if stat.S_ISDIR(st.st_mode) else "file",
                     "size": st.st_size,
                     "permissions": f"{st.st_mode & 0o777:03o}",
+                    # Pebble formats the time as RFC 3339, to the second (api_files.go).
+                    "last-modified": datetime.datetime.fromtimestamp(
+                        int(st.st_mtime), datetime.UTC
+                    ).isoformat(),
                     "user-id": st.st_uid,
                     "group-id": st.st_gid,
                 }

@@ -16,6 +16,7 @@ import time
 
 import ops
 
+import settled
 from actions import Actions
 from pgbouncer import pause
 from pgbouncer.config import (
@@ -65,7 +66,7 @@ from rotation import advance_rotation
 from state.backend import InvalidBackendDataError
 from state.charm_state import CharmState, parse_version
 from state.config import CharmConfig, InvalidConfigError
-from status import UnitOutcome, unit_statuses
+from status import UnitOutcome, settles, unit_statuses
 from tls_inputs import tls_inputs
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         observe(self.backend.on.database_created, self._on_backend_created)
         observe(self.on[BACKEND_RELATION].relation_departed, self._on_backend_departed)
         observe(self.on[BACKEND_RELATION].relation_broken, self._on_backend_broken)
+        observe(self.on[CLIENT_RELATION].relation_changed, self._on_client_changed)
         observe(self.on[CLIENT_RELATION].relation_broken, self._on_client_broken)
         observe(self.on.collect_unit_status, self._on_collect_status)
         # pause, resume and rotate-credentials change what the unit serves: the reconcile after
@@ -141,7 +143,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         backend, client = (name.replace("-", "_") for name in (BACKEND_RELATION, CLIENT_RELATION))
         handled = {"upgrade_charm", "update_status", f"{CONTAINER}_pebble_ready"}
         handled |= {f"{backend}_relation_departed", f"{backend}_relation_broken"}
-        handled |= {f"{client}_relation_broken"}
+        handled |= {f"{client}_relation_changed", f"{client}_relation_broken"}
         for name, bound in self.on.events().items():
             if (
                 issubclass(bound.event_type, ops.HookEvent)
@@ -305,6 +307,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
             return
         text = self._clocks.to_text() if self._clocks != DrainClocks() else None
         if seen.files.get(CLOCKS_FILE) != text:
+            self._container_seen = dataclasses.replace(seen, listing=None)
             try:
                 self.workload.put_fact(CLOCKS_FILE, text)
             except WorkloadError as exc:
@@ -425,8 +428,78 @@ class PgBouncerK8sCharm(ops.CharmBase):
             return wanted
         return state.peer.published_port or wanted
 
+    # -- the settled record (settled.py) ---------------------------------------------------------
+    def _settled(self, hook: str, relation: ops.Relation | None = None) -> bool:
+        """Whether this hook can change nothing: it ends here, with no status set.
+
+        Costs no hook tool without a record; with one, ``is-leader``, the input the hook is
+        about (``config-get``, or the client's databag) and two Pebble listings.
+        """
+        if self._state is not None:  # a deferred event already reconciled in this hook
+            return False
+        record = settled.read(self.charm_dir)
+        if record is None:
+            return False
+        leader = self.unit.is_leader()
+        if hook == settled.UPDATE_STATUS and leader:
+            from postgres.verification import verification_pending
+
+            if verification_pending(self.charm_dir):
+                return False
+        config = settled.digest(dict(self.config)) if hook == settled.CONFIG_CHANGED else None
+        client = None
+        if relation is not None and relation.app is not None:
+            client = (relation.id, settled.digest(dict(relation.data[relation.app])))
+        try:
+            container: str | None = settled.Glance.of(*self.workload.glance()).digest()
+        except WorkloadError:
+            container = None
+        reason = settled.unsettled_reason(
+            record, hook, now=time.time(), leader=leader, container=container, config=config,
+            client=client,
+        )  # fmt: skip
+        if reason is not None:
+            logger.debug("reconciling in full: %s", reason)
+        return reason is None
+
+    def _keep_record(self, clean: bool) -> None:
+        """After a reconcile: the record for the next hooks if it ended clean, else none."""
+        record = None
+        seen = self._container_seen
+        if clean and self._state is not None and seen is not None:
+            try:
+                if seen.listing is not None:  # nothing was done to the container since it was read
+                    rows = [(n, i.current, i.startup) for n, i in seen.services.items()]
+                    glance = settled.Glance.of(seen.listing, rows)
+                else:
+                    glance = settled.Glance.of(*self.workload.glance())
+            except WorkloadError:
+                glance = None
+            if glance is not None:
+                clients = {
+                    r.id: settled.digest(dict(r.data[r.app]))
+                    for r in self.model.relations[CLIENT_RELATION]
+                    if r.app is not None
+                }
+                record = settled.SettledRecord(
+                    at=time.time(),
+                    leader=self._state.leader,
+                    config=settled.digest(dict(self.config)),
+                    clients=clients,
+                    container=glance.digest(),
+                )
+        settled.write(self.charm_dir, record)
+
     # -- events ----------------------------------------------------------------------------------
-    def _on_change(self, _: ops.EventBase) -> None:
+    def _on_change(self, event: ops.EventBase) -> None:
+        if isinstance(event, ops.ConfigChangedEvent) and self._settled(settled.CONFIG_CHANGED):
+            return
+        self._reconcile()
+
+    def _on_client_changed(self, event: ops.RelationChangedEvent) -> None:
+        if self._settled(settled.CLIENT_CHANGED, event.relation):
+            return
+        self.clients.changed(event)
         self._reconcile()
 
     def _on_action_done(self, _: ops.ActionEvent) -> None:
@@ -436,6 +509,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self._reconcile()
 
     def _on_update_status(self, _: ops.UpdateStatusEvent) -> None:
+        if self._settled(settled.UPDATE_STATUS):
+            return
         # The leader checks (with a real login as the auth role) and repairs the plumbing, at
         # most every half hour unless the last attempt failed (postgres.verification).
         from postgres.verification import verification_due
@@ -464,7 +539,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
                 else:
                     if seen is not None:
                         files = {**seen.files, FACTS_FILE: facts.to_text()}
-                        self._container_seen = dataclasses.replace(seen, files=files)
+                        self._container_seen = dataclasses.replace(seen, files=files, listing=None)
             if facts.version:
                 self.unit.set_workload_version(facts.version)
             self._image = facts
@@ -571,24 +646,31 @@ class PgBouncerK8sCharm(ops.CharmBase):
         )
 
     def _on_collect_status(self, event: ops.CollectStatusEvent) -> None:
-        for status in self._statuses():
+        if self._state is None or self._unit_outcome is None:
+            return  # a quiet or settled hook: the last status stands
+        notes = self._notes()
+        statuses = self._statuses(notes)
+        for status in statuses:
             event.add_status(status)
+        self._keep_record(settles(statuses, self._unit_outcome, self._leader_outcome, notes))
 
-    def _statuses(self) -> list[ops.StatusBase]:
+    def _notes(self) -> tuple[str, ...]:
+        rotation = self.peers.rotation()
+        if rotation is None:
+            return ()
+        return (rotation.status_note(self.peers.applied_auth(), self.peers.applied_stats()),)
+
+    def _statuses(self, notes: tuple[str, ...] | None = None) -> list[ops.StatusBase]:
         """What the hook saw and did, as statuses; none in a quiet hook (the status stays)."""
         if self._state is None or self._unit_outcome is None:
             return []
-        rotation = self.peers.rotation()
-        notes = ()
-        if rotation is not None:
-            notes = (rotation.status_note(self.peers.applied_auth(), self.peers.applied_stats()),)
         return unit_statuses(
             self._state,
             self._image,
             self._unit_outcome,
             self._leader_outcome,
             metrics_related=bool(self.model.relations.get(METRICS_RELATION)),
-            notes=notes,
+            notes=self._notes() if notes is None else notes,
         )
 
 

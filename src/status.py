@@ -104,6 +104,30 @@ def unit_statuses(
     return statuses
 
 
+def settles(
+    statuses: list[ops.StatusBase],
+    unit: UnitOutcome,
+    leader: LeaderOutcome,
+    notes: tuple[str, ...] = (),
+) -> bool:
+    """Whether the hook ended clean (the settled record, :mod:`settled`, may be kept).
+
+    Clean: one active status, PgBouncer running, and nothing in the message that moves on its
+    own (a repair just done, a rotation, draining, a pause).
+    """
+    return (
+        [type(s) for s in statuses] == [ops.ActiveStatus]
+        and not notes
+        and not leader.repaired
+        and not leader.tenancy_repaired
+        and not unit.draining_port
+        and not unit.handover_reason
+        and not unit.paused
+        and not unit.paused_databases
+        and unit.running
+    )
+
+
 def _active_message(
     image: ImageFacts,
     unit: UnitOutcome,

@@ -178,6 +178,9 @@ class Case:
     config: dict[str, Any] = field(default_factory=dict)
     rounds: int | None = None
     verify_due: bool = False
+    settled: bool = True
+    """Whether the unit keeps the record of its last clean reconcile (src/settled.py), as a
+    unit in Juju does between hooks; without it, the hook reconciles in full."""
 
 
 RELOAD_ONLY_CHANGE = {"server_idle_timeout": 300}
@@ -190,6 +193,14 @@ def cases(client_relation: tuple[int, str], clients: int, rounds: int | None = N
     label = "" if clients == 10 else f" [{clients} clients]"
     return [
         Case(f"update-status (leader){label}", "update-status", True, clients, rounds=rounds),
+        Case(
+            f"update-status (leader), no settled record{label}",
+            "update-status",
+            True,
+            clients,
+            rounds=rounds,
+            settled=False,
+        ),
         Case(
             f"update-status (leader), backend check due{label}",
             "update-status",
@@ -347,6 +358,7 @@ def run(settings: Settings, workdir: Path) -> JujuPathResult:
                         },
                         "rounds": case.rounds,
                         "verify_due": case.verify_due,
+                        "settled": case.settled,
                         "status_before": f"{status.name} -- {status.message}",
                         "model": str(case_dir / "model.json"),
                         "replay": str(case_dir / "replay"),

@@ -23,6 +23,13 @@ from typing import Any
 from harness.pebble_socket import PebbleSocket
 from harness.pebble_standin import PebbleStandIn
 
+SETTLED_RECORD = ".settled.json"
+"""src/settled.py's RECORD_FILE (the bench does not import the charm's modules here)."""
+_RECORDS: dict[str, str] = {}
+"""Steady state (its container snapshot) → the settled record our charm's warm-up update-status
+wrote there: the record a unit keeps between hooks in that state. A case that changes an input
+(a config-changed with a new value) starts from it, not from the record its own run writes."""
+
 
 def _drop_pycache(root: Path) -> None:
     for cache in list(root.rglob("__pycache__")):
@@ -40,6 +47,14 @@ def _prepare_run(job: dict[str, Any], case: dict[str, Any], charm: dict[str, Any
     Path(case["calls"] + ".log").write_text("")
     Path(case["calls"] + ".secrets").write_text("")
     shutil.rmtree(case["calls"] + ".secrets.d", ignore_errors=True)
+    # The unit's settled record (src/settled.py), as its steady state's whole update-status
+    # left it (_RECORDS), or none for a case measured without it.
+    record = charm_dir / SETTLED_RECORD
+    kept = _RECORDS.get(case["mount_snapshot"])
+    if kept is not None and case.get("settled", True):
+        record.write_text(kept)
+    else:
+        record.unlink(missing_ok=True)
     if case.get("verify_due"):
         # The leader's backend check (postgres.verification) is due: its marker is gone.
         (charm_dir / ".backend-verified").unlink(missing_ok=True)
@@ -181,6 +196,10 @@ def main(argv: list[str]) -> int:
                 run = _run_once(job, case, charm, states[case["name"]])
                 if run["exit"] != 0:
                     raise RuntimeError(f"{charm['name']} {case['name']}: {run.get('error')}")
+                record = Path(charm["dir"]) / SETTLED_RECORD
+                steady = case["hook"] == "update-status" and not case.get("verify_due")
+                if charm["name"] == "ours" and steady and record.exists():
+                    _RECORDS.setdefault(case["mount_snapshot"], record.read_text())
         for case in job["cases"]:
             server.state = states[case["name"]]
             for charm in charms:

@@ -289,6 +289,9 @@ class ContainerSnapshot:
         plan_checks: the plan's checks, likewise.
         files: path → content of every regular file directly under the base directory.
         base_dir: where PgBouncer's files live.
+        listing: the base directory's entries as the settled record compares them (name, type,
+            size, permissions, modification time, owner, group); None once a step may have
+            changed them (:meth:`after`), or when the files were not read.
     """
 
     services: Mapping[str, ServiceInfo] = field(default_factory=dict)
@@ -296,6 +299,7 @@ class ContainerSnapshot:
     plan_checks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     files: Mapping[str, str] = field(default_factory=dict)
     base_dir: str = DEFAULT_BASE_DIR
+    listing: tuple[tuple[str, ...], ...] | None = None
 
     @property
     def running(self) -> frozenset[str]:
@@ -358,6 +362,19 @@ class ContainerSnapshot:
             plan_checks=checks,
             files=files,
             base_dir=self.base_dir,
+            listing=self.listing if not plan.steps else None,
+        )
+
+    def loose_files(self) -> frozenset[str]:
+        """The regular files whose mode is not :data:`FILE_MODE` (rewriting one restores it).
+
+        Every file the charm writes holds or configures a secret; a drift of its mode is
+        repaired like a drift of its content. Unknown (no listing) counts as none.
+        """
+        return frozenset(
+            f"{self.base_dir.rstrip('/')}/{row[0]}"
+            for row in self.listing or ()
+            if row[1] == "file" and row[3] != f"{FILE_MODE:03o}"
         )
 
     def pgbouncer_running(self) -> bool:
@@ -701,7 +718,7 @@ def plan_apply(
     if exporter:
         wanted[exporter_path] = retarget(files[exporter_path] or "", slots, base_dir)
 
-    steps: list[Step] = _file_steps(wanted, present)
+    steps: list[Step] = _file_steps(wanted, present, snapshot.loose_files())
     written = [step[1] for step in steps if step[0] == "write"]
     removed = [step[1] for step in steps if step[0] == "remove"]
     # Auth or TLS files: every serving process re-reads them.
@@ -814,15 +831,21 @@ def _exporter_reread(exporter: bool | str) -> Step:
     return ("signal", "SIGHUP", (EXPORTER_SERVICE,))
 
 
-def _file_steps(wanted: Mapping[str, str | None], present: Mapping[str, str]) -> list[Step]:
-    """Write what differs, remove what is mapped to None and exists (sorted by path)."""
+def _file_steps(
+    wanted: Mapping[str, str | None], present: Mapping[str, str], loose: frozenset[str]
+) -> list[Step]:
+    """The file steps, sorted by path.
+
+    Write what differs or has another mode than ours (``loose``); remove what is mapped to None
+    and exists.
+    """
     steps: list[Step] = []
     for path, content in sorted(wanted.items()):
         current = present.get(path)
         if content is None:
             if current is not None:
                 steps.append(("remove", path))
-        elif current != content:
+        elif current != content or path in loose:
             steps.append(("write", path, content))
     return steps
 

@@ -165,6 +165,15 @@ def _value(item: object) -> str:
     return str(getattr(item, "value", item))
 
 
+def _listing_row(entry: pebble.FileInfo) -> tuple[str, ...]:
+    """One directory entry as the settled record compares it (``settled.Glance``)."""
+    modified = entry.last_modified.isoformat() if entry.last_modified else ""
+    return (
+        entry.name, _value(entry.type), str(entry.size), f"{entry.permissions:03o}", modified,
+        str(entry.user_id), str(entry.group_id),
+    )  # fmt: skip
+
+
 def _not_found(exc: WorkloadError) -> bool:
     cause = exc.__cause__
     if isinstance(cause, pebble.APIError) and cause.code == 404:
@@ -230,7 +239,8 @@ class Workload:
         with _pebble_errors("read the plan"):
             plan = self._container.get_plan()
         files: dict[str, str] = {}
-        for path in sorted(self._present_files()) if with_files else ():
+        entries = self._entries() if with_files else []
+        for path in sorted(self._files_in(entries)):
             content = self._read(path, "read the current files")
             if content is not None:
                 files[path] = content
@@ -240,7 +250,25 @@ class Workload:
             plan_checks={name: c.to_dict() for name, c in plan.checks.items()},
             files=files,
             base_dir=self._base_dir,
+            listing=tuple(_listing_row(e) for e in entries) if with_files else None,
         )
+
+    def glance(self) -> tuple[list[tuple[str, ...]], list[tuple[str, str, str]]]:
+        """The container at a glance, in two Pebble calls.
+
+        The base directory's entries (name, type, size, permissions, modification time, owner)
+        and every service's state: what the settled record compares (:mod:`settled`); nothing is read from any file.
+
+        Raises:
+            WorkloadUnreachable: Pebble cannot be reached.
+            WorkloadError: Pebble refused a listing.
+        """
+        with _pebble_errors("list the services"):
+            services = [
+                (name, _value(info.current), _value(info.startup))
+                for name, info in self._container.get_services().items()
+            ]
+        return [_listing_row(e) for e in self._entries()], services
 
     def served_client_tls(self, snapshot: ContainerSnapshot) -> tuple[str, str, str] | None:
         """The certificate, key and CA PgBouncer serves clients with now; None without TLS.
@@ -387,15 +415,18 @@ class Workload:
                 self._container.send_signal("SIGUSR2", *paused)
 
     # -- helpers ----------------------------------------------------------------------------
-    def _present_files(self) -> set[str]:
-        """The regular files now directly in the base directory (one Pebble call)."""
+    def _entries(self) -> list[pebble.FileInfo]:
+        """The entries directly in the base directory (one Pebble call; none if it is absent)."""
         try:
             with _pebble_errors("list the files"):
-                entries = self._container.list_files(self._base_dir)
+                return self._container.list_files(self._base_dir)
         except WorkloadError as exc:
             if _not_found(exc):
-                return set()
+                return []
             raise
+
+    def _files_in(self, entries: list[pebble.FileInfo]) -> set[str]:
+        """The regular files among ``entries``, as paths."""
         return {
             str(PurePosixPath(self._base_dir) / entry.name)
             for entry in entries

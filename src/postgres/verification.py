@@ -42,3 +42,13 @@ def verification_due(charm_dir: Path, *, force: bool = False, now: float | None 
     except OSError:
         pass  # an unwritable charm directory: check every time, as before
     return True
+
+
+def verification_pending(charm_dir: Path, *, now: float | None = None) -> bool:
+    """Whether the next update-status would check the backend (nothing is marked)."""
+    now = time.time() if now is None else now
+    try:
+        last = (Path(charm_dir) / MARKER).stat().st_mtime
+    except OSError:
+        return True
+    return not 0 <= now - last < VERIFY_EVERY_S

@@ -191,9 +191,8 @@ class ClientDatabaseRelation(ops.Object):
         super().__init__(charm, "client-database")
         self._charm = charm
         self._provider: ops.Object | None = None
-        charm.framework.observe(charm.on[CLIENT_RELATION].relation_changed, self._on_changed)
 
-    def _on_changed(self, event: ops.RelationChangedEvent) -> None:
+    def changed(self, event: ops.RelationChangedEvent) -> None:
         """Let the library handle a client's databag it has not handled yet (leader only).
 
         It records the request (its ``data`` field, which v1 requirers match answers by) and
