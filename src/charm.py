@@ -165,7 +165,12 @@ class PgBouncerK8sCharm(ops.CharmBase):
         return self._state
 
     def _read_world(self) -> CharmState:
-        """Everything the hook can see, read once: Juju's inputs and the container."""
+        """Everything the hook can see, read once: Juju's inputs and the container.
+
+        The settled record goes first: it is written again only if this hook ends clean, so a
+        hook that fails half-way leaves none (the next hook reconciles in full).
+        """
+        settled.write(self.charm_dir, None)
         try:
             config, config_error = CharmConfig.from_dict(self.config), None
         except InvalidConfigError as exc:

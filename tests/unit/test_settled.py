@@ -410,3 +410,15 @@ def test_a_repair_is_told_once_then_the_unit_settles(unit, reads, fake_sql):
     assert unit.record() is not None
     unit.update_status()
     assert reads == Counter({"read": 2})
+
+
+def test_a_hook_that_fails_half_way_leaves_no_record(unit, reads, fake_clients):  # noqa: F811
+    fake_clients.fail = RuntimeError("a bug")  # raised while the leader serves the clients
+    rel = _client(unit.state)
+    moved = dataclasses.replace(rel, remote_app_data={**V0_REQUEST, "database": "otherdb"})
+    unit.state = dataclasses.replace(
+        unit.state, relations={*(r for r in unit.state.relations if r.id != rel.id), moved}
+    )
+    with pytest.raises(testing.errors.UncaughtCharmError):
+        unit.run(lambda ctx, st_: ctx.on.relation_changed(_client(st_), remote_unit=0))
+    assert unit.record() is None  # Juju runs the hook again; until then nothing ends early
