@@ -35,6 +35,7 @@ import copy
 import dataclasses
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -138,8 +139,10 @@ class Unit:
         mount_dir: Path,
         runner: PebbleProcessRunner | None,
         network: PodNetwork | None = None,
+        charm_dir: Path | None = None,
     ):
         self.app = app
+        self.charm_dir = charm_dir
         self.network = network
         self.unit_id = unit_id
         self.ctx = ctx
@@ -387,6 +390,9 @@ class Application:
         reach: host ports (PostgreSQL servers) every pod network can reach at ``127.0.0.1``, or
             ``(address, port)`` for a server on another loopback address.
         juju_version: the Juju version Scenario pretends to be.
+        charm_dirs: keep each unit's charm directory between its hooks, as Juju does (the
+            settled record and the backend-check marker live there); without it every hook
+            gets a fresh one, as ``ops.testing`` gives by default.
         model: the model (shared by every unit).
     """
 
@@ -408,6 +414,7 @@ class Application:
         reach: Iterable[int | tuple[str, int]] = (),
         juju_version: str = DEFAULT_JUJU_VERSION,
         model: testing.Model | None = None,
+        charm_dirs: bool = False,
     ):
         self.charm_type = charm_type
         self.name = name
@@ -446,12 +453,18 @@ class Application:
                     relations=relations,
                     model=self.model,
                 )
+                charm_dir = (
+                    Path(tempfile.mkdtemp(prefix=f"pgbk8s-charm{unit_id}-"))
+                    if charm_dirs
+                    else None
+                )
                 ctx = testing.Context(
                     charm_type,
                     meta=self._meta,
                     app_name=name,
                     unit_id=unit_id,
                     juju_version=juju_version,
+                    charm_root=charm_dir,
                 )
                 network = None
                 runner = None
@@ -464,7 +477,7 @@ class Application:
                         {mount_location: mount_dir},
                         enter_argv=network.enter_argv() if network else (),
                     )
-                unit = Unit(self, unit_id, ctx, state, mount_dir, runner, network)
+                unit = Unit(self, unit_id, ctx, state, mount_dir, runner, network, charm_dir)
                 self.units.append(unit)
         except BaseException:
             self.close()
@@ -496,6 +509,8 @@ class Application:
             if unit.network is not None:
                 unit.network.close()
             shutil.rmtree(unit.mount_dir, ignore_errors=True)
+            if unit.charm_dir is not None:
+                shutil.rmtree(unit.charm_dir, ignore_errors=True)
 
     def set_planned_units(self, count: int) -> None:
         """What ``app.planned_units()`` answers on every unit (Juju's scale target)."""

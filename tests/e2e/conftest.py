@@ -40,7 +40,7 @@ def make_deployment(pg: PostgresServer) -> Iterator[Callable[..., Deployment]]:
     """
     apps: list[Application] = []
 
-    def make(num_units: int = 2) -> Deployment:
+    def make(num_units: int = 2, charm_dirs: bool = False) -> Deployment:
         app = Application(
             PgBouncerK8sCharm,
             num_units=num_units,
@@ -48,6 +48,7 @@ def make_deployment(pg: PostgresServer) -> Iterator[Callable[..., Deployment]]:
             processes=range(num_units),
             pod_network=True,
             reach=(pg.port,),
+            charm_dirs=charm_dirs,
         )
         apps.append(app)
         return Deployment(app, FakePostgresqlCharm(pg))

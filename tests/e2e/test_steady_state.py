@@ -10,6 +10,10 @@ upgrade-charm and leader-elected. After every hook: no databag we write (our app
 unit data in every relation), no secret (content or revision) and no file in the container
 (content, mode or modification time: a rewrite with the same bytes counts) may differ from
 before, and PgBouncer was neither signalled nor restarted.
+
+Run twice: with a fresh charm directory per hook (every hook reconciles in full) and with each
+unit's charm directory kept between hooks, as Juju keeps it (update-status, config-changed and
+the clients' relation-changed then end on the settled record, src/settled.py).
 """
 
 from __future__ import annotations
@@ -70,8 +74,15 @@ def _plain_client(d: Deployment, name: str, database: str) -> int:
     return rid
 
 
-def test_a_steady_state_writes_nothing(make_deployment: Callable[..., Deployment]) -> None:
-    d = make_deployment()
+@pytest.mark.parametrize(
+    "charm_dirs",
+    [False, True],
+    ids=["every hook whole", "charm directory kept (settled hooks)"],
+)
+def test_a_steady_state_writes_nothing(
+    make_deployment: Callable[..., Deployment], charm_dirs: bool
+) -> None:
+    d = make_deployment(charm_dirs=charm_dirs)
     d.deploy()
     backend = d.relate_backend("secret")
     clients = [d.relate_client("app-a", "alpha").relation_id]
