@@ -486,12 +486,17 @@ class PgBouncerK8sCharm(ops.CharmBase):
                     for r in self.model.relations[CLIENT_RELATION]
                     if r.app is not None
                 }
+                now = time.time()
+                state = self._state
+                certificates = (state.tls_material, state.backend_tls)
+                expiries = [c.not_after.timestamp() for c in certificates if c is not None]  # type: ignore[attr-defined]
                 record = settled.SettledRecord(
-                    at=time.time(),
-                    leader=self._state.leader,
+                    at=now,
+                    leader=state.leader,
                     config=settled.digest(dict(self.config)),
                     clients=clients,
                     container=glance.digest(),
+                    until=settled.settled_until(now, expiries),
                 )
         settled.write(self.charm_dir, record)
 

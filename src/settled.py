@@ -13,8 +13,9 @@ Pebble service's state).
 A later ``update-status``, ``config-changed`` or client ``relation-changed`` ends at once, with
 no status set (the last one stands, and was true), when:
 
-- the record is less than :data:`SETTLED_FOR_S` old (every unit reconciles in full at least
-  that often; the leader also whenever its backend check is due, ``postgres.verification``);
+- the record is less than :data:`SETTLED_FOR_S` old and no certificate served or trusted has
+  expired since (every unit reconciles in full at least that often; the leader also whenever
+  its backend check is due, ``postgres.verification``);
 - the unit's leadership is the record's;
 - the input the hook is about is the record's (the configuration's digest for config-changed,
   the client databag's for relation-changed; update-status is about no input);
@@ -41,9 +42,19 @@ from typing import Any
 
 RECORD_FILE = ".settled.json"
 """In the charm directory (unit-local; lost with the pod, and then the next hook is whole)."""
-FORMAT = 1
+FORMAT = 2
 SETTLED_FOR_S = 30 * 60
 """At most this long between two whole reconciles of a unit (as the leader's backend check)."""
+
+
+def settled_until(at: float, expiries: Iterable[float]) -> float:
+    """Until when a record taken at ``at`` holds.
+
+    :data:`SETTLED_FOR_S`, or until the first of ``expiries`` (the certificates served and
+    trusted: the whole reconcile after one expires tells it), whichever comes first.
+    """
+    return min([at + SETTLED_FOR_S, *expiries])
+
 
 UPDATE_STATUS = "update-status"
 CONFIG_CHANGED = "config-changed"
@@ -95,6 +106,8 @@ class SettledRecord:
     config: str
     clients: Mapping[int, str]
     container: str
+    until: float
+    """When the record stops holding (:func:`settled_until`)."""
 
     def to_text(self) -> str:
         """The record file's content."""
@@ -106,6 +119,7 @@ class SettledRecord:
                 "config": self.config,
                 "clients": {str(k): v for k, v in sorted(self.clients.items())},
                 "container": self.container,
+                "until": self.until,
             },
             sort_keys=True,
         )
@@ -122,10 +136,12 @@ class SettledRecord:
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             return None
         at, leader, config = raw.get("at"), raw.get("leader"), raw.get("config")
-        clients, container = raw.get("clients"), raw.get("container")
+        clients, container, until = raw.get("clients"), raw.get("container"), raw.get("until")
         if (
             not isinstance(at, (int, float))
             or isinstance(at, bool)
+            or not isinstance(until, (int, float))
+            or isinstance(until, bool)
             or not isinstance(leader, bool)
             or not isinstance(config, str)
             or not isinstance(container, str)
@@ -142,6 +158,7 @@ class SettledRecord:
             config=config,
             clients={int(k): v for k, v in clients.items()},
             container=container,
+            until=float(until),
         )
 
 
@@ -170,7 +187,7 @@ def unsettled_reason(
         return f"{hook} is not a settled hook"
     if record is None:
         return "no record"
-    if not 0 <= now - record.at < SETTLED_FOR_S:
+    if not 0 <= now - record.at < SETTLED_FOR_S or now >= record.until:
         return "the record is too old"
     if leader != record.leader:
         return "leadership changed"

@@ -46,7 +46,9 @@ def cert_relation(**kwargs) -> testing.Relation:
     )
 
 
-def with_certificate(ctx, state: testing.State) -> tuple[testing.State, x509.Certificate]:
+def with_certificate(
+    ctx, state: testing.State, **sign_kwargs
+) -> tuple[testing.State, x509.Certificate]:
     """Relate ``certificates``, let the charm ask, answer with a certificate from CA."""
     rel = cert_relation()
     state = dataclasses.replace(state, relations={*state.relations, rel})
@@ -56,7 +58,7 @@ def with_certificate(ctx, state: testing.State) -> tuple[testing.State, x509.Cer
         "certificate_signing_request"
     ]
     csr = x509.load_pem_x509_csr(csr_pem.encode())
-    cert = sign(CA, csr)
+    cert = sign(CA, csr, **sign_kwargs)
     answered = cert_relation(
         id=rel.id,
         remote_app_data=provider_databag(csr, cert, CA),

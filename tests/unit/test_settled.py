@@ -44,7 +44,12 @@ ACTIVE = testing.ActiveStatus("1 PgBouncer process")
 
 # -- the decision, pure -----------------------------------------------------------------------
 RECORD = SettledRecord(
-    at=1_000_000.0, leader=True, config="c" * 32, clients={3: "r" * 32}, container="g" * 32
+    at=1_000_000.0,
+    leader=True,
+    config="c" * 32,
+    clients={3: "r" * 32},
+    container="g" * 32,
+    until=1_000_000.0 + 600,  # a certificate expires 10 minutes after the record
 )
 SAME = {"now": RECORD.at + 60, "leader": True, "container": RECORD.container}
 
@@ -65,6 +70,7 @@ def test_a_hook_about_nothing_new_may_end_on_the_record(hook, extra):
     ("hook", "change", "reason"),
     [
         (settled.UPDATE_STATUS, {"now": RECORD.at + settled.SETTLED_FOR_S}, "too old"),
+        (settled.UPDATE_STATUS, {"now": RECORD.until}, "too old"),  # a certificate expired
         (settled.UPDATE_STATUS, {"now": RECORD.at - 1}, "too old"),  # a clock set back
         (settled.UPDATE_STATUS, {"leader": False}, "leadership"),
         (settled.UPDATE_STATUS, {"container": "x" * 32}, "container"),
@@ -81,6 +87,12 @@ def test_a_hook_about_nothing_new_may_end_on_the_record(hook, extra):
 def test_anything_different_reconciles_in_full(hook, change, reason):
     args = {**SAME, "config": RECORD.config, "client": (3, "r" * 32), **change}
     assert reason in (unsettled_reason(RECORD, hook, **args) or "")
+
+
+def test_a_record_holds_until_the_first_certificate_expires():
+    assert settled.settled_until(100.0, []) == 100.0 + settled.SETTLED_FOR_S
+    assert settled.settled_until(100.0, [700.0, 400.0]) == 400.0
+    assert settled.settled_until(100.0, [1e12]) == 100.0 + settled.SETTLED_FOR_S
 
 
 def test_no_record_reconciles_in_full():
@@ -122,7 +134,9 @@ def test_garbage_is_no_record(text):
 
 @given(
     st.dictionaries(
-        st.sampled_from(["format", "at", "leader", "config", "clients", "container", "x"]),
+        st.sampled_from(
+            ["format", "at", "leader", "config", "clients", "container", "until", "x"]
+        ),
         st.none()
         | st.booleans()
         | st.integers()
@@ -136,6 +150,7 @@ def test_a_record_of_the_wrong_shape_is_no_record(fields):
     record = SettledRecord.from_text(json.dumps(fields))
     if record is not None:
         assert fields["format"] == settled.FORMAT and not isinstance(fields["at"], bool)
+        assert not isinstance(fields["until"], bool)
         assert isinstance(fields["leader"], bool) and isinstance(fields["container"], str)
         assert all(k.isdigit() for k in fields["clients"])
 
@@ -422,3 +437,19 @@ def test_a_hook_that_fails_half_way_leaves_no_record(unit, reads, fake_clients):
     with pytest.raises(testing.errors.UncaughtCharmError):
         unit.run(lambda ctx, st_: ctx.on.relation_changed(_client(st_), remote_unit=0))
     assert unit.record() is None  # Juju runs the hook again; until then nothing ends early
+
+
+def test_the_record_ends_when_the_served_certificate_expires(tmp_path, dirs, effects):
+    import datetime
+
+    from tests.unit.test_charm_tls import base_state, with_certificate
+
+    charm_dir = tmp_path / "charm"
+    charm_dir.mkdir()
+    ctx = testing.Context(charm_with(effects), charm_root=charm_dir)
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=10)
+    out, cert = with_certificate(ctx, base_state(dirs), not_after=soon)
+    assert out.unit_status.name == "active", out.unit_status
+    record = settled.read(charm_dir)
+    assert record is not None
+    assert record.until == cert.not_valid_after_utc.timestamp() < record.at + 15 * 60
