@@ -133,3 +133,40 @@ def test_without_a_free_slot_or_on_an_older_pgbouncer_the_pool_mode_changes_in_p
     plan = plan_apply(snap, after, 1, DrainPolicy(wait_for_clients=False))
     assert ("restart", "pgbouncer_0") in plan.steps
     assert not plan.result.handed_over
+
+
+def _listing(snap: ContainerSnapshot, modes: dict[str, str]) -> tuple[tuple[str, ...], ...]:
+    """The base directory's listing as Workload.observe gives it, with the modes drawn."""
+    base = snap.base_dir.rstrip("/") + "/"
+    return tuple(
+        (path.removeprefix(base), "file", str(len(text)), modes.get(path, "600"), "t", "0", "0")
+        for path, text in snap.files.items()
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(changes, st.data())
+def test_a_file_whose_mode_drifted_is_rewritten_and_nothing_else_restarts(sequence, data):
+    snap = ContainerSnapshot()
+    for processes, port, mode, reload_only, extra, policy in sequence:
+        files = _files(_config(processes, port, mode, reload_only, extra))
+        snap = snap.after(plan_apply(snap, files, processes, policy))
+    drifted = data.draw(st.sets(st.sampled_from(sorted(snap.files))), label="drifted")
+    modes = {p: data.draw(st.sampled_from(["644", "640", "666", "400"])) for p in drifted}
+    seen = replace(snap, listing=_listing(snap, modes))
+    assert seen.loose_files() == frozenset(drifted)
+    not_due = DrainPolicy(drain_old=False, drain_same_port=False, wait_for_clients=True)
+    plan = plan_apply(seen, files, processes, not_due)
+    written = {step[1] for step in plan.steps if step[0] == "write"}
+    slot_files = {slot_ini(service_name(i, k)) for i in range(4) for k in range(SLOTS)}
+    serving_files = {slot_ini(name) for name in seen.serving().values()}
+    wanted = {p for p, text in files.items() if text is not None}
+    wanted -= slot_files - serving_files
+    # Every file the charm wants whose mode drifted is written again (its mode with it); a file
+    # it does not want (a draining slot's) is left as it is; nothing is stopped or restarted.
+    assert written == drifted & wanted
+    assert not [s for s in plan.steps if s[0] in ("stop", "start", "restart", "remove")]
+    again = replace(seen.after(plan), listing=_listing(seen.after(plan), {}))
+    assert [
+        s for s in plan_apply(again, files, processes, not_due).steps if s[0] in CHANGING
+    ] == []
