@@ -148,6 +148,8 @@ def _listing(snap: ContainerSnapshot, modes: dict[str, str]) -> tuple[tuple[str,
 @given(changes, st.data())
 def test_a_file_whose_mode_drifted_is_rewritten_and_nothing_else_restarts(sequence, data):
     snap = ContainerSnapshot()
+    files: dict[str, str | None] = {}
+    processes = 1
     for processes, port, mode, reload_only, extra, policy in sequence:
         files = _files(_config(processes, port, mode, reload_only, extra))
         snap = snap.after(plan_apply(snap, files, processes, policy))
