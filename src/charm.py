@@ -100,6 +100,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         self.clients = ClientDatabaseRelation(self)
         self.monitoring = Monitoring(self)  # stats user, exporter, metrics-endpoint
         self.admin = AdminIdentity(self)  # the console user of pause/resume <database>
+        self.settled = settled.SettledHooks(self, self.workload, CLIENT_RELATION)
         # TLS (docs/tls.md): the certificates library (and cryptography) load only when the
         # relation exists; its removal is a relation-broken the charm observes itself.
         self.tls = None
@@ -170,7 +171,7 @@ class PgBouncerK8sCharm(ops.CharmBase):
         The settled record goes first: it is written again only if this hook ends clean, so a
         hook that fails half-way leaves none (the next hook reconciles in full).
         """
-        settled.write(self.charm_dir, None)
+        self.settled.forget()
         try:
             config, config_error = CharmConfig.from_dict(self.config), None
         except InvalidConfigError as exc:
@@ -433,72 +434,12 @@ class PgBouncerK8sCharm(ops.CharmBase):
             return wanted
         return state.peer.published_port or wanted
 
-    # -- the settled record (settled.py) ---------------------------------------------------------
     def _settled(self, hook: str, relation: ops.Relation | None = None) -> bool:
-        """Whether this hook can change nothing: it ends here, with no status set.
+        """Whether this hook can change nothing (:mod:`settled`): it ends here, no status set.
 
-        Costs no hook tool without a record; with one, ``is-leader``, the input the hook is
-        about (``config-get``, or the client's databag) and two Pebble listings.
+        Never once a reconcile ran in this hook (a deferred event re-emitted before it).
         """
-        if self._state is not None:  # a deferred event already reconciled in this hook
-            return False
-        record = settled.read(self.charm_dir)
-        if record is None:
-            return False
-        leader = self.unit.is_leader()
-        if hook == settled.UPDATE_STATUS and leader:
-            from postgres.verification import verification_pending
-
-            if verification_pending(self.charm_dir):
-                return False
-        config = settled.digest(dict(self.config)) if hook == settled.CONFIG_CHANGED else None
-        client = None
-        if relation is not None and relation.app is not None:
-            client = (relation.id, settled.digest(dict(relation.data[relation.app])))
-        try:
-            container: str | None = settled.Glance.of(*self.workload.glance()).digest()
-        except WorkloadError:
-            container = None
-        reason = settled.unsettled_reason(
-            record, hook, now=time.time(), leader=leader, container=container, config=config,
-            client=client,
-        )  # fmt: skip
-        if reason is not None:
-            logger.debug("reconciling in full: %s", reason)
-        return reason is None
-
-    def _keep_record(self, clean: bool) -> None:
-        """After a reconcile: the record for the next hooks if it ended clean, else none."""
-        record = None
-        seen = self._container_seen
-        if clean and self._state is not None and seen is not None:
-            try:
-                if seen.listing is not None:  # nothing was done to the container since it was read
-                    rows = [(n, i.current, i.startup) for n, i in seen.services.items()]
-                    glance = settled.Glance.of(seen.listing, rows)
-                else:
-                    glance = settled.Glance.of(*self.workload.glance())
-            except WorkloadError:
-                glance = None
-            if glance is not None:
-                clients = {
-                    r.id: settled.digest(dict(r.data[r.app]))
-                    for r in self.model.relations[CLIENT_RELATION]
-                    if r.app is not None
-                }
-                now = time.time()
-                state = self._state
-                certificates = (state.tls_material, state.backend_tls)
-                expiries = [c.not_after.timestamp() for c in certificates if c is not None]  # type: ignore[attr-defined]
-                record = settled.SettledRecord(
-                    at=now,
-                    leader=state.leader,
-                    config=settled.digest(dict(self.config)),
-                    clients=clients,
-                    container=glance.digest(),
-                    until=settled.settled_until(now, expiries),
-                )
-        settled.write(self.charm_dir, record)
+        return self._state is None and self.settled.may_end(hook, relation)
 
     # -- events ----------------------------------------------------------------------------------
     def _on_change(self, event: ops.EventBase) -> None:
@@ -662,7 +603,8 @@ class PgBouncerK8sCharm(ops.CharmBase):
         statuses = self._statuses(notes)
         for status in statuses:
             event.add_status(status)
-        self._keep_record(settles(statuses, self._unit_outcome, self._leader_outcome, notes))
+        clean = settles(statuses, self._unit_outcome, self._leader_outcome, notes)
+        self.settled.keep(self._state if clean else None, self._container_seen)
 
     def _notes(self) -> tuple[str, ...]:
         rotation = self.peers.rotation()

@@ -35,10 +35,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pgbouncer.workload import WorkloadError
+
+if TYPE_CHECKING:
+    import ops
+
+    from pgbouncer.plan import ContainerSnapshot
+    from pgbouncer.workload import Workload
+    from state.charm_state import CharmState
+
+logger = logging.getLogger(__name__)
 
 RECORD_FILE = ".settled.json"
 """In the charm directory (unit-local; lost with the pod, and then the next hook is whole)."""
@@ -226,3 +239,93 @@ def write(charm_dir: Path, record: SettledRecord | None) -> None:
         os.replace(tmp, path)
     except OSError:
         pass
+
+
+class SettledHooks:
+    """The charm's side of the record: what a hook reads to decide, and what it keeps.
+
+    Args:
+        charm: the charm (its charm directory, leadership, configuration and relations).
+        workload: PgBouncer's container, for the glance.
+        client_endpoint: the endpoint whose relations' databags the record holds digests of.
+    """
+
+    def __init__(self, charm: ops.CharmBase, workload: Workload, client_endpoint: str):
+        self._charm = charm
+        self._workload = workload
+        self._endpoint = client_endpoint
+
+    def may_end(self, hook: str, relation: ops.Relation | None = None) -> bool:
+        """Whether ``hook`` may end on the record (:func:`unsettled_reason` says why not).
+
+        Costs no hook tool without a record; with one, ``is-leader``, the input the hook is
+        about (``config-get``, or the client's databag) and two Pebble listings.
+        """
+        charm = self._charm
+        record = read(charm.charm_dir)
+        if record is None:
+            return False
+        leader = charm.unit.is_leader()
+        if hook == UPDATE_STATUS and leader:
+            from postgres.verification import verification_pending
+
+            if verification_pending(charm.charm_dir):
+                return False
+        config = digest(dict(charm.config)) if hook == CONFIG_CHANGED else None
+        client = None
+        if relation is not None and relation.app is not None:
+            client = (relation.id, digest(dict(relation.data[relation.app])))
+        try:
+            container: str | None = Glance.of(*self._workload.glance()).digest()
+        except WorkloadError:
+            container = None
+        reason = unsettled_reason(
+            record, hook, now=time.time(), leader=leader, container=container, config=config,
+            client=client,
+        )  # fmt: skip
+        if reason is not None:
+            logger.debug("reconciling in full: %s", reason)
+        return reason is None
+
+    def forget(self) -> None:
+        """A reconcile starts: no record until it ends clean (one that fails leaves none)."""
+        write(self._charm.charm_dir, None)
+
+    def keep(self, state: CharmState | None, seen: ContainerSnapshot | None) -> None:
+        """After a reconcile: the record of ``state`` if it ended clean (else None: none).
+
+        The glance is the snapshot's own listing when nothing was done to the container since
+        it was read, else two Pebble listings.
+        """
+        record = None
+        if state is not None and seen is not None:
+            try:
+                if seen.listing is not None:
+                    rows = [(n, i.current, i.startup) for n, i in seen.services.items()]
+                    glance: Glance | None = Glance.of(seen.listing, rows)
+                else:
+                    glance = Glance.of(*self._workload.glance())
+            except WorkloadError:
+                glance = None
+            if glance is not None:
+                record = self._record(state, glance)
+        write(self._charm.charm_dir, record)
+
+    def _record(self, state: CharmState, glance: Glance) -> SettledRecord:
+        charm = self._charm
+        clients = {
+            r.id: digest(dict(r.data[r.app]))
+            for r in charm.model.relations[self._endpoint]
+            if r.app is not None
+        }
+        now = time.time()
+        certificates = (state.tls_material, state.backend_tls)
+        expiries = [c.not_after.timestamp() for c in certificates if c is not None]  # type: ignore[attr-defined]
+        return SettledRecord(
+            at=now,
+            leader=state.leader,
+            config=digest(dict(charm.config)),
+            clients=clients,
+            container=glance.digest(),
+            until=settled_until(now, expiries),
+        )
