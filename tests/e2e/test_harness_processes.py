@@ -32,7 +32,7 @@ from harness.processes import (
     ProcessError,
 )
 from harness.servers.pg import PostgresServer
-from harness.servers.system import free_port, pgbouncer_binary
+from harness.servers.system import free_port, pgbouncer_program, process_program
 
 pytestmark = pytest.mark.needs_root
 
@@ -193,6 +193,29 @@ def proc_status(pid: int) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
+def test_process_program_names_the_file_run_also_behind_a_loader():
+    """What the PID check below compares.
+
+    ``/proc/<pid>/exe``, or the program a dynamic loader run as a command mapped (the version
+    matrix's wrapper), never just its arguments.
+    """
+    assert process_program(os.getpid()) == Path(sys.executable).resolve()
+    assert process_program(os.getpid()) != Path(pgbouncer_program())
+    loader = Path("/lib64/ld-linux-x86-64.so.2")
+    sleep = Path(subprocess.check_output(["sh", "-c", "command -v sleep"], text=True).strip())
+    proc = subprocess.Popen([str(loader), "--library-path", "/lib", str(sleep), "30"])
+    try:
+        deadline = time.monotonic() + 10
+        while str(sleep.resolve()) not in Path(f"/proc/{proc.pid}/maps").read_text():
+            assert time.monotonic() < deadline, "the loader never mapped its program"
+            time.sleep(0.02)
+        assert Path(os.readlink(f"/proc/{proc.pid}/exe")).name.startswith("ld-linux")
+        assert process_program(proc.pid) == sleep.resolve()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_plan_runs_as_real_pgbouncer_reload_restart_and_stop(
     app: Application, backend: PostgresServer
 ):
@@ -208,8 +231,9 @@ def test_plan_runs_as_real_pgbouncer_reload_restart_and_stop(
     runner = unit.runner
     assert runner is not None
     pgb = runner.processes["pgbouncer_0"]
-    # The PID we hold is PgBouncer itself, our build, running as postgres.
-    assert os.readlink(f"/proc/{pgb.pid}/exe") == str(Path(pgbouncer_binary()).resolve())
+    # The PID we hold is PgBouncer itself, our build, running as postgres (through sid's
+    # loader for the version matrix's Debian package: process_program sees through it).
+    assert process_program(pgb.pid) == Path(pgbouncer_program())
     assert proc_status(pgb.pid)["Uid"].split()[0] == str(pwd.getpwnam("postgres").pw_uid)
     assert (unit.mount_dir / "pgbouncer_0.ini").owner() == "postgres"
     assert (unit.mount_dir / "run" / "0").owner() == "postgres"
