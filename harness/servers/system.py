@@ -54,18 +54,19 @@ LOADER_OPTIONS_WITH_VALUE = frozenset({"--library-path", "--preload", "--audit",
 """Options of glibc's dynamic loader run as a command that take the next argument."""
 
 
-def process_program(pid: int) -> Path:
+def process_program(pid: int, proc: Path = Path("/proc")) -> Path:
     """The executable file process ``pid`` runs.
 
     ``/proc/<pid>/exe``, unless that is glibc's dynamic loader run as a command
     (``ld-linux-x86-64.so.2 [options] PROGRAM [args]``, how the version matrix runs Debian's
     sid package): then PROGRAM, which must be mapped executable in the process (the same file,
-    by device and inode), so an argument list alone cannot pass for it.
+    by device and inode), so an argument list alone cannot pass for it. ``proc``: where
+    procfs is (a stand-in directory in the harness's own test).
     """
-    exe = Path(os.readlink(f"/proc/{pid}/exe"))
+    exe = Path(os.readlink(proc / str(pid) / "exe"))
     if not exe.name.startswith("ld-linux"):
         return exe
-    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:]
+    args = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")[1:]
     index = 0
     while index < len(args) and args[index].startswith(b"--"):
         index += 2 if args[index].decode() in LOADER_OPTIONS_WITH_VALUE else 1
@@ -73,7 +74,7 @@ def process_program(pid: int) -> Path:
         raise LookupError(f"process {pid} runs the loader {exe} without a program")
     program = Path(os.fsdecode(args[index])).resolve()
     wanted = os.stat(program)
-    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+    for line in (proc / str(pid) / "maps").read_text().splitlines():
         fields = line.split(maxsplit=5)
         if len(fields) == 6 and "x" in fields[1] and fields[5] == str(program):
             major, minor = (int(part, 16) for part in fields[3].split(":"))

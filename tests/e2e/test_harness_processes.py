@@ -216,6 +216,38 @@ def test_process_program_names_the_file_run_also_behind_a_loader():
         proc.wait()
 
 
+def test_process_program_wants_the_named_program_mapped(tmp_path: Path):
+    """A loader whose command line names a program it has not mapped is not that program."""
+    program = tmp_path / "pgbouncer"
+    program.write_bytes(b"\x7fELF")
+    other = tmp_path / "other"
+    other.write_bytes(b"\x7fELF")
+    proc = tmp_path / "proc"
+    (proc / "7").mkdir(parents=True)
+    (proc / "7" / "exe").symlink_to("/lib64/ld-linux-x86-64.so.2")
+    args = ["/lib64/ld-linux-x86-64.so.2", "--library-path", "/lib", str(program), "x.ini"]
+    (proc / "7" / "cmdline").write_bytes(b"\0".join(a.encode() for a in args) + b"\0")
+
+    def maps(path: Path, perms: str = "r-xp") -> None:
+        st = path.stat()
+        dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+        line = f"7f00-7f10 {perms} 00000000 {dev} {st.st_ino}    {path}"
+        (proc / "7" / "maps").write_text(line + "\n")
+
+    maps(program)
+    assert process_program(7, proc) == program
+    for mapped, perms in ((other, "r-xp"), (program, "r--p")):
+        maps(mapped, perms)
+        with pytest.raises(LookupError):
+            process_program(7, proc)
+    maps(program)
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(b"\x7fELF")
+    replacement.replace(program)  # the same path, another file (another inode)
+    with pytest.raises(LookupError):
+        process_program(7, proc)
+
+
 def test_plan_runs_as_real_pgbouncer_reload_restart_and_stop(
     app: Application, backend: PostgresServer
 ):
