@@ -8,6 +8,7 @@ Clients are libpq (psycopg), as applications would be.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import threading
 import time
@@ -65,8 +66,7 @@ def serving_tls(
         yield TLSPostgres(server, ca)
     finally:
         server.destroy()
-        for path in (cert, key):
-            path.unlink(missing_ok=True)
+        shutil.rmtree(cert.parent, ignore_errors=True)  # its own directory, CA file included
 
 
 @pytest.fixture(scope="module")
