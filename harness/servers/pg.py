@@ -5,8 +5,10 @@ SCRAM for TCP, trust on its private unix socket, fsync off. Stopped with its own
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,9 @@ class PostgresServer:
     host: str = "127.0.0.1"
     user: str = SUPERUSER
     settings: dict[str, str] = field(default_factory=dict)
+    also_listen: tuple[str, ...] = ()
+    """Loopback addresses served besides ``host`` (``::1``: where a resolver may send
+    ``localhost``, docs/image.md, "Which address PgBouncer dials")."""
 
     @property
     def datadir(self) -> Path:
@@ -89,7 +94,7 @@ class PostgresServer:
         opts = [
             f"-p {self.port}",
             f"-k {self.socket_dir}",
-            f"-c listen_addresses={self.host}",
+            f"-c listen_addresses={','.join((self.host, *self.also_listen))}",
             "-c fsync=off",
             "-c synchronous_commit=off",
             "-c full_page_writes=off",
@@ -116,10 +121,33 @@ class PostgresServer:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+def _free_on_every(addresses: tuple[str, ...]) -> int:
+    """A port free on ``127.0.0.1`` that can be bound on each of ``addresses`` too."""
+    for address in addresses:
+        if not ipaddress.ip_address(address).is_loopback:
+            raise ValueError(f"{address} is not a loopback address")
+    while True:
+        port = free_port()
+        try:
+            for address in addresses:
+                family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                with socket.socket(family, socket.SOCK_STREAM) as sock:
+                    sock.bind((address, port))
+        except OSError:
+            continue
+        return port
+
+
 def start_postgres(
-    settings: dict[str, str] | None = None, prefix: str = "pgbk8s-pg-"
+    settings: dict[str, str] | None = None,
+    prefix: str = "pgbk8s-pg-",
+    also_listen: tuple[str, ...] = (),
 ) -> PostgresServer:
-    """Create and start a fresh cluster on a free loopback port."""
+    """Create and start a fresh cluster on a free loopback port.
+
+    ``also_listen``: loopback addresses it serves on the same port besides ``127.0.0.1``.
+    """
+    port = _free_on_every(also_listen)
     base = service_tempdir(prefix)
     password = secrets.token_urlsafe(24)
     pwfile = base / "pwfile"
@@ -152,7 +180,11 @@ def start_postgres(
         shutil.rmtree(base, ignore_errors=True)
         raise RuntimeError(f"initdb failed: {res.stderr}")
     server = PostgresServer(
-        base=base, port=free_port(), password=password, settings=dict(settings or {})
+        base=base,
+        port=port,
+        password=password,
+        settings=dict(settings or {}),
+        also_listen=also_listen,
     )
     try:
         server.start()

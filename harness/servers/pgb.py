@@ -112,14 +112,24 @@ class PgBouncerFactory:
         workdir: Path | None = None,
         name: str = "pgbouncer.ini",
         timeout: float = 10.0,
+        hosts: Path | None = None,
     ) -> PgBouncerProcess:
-        """Write ``ini_text`` and start PgBouncer on it; returns once it logged "process up"."""
+        """Write ``ini_text`` and start PgBouncer on it; returns once it logged "process up".
+
+        ``hosts``: a file PgBouncer reads as ``/etc/hosts``, bind-mounted in a private mount
+        namespace of its own (the machine's file is untouched; the PID stays PgBouncer's).
+        """
         directory = workdir or self.workdir()
         ini = self.write(directory, name, ini_text)
         log_path = directory / f"{ini.stem}.stderr"
+        argv = as_service_user([pgbouncer_binary(), str(ini)])
+        if hosts is not None:
+            mount = 'mount --bind "$0" /etc/hosts && exec "$@"'
+            namespace = ["unshare", "--mount", "--propagation", "private", "--"]
+            argv = [*namespace, "sh", "-c", mount, str(hosts), *argv]
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                as_service_user([pgbouncer_binary(), str(ini)]),
+                argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

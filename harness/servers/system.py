@@ -36,6 +36,53 @@ def pgbouncer_binary() -> str:
     return found
 
 
+def pgbouncer_program() -> str:
+    """The PgBouncer executable file the build runs, as ``process_program`` finds it.
+
+    ``pgbouncer_binary()`` itself, except for Debian's binary package that
+    scripts/setup-system.sh unpacks into ``<build>/root`` behind a ``#!`` wrapper (the version
+    matrix): then the packaged ``usr/sbin/pgbouncer``, which the wrapper has sid's loader run.
+    """
+    binary = Path(pgbouncer_binary())
+    packaged = binary.parent.parent / "root" / "usr" / "sbin" / "pgbouncer"
+    with binary.open("rb") as head:
+        script = head.read(2) == b"#!"
+    return str(packaged.resolve()) if script and packaged.is_file() else str(binary.resolve())
+
+
+LOADER_OPTIONS_WITH_VALUE = frozenset({"--library-path", "--preload", "--audit", "--argv0"})
+"""Options of glibc's dynamic loader run as a command that take the next argument."""
+
+
+def process_program(pid: int, proc: Path = Path("/proc")) -> Path:
+    """The executable file process ``pid`` runs.
+
+    ``/proc/<pid>/exe``, unless that is glibc's dynamic loader run as a command
+    (``ld-linux-x86-64.so.2 [options] PROGRAM [args]``, how the version matrix runs Debian's
+    sid package): then PROGRAM, which must be mapped executable in the process (the same file,
+    by device and inode), so an argument list alone cannot pass for it. ``proc``: where
+    procfs is (a stand-in directory in the harness's own test).
+    """
+    exe = Path(os.readlink(proc / str(pid) / "exe"))
+    if not exe.name.startswith("ld-linux"):
+        return exe
+    args = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")[1:]
+    index = 0
+    while index < len(args) and args[index].startswith(b"--"):
+        index += 2 if args[index].decode() in LOADER_OPTIONS_WITH_VALUE else 1
+    if index >= len(args) or not args[index]:
+        raise LookupError(f"process {pid} runs the loader {exe} without a program")
+    program = Path(os.fsdecode(args[index])).resolve()
+    wanted = os.stat(program)
+    for line in (proc / str(pid) / "maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and "x" in fields[1] and fields[5] == str(program):
+            major, minor = (int(part, 16) for part in fields[3].split(":"))
+            if (os.makedev(major, minor), int(fields[4])) == (wanted.st_dev, wanted.st_ino):
+                return program
+    raise LookupError(f"process {pid}: {program} is named but not mapped executable")
+
+
 def pgbouncer_version() -> str:
     """The ``PgBouncer x.y.z`` line of the binary the tests use."""
     out = subprocess.run(

@@ -22,6 +22,7 @@ from bench.changes import Load
 from bench.pgbench import Target
 from harness.juju import Unit, limit_cpus
 from harness.servers.pg import PostgresServer
+from harness.servers.system import pgbouncer_version_tuple
 from harness.story import Deployment
 from pgbouncer import console
 from pgbouncer.exporter import EXPORTER_SERVICE
@@ -345,6 +346,14 @@ def test_pause_and_resume_under_load_fail_no_client(
     assert json.loads(pools["paused"]) == []
 
 
+def in_flight_refusal(event: tuple) -> bool:
+    """A connector's login refused because its process was stopping (PgBouncer >= 1.25)."""
+    return event[1] == "connector" and event[3] == "connect_fail" and SHUTTING_DOWN in event[4]
+
+
+SHUTTING_DOWN = "pooler is shutting down"
+
+
 def secret_content(unit: Unit, label: str) -> dict[str, str]:
     secret = next(s for s in unit.state.secrets if s.label == label)
     return dict(secret.latest_content or {})
@@ -420,7 +429,15 @@ def test_pause_one_database_holds_its_clients_and_not_the_others_under_load(
         records = {db: load.stop() for db, load in loads.items()}
     kinds = ("txn", "prepared", "connector")
     for db, record in records.items():
-        assert [e for e in record.events if e[3] in FAILURES] == [], db
+        failed = [e for e in record.events if e[3] in FAILURES]
+        # PgBouncer >= 1.25 refuses a login in flight when its process gets SIGTERM: the held-back
+        # hand-over at resume may cost a connector that, at most once per old process
+        # (docs/workload.md, "Same-port hand-over on PgBouncer 1.25+"). Nothing else may fail.
+        if pgbouncer_version_tuple() >= (1, 25):
+            cut = [e for e in failed if e[0] >= resumed_at and in_flight_refusal(e)]
+            assert len(cut) <= len(serving), cut
+            failed = [e for e in failed if e not in cut]
+        assert failed == [], db
         after, _ = record.window(resumed_at, time.time(), kinds)
         assert after > 0, db
     # Up to the 100 ms bucket before resumed_at: that bucket also counts transactions started

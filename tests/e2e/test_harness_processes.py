@@ -32,7 +32,7 @@ from harness.processes import (
     ProcessError,
 )
 from harness.servers.pg import PostgresServer
-from harness.servers.system import free_port, pgbouncer_binary
+from harness.servers.system import free_port, pgbouncer_program, process_program
 
 pytestmark = pytest.mark.needs_root
 
@@ -193,6 +193,61 @@ def proc_status(pid: int) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
+def test_process_program_names_the_file_run_also_behind_a_loader():
+    """What the PID check below compares.
+
+    ``/proc/<pid>/exe``, or the program a dynamic loader run as a command mapped (the version
+    matrix's wrapper), never just its arguments.
+    """
+    assert process_program(os.getpid()) == Path(sys.executable).resolve()
+    assert process_program(os.getpid()) != Path(pgbouncer_program())
+    loader = Path("/lib64/ld-linux-x86-64.so.2")
+    sleep = Path(subprocess.check_output(["sh", "-c", "command -v sleep"], text=True).strip())
+    proc = subprocess.Popen([str(loader), "--library-path", "/lib", str(sleep), "30"])
+    try:
+        deadline = time.monotonic() + 10
+        while str(sleep.resolve()) not in Path(f"/proc/{proc.pid}/maps").read_text():
+            assert time.monotonic() < deadline, "the loader never mapped its program"
+            time.sleep(0.02)
+        assert Path(os.readlink(f"/proc/{proc.pid}/exe")).name.startswith("ld-linux")
+        assert process_program(proc.pid) == sleep.resolve()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_process_program_wants_the_named_program_mapped(tmp_path: Path):
+    """A loader whose command line names a program it has not mapped is not that program."""
+    program = tmp_path / "pgbouncer"
+    program.write_bytes(b"\x7fELF")
+    other = tmp_path / "other"
+    other.write_bytes(b"\x7fELF")
+    proc = tmp_path / "proc"
+    (proc / "7").mkdir(parents=True)
+    (proc / "7" / "exe").symlink_to("/lib64/ld-linux-x86-64.so.2")
+    args = ["/lib64/ld-linux-x86-64.so.2", "--library-path", "/lib", str(program), "x.ini"]
+    (proc / "7" / "cmdline").write_bytes(b"\0".join(a.encode() for a in args) + b"\0")
+
+    def maps(path: Path, perms: str = "r-xp") -> None:
+        st = path.stat()
+        dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+        line = f"7f00-7f10 {perms} 00000000 {dev} {st.st_ino}    {path}"
+        (proc / "7" / "maps").write_text(line + "\n")
+
+    maps(program)
+    assert process_program(7, proc) == program
+    for mapped, perms in ((other, "r-xp"), (program, "r--p")):
+        maps(mapped, perms)
+        with pytest.raises(LookupError):
+            process_program(7, proc)
+    maps(program)
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(b"\x7fELF")
+    replacement.replace(program)  # the same path, another file (another inode)
+    with pytest.raises(LookupError):
+        process_program(7, proc)
+
+
 def test_plan_runs_as_real_pgbouncer_reload_restart_and_stop(
     app: Application, backend: PostgresServer
 ):
@@ -208,8 +263,9 @@ def test_plan_runs_as_real_pgbouncer_reload_restart_and_stop(
     runner = unit.runner
     assert runner is not None
     pgb = runner.processes["pgbouncer_0"]
-    # The PID we hold is PgBouncer itself, our build, running as postgres.
-    assert os.readlink(f"/proc/{pgb.pid}/exe") == str(Path(pgbouncer_binary()).resolve())
+    # The PID we hold is PgBouncer itself, our build, running as postgres (through sid's
+    # loader for the version matrix's Debian package: process_program sees through it).
+    assert process_program(pgb.pid) == Path(pgbouncer_program())
     assert proc_status(pgb.pid)["Uid"].split()[0] == str(pwd.getpwnam("postgres").pw_uid)
     assert (unit.mount_dir / "pgbouncer_0.ini").owner() == "postgres"
     assert (unit.mount_dir / "run" / "0").owner() == "postgres"

@@ -8,6 +8,7 @@ Clients are libpq (psycopg), as applications would be.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import threading
 import time
@@ -50,26 +51,33 @@ class TLSPostgres:
 
 
 def serving_tls(
-    common_name: str, dns: tuple[str, ...], ips: tuple[str, ...]
+    common_name: str, dns: tuple[str, ...], ips: tuple[str, ...], also_listen: tuple[str, ...] = ()
 ) -> Iterator[TLSPostgres]:
     """A PostgreSQL serving TLS with a certificate for these names, from a CA of its own."""
     ca = make_ca("postgres CA")
     cert, key, _ = write_server_files(ca.leaf(common_name, dns=dns, ips=ips))
     server = start_postgres(
-        {"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key)}, prefix="pgbk8s-tls-"
+        {"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key)},
+        prefix="pgbk8s-tls-",
+        also_listen=also_listen,
     )
     server.execute(f"CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'")
     try:
         yield TLSPostgres(server, ca)
     finally:
         server.destroy()
-        for path in (cert, key):
-            path.unlink(missing_ok=True)
+        shutil.rmtree(cert.parent, ignore_errors=True)  # its own directory, CA file included
 
 
 @pytest.fixture(scope="module")
 def tls_postgres() -> Iterator[TLSPostgres]:
-    yield from serving_tls("postgres", ("localhost",), ("127.0.0.1",))
+    """The PostgreSQL PgBouncer reaches as ``localhost``, on both loopback addresses.
+
+    verify-full checks that name. PgBouncer dials one address of one family, IPv6 when the
+    resolver has one: c-ares after 1.34.4 adds ``::1`` for ``localhost`` when /etc/hosts has
+    none (docs/image.md, "Which address PgBouncer dials").
+    """
+    yield from serving_tls("postgres", ("localhost",), ("127.0.0.1",), also_listen=("::1",))
 
 
 @dataclass
