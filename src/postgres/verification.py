@@ -29,13 +29,9 @@ def verification_due(charm_dir: Path, *, force: bool = False, now: float | None 
         now: the current time (tests).
     """
     now = time.time() if now is None else now
-    marker = Path(charm_dir) / MARKER
-    try:
-        last = marker.stat().st_mtime
-    except OSError:
-        last = None
-    if not force and last is not None and 0 <= now - last < VERIFY_EVERY_S:
+    if not force and not verification_pending(charm_dir, now=now):
         return False
+    marker = Path(charm_dir) / MARKER
     try:
         marker.touch(mode=0o600)
         os.utime(marker, (now, now))
