@@ -47,7 +47,7 @@ from pgbouncer.workload import WorkloadError
 if TYPE_CHECKING:
     import ops
 
-    from pgbouncer.plan import ContainerSnapshot
+    from pgbouncer.plan import ContainerSnapshot, ServiceInfo
     from pgbouncer.workload import Workload
     from state.charm_state import CharmState
 
@@ -96,13 +96,11 @@ class Glance:
     services: tuple[tuple[str, str, str], ...] = ()
 
     @classmethod
-    def of(
-        cls, files: Iterable[Iterable[object]], services: Iterable[tuple[str, str, str]]
-    ) -> Glance:
+    def of(cls, files: Iterable[Iterable[object]], services: Mapping[str, ServiceInfo]) -> Glance:
         """Rows in a canonical order (the listing's and Pebble's orders do not matter)."""
         return cls(
             files=tuple(sorted(tuple(str(v) for v in row) for row in files)),
-            services=tuple(sorted(services)),
+            services=tuple(sorted((n, i.current, i.startup) for n, i in services.items())),
         )
 
     def digest(self) -> str:
@@ -301,8 +299,7 @@ class SettledHooks:
         if state is not None and seen is not None:
             try:
                 if seen.listing is not None:
-                    rows = [(n, i.current, i.startup) for n, i in seen.services.items()]
-                    glance: Glance | None = Glance.of(seen.listing, rows)
+                    glance: Glance | None = Glance.of(seen.listing, seen.services)
                 else:
                     glance = Glance.of(*self._workload.glance())
             except WorkloadError:

@@ -231,11 +231,7 @@ class Workload:
             WorkloadUnreachable: Pebble cannot be reached.
             WorkloadError: Pebble refused a read.
         """
-        with _pebble_errors("list the services"):
-            services = {
-                name: ServiceInfo(current=_value(info.current), startup=_value(info.startup))
-                for name, info in self._container.get_services().items()
-            }
+        services = self._services()
         with _pebble_errors("read the plan"):
             plan = self._container.get_plan()
         files: dict[str, str] = {}
@@ -253,22 +249,27 @@ class Workload:
             listing=tuple(_listing_row(e) for e in entries) if with_files else None,
         )
 
-    def glance(self) -> tuple[list[tuple[str, ...]], list[tuple[str, str, str]]]:
+    def glance(self) -> tuple[list[tuple[str, ...]], dict[str, ServiceInfo]]:
         """The container at a glance, in two Pebble calls.
 
         The base directory's entries (name, type, size, permissions, modification time, owner)
-        and every service's state: what the settled record compares (:mod:`settled`); nothing is read from any file.
+        and every service's state: what the settled record compares (:mod:`settled`); nothing
+        is read from any file.
 
         Raises:
             WorkloadUnreachable: Pebble cannot be reached.
             WorkloadError: Pebble refused a listing.
         """
-        with _pebble_errors("list the services"):
-            services = [
-                (name, _value(info.current), _value(info.startup))
-                for name, info in self._container.get_services().items()
-            ]
+        services = self._services()
         return [_listing_row(e) for e in self._entries()], services
+
+    def _services(self) -> dict[str, ServiceInfo]:
+        """Every Pebble service as listed (one Pebble call)."""
+        with _pebble_errors("list the services"):
+            return {
+                name: ServiceInfo(current=_value(info.current), startup=_value(info.startup))
+                for name, info in self._container.get_services().items()
+            }
 
     def served_client_tls(self, snapshot: ContainerSnapshot) -> tuple[str, str, str] | None:
         """The certificate, key and CA PgBouncer serves clients with now; None without TLS.

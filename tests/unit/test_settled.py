@@ -26,6 +26,7 @@ from ops import testing
 
 import settled
 from charm import PgBouncerK8sCharm
+from pgbouncer.plan import ServiceInfo
 from postgres.connection import BackendUnreachable
 from postgres.verification import MARKER
 from reconcile import LeaderOutcome
@@ -160,13 +161,13 @@ def test_the_glance_ignores_order_but_not_content():
         ("a.ini", "file", "10", "600", "t1", "0", "0"),
         ("b", "file", "3", "600", "t", "0", "0"),
     ]
-    services = [("s1", "active", "enabled"), ("s0", "inactive", "disabled")]
+    services = {"s1": ServiceInfo("active", "enabled"), "s0": ServiceInfo("inactive", "disabled")}
     one = Glance.of(rows, services).digest()
-    assert Glance.of(list(reversed(rows)), list(reversed(services))).digest() == one
+    assert Glance.of(list(reversed(rows)), dict(reversed(services.items()))).digest() == one
     for i in range(2, 7):  # size, permissions, time, owner, group: each one counts
         changed = [tuple(v if j != i else v + "x" for j, v in enumerate(rows[0])), rows[1]]
         assert Glance.of(changed, services).digest() != one
-    assert Glance.of(rows, [("s1", "backoff", "enabled"), services[1]]).digest() != one
+    assert Glance.of(rows, {**services, "s1": ServiceInfo("backoff", "enabled")}).digest() != one
 
 
 def test_an_unwritable_charm_directory_keeps_no_record(tmp_path):
