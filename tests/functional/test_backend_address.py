@@ -29,12 +29,9 @@ HOSTS = f"127.0.0.1 localhost\n127.0.0.1 {NAME}\n::1 {NAME}\n"
 
 
 @pytest.fixture
-def factory() -> Iterator[PgBouncerFactory]:
-    f = PgBouncerFactory()
-    try:
-        yield f
-    finally:
-        f.close()
+def factory(pgbouncer_factory: PgBouncerFactory) -> PgBouncerFactory:
+    """The project's PgBouncer factory (tests/conftest.py), under this module's short name."""
+    return pgbouncer_factory
 
 
 @pytest.fixture(scope="module")

@@ -199,12 +199,9 @@ def server_side_ssl(pg: TLSPostgres) -> dict[str, list[bool]]:
 
 
 @pytest.fixture
-def factory() -> Iterator[PgBouncerFactory]:
-    f = PgBouncerFactory()
-    try:
-        yield f
-    finally:
-        f.close()
+def factory(pgbouncer_factory: PgBouncerFactory) -> PgBouncerFactory:
+    """The project's PgBouncer factory (tests/conftest.py), under this module's short name."""
+    return pgbouncer_factory
 
 
 # -- client side ---------------------------------------------------------------------------
